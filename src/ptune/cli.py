@@ -1,0 +1,113 @@
+"""The ``ptune`` command: parse, call a library function, print. Errors of ours print one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import PtuneError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PtuneError as err:
+            click.echo(f"ptune: error: {err}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="ptune")
+def main():
+    """P-tuning for frozen Hugging Face language models: train, evaluate, predict, demo."""
+
+
+_set = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                    help="Override a config value, e.g. --set train.lr=3e-2 (repeatable).")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
+@_set
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(config, out_dir, overrides, resume, quiet):
+    """Train a prompt encoder and write the checkpoint directory."""
+    from .config import load_config
+    from .train import train as run
+
+    cfg = load_config(config, overrides)
+    summary = run(cfg, out_dir, resume=resume, show_progress=not quiet)
+    click.echo(json.dumps(summary, indent=2))
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@_set
+@click.option("--folds", type=int, default=None, help="Number of folds (default: train.cv_folds).")
+@click.option("--seeds", default=None, help="Comma-separated seeds, one repeat of k folds each.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the JSON here too.")
+@click.option("--quiet", is_flag=True)
+def cv(config, overrides, folds, seeds, out_file, quiet):
+    """Estimate held-out metrics by stratified k-fold cross-validation over the training rows."""
+    from .config import load_config
+    from .train import cross_validate
+
+    cfg = load_config(config, overrides)
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    summary = cross_validate(cfg, folds=folds, seeds=seed_list, show_progress=not quiet)
+    text = json.dumps(summary, indent=2)
+    if out_file:
+        Path(out_file).write_text(text)
+    click.echo(text)
+
+
+@main.command("eval")
+@click.argument("checkpoint_dir", type=click.Path(file_okay=False))
+@click.option("--data", required=True, help="Labelled rows to score.")
+@click.option("--format", "fmt", default="auto")
+@click.option("--quiet", is_flag=True)
+def eval_(checkpoint_dir, data, fmt, quiet):
+    """Print metrics as JSON (accuracy, macro_f1, n; p@1 for probing)."""
+    from .predict import Predictor
+
+    predictor = Predictor.load(checkpoint_dir)
+    click.echo(json.dumps(predictor.evaluate_file(data, fmt, show_progress=not quiet), indent=2))
+
+
+@main.command()
+@click.argument("checkpoint_dir", type=click.Path(file_okay=False))
+@click.option("--data", required=True, help="Rows to predict (labels not needed).")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSONL output file.")
+@click.option("--format", "fmt", default="auto")
+@click.option("--quiet", is_flag=True)
+def predict(checkpoint_dir, data, out_file, fmt, quiet):
+    """Write one JSON object per row: its fields plus `prediction` (and `scores` per label)."""
+    from .checkpoint import write_atomic
+    from .predict import Predictor
+
+    predictor = Predictor.load(checkpoint_dir)
+    table, preds = predictor.predict_file(data, fmt, show_progress=not quiet)
+    lines = "".join(json.dumps({**row, **p}, ensure_ascii=False) + "\n" for row, p in zip(table.rows, preds))
+    write_atomic(Path(out_file).resolve(), lines.encode())
+    click.echo(f"wrote {len(preds)} predictions to {out_file}", err=True)
+
+
+@main.command()
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Where to keep the demo checkpoint (default: a temporary folder).")
+@click.option("--quiet", is_flag=True)
+def demo(out_dir, quiet):
+    """Train on the bundled customer-messages set with the embedded model, evaluate on held-out rows, predict."""
+    from .demo import run_demo
+
+    run_demo(out_dir, show_progress=not quiet)
+
+
+if __name__ == "__main__":
+    main()

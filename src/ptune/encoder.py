@@ -1,0 +1,96 @@
+"""Prompt encoders: a trainable input table, optionally reparameterised, giving the virtual-token embeddings.
+
+Each encoder maps nothing to a ``(n_virtual, d)`` table; the model runs it once per step and every row of the batch
+shares the result. At inference the table does not depend on the input, so it is computed once and cached.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import EncoderConfig
+
+
+class PromptEncoder(nn.Module):
+    """Base: owns ``table`` (n_virtual, d), the input that the subclasses transform."""
+
+    def __init__(self, n_virtual: int, dim: int, init: torch.Tensor | None = None):
+        super().__init__()
+        table = init.detach().clone().float() if init is not None else torch.randn(n_virtual, dim)
+        self.table = nn.Parameter(table)  # (n, d)
+
+    @property
+    def n_virtual(self) -> int:
+        return self.table.shape[0]
+
+    def forward(self) -> torch.Tensor:  # -> (n, d)
+        raise NotImplementedError
+
+
+class EmbeddingEncoder(PromptEncoder):
+    """Plain prompt tuning: the table itself is the prompt (no reparameterisation)."""
+
+    def forward(self) -> torch.Tensor:
+        return self.table
+
+
+class MLPEncoder(PromptEncoder):
+    """Table -> ``num_layers`` hidden layers of width ``hidden_size`` with ReLU -> back to the model's width."""
+
+    def __init__(self, n_virtual: int, dim: int, hidden_size: int, num_layers: int, init=None):
+        super().__init__(n_virtual, dim, init)
+        layers: list[nn.Module] = []
+        width = dim
+        for _ in range(num_layers):
+            layers += [nn.Linear(width, hidden_size), nn.ReLU()]
+            width = hidden_size
+        layers.append(nn.Linear(width, dim))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self) -> torch.Tensor:
+        return self.mlp(self.table)  # (n, d)
+
+
+class LSTMEncoder(PromptEncoder):
+    """The paper's encoder: a bidirectional LSTM over the table (so virtual tokens depend on each other), then a
+    two-layer MLP head back to the model's width."""
+
+    def __init__(self, n_virtual: int, dim: int, hidden_size: int, num_layers: int, init=None):
+        super().__init__(n_virtual, dim, init)
+        self.lstm = nn.LSTM(dim, hidden_size, num_layers=num_layers, bidirectional=True, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(2 * hidden_size, 2 * hidden_size), nn.ReLU(),
+                                  nn.Linear(2 * hidden_size, dim))
+
+    def forward(self) -> torch.Tensor:
+        out, _ = self.lstm(self.table.unsqueeze(0))  # (1, n, 2h)
+        return self.head(out.squeeze(0))  # (n, d)
+
+
+ENCODERS: dict[str, Callable[..., PromptEncoder]] = {
+    "embedding": lambda n, d, cfg, init: EmbeddingEncoder(n, d, init),
+    "mlp": lambda n, d, cfg, init: MLPEncoder(n, d, cfg.hidden_size, cfg.num_layers, init),
+    "lstm": lambda n, d, cfg, init: LSTMEncoder(n, d, cfg.hidden_size, cfg.num_layers, init),
+}
+
+
+def build_encoder(cfg: EncoderConfig, n_virtual: int, dim: int, init: torch.Tensor | None = None) -> PromptEncoder:
+    return ENCODERS[cfg.type](n_virtual, dim, cfg, init)
+
+
+def init_table(cfg: EncoderConfig, n_virtual: int, embeddings: nn.Embedding, tokenizer) -> torch.Tensor | None:
+    """The starting input table: random (None), or the embeddings of ``init_text``'s tokens cycled to length n.
+
+    ``words`` starts each virtual token from one word of ``init_text`` (first token of each word, cycled);
+    ``text`` uses the text's token sequence as it comes (cycled or cut)."""
+    if cfg.init == "random":
+        return None
+    if cfg.init == "words":
+        ids = [tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in cfg.init_text.split()]
+    else:
+        ids = tokenizer.encode(cfg.init_text, add_special_tokens=False)
+    ids = [ids[i % len(ids)] for i in range(n_virtual)]
+    with torch.no_grad():
+        return embeddings.weight[torch.tensor(ids, device=embeddings.weight.device)].float().cpu()

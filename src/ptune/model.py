@@ -1,0 +1,111 @@
+"""PTuningModel: a frozen language model plus a prompt encoder whose output is spliced in at virtual positions.
+
+    embed(tokens)            (B, T, d)   rows at virtual positions replaced by the encoder's table (n, d)
+    frozen LM                            causal: logits only at the last K+1 positions (K: target columns)
+    token log-probabilities  (B, K)      of the target tokens; loss and label scores are sums over these
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoder import PromptEncoder
+
+
+def trainable(name: str) -> bool:
+    """The one predicate for what is trained and what is saved: the encoder's parameters, nothing of the base."""
+    return name.startswith("encoder.")
+
+
+class PTuningModel(nn.Module):
+    def __init__(self, base: nn.Module, encoder: PromptEncoder, kind: str):
+        super().__init__()
+        self.base = base
+        self.encoder = encoder
+        self.kind = kind
+        base.requires_grad_(False)
+        base.eval()
+        self._table: torch.Tensor | None = None  # cached prompt table for inference
+        self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.base.eval()  # the frozen model never trains: no dropout in it, ever
+        if mode:
+            self._table = None
+        return self
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if trainable(k)}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.trainable_state()
+        if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
+            raise ValueError("encoder state does not match this encoder's parameters")
+        self.load_state_dict(state, strict=False)
+        self._table = None
+
+    def prompt_table(self) -> torch.Tensor:
+        """(n, d): run the encoder (once per step in training); at inference a fixed table, computed once."""
+        if self.training:
+            return self.encoder()
+        if self._table is None:
+            with torch.no_grad():
+                self._table = self.encoder().detach()
+        return self._table
+
+    def set_prompt_table(self, table: torch.Tensor) -> None:
+        """Serve from a saved table (no encoder run at all)."""
+        self._table = table.detach().float().to(self.encoder.table.device)
+
+    def embed(self, input_ids: torch.Tensor, virtual_index: torch.Tensor) -> torch.Tensor:
+        tokens = self.base.get_input_embeddings()(input_ids)  # (B, T, d)
+        if self.encoder.n_virtual == 0:
+            return tokens
+        table = self.prompt_table().to(tokens.dtype)  # (n, d)
+        spliced = table[virtual_index.clamp(min=0)]  # (B, T, d)
+        return torch.where((virtual_index >= 0).unsqueeze(-1), spliced, tokens)
+
+    def target_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits predicting each target column, and the labels there: (B, K, V), (B, K)."""
+        labels = batch["labels"]
+        embeds = self.embed(batch["input_ids"], batch["virtual_index"])
+        if self.kind == "masked":
+            # position ids are left to the model (right padding: 0..n-1 is right, RoBERTa adds its own offset)
+            out = self.base(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+            cols = (labels != -100).any(0).nonzero().squeeze(-1)
+            return out.logits[:, cols], labels[:, cols]
+        width = labels.shape[1]
+        k = width - int((labels != -100).any(0).nonzero()[0])  # target columns sit in the last k
+        kwargs = dict(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                      position_ids=batch["position_ids"], use_cache=False)
+        if self._keeps_logits:
+            logits = self.base(**kwargs, logits_to_keep=k + 1).logits  # (B, k+1, V)
+        else:
+            logits = self.base(**kwargs).logits[:, -(k + 1):]
+        return logits[:, :-1], labels[:, width - k:]  # logit at t predicts token t+1
+
+    def token_logprobs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K) log-probability of each target token, and the mask of real target tokens."""
+        logits, labels = self.target_logits(batch)
+        mask = labels != -100
+        logp = F.log_softmax(logits.float(), dim=-1)
+        picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return picked * mask, mask
+
+    def loss(self, batch) -> torch.Tensor:
+        """Mean negative log-likelihood over the target tokens only."""
+        logp, mask = self.token_logprobs(batch)
+        return -logp.sum() / mask.sum().clamp(min=1)
+
+    @torch.no_grad()
+    def generate(self, batch, max_new_tokens: int, eos_token_id, pad_token_id: int) -> torch.Tensor:
+        """Greedy generation with the KV cache; the batch must be left-padded and hold no target tokens."""
+        embeds = self.embed(batch["input_ids"], batch["virtual_index"])
+        return self.base.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                  max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,
+                                  pad_token_id=pad_token_id)

@@ -1,0 +1,109 @@
+"""A Session: everything a run needs, built once from a config: data tables, the frozen base model, the renderer,
+the task. Training, cross-validation, evaluation and prediction all start from one."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from .base import BaseModel, load_base
+from .config import Config
+from .data import Renderer, Table, check_table, read_table
+from .encoder import EmbeddingEncoder, build_encoder, init_table
+from .errors import DataError
+from .labels import LabelSpace
+from .model import PTuningModel
+from .tasks import Task, build_task
+from .template import Template, parse_template
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def read_split(cfg: Config, name: str) -> Table | None:
+    source = getattr(cfg.data, name)
+    if not source:
+        return None
+    return read_table(source, cfg.data.format, getattr(cfg.data, f"{name}_split"))
+
+
+def check_inputs(cfg: Config, template: Template, table: Table, *, labelled: bool) -> None:
+    """Columns the template and task need, present and non-empty in every row (before any model is loaded)."""
+    template.validate(kind=None, needs_virtual=True, columns=table.columns, field_map=cfg.data.columns,
+                      where=f"task.template (checked against {table.source})")
+    needed = [cfg.data.columns.get(f, f) for f in template.fields]
+    check_table(table, needed)
+    if labelled:
+        check_table(table, [cfg.task.label_column])
+
+
+def split_dev(cfg: Config, table: Table, fraction: float, seed: int) -> tuple[Table, Table]:
+    """Hold out ``fraction`` of the rows (stratified by label for classification)."""
+    rng = random.Random(seed)
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(table.rows):
+        key = row[cfg.task.label_column] if cfg.task.type == "classification" else ""
+        groups.setdefault(key, []).append(i)
+    dev_idx = []
+    for idx in groups.values():
+        rng.shuffle(idx)
+        dev_idx += idx[:max(1, round(len(idx) * fraction))]
+    dev_set = set(dev_idx)
+    return (Table(table.source, table.columns, [r for i, r in enumerate(table.rows) if i not in dev_set]),
+            Table(f"{table.source} (held-out {fraction:.0%})", table.columns, [table.rows[i] for i in sorted(dev_set)]))
+
+
+@dataclass
+class Session:
+    cfg: Config
+    base: BaseModel
+    template: Template
+    task: Task
+    device: torch.device
+
+    @property
+    def tokenizer(self):
+        return self.base.tokenizer
+
+    def new_model(self, seed: int | None = None) -> PTuningModel:
+        """A fresh prompt encoder (seeded) over the shared frozen base."""
+        seed_everything(self.cfg.train.seed if seed is None else seed)
+        embeddings = self.base.model.get_input_embeddings()
+        n, dim = self.template.n_virtual, embeddings.weight.shape[1]
+        init = init_table(self.cfg.encoder, n, embeddings, self.tokenizer)
+        # a template without virtual tokens (a manual-prompt baseline) gets an empty table
+        encoder = (build_encoder(self.cfg.encoder, n, dim, init) if n else EmbeddingEncoder(0, dim)).to(self.device)
+        return PTuningModel(self.base.model, encoder, self.base.kind)
+
+    def predict(self, model: PTuningModel, rows: list[dict], progress=None) -> list[dict]:
+        model.eval()
+        with torch.inference_mode():
+            return self.task.predict(model, rows, self.cfg.train.eval_batch_size, self.device, progress)
+
+
+def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: LabelSpace | None = None,
+                 base: BaseModel | None = None, check_identity=None, allow_no_virtual: bool = False) -> Session:
+    """Load (or reuse) the base model and build the template, renderer and task."""
+    template = parse_template(cfg.task.template)
+    if base is None:
+        base = load_base(cfg.model, check=check_identity)
+    template.validate(kind=base.kind, needs_virtual=not allow_no_virtual)
+    if labels is None and cfg.task.type == "classification":
+        labels = LabelSpace.build(cfg.task.verbalizer, label_values)
+    renderer = Renderer(template, base.tokenizer, base.kind, cfg.train.max_length, dict(cfg.data.columns))
+    task = build_task(cfg.task, renderer, labels)
+    device = next(base.model.parameters()).device
+    return Session(cfg, base, template, task, device)
+
+
+def load_training_tables(cfg: Config) -> tuple[Table, Table | None]:
+    """Read and check train and dev before anything is loaded or written."""
+    if not cfg.data.train:
+        raise DataError("data.train is not set: give a training file (or --set data.train=PATH)")
+    train = read_split(cfg, "train")
+    dev = read_split(cfg, "dev")
+    return train, dev

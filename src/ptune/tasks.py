@@ -1,0 +1,205 @@
+"""Task types: how rows become training examples, predictions and metrics.
+
+- ``ClassificationTask``: loss on the gold label's tokens; prediction ranks every label by likelihood, so the answer
+  is always one of the labels, with its scores.
+- ``GenerationTask``: loss on the target text (and EOS); prediction by greedy ``generate`` with the KV cache.
+- ``ProbingTask``: one target token; prediction is the top token over the vocabulary (or a given word list): P@1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import TaskConfig
+from .data import Encoded, Renderer, Table, collate
+from .errors import DataError
+from .evaluate import classification_metrics, precision_at_1
+from .labels import LabelSpace
+from .model import PTuningModel
+
+
+def _batches(items: list, size: int, key=len):
+    """Length-sorted batches (less padding); yields (original indices, items)."""
+    order = sorted(range(len(items)), key=lambda i: key(items[i]))
+    for start in range(0, len(order), size):
+        idx = order[start:start + size]
+        yield idx, [items[i] for i in idx]
+
+
+@dataclass
+class Task:
+    cfg: TaskConfig
+    renderer: Renderer
+    labels: LabelSpace | None = None
+    vocab_ids: list[int] | None = None
+
+    @property
+    def label_column(self) -> str:
+        return self.cfg.label_column
+
+    @property
+    def pad_side(self) -> str:
+        return "left" if self.renderer.kind == "causal" else "right"
+
+    def batch(self, examples: list[Encoded], device) -> dict[str, torch.Tensor]:
+        return collate(examples, self.renderer.tokenizer.pad_token_id, self.pad_side, device)
+
+    def check(self, table: Table, *, labelled: bool = True) -> None:
+        """Raise a DataError naming file, row and field for anything this task cannot use."""
+
+    def train_examples(self, table: Table) -> tuple[list[Encoded], int]:
+        """Examples for training/loss, and how many rows were skipped (probing: object not one token)."""
+        raise NotImplementedError
+
+    def predict(self, model: PTuningModel, rows: list[dict], batch_size: int, device, progress=None) -> list[dict]:
+        raise NotImplementedError
+
+    def metrics(self, rows: list[dict], predictions: list[dict]) -> dict:
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    def check(self, table, *, labelled=True):
+        if labelled and self.label_column in table.columns:
+            for i, row in enumerate(table.rows, 1):
+                self.labels.index(row[self.label_column], where=f"{table.source}: row {i}: ")
+
+    def train_examples(self, table):
+        out = []
+        for i, row in enumerate(table.rows, 1):
+            label = self.labels.index(row[self.label_column], where=f"{table.source}: row {i}: ")
+            out.append(self.renderer.encode(row, self.renderer.target_ids(self.labels.words[label][0])))
+        return out, 0
+
+    def predict(self, model, rows, batch_size, device, progress=None):
+        # one candidate input per (row, label, alternative word); all scored by likelihood of the word's tokens
+        targets = [(li, self.renderer.target_ids(w)) for li, ws in enumerate(self.labels.words) for w in ws]
+        items = [(ri, li, self.renderer.encode(row, ids)) for ri, row in enumerate(rows) for li, ids in targets]
+        scores = torch.full((len(rows), len(self.labels.labels)), -math.inf)
+        for idx, chunk in _batches(items, batch_size, key=lambda it: len(it[2])):
+            logp, mask = model.token_logprobs(self.batch([c[2] for c in chunk], device))
+            total = logp.sum(-1)
+            if self.cfg.score == "mean":
+                total = total / mask.sum(-1)
+            for (ri, li, _), s in zip(chunk, total.tolist()):
+                scores[ri, li] = max(scores[ri, li].item(), s)
+            if progress:
+                progress(len(chunk))
+        out = []
+        for row_scores in scores:
+            best = int(row_scores.argmax())
+            out.append({"prediction": self.labels.labels[best],
+                        "scores": {l: round(float(s), 4) for l, s in zip(self.labels.labels, row_scores)}})
+        return out
+
+    def metrics(self, rows, predictions):
+        gold = [r[self.label_column] for r in rows]
+        return classification_metrics(gold, [p["prediction"] for p in predictions], self.labels.labels)
+
+
+class GenerationTask(Task):
+    def _target(self, text: str) -> list[int]:
+        eos = self.renderer.tokenizer.eos_token_id
+        return self.renderer.target_ids(text) + ([eos] if eos is not None else [])
+
+    def train_examples(self, table):
+        return [self.renderer.encode(row, self._target(row[self.label_column])) for row in table.rows], 0
+
+    def predict(self, model, rows, batch_size, device, progress=None):
+        tok = self.renderer.tokenizer
+        encoded = [self.renderer.encode(row) for row in rows]
+        texts: list[str] = [""] * len(rows)
+        for idx, chunk in _batches(encoded, batch_size):
+            out = model.generate(self.batch(chunk, device), self.cfg.max_new_tokens, tok.eos_token_id,
+                                 tok.pad_token_id)
+            for i, seq in zip(idx, out.tolist()):
+                texts[i] = tok.decode(seq, skip_special_tokens=True).strip()
+            if progress:
+                progress(len(chunk))
+        return [{"prediction": t} for t in texts]
+
+    def metrics(self, rows, predictions):
+        gold = [r[self.label_column].strip() for r in rows]
+        pred = [p["prediction"] for p in predictions]
+        return {"exact_match": sum(g == p for g, p in zip(gold, pred)) / max(len(gold), 1), "n": len(gold)}
+
+
+class ProbingTask(Task):
+    def _target(self, obj: str) -> list[int] | None:
+        ids = self.renderer.target_ids(obj)
+        return ids if len(ids) == 1 else None
+
+    def train_examples(self, table):
+        out, skipped = [], 0
+        for row in table.rows:
+            ids = self._target(row[self.label_column])
+            if ids is None or (self.vocab_ids is not None and ids[0] not in self._vocab_set):
+                skipped += 1
+                continue
+            out.append(self.renderer.encode(row, ids))
+        return out, skipped
+
+    @property
+    def _vocab_set(self) -> set[int]:
+        if not hasattr(self, "_vs"):
+            self._vs = set(self.vocab_ids or [])
+        return self._vs
+
+    def predict(self, model, rows, batch_size, device, progress=None):
+        tok = self.renderer.tokenizer
+        # a one-token placeholder marks the target column; for a causal LM the logit that predicts it comes from
+        # the position before, which never sees the placeholder
+        placeholder = [tok.mask_token_id if self.renderer.kind == "masked" else tok.pad_token_id]
+        encoded = [self.renderer.encode(row, placeholder) for row in rows]
+        vocab = torch.tensor(self.vocab_ids, device=device) if self.vocab_ids is not None else None
+        preds: list[str] = [""] * len(rows)
+        for idx, chunk in _batches(encoded, batch_size):
+            logits, _ = model.target_logits(self.batch(chunk, device))
+            logits = logits[:, 0]  # (B, V): the single target column
+            top = vocab[logits[:, vocab].argmax(-1)] if vocab is not None else logits.argmax(-1)
+            for i, t in zip(idx, top.tolist()):
+                preds[i] = tok.decode([t]).strip()
+            if progress:
+                progress(len(chunk))
+        return [{"prediction": p} for p in preds]
+
+    def metrics(self, rows, predictions):
+        gold, pred, skipped = [], [], 0
+        for row, p in zip(rows, predictions):
+            if self._target(row[self.label_column]) is None:
+                skipped += 1  # an object of several tokens cannot be a P@1 hit; counted apart, as LAMA does
+                continue
+            gold.append(row[self.label_column].strip())
+            pred.append(p["prediction"])
+        return {"p@1": precision_at_1(gold, pred), "n": len(gold), "skipped_multi_token": skipped}
+
+
+TASKS = {"classification": ClassificationTask, "generation": GenerationTask, "probing": ProbingTask}
+
+
+def load_vocab_ids(path: str, renderer: Renderer) -> list[int]:
+    """Token ids of a JSON word list (LAMA's 29k/34k vocabularies); words that are not one token are dropped."""
+    try:
+        words = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: cannot read the vocabulary file: {err}") from None
+    if isinstance(words, dict):
+        words = list(words)
+    ids = set()
+    for w in words:
+        t = renderer.target_ids(str(w))
+        if len(t) == 1:
+            ids.add(t[0])
+    if not ids:
+        raise DataError(f"{path}: no word of the vocabulary file is a single token for this tokenizer")
+    return sorted(ids)
+
+
+def build_task(cfg: TaskConfig, renderer: Renderer, labels: LabelSpace | None) -> Task:
+    vocab = load_vocab_ids(cfg.vocab_file, renderer) if cfg.type == "probing" and cfg.vocab_file else None
+    return TASKS[cfg.type](cfg, renderer, labels, vocab)

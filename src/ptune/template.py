@@ -1,0 +1,142 @@
+"""Templates: where virtual tokens, data fields, anchor text and the target sit in a model input.
+
+Syntax: ``[P*n]`` a run of n virtual tokens (``[P]`` is one), ``{column name}`` a data field, ``[TARGET]`` (or its
+alias ``[MASK]``) the target slot, anything else fixed anchor text. ``{{`` and ``}}`` are literal braces.
+
+    "[P*3] {sub_label} [P*3] [TARGET]"
+    "[P*20] Tweet text : {Tweet text} Label : [TARGET]"
+    "{sentence} [P*2] It was [MASK] ."
+
+No torch here: parsing and validation only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Union
+
+from .errors import TemplateError
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+
+
+@dataclass(frozen=True)
+class Virtual:
+    count: int
+
+
+@dataclass(frozen=True)
+class Target:
+    pass
+
+
+Segment = Union[Text, Field, Virtual, Target]
+
+_TOKEN = re.compile(r"\{\{|\}\}|\[P(?:\*(\d+))?\]|\[(?:TARGET|MASK)\]|\{([^{}]*)\}|[{}]")
+MAX_VIRTUAL = 4096
+
+
+@dataclass(frozen=True)
+class Template:
+    source: str
+    segments: tuple[Segment, ...]
+
+    @property
+    def n_virtual(self) -> int:
+        return sum(s.count for s in self.segments if isinstance(s, Virtual))
+
+    @property
+    def fields(self) -> list[str]:
+        seen: list[str] = []
+        for s in self.segments:
+            if isinstance(s, Field) and s.name not in seen:
+                seen.append(s.name)
+        return seen
+
+    @property
+    def is_prefix(self) -> bool:
+        """True when all virtual tokens come first (the only shape PEFT's prompt learning supports)."""
+        seen_other = False
+        for s in self.segments:
+            if isinstance(s, Virtual):
+                if seen_other:
+                    return False
+            elif not (isinstance(s, Text) and not s.text.strip()):
+                seen_other = True
+        return True
+
+    def validate(self, *, kind: str | None = "causal", needs_virtual: bool = True, columns: Iterable[str] | None = None,
+                 field_map: dict[str, str] | None = None, where: str = "template") -> None:
+        """Refuse templates the run cannot use; the message says what is wrong and where."""
+        if needs_virtual and self.n_virtual == 0:
+            raise TemplateError(f"{where} {self.source!r} has no virtual tokens; add a run such as [P*4]")
+        if kind == "causal":
+            after = self.segments[self.segments.index(Target()) + 1:]
+            if any(not (isinstance(s, Text) and not s.text.strip()) for s in after):
+                raise TemplateError(
+                    f"{where} {self.source!r}: the target must come last for a causal LM (found text after [TARGET])")
+        if columns is not None:
+            columns = list(columns)
+            field_map = field_map or {}
+            for name in self.fields:
+                column = field_map.get(name, name)
+                if column not in columns:
+                    raise TemplateError(f"{where} {self.source!r} names field {{{name}}} but the data has no column "
+                                        f"{column!r}; columns present: {', '.join(map(repr, columns))}")
+
+
+def parse_template(source: str) -> Template:
+    if not isinstance(source, str):
+        raise TemplateError(f"template must be a string, got {type(source).__name__}")
+    segments: list[Segment] = []
+    text = []
+    pos = 0
+
+    def flush():
+        if text:
+            segments.append(Text("".join(text)))
+            text.clear()
+
+    for m in _TOKEN.finditer(source):
+        text.append(source[pos:m.start()])
+        pos = m.end()
+        token = m.group(0)
+        if token in ("{{", "}}"):
+            text.append(token[0])
+        elif token in ("{", "}"):
+            raise TemplateError(f"template {source!r}: unbalanced {token!r} at character {m.start()} "
+                                "(write {{ or }} for a literal brace)")
+        elif token.startswith("[P"):
+            count = int(m.group(1)) if m.group(1) is not None else 1
+            if not 1 <= count <= MAX_VIRTUAL:
+                raise TemplateError(f"template {source!r}: {token} at character {m.start()} must hold 1 to "
+                                    f"{MAX_VIRTUAL} virtual tokens")
+            flush()
+            segments.append(Virtual(count))
+        elif token in ("[TARGET]", "[MASK]"):
+            flush()
+            if Target() in segments:
+                raise TemplateError(f"template {source!r}: a second target {token} at character {m.start()}; "
+                                    "a template has exactly one")
+            segments.append(Target())
+        else:
+            name = m.group(2)
+            if not name.strip():
+                raise TemplateError(f"template {source!r}: empty field {{}} at character {m.start()}")
+            flush()
+            segments.append(Field(name.strip()))
+    text.append(source[pos:])
+    flush()
+    if Target() not in segments:
+        raise TemplateError(f"template {source!r} names no target; mark where the answer goes with [TARGET] "
+                            "(or [MASK] for a masked LM)")
+    return Template(source, tuple(s for s in segments if not (isinstance(s, Text) and s.text == "")))

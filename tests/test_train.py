@@ -1,0 +1,93 @@
+import importlib
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from ptune import checkpoint
+from ptune.errors import PtuneError
+from ptune.predict import Predictor
+from ptune.train import fit, prepare, stratified_folds, train
+
+
+def test_short_training_run_loss_falls(tiny_causal_dir, tiny_data):
+    cfg = tiny_config(tiny_causal_dir, tiny_data, train={"epochs": 8, "lr": 3e-2})
+    session, tr, _ = prepare(cfg)
+    model, prog = fit(session, tr, None, show_progress=False)
+    losses = [h["loss"] for h in prog.history if h["kind"] == "train"]
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:2]) / 2
+
+
+def test_base_unchanged_and_absent_from_checkpoint_and_reload_predicts_the_same(tiny_causal_dir, tiny_data, tmp_path):
+    cfg = tiny_config(tiny_causal_dir, tiny_data)
+    session, tr, dev = prepare(cfg)
+    before = {k: v.clone() for k, v in session.base.model.state_dict().items()}
+    model, _ = fit(session, tr, dev, tmp_path / "ckpt", show_progress=False)
+    assert all(torch.equal(before[k], v) for k, v in session.base.model.state_dict().items())
+    summary = {"dev": __import__("ptune.train", fromlist=["evaluate"]).evaluate(model, session, dev)}
+    meta = json.loads((tmp_path / "ckpt" / "ptune.json").read_text())
+    n_encoder = sum(p.numel() for p in model.encoder.parameters())
+    stored = 0
+    for path in (tmp_path / "ckpt").glob("*.safetensors"):
+        tensors = load_file(path)
+        assert not any(n.startswith("base.") for n in tensors)
+        stored += sum(t.numel() for t in tensors.values())
+    # best encoder + last encoder + two AdamW moments (+ step counters) + the prompt table; nothing of the base
+    assert stored <= 4 * n_encoder + 64 + model.encoder.table.numel()
+    assert meta["base"]["hidden_size"] == 32 and meta["labels"] == {"complaint": ["complaint"],
+                                                                     "no complaint": ["no complaint"]}
+    assert (tmp_path / "ckpt" / "metrics.jsonl").is_file() and (tmp_path / "ckpt" / "curves.png").is_file()
+
+    p1 = Predictor.load(tmp_path / "ckpt")
+    p2 = Predictor.load(tmp_path / "ckpt")
+    rows = [{"text": "my order arrived late"}, {"text": "thanks"}]
+    assert p1.predict_rows(rows) == p2.predict_rows(rows)
+    assert summary["dev"]["accuracy"] == p1.evaluate_file(tiny_data["dev"], show_progress=False)["accuracy"]
+    # the saved prompt table is what the encoder computes
+    assert torch.allclose(p1.model.prompt_table(), p1.model.encoder().detach(), atol=1e-6)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_causal_dir, tiny_data, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_causal_dir, tiny_data, train={"epochs": 3})
+    full = train(cfg, tmp_path / "full", show_progress=False)
+    assert full["steps"] == 6
+    # Ctrl-C during step 4 (mid-epoch 2): a resumable state is saved, then the run continues with --resume
+    train_module = importlib.import_module("ptune.train")  # the module (ptune.train is also a function)
+
+    real = train_module.lr_factor
+
+    def interrupt_at_step_3(step, total, warmup):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(step, total, warmup)
+
+    monkeypatch.setattr(train_module, "lr_factor", interrupt_at_step_3)
+    with pytest.raises(PtuneError, match="interrupted at step 3.*--resume"):
+        train(cfg, tmp_path / "cut", show_progress=False)
+    monkeypatch.setattr(train_module, "lr_factor", real)
+    state = json.loads((tmp_path / "cut" / "state.json").read_text())
+    assert state["progress"]["step"] == 3 and state["progress"]["step_in_epoch"] == 1
+    train(cfg, tmp_path / "cut", resume=True, show_progress=False)
+    _, a, _ = checkpoint.load_model(tmp_path / "full")
+    _, b, _ = checkpoint.load_model(tmp_path / "cut")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_existing_checkpoint_is_not_overwritten(tiny_causal_dir, tiny_data, tmp_path):
+    cfg = tiny_config(tiny_causal_dir, tiny_data, train={"epochs": 1})
+    train(cfg, tmp_path / "c", show_progress=False)
+    with pytest.raises(PtuneError, match="already holds a checkpoint"):
+        train(cfg, tmp_path / "c", show_progress=False)
+
+
+def test_stratified_folds_cover_each_row_once():
+    labels = ["a"] * 7 + ["b"] * 13
+    folds = stratified_folds(labels, 5, seed=1)
+    flat = [i for f in folds for i in f]
+    assert sorted(flat) == list(range(20))
+    for f in folds:
+        assert sum(labels[i] == "a" for i in f) in (1, 2)
+    assert folds != stratified_folds(labels, 5, seed=2)
