@@ -86,6 +86,10 @@ def init_table(cfg: EncoderConfig, n_virtual: int, embeddings: nn.Embedding, tok
     ``words`` starts each virtual token from one word of ``init_text`` (first token of each word, cycled);
     ``text`` uses the text's token sequence as it comes (cycled or cut)."""
     if cfg.init == "random":
+        if cfg.type == "embedding":
+            # a plain table is the prompt itself: start it at the scale of real token embeddings (N(0, 1) rows
+            # are ~7x louder than SmolLM2's and swamp the text); reparameterised encoders keep N(0, 1) inputs
+            return torch.randn(n_virtual, embeddings.weight.shape[1]) * embeddings.weight.float().std().item()
         return None
     if cfg.init == "words":
         ids = [tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in cfg.init_text.split()]

@@ -1,0 +1,163 @@
+"""``ptune search``: choose a recipe by repeated, stratified k-fold cross-validation over a declared space.
+
+The config file is a normal ptune config plus a ``search`` section:
+
+    search:
+      folds: 5
+      seeds: [1, 2]
+      budget_minutes: 30          # stop starting new candidates after this
+      space:                      # dotted config keys -> candidate values (the grid is their product)
+        task.template: ["[P*20] Tweet text : {Tweet text} Label : [TARGET]", "..."]
+        train.lr: [3e-3, 1e-2]
+
+Every candidate gets the same folds. The table and plot report mean and spread of accuracy and macro-F1; the best
+by mean macro-F1 is retrained on all rows and written as a normal checkpoint (``predict``/``eval``/``serve`` take it).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .config import _resolve_paths, apply_overrides, config_from_dict, yaml_load
+from .errors import ConfigError, PtuneError
+from .session import open_session
+from .train import cross_validate, fit, prepare
+
+
+def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict]:
+    """(base config values, search settings) from a YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    values = yaml_load(path.read_text(encoding="utf-8")) or {}
+    search = values.pop("search", None)
+    if not isinstance(search, dict) or not isinstance(search.get("space"), dict) or not search["space"]:
+        raise ConfigError(f"{path}: needs a `search:` section with a non-empty `space:` mapping")
+    unknown = set(search) - {"folds", "seeds", "budget_minutes", "space"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) in search: {', '.join(sorted(unknown))}")
+    for key, options in search["space"].items():
+        if not isinstance(options, list) or not options:
+            raise ConfigError(f"{path}: search.space.{key} must be a non-empty list of values")
+    values = apply_overrides(values, list(overrides))
+    values["__file__"] = str(path)
+    return values, search
+
+
+def candidates(base: dict, space: dict) -> list[tuple[dict, dict]]:
+    """Each point of the grid: (its settings, the full config values)."""
+    keys = list(space)
+    out = []
+    for combo in itertools.product(*(space[k] for k in keys)):
+        settings = dict(zip(keys, combo))
+        values = copy.deepcopy({k: v for k, v in base.items() if k != "__file__"})
+        for key, value in settings.items():
+            node = values
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        out.append((settings, values))
+    return out
+
+
+def build(values: dict, source: str):
+    cfg = config_from_dict(values)
+    _resolve_paths(cfg, Path(source).parent)
+    return cfg
+
+
+def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (), show_progress: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    if (out_dir / checkpoint.MANIFEST).exists():
+        raise PtuneError(f"{out_dir} already holds a checkpoint; choose another --out")
+    base_values, search = load_search(path, overrides)
+    folds = int(search.get("folds", 5))
+    seeds = [int(s) for s in search.get("seeds", [42])]
+    budget = float(search.get("budget_minutes", 0)) * 60
+    grid = candidates(base_values, search["space"])
+    configs = [(s, build(v, base_values["__file__"])) for s, v in grid]  # all validated before any work
+    session0, table, _ = prepare(configs[0][1])
+    base = session0.base
+    results = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(configs), desc="search", unit="candidate", disable=not show_progress)
+    for settings, cfg in configs:
+        if budget and time.perf_counter() - t0 > budget:
+            print(f"time budget of {budget / 60:.0f} min reached: {len(configs) - len(results)} candidates not run")
+            break
+        values = table.column(cfg.task.label_column) if cfg.task.type == "classification" else None
+        session = open_session(cfg, label_values=values, base=base)
+        summary = cross_validate(cfg, folds=folds, seeds=seeds, session=session, train_table=table,
+                                 show_progress=False)
+        row = {"settings": settings, "seconds": round(summary["seconds"], 1)}
+        for metric in ("accuracy", "macro_f1"):
+            if metric in summary:
+                row[metric] = summary[metric]
+        results.append(row)
+        bar.update(1)
+        bar.set_postfix(best_f1=f"{max(r.get('macro_f1', {}).get('mean', 0) for r in results):.3f}")
+    bar.close()
+    if not results:
+        raise PtuneError("no candidate finished within the time budget")
+    best_i = max(range(len(results)), key=lambda i: results[i].get("macro_f1", {}).get("mean", -1))
+    best_cfg = configs[best_i][1]
+    # retrain the winner on every labelled row and write a normal checkpoint
+    values = table.column(best_cfg.task.label_column) if best_cfg.task.type == "classification" else None
+    session = open_session(best_cfg, label_values=values, base=base)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, prog = fit(session, table, None, out_dir, show_progress=show_progress)
+    report = {"folds": folds, "seeds": seeds, "seconds": round(time.perf_counter() - t0, 1), "best": best_i,
+              "candidates": results}
+    checkpoint.write_atomic(out_dir / "search.json", json.dumps(report, indent=2).encode())
+    checkpoint.write_atomic(out_dir / "search.md", render_table(results, best_i).encode())
+    plot_search(results, best_i, out_dir / "search.png")
+    return report
+
+
+def _short(settings: dict) -> str:
+    return "; ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items())
+
+
+def render_table(results: list[dict], best: int) -> str:
+    lines = ["| # | candidate | accuracy (mean ± sd) | macro-F1 (mean ± sd) | seconds |", "| --- | --- | --- | --- | --- |"]
+    for i, r in enumerate(results):
+        acc, f1 = r.get("accuracy", {}), r.get("macro_f1", {})
+        mark = " **best**" if i == best else ""
+        lines.append(f"| {i}{mark} | {_short(r['settings'])} | {acc.get('mean', 0):.3f} ± {acc.get('std', 0):.3f} | "
+                     f"{f1.get('mean', 0):.3f} ± {f1.get('std', 0):.3f} | {r['seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_search(results: list[dict], best: int, path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(results) + 1.5))
+    ys = range(len(results))
+    means = [r.get("macro_f1", {}).get("mean", 0) for r in results]
+    sds = [r.get("macro_f1", {}).get("std", 0) for r in results]
+    colors = ["tab:orange" if i == best else "tab:blue" for i in ys]
+    ax.barh(list(ys), means, xerr=sds, color=colors, alpha=0.8)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels([f"#{i}" for i in ys])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("cross-validated macro-F1 (mean ± sd over folds and seeds)")
+    ax.set_title("ptune search: candidates (orange: chosen)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    checkpoint.write_atomic(path, buf.getvalue())

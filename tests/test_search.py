@@ -1,0 +1,39 @@
+import json
+
+import yaml
+
+from conftest import ROWS, write_csv
+from ptune.predict import Predictor
+from ptune.search import candidates, run_search
+
+
+def test_grid_is_the_product_of_the_space():
+    grid = candidates({"train": {"lr": 1.0}}, {"train.lr": [1, 2], "task.template": ["a", "b", "c"]})
+    assert len(grid) == 6
+    assert grid[0][1]["train"]["lr"] == 1 and grid[0][1]["task"]["template"] == "a"
+
+
+def test_search_picks_best_by_macro_f1_and_writes_a_checkpoint_that_predicts(tiny_causal_dir, tmp_path):
+    write_csv(tmp_path / "train.csv", ROWS * 2)
+    cfg = {
+        "model": {"name_or_path": str(tiny_causal_dir), "dtype": "float32", "device": "cpu"},
+        "task": {"template": "[P*2] {text} Label : [TARGET]", "label_column": "label"},
+        "encoder": {"type": "mlp", "hidden_size": 16},
+        "data": {"train": "train.csv"},
+        "train": {"epochs": 1, "batch_size": 4, "max_length": 64},
+        "search": {"folds": 2, "seeds": [1], "space": {"train.lr": [1e-3, 3e-2],
+                                                       "encoder.type": ["mlp", "embedding"]}},
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    f1 = [c["macro_f1"]["mean"] for c in report["candidates"]]
+    assert len(f1) == 4 and f1[report["best"]] == max(f1)
+    assert all(len(c["macro_f1"]) == 2 for c in report["candidates"])  # mean and spread
+    saved = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert saved["best"] == report["best"]
+    assert (tmp_path / "out" / "search.png").is_file() and "**best**" in (tmp_path / "out" / "search.md").read_text()
+    predictor = Predictor.load(tmp_path / "out")
+    best = report["candidates"][report["best"]]["settings"]
+    assert predictor.session.cfg.encoder.type == best["encoder.type"]
+    preds = predictor.predict_rows([{"text": "thanks"}, {"text": "broken box"}])
+    assert all(p["prediction"] in ("complaint", "no complaint") for p in preds)
