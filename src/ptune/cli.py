@@ -16,8 +16,12 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except PtuneError as err:
-            click.echo(f"ptune: error: {err}", err=True)
-            sys.exit(2)
+            message = str(err)
+        except OSError as err:  # disk full, no permission, a missing folder for --out: the system's words suffice
+            message = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
+        # one line, even when the message quotes a multi-line YAML or pyarrow error
+        click.echo(f"ptune: error: {' '.join(message.split())}", err=True)
+        sys.exit(2)
 
 
 @click.group(cls=_Group)
@@ -99,6 +103,38 @@ def predict(checkpoint_dir, data, out_file, fmt, quiet):
 
 
 @main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Where the chosen recipe's checkpoint and the search report (search.md/json/png) go.")
+@_set
+@click.option("--quiet", is_flag=True)
+def search(config, out_dir, overrides, quiet):
+    """Cross-validated search over the config's `search.space`; retrain the best and write its checkpoint."""
+    from .search import render_table, run_search
+
+    report = run_search(config, out_dir, overrides, show_progress=not quiet)
+    click.echo(render_table(report["candidates"], report["best"]))
+    click.echo(f"chosen: candidate {report['best']}; checkpoint in {out_dir}; took {report['seconds']:.0f} s")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--manual", required=True, help="Manual template without virtual tokens, e.g. "
+              "'Tweet text : {Tweet text} Label : [TARGET]'.")
+@_set
+@click.option("--folds", type=int, default=None)
+@click.option("--seeds", default=None, help="Comma-separated seeds.")
+def baselines(config, manual, overrides, folds, seeds):
+    """Majority class and zero-shot manual prompt on the same folds as `ptune cv`."""
+    from .baselines import baselines as run
+    from .config import load_config
+
+    cfg = load_config(config, overrides)
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    click.echo(json.dumps(run(cfg, manual, folds, seed_list), indent=2))
+
+
+@main.command()
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Where to keep the demo checkpoint (default: a temporary folder).")
 @click.option("--quiet", is_flag=True)
@@ -107,6 +143,17 @@ def demo(out_dir, quiet):
     from .demo import run_demo
 
     run_demo(out_dir, show_progress=not quiet)
+
+
+from .interop.peft import register as _register_interop  # noqa: E402  (export, import)
+from .serve import register as _register_serve  # noqa: E402  (serve)
+
+_register_interop(main)
+_register_serve(main)
+
+from .bench import register as _register_bench  # noqa: E402  (bench lama, bench fewshot)
+
+_register_bench(main)
 
 
 if __name__ == "__main__":

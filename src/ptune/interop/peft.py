@@ -1,0 +1,364 @@
+"""PEFT interop: export a ptune checkpoint as a PEFT prompt-learning adapter, and import one as a ptune checkpoint.
+
+PEFT saves every prompt-learning adapter (prompt tuning, P-tuning) as ``adapter_config.json`` plus
+``adapter_model.safetensors`` holding one tensor, ``prompt_embeddings`` (n_virtual, hidden): the prompt table that
+inference prepends to the input embeddings. For P-tuning that is the encoder's *output*; the encoder itself (LSTM or
+MLP) is not saved, and a P_TUNING adapter loaded with ``is_trainable=True`` would rebuild a fresh random encoder and
+feed the saved table *through* it. So the export is written as ``PROMPT_TUNING``: PEFT uses the table unchanged at
+inference (same predictions as ptune) and, if training continues in PEFT, it trains that table directly, which is
+the faithful continuation of the table ptune computed. Both P_TUNING and PROMPT_TUNING adapters import the same way
+(the table), into a ptune ``embedding`` encoder initialised from it.
+
+Only prefix templates can be exported (PEFT always puts the virtual tokens first); the anchor text after the prefix
+is part of the input a PEFT user must feed, so the export folder documents it (``README.md``, ``ptune_export.json``).
+
+Reading is safe: JSON and safetensors only, never ``torch.load``/pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import torch
+
+from .. import checkpoint
+from ..errors import CheckpointError, PtuneError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+EXPORT_META = "ptune_export.json"
+EXPORT_FORMAT = "ptune-peft-export"
+MAX_JSON_BYTES = 1 << 20
+PROMPT_TYPES = ("P_TUNING", "PROMPT_TUNING")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shared checks
+
+
+def _base_and_tokenizer(model_cfg):
+    """(identity, kind, HF config, tokenizer) of a base model, without loading its weights."""
+    from transformers import AutoTokenizer
+
+    from ..base import _detect_kind, describe_base
+
+    folder, load_kwargs, identity, hf_config = describe_base(model_cfg)
+    kind = _detect_kind(hf_config) if model_cfg.kind == "auto" else model_cfg.kind
+    tokenizer = AutoTokenizer.from_pretrained(folder, **load_kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return folder, identity, kind, hf_config, tokenizer
+
+
+def _check_compatible(template, kind: str, tokenizer, where: str) -> None:
+    """Refuse what PEFT's prompt learning cannot reproduce exactly, saying why."""
+    if not template.is_prefix:
+        raise PtuneError(f"{where}: template {template.source!r} has virtual tokens after other text; PEFT's prompt "
+                         "learning only prepends them, so it could not reproduce this template (use a template whose "
+                         "[P*n] runs all come first)")
+    if kind != "causal":
+        raise PtuneError(f"{where}: the base model is a {kind} LM; the PEFT interop supports causal LMs only "
+                         "(PEFT's prompt learning has no masked-LM task type)")
+    with_special = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    if list(with_special) != list(plain):
+        raise PtuneError(f"{where}: the tokenizer adds special tokens ({with_special} vs {plain} for 'a'); ptune puts "
+                         "them before the virtual tokens and PEFT after, so predictions would differ")
+
+
+def input_format(template, tokenizer, max_length: int = 256) -> tuple[str, str]:
+    """The text a PEFT user feeds after the prompt (fields as ``{name}``, the target left out) and the whitespace
+    that goes before the target word. Rendered by ptune's own renderer, so it is exactly what ptune tokenizes."""
+    from ..data import Renderer
+
+    renderer = Renderer(template, tokenizer, "causal", max_length)
+    pieces, target_space = renderer._pieces({f: "{" + f + "}" for f in template.fields})
+    text = "".join(p for kind, p in pieces if kind in ("text", "field"))
+    return text, target_space
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# export
+
+
+def export_peft(checkpoint_dir: str | Path, out_dir: str | Path) -> dict:
+    """Write ``out_dir`` as a PEFT PROMPT_TUNING adapter equivalent to the checkpoint; return a summary."""
+    from safetensors.torch import save as st_save
+
+    from ..config import config_from_dict
+    from ..template import parse_template
+
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    meta, _, prompts = checkpoint.load_model(checkpoint_dir)
+    cfg = config_from_dict(meta["config"])
+    template = parse_template(meta["template"])
+    if not template.is_prefix:  # before loading anything
+        _check_compatible(template, "causal", None, f"export {checkpoint_dir}")
+    folder, identity, kind, hf_config, tokenizer = _base_and_tokenizer(cfg.model)
+    checkpoint.check_identity(meta["base"], identity, f"checkpoint {checkpoint_dir}")
+    _check_compatible(template, kind, tokenizer, f"export {checkpoint_dir}")
+    if (out_dir / checkpoint.MANIFEST).exists():
+        raise PtuneError(f"{out_dir} holds a ptune checkpoint; choose another --out for the PEFT adapter")
+    text, target_space = input_format(template, tokenizer, cfg.train.max_length)
+    text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    n, dim = prompts.shape
+    adapter_config = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": "CAUSAL_LM",
+        "num_virtual_tokens": int(n),
+        "token_dim": int(dim),
+        "num_transformer_submodules": 1,
+        "num_attention_heads": getattr(text_config, "num_attention_heads", None),
+        "num_layers": getattr(text_config, "num_hidden_layers", None),
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "tokenizer_name_or_path": None,
+        "tokenizer_kwargs": None,
+        "inference_mode": True,
+        "base_model_name_or_path": str(folder),
+        "revision": cfg.model.revision,
+        "modules_to_save": None,
+        "auto_mapping": None,
+    }
+    export_meta = {
+        "format": EXPORT_FORMAT, "version": 1,
+        "template": template.source,
+        "input_format": text,
+        "fields": template.fields,
+        "field_columns": dict(cfg.data.columns),
+        "target_prefix": target_space,
+        "task": cfg.task.type,
+        "labels": meta.get("labels"),
+        "score": cfg.task.score,
+        "base": meta["base"],
+        "config": meta["config"],
+        "source_checkpoint": str(checkpoint_dir),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_atomic(out_dir / ADAPTER_WEIGHTS, st_save({"prompt_embeddings": prompts.float().contiguous()}))
+    checkpoint.write_atomic(out_dir / EXPORT_META, json.dumps(export_meta, indent=2, ensure_ascii=False).encode())
+    checkpoint.write_atomic(out_dir / "README.md", _readme(export_meta, adapter_config).encode())
+    # the config last: a folder with it is a complete adapter
+    checkpoint.write_atomic(out_dir / ADAPTER_CONFIG, json.dumps(adapter_config, indent=2).encode())
+    return {"out": str(out_dir), "peft_type": "PROMPT_TUNING", "num_virtual_tokens": int(n), "token_dim": int(dim),
+            "input_format": text}
+
+
+def _readme(meta: dict, adapter: dict) -> str:
+    labels = meta.get("labels") or {}
+    label_lines = "".join(f"- `{l}`: {', '.join(repr(meta['target_prefix'] + w) for w in ws)}\n"
+                          for l, ws in labels.items())
+    label_section = f"\n## Labels (label: word(s) the model scores)\n\n{label_lines}" if label_lines else ""
+    return f"""# PEFT adapter exported by ptune
+
+A `PROMPT_TUNING` adapter ({adapter['num_virtual_tokens']} virtual tokens of width {adapter['token_dim']}) holding
+the prompt table of a ptune checkpoint (`prompt_embeddings` in `adapter_model.safetensors`).
+
+```python
+from peft import PeftModel
+model = PeftModel.from_pretrained(base_model, "THIS_FOLDER")   # base: {meta['base'].get('name_or_path')}
+```
+
+## Input format
+
+ptune's template was `{meta['template']}`. PEFT prepends the virtual tokens itself, so feed the rest of the
+template, with each `{{field}}` replaced by the row's value, **without special tokens** (`add_special_tokens=False`):
+
+    {meta['input_format']}
+
+The answer follows directly, preceded by {meta['target_prefix']!r}. ptune tokenizes the anchor text and each
+field separately, so for byte-exact agreement tokenize the pieces apart (boundaries at the field starts); for
+ordinary text the whole string tokenizes the same. Task type: `{meta['task']}`; scoring of label words:
+`{meta['score']}` of their token log-probabilities.
+{label_section}
+`ptune_export.json` holds the same in machine-readable form (and the full ptune config, so that
+`ptune import THIS_FOLDER --out DIR` restores the checkpoint).
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# import
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{path}: larger than {MAX_JSON_BYTES} bytes; not an adapter config")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return value
+
+
+def read_peft_adapter(peft_dir: str | Path) -> tuple[dict, torch.Tensor]:
+    """(adapter config, prompt table (n, d) float32) of a PEFT P-tuning or prompt-tuning adapter folder."""
+    from safetensors import SafetensorError, safe_open
+
+    peft_dir = Path(peft_dir)
+    if not peft_dir.is_dir():
+        raise CheckpointError(f"{peft_dir}: not a folder (expected a PEFT adapter folder)")
+    config = _read_json(peft_dir / ADAPTER_CONFIG)
+    ptype = str(config.get("peft_type", "")).upper()
+    if ptype not in PROMPT_TYPES:
+        why = ("prefix tuning stores per-layer keys and values, not input embeddings" if ptype == "PREFIX_TUNING"
+               else "it is not a prompt-learning adapter of input embeddings")
+        raise CheckpointError(f"{peft_dir}: peft_type {config.get('peft_type')!r} cannot be imported ({why}); "
+                              f"ptune imports {' and '.join(PROMPT_TYPES)}")
+    task_type = config.get("task_type")
+    if task_type not in (None, "CAUSAL_LM"):
+        raise CheckpointError(f"{peft_dir}: task_type {task_type!r}; ptune imports CAUSAL_LM adapters only")
+    if config.get("num_transformer_submodules") not in (None, 1):
+        raise CheckpointError(f"{peft_dir}: num_transformer_submodules {config['num_transformer_submodules']} "
+                              "(an encoder-decoder adapter); ptune imports decoder-only adapters")
+    weights = peft_dir / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        if (peft_dir / "adapter_model.bin").is_file():
+            raise CheckpointError(f"{peft_dir}: only adapter_model.bin (a pickle) is present; ptune never unpickles. "
+                                  "Re-save it with PEFT's save_pretrained(..., safe_serialization=True)")
+        raise CheckpointError(f"{weights}: not found")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            if "prompt_embeddings" not in f.keys():
+                raise CheckpointError(f"{weights}: no 'prompt_embeddings' tensor (keys: {sorted(f.keys())[:5]})")
+            table = f.get_tensor("prompt_embeddings")
+    except SafetensorError as err:
+        raise CheckpointError(f"{weights}: not a valid safetensors file: {err}") from None
+    n = config.get("num_virtual_tokens")
+    if table.ndim != 2 or not table.is_floating_point() or (isinstance(n, int) and table.shape[0] != n):
+        raise CheckpointError(f"{weights}: prompt_embeddings has shape {tuple(table.shape)} and dtype {table.dtype}; "
+                              f"expected ({n}, token_dim) floats")
+    if config.get("token_dim") not in (None, table.shape[1]):
+        raise CheckpointError(f"{weights}: width {table.shape[1]} disagrees with token_dim {config['token_dim']}")
+    table = table.float()
+    if not torch.isfinite(table).all():
+        raise CheckpointError(f"{weights}: prompt_embeddings holds NaN or infinite values")
+    return config, table
+
+
+def import_peft(peft_dir: str | Path, out_dir: str | Path, *, template: str | None = None,
+                model: str | None = None, task_type: str | None = None, label_column: str | None = None,
+                verbalizer: dict | None = None, overrides: list[str] | tuple = ()) -> dict:
+    """Write a ptune checkpoint (encoder ``embedding`` initialised from the adapter's table) that predicts as the
+    adapter does, plus a resumable training state at step 0, so ``ptune train DIR/train.yaml --out DIR --resume
+    --set data.train=...`` continues training the imported table. Returns a summary."""
+    import yaml
+
+    from ..config import apply_overrides, config_from_dict
+    from ..labels import LabelSpace
+    from ..template import parse_template
+    from ..train import Progress
+
+    peft_dir, out_dir = Path(peft_dir), Path(out_dir)
+    adapter, table = read_peft_adapter(peft_dir)
+    n, dim = table.shape
+    if (out_dir / checkpoint.MANIFEST).exists():
+        raise PtuneError(f"{out_dir} already holds a checkpoint; choose another --out")
+
+    exported = _read_json(peft_dir / EXPORT_META) if (peft_dir / EXPORT_META).is_file() else None
+    if exported is not None and exported.get("format") == EXPORT_FORMAT and isinstance(exported.get("config"), dict):
+        values = json.loads(json.dumps(exported["config"]))  # a ptune export: its own config comes back
+    else:
+        values = {"model": {"name_or_path": adapter.get("base_model_name_or_path")},
+                  "task": {"type": "classification", "template": f"[P*{n}] {{text}} [TARGET]"}}
+    values.setdefault("model", {})
+    values.setdefault("task", {})
+    if model:
+        values["model"].update(name_or_path=model, gguf_file=None)
+    if not values["model"].get("name_or_path"):
+        raise PtuneError(f"{peft_dir}: the adapter names no base model (base_model_name_or_path); give --model")
+    if template is not None:
+        values["task"]["template"] = template
+    if task_type is not None:
+        values["task"]["type"] = task_type
+    if label_column is not None:
+        values["task"]["label_column"] = label_column
+    if verbalizer:
+        values["task"]["verbalizer"] = dict(verbalizer)
+    values["encoder"] = {"type": "embedding"}
+    data = values.setdefault("data", {})
+    for split in ("train", "dev", "test"):
+        data.pop(split, None)  # never train on paths from another machine by accident
+    values = apply_overrides(values, list(overrides))
+    cfg = config_from_dict(values)
+    if cfg.encoder.type != "embedding":
+        raise PtuneError("an imported prompt table is an `embedding` encoder; encoder.type cannot be overridden")
+
+    tpl = parse_template(cfg.task.template)
+    if tpl.n_virtual != n:
+        raise PtuneError(f"template {tpl.source!r} has {tpl.n_virtual} virtual tokens but the adapter has {n}; "
+                         f"give --template with [P*{n}] first")
+    _, identity, kind, _, tokenizer = _base_and_tokenizer(cfg.model)
+    if identity["hidden_size"] != dim:
+        raise PtuneError(f"{peft_dir}: prompt width {dim} but {cfg.model.name_or_path!r} has hidden size "
+                         f"{identity['hidden_size']}; give --model with the adapter's base model")
+    tpl.validate(kind=kind)
+    _check_compatible(tpl, kind, tokenizer, f"import {peft_dir}")
+    labels = None
+    if cfg.task.type == "classification":
+        if not cfg.task.verbalizer:
+            raise PtuneError("a classification task needs its labels: give --verbalizer LABEL=WORD for each label "
+                             "(or --task generation)")
+        labels = LabelSpace.build(cfg.task.verbalizer).to_dict()
+
+    encoder_state = {"encoder.table": table}
+    checkpoint.save_model(out_dir, config=cfg.to_dict(), labels=labels, base=identity, encoder_state=encoder_state,
+                          prompts=table, extra={"imported_from": {"peft_dir": str(peft_dir),
+                                                                  "peft_type": adapter.get("peft_type")}})
+    # a training state at step 0 with the imported table: `ptune train ... --resume` continues from it
+    param = torch.nn.Parameter(table.clone())
+    optimizer = torch.optim.AdamW([param], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    checkpoint.save_state(out_dir, encoder_state=encoder_state, optimizer=optimizer, progress=Progress().__dict__)
+    checkpoint.write_atomic(out_dir / "train.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    return {"out": str(out_dir), "peft_type": adapter.get("peft_type"), "num_virtual_tokens": int(n),
+            "template": cfg.task.template, "task": cfg.task.type, "labels": labels,
+            "continue_training": f"ptune train {out_dir / 'train.yaml'} --out {out_dir} --resume "
+                                 "--set data.train=TRAIN_FILE"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _pairs(values, option: str) -> dict:
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: expected LABEL=WORD", param_hint=option)
+        key, value = item.split("=", 1)
+        out.setdefault(key.strip(), []).append(value.strip())
+    return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
+
+
+def register(main: click.Group) -> None:
+    @main.command("export")
+    @click.argument("checkpoint_dir", type=click.Path(file_okay=False))
+    @click.option("--format", "fmt", type=click.Choice(["peft"]), default="peft", show_default=True)
+    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Adapter folder.")
+    def export_cmd(checkpoint_dir, fmt, out_dir):
+        """Export a checkpoint as a PEFT prompt-tuning adapter (prefix templates, causal LMs)."""
+        click.echo(json.dumps(export_peft(checkpoint_dir, out_dir), indent=2))
+
+    @main.command("import")
+    @click.argument("peft_dir", type=click.Path(file_okay=False))
+    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
+    @click.option("--template", default=None, help="ptune template; its [P*n] must come first (default: the "
+                  "exported one, or '[P*n] {text} [TARGET]').")
+    @click.option("--model", default=None, help="Base model (default: the adapter's base_model_name_or_path).")
+    @click.option("--task", "task_type", type=click.Choice(["classification", "generation", "probing"]),
+                  default=None)
+    @click.option("--label-column", default=None)
+    @click.option("--verbalizer", multiple=True, metavar="LABEL=WORD", help="A label and its word (repeatable).")
+    @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value.")
+    def import_cmd(peft_dir, out_dir, template, model, task_type, label_column, verbalizer, overrides):
+        """Import a PEFT P-tuning or prompt-tuning adapter as a ptune checkpoint (trainable embedding encoder)."""
+        summary = import_peft(peft_dir, out_dir, template=template, model=model, task_type=task_type,
+                              label_column=label_column, verbalizer=_pairs(verbalizer, "--verbalizer"),
+                              overrides=overrides)
+        click.echo(json.dumps(summary, indent=2))
+
