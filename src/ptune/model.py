@@ -30,7 +30,10 @@ class PTuningModel(nn.Module):
         base.requires_grad_(False)
         base.eval()
         self._table: torch.Tensor | None = None  # cached prompt table for inference
-        self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        params = inspect.signature(base.forward).parameters
+        self._keeps_logits = "logits_to_keep" in params
+        # the KV-cache argument's name: `cache` from transformers 5.x on, `past_key_values` before
+        self._cache_arg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -101,6 +104,43 @@ class PTuningModel(nn.Module):
         """Mean negative log-likelihood over the target tokens only."""
         logp, mask = self.token_logprobs(batch)
         return -logp.sum() / mask.sum().clamp(min=1)
+
+    @property
+    def can_score_continuations(self) -> bool:
+        return self.kind == "causal" and self._cache_arg is not None and self._keeps_logits
+
+    @torch.no_grad()
+    def continuation_logprobs(self, batch, words: list[list[int]]) -> list[torch.Tensor]:
+        """Log-probabilities of several continuations of the same (left-padded, target-free) inputs, the inputs run
+        once: their last position scores every word's first token, and the KV cache is reused to score the rest of
+        a longer word. Returns, per word, a (B, len(word)) tensor; the same numbers as appending each word to every
+        input and reading ``token_logprobs`` (up to floating-point noise)."""
+        from transformers import DynamicCache
+
+        embeds = self.embed(batch["input_ids"], batch["virtual_index"])
+        mask, pos = batch["attention_mask"], batch["position_ids"]
+        cache = DynamicCache(config=self.base.config)
+        out = self.base(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True,
+                        logits_to_keep=1, **{self._cache_arg: cache})
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
+        first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+        rows = mask.shape[0]
+        result = []
+        for word in words:
+            scores = [first[:, word[0]]]
+            if len(word) > 1:
+                n = len(word) - 1
+                ids = torch.tensor([word[:-1]], device=mask.device).expand(rows, n)
+                step_mask = torch.cat([mask, mask.new_ones(rows, n)], dim=1)
+                step_pos = pos[:, -1:] + 1 + torch.arange(n, device=pos.device)
+                logits = self.base(inputs_embeds=self.base.get_input_embeddings()(ids), attention_mask=step_mask,
+                                   position_ids=step_pos, use_cache=True, **{self._cache_arg: cache}).logits
+                logp = F.log_softmax(logits.float(), dim=-1)
+                rest = torch.tensor(word[1:], device=logp.device)
+                scores += list(logp.gather(-1, rest.expand(rows, n).unsqueeze(-1)).squeeze(-1).unbind(1))
+                cache.crop(-n)  # drop this word's n positions: back to the shared inputs for the next word
+            result.append(torch.stack(scores, dim=1))
+        return result
 
     @torch.no_grad()
     def generate(self, batch, max_new_tokens: int, eos_token_id, pad_token_id: int) -> torch.Tensor:

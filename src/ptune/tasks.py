@@ -31,6 +31,23 @@ def _batches(items: list, size: int, key=len):
         yield idx, [items[i] for i in idx]
 
 
+def _shared_prefix(encoded: list[tuple[int, list[int], Encoded]]) -> Encoded | None:
+    """The target-free input shared by every candidate of a row, or None where truncation made them differ."""
+    first = None
+    for _, ids, enc in encoded:
+        n = len(ids)
+        if n == 0 or enc.input_ids[len(enc) - n:] != ids:
+            return None
+        cut = (enc.input_ids[:len(enc) - n], enc.virtual_index[:len(enc) - n])
+        if first is None:
+            first = cut
+        elif cut != first:
+            return None
+    if first is None or not first[0]:
+        return None
+    return Encoded(first[0], first[1], [-100] * len(first[0]), any(e.truncated for _, _, e in encoded))
+
+
 @dataclass
 class Task:
     cfg: TaskConfig
@@ -77,19 +94,43 @@ class ClassificationTask(Task):
         return out, 0
 
     def predict(self, model, rows, batch_size, device, progress=None):
-        # one candidate input per (row, label, alternative word); all scored by likelihood of the word's tokens
+        # every label's alternative words, all scored by the likelihood of the word's tokens
         targets = [(li, self.renderer.target_ids(w)) for li, ws in enumerate(self.labels.words) for w in ws]
-        items = [(ri, li, self.renderer.encode(row, ids)) for ri, row in enumerate(rows) for li, ids in targets]
         scores = torch.full((len(rows), len(self.labels.labels)), -math.inf)
-        for idx, chunk in _batches(items, batch_size, key=lambda it: len(it[2])):
-            logp, mask = model.token_logprobs(self.batch([c[2] for c in chunk], device))
-            total = logp.sum(-1)
-            if self.cfg.score == "mean":
-                total = total / mask.sum(-1)
-            for (ri, li, _), s in zip(chunk, total.tolist()):
-                scores[ri, li] = max(scores[ri, li].item(), s)
+
+        def record(ri, li, logp_sum, n):
+            s = logp_sum / n if self.cfg.score == "mean" else logp_sum
+            scores[ri, li] = max(scores[ri, li].item(), s)
+
+        shared, items = [], []
+        for ri, row in enumerate(rows):
+            encoded = [(li, ids, self.renderer.encode(row, ids)) for li, ids in targets]
+            prefix = _shared_prefix(encoded) if model.can_score_continuations else None
+            if prefix is not None:
+                shared.append((ri, prefix))
+            else:
+                items += [(ri, li, enc) for li, _, enc in encoded]
+        # fast path: a causal row whose rendering is the same whatever the label runs once; the label words are
+        # scored from its last position and the KV cache
+        words = [ids for _, ids in targets]
+        for _, chunk in _batches(shared, batch_size, key=lambda it: len(it[1])):
+            per_word = model.continuation_logprobs(self.batch([c[1] for c in chunk], device), words)
+            for (li, ids), logp in zip(targets, per_word):
+                for (ri, _), total in zip(chunk, logp.sum(-1).tolist()):
+                    record(ri, li, total, len(ids))
             if progress:
-                progress(len(chunk))
+                progress(len(chunk))  # rows
+        # plain path: one candidate input per (row, label, alternative word)
+        left = {ri: len(targets) for ri, _, _ in items}
+        for _, chunk in _batches(items, batch_size, key=lambda it: len(it[2])):
+            logp, mask = model.token_logprobs(self.batch([c[2] for c in chunk], device))
+            done = 0
+            for (ri, li, _), total, n in zip(chunk, logp.sum(-1).tolist(), mask.sum(-1).tolist()):
+                record(ri, li, total, n)
+                left[ri] -= 1
+                done += left[ri] == 0
+            if progress and done:
+                progress(done)  # rows all of whose candidates are scored
         out = []
         for row_scores in scores:
             best = int(row_scores.argmax())
