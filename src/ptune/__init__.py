@@ -4,11 +4,17 @@ The data path: config -> template -> data -> model (prompt encoder + frozen LM) 
 checkpoint -> serve / export.
 """
 
-from .config import Config, load_config
-from .errors import PtuneError
-from .predict import Predictor
-from .template import parse_template
-from .train import cross_validate, train
+import os
+
+# OpenMP threads that spin while waiting thrash when another process shares the cores: on a busy 2-core machine a
+# SmolLM2 training step took 6.5-20 s with spinning threads and 3.5 s with passive waiting. Must precede torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .config import Config, load_config  # noqa: E402
+from .errors import PtuneError  # noqa: E402
+from .predict import Predictor  # noqa: E402
+from .template import parse_template  # noqa: E402
+from .train import cross_validate, train  # noqa: E402
 
 __all__ = ["Config", "load_config", "PtuneError", "Predictor", "parse_template", "train", "cross_validate"]
 __version__ = "0.1.0"

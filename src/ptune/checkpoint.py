@@ -65,7 +65,11 @@ def _put_tensors(folder: Path, stem: str, tensors: dict[str, torch.Tensor]) -> d
 
 
 def _get_tensors(folder: Path, entry: dict) -> dict[str, torch.Tensor]:
-    path = folder / entry["file"]
+    name = entry["file"]
+    # a manifest names files in its own folder only ("../x" or "/x" would read outside it)
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+        raise CheckpointError(f"{folder}: the manifest names {name!r}, not a tensor file of this folder")
+    path = folder / name
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (the checkpoint is incomplete)")
     data = path.read_bytes()
@@ -73,7 +77,7 @@ def _get_tensors(folder: Path, entry: dict) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: checksum mismatch (the file is truncated or corrupted)")
     try:
         return st_load(data)
-    except SafetensorError as err:
+    except (SafetensorError, ValueError, TypeError, RuntimeError) as err:  # torch can object to the payload too
         raise CheckpointError(f"{path}: not a valid safetensors file: {err}") from None
 
 
@@ -82,9 +86,9 @@ def _read_manifest(path: Path) -> dict:
         raise CheckpointError(f"{path}: not found; is {path.parent} a ptune checkpoint directory?")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError(f"{path}: corrupted manifest: {err}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("version", 0), int):
         raise CheckpointError(f"{path}: not a ptune checkpoint manifest")
     if meta.get("version", 0) > VERSION:
         raise CheckpointError(f"{path}: written by a newer ptune (format version {meta['version']})")
@@ -104,6 +108,8 @@ def _collect_garbage(folder: Path) -> None:
     for path in folder.glob("*.safetensors"):
         if path.name not in keep:
             path.unlink(missing_ok=True)
+    for path in folder.glob(".*.tmp"):  # left by a process killed mid-write (there is one writer per folder)
+        path.unlink(missing_ok=True)
 
 
 def save_model(folder: Path, *, config: dict, labels: dict | None, base: dict, encoder_state: dict,
@@ -128,7 +134,9 @@ def load_model(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], torch
         prompts = _get_tensors(folder, meta["files"]["prompts"])["prompts"]
     except (KeyError, TypeError):
         raise CheckpointError(f"{folder / MANIFEST}: manifest lacks its file entries") from None
-    if tuple(prompts.shape) != (meta.get("n_virtual"), meta.get("hidden_size")):
+    base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
+    if tuple(prompts.shape) != (meta.get("n_virtual"), meta.get("hidden_size")) or (
+            prompts.shape[-1] != base.get("hidden_size", prompts.shape[-1])):
         raise CheckpointError(f"{folder}: prompt table shape {tuple(prompts.shape)} disagrees with the manifest")
     return meta, encoder, prompts
 
@@ -156,14 +164,20 @@ def save_state(folder: Path, *, encoder_state: dict, optimizer: torch.optim.Opti
 def load_state(folder: Path, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Restore the optimizer in place; return (encoder state, progress)."""
     meta = _read_manifest(folder / STATE)
-    encoder = _get_tensors(folder, meta["files"]["encoder"])
-    tensors = _get_tensors(folder, meta["files"]["optimizer"]) if "optimizer" in meta["files"] else {}
-    state: dict = {}
-    for key, value in list(tensors.items()) + list(meta["optimizer"]["scalars"].items()):
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-    return encoder, meta["progress"]
+    try:
+        encoder = _get_tensors(folder, meta["files"]["encoder"])
+        tensors = _get_tensors(folder, meta["files"]["optimizer"]) if "optimizer" in meta["files"] else {}
+        state: dict = {}
+        for key, value in list(tensors.items()) + list(meta["optimizer"]["scalars"].items()):
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = value
+        # the optimizer checks that the saved groups match this encoder's parameters (a changed config fails here)
+        optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        progress = dict(meta["progress"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{folder / STATE}: cannot resume from this state ({type(err).__name__}: {err}); "
+                              "was the config changed since?") from None
+    return encoder, progress
 
 
 def has_state(folder: Path) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -17,7 +18,8 @@ from typing import Any, Union
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, TemplateError
+from .template import parse_template
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 
@@ -163,8 +165,11 @@ class TrainConfig:
     """Folds for ``ptune cv`` (stratified k-fold over the training rows)."""
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):  # also refuses .nan and .inf
+            raise ConfigError(f"train.lr must be > 0 and finite, got {self.lr}")
+        for name in ("weight_decay", "grad_clip"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"train.{name} must be >= 0 and finite, got {getattr(self, name)}")
         for name in ("batch_size", "eval_batch_size", "epochs", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -185,6 +190,15 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        try:
+            n = parse_template(self.task.template).n_virtual
+        except TemplateError:
+            return  # reported, with its place, where the template is used
+        if n >= self.train.max_length:
+            raise ConfigError(f"task.template has {n} virtual tokens but train.max_length is {self.train.max_length}: "
+                              "no room is left for the data and the target")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -269,7 +283,8 @@ def config_from_dict(values: dict | None) -> Config:
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """Apply ``section.key=value`` strings; values are parsed as YAML (``3e-2``, ``true``, ``[a, b]``)."""
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``3e-2``, ``true``, ``[a, b]``), or kept as
+    text where they are not YAML."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
@@ -282,8 +297,9 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"--set {item!r}: {part} is not a section")
         try:
             node[parts[-1]] = yaml_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: cannot parse value: {err}") from None
+        except yaml.YAMLError:
+            # not YAML: a plain string, such as a template "[P*3] {text} [TARGET]" (the key's type is checked next)
+            node[parts[-1]] = raw
     return values
 
 
@@ -297,7 +313,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         try:
             values = yaml_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     values = apply_overrides(values, list(overrides))

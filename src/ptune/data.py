@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .template import Field, Target, Template, Text, Virtual
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
@@ -48,23 +48,31 @@ def read_table(source: str | Path, fmt: str = "auto", split: str = "train") -> T
         if fmt is None:
             raise DataError(f"{path}: unknown data format {path.suffix or '(no suffix)'!r}; "
                             f"use one of {', '.join(sorted(set(FORMATS)))} or set data.format")
+    elif fmt not in set(FORMATS.values()):  # --format on the command line is free text
+        raise DataError(f"{path}: unknown data format {fmt!r}; use one of {', '.join(sorted(set(FORMATS.values())))}")
+    try:
+        data = path.read_bytes()
+    except OSError as err:  # permissions, a FIFO, a vanished file
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
     if fmt == "parquet":
-        table = _read_parquet(path)
+        table = _read_parquet(path, data)
     else:
-        text = _decode(path)
+        text = _decode(path, data)
         table = _read_jsonl(path, text) if fmt == "jsonl" else _read_delimited(path, text, "\t" if fmt == "tsv" else ",")
     if not table.rows:
         raise DataError(f"{path}: no data rows")
     return table
 
 
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
+def _decode(path: Path, data: bytes) -> str:
+    # the BOM is cut off by hand: "utf-8-sig" would count the error offset from after it
+    skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0
     try:
-        return data.decode("utf-8-sig")
+        return data[skip:].decode("utf-8")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise DataError(f"{path}: not valid UTF-8 at byte offset {err.start} (line {line}); "
+        offset = skip + err.start
+        line = data[:offset].count(b"\n") + 1
+        raise DataError(f"{path}: not valid UTF-8 at byte offset {offset} (line {line}); "
                         "re-save the file as UTF-8") from None
 
 
@@ -73,9 +81,8 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Table:
         raise DataError(f"{path}: empty file")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        header = next(reader)
-        header = [h.strip() for h in header]
-        if len(set(header)) != len(header) or any(not h for h in header):
+        header = [h.strip() for h in next(reader, [])]
+        if not header or len(set(header)) != len(header) or any(not h for h in header):
             raise DataError(f"{path}: header has empty or repeated column names: {header}")
         rows = []
         for values in reader:
@@ -92,13 +99,16 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Table:
 
 def _read_jsonl(path: Path, text: str) -> Table:
     rows, columns = [], []
-    for number, line in enumerate(text.splitlines(), 1):
+    # split on "\n" only: str.splitlines() would also cut at U+2028 and friends, which JSON strings may hold
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: line {number}: not valid JSON ({err.msg})") from None
+        except (ValueError, RecursionError) as err:  # a 5000-digit number, nesting too deep
+            raise DataError(f"{path}: line {number}: cannot read this JSON ({type(err).__name__})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}: line {number}: expected a JSON object, got {type(obj).__name__}")
         row = {str(k): _as_text(v) for k, v in obj.items()}
@@ -111,15 +121,16 @@ def _read_jsonl(path: Path, text: str) -> Table:
     return Table(str(path), columns, rows)
 
 
-def _read_parquet(path: Path) -> Table:
+def _read_parquet(path: Path, raw: bytes) -> Table:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        data = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several types for broken files
-        raise DataError(f"{path}: cannot read Parquet: {err}") from None
-    rows = [{k: _as_text(v) for k, v in r.items()} for r in data.to_pylist()]
-    return Table(str(path), list(data.column_names), rows)
+        data = pq.read_table(pa.BufferReader(raw))
+        rows = [{str(k): _as_text(v) for k, v in r.items()} for r in data.to_pylist()]
+    except Exception as err:  # pyarrow raises several types for broken files (and for values it cannot convert)
+        raise DataError(f"{path}: cannot read Parquet: {' '.join(str(err).split())}") from None
+    return Table(str(path), [str(c) for c in data.column_names], rows)
 
 
 def _read_hf(source: str, split: str) -> Table:
@@ -148,7 +159,7 @@ def _as_text(value) -> str | None:
         return str(value).lower()
     if isinstance(value, (int, float)):
         return str(value)
-    return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, default=str)  # default: bytes, dates and such from Parquet
 
 
 def check_table(table: Table, columns: list[str], *, required: bool = True) -> None:
@@ -206,9 +217,10 @@ class Renderer:
             self.suffix_ids = []  # the target is last
         self._text_cache: dict[str, list[int]] = {}
         budget = self.max_length - len(self.prefix_ids) - len(self.suffix_ids) - self.template.n_virtual
-        if budget < 1:
-            raise DataError(f"template {self.template.source!r} has {self.template.n_virtual} virtual tokens, more "
-                            f"than fit in max_length {self.max_length}")
+        if budget < 1:  # a config error: no row could ever fit
+            raise ConfigError(f"task.template has {self.template.n_virtual} virtual tokens (plus "
+                              f"{len(self.prefix_ids) + len(self.suffix_ids)} special), more than fit in "
+                              f"{self.max_length} tokens (train.max_length, capped at the model's context)")
 
     def _ids(self, text: str) -> list[int]:
         if text not in self._text_cache:

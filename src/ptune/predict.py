@@ -11,10 +11,11 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .base import BaseModel
 from .config import config_from_dict
+from .errors import CheckpointError, PtuneError
 from .data import Table, read_table
 from .labels import LabelSpace
 from .model import PTuningModel
-from .session import Session, check_inputs, open_session
+from .session import Session, check_inputs, open_session, report_truncated
 from .train import evaluate
 
 
@@ -29,22 +30,29 @@ class Predictor:
              device: str | None = None) -> "Predictor":
         folder = Path(folder)
         meta, encoder_state, prompts = checkpoint.load_model(folder)
-        cfg = config_from_dict(meta["config"])
+        try:  # a hand-edited manifest: say which file is wrong rather than which config key
+            cfg = config_from_dict(meta["config"])
+            labels = LabelSpace(list(meta["labels"]), list(meta["labels"].values())) if meta.get("labels") else None
+            saved_base = dict(meta["base"])
+        except (PtuneError, KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"{folder / checkpoint.MANIFEST}: unusable manifest ({err})") from None
         if model_override:
             cfg.model.name_or_path = model_override
             cfg.model.gguf_file = None
         if device:
             cfg.model.device = device
-        labels = LabelSpace(list(meta["labels"]), list(meta["labels"].values())) if meta.get("labels") else None
 
         def check(identity: dict) -> None:
-            checkpoint.check_identity(meta["base"], identity, f"checkpoint {folder}")
+            checkpoint.check_identity(saved_base, identity, f"checkpoint {folder}")
 
         if base is not None:
             check(base.identity)
         session = open_session(cfg, labels=labels, base=base, check_identity=check)
         model = session.new_model()
-        model.load_trainable_state(encoder_state)
+        try:
+            model.load_trainable_state(encoder_state)
+        except ValueError as err:
+            raise CheckpointError(f"{folder}: the encoder weights do not fit the manifest's config ({err})") from None
         model.set_prompt_table(prompts)
         model.eval()
         return cls(session, model, meta)
@@ -67,9 +75,11 @@ class Predictor:
     def predict_file(self, path: str, fmt: str = "auto", show_progress: bool = True) -> tuple[Table, list[dict]]:
         table = read_table(path, fmt)
         self.check(table, labelled=False)
+        report_truncated(self.session, table)
         return table, self.predict_rows(table.rows, show_progress)
 
     def evaluate_file(self, path: str, fmt: str = "auto", show_progress: bool = True) -> dict:
         table = read_table(path, fmt)
         self.check(table, labelled=True)
+        report_truncated(self.session, table)
         return evaluate(self.model, self.session, table, show_progress)

@@ -4,6 +4,7 @@ the task. Training, cross-validation, evaluation and prediction all start from o
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -94,10 +95,34 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
     template.validate(kind=base.kind, needs_virtual=not allow_no_virtual)
     if labels is None and cfg.task.type == "classification":
         labels = LabelSpace.build(cfg.task.verbalizer, label_values)
-    renderer = Renderer(template, base.tokenizer, base.kind, cfg.train.max_length, dict(cfg.data.columns))
+    renderer = Renderer(template, base.tokenizer, base.kind, min(cfg.train.max_length, model_context(base)),
+                        dict(cfg.data.columns))
     task = build_task(cfg.task, renderer, labels)
     device = next(base.model.parameters()).device
     return Session(cfg, base, template, task, device)
+
+
+def model_context(base: BaseModel) -> int:
+    """The most positions the base model takes: a row longer than this has its data fields cut, like one longer
+    than train.max_length (past it, BERT-style models fail and RoPE models degrade)."""
+    limits = [getattr(base.model.config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits.append(getattr(base.tokenizer, "model_max_length", None))  # 512 for RoBERTa, whose config says 514
+    return min((n for n in limits if isinstance(n, int) and 0 < n < 1_000_000), default=1_000_000)
+
+
+def report_truncated(session: Session, table: Table, what: str = "rows") -> int:
+    """Print (to stderr) how many rows of ``table`` have data fields cut to fit, placed with the longest target
+    the task puts in them; return the count."""
+    renderer, labels = session.task.renderer, session.task.labels
+    if labels is not None:
+        longest = max(len(renderer.target_ids(w)) for words in labels.words for w in words)
+    else:  # probing scores one token; generation predicts from an input without the target (masked: one slot)
+        longest = 1 if session.cfg.task.type == "probing" or renderer.kind == "masked" else 0
+    n = sum(renderer.encode(row, [0] * longest).truncated for row in table.rows)
+    if n:
+        print(f"note: {n} of {len(table)} {what} in {table.source} have data fields truncated to fit "
+              f"{renderer.max_length} tokens (virtual tokens and the target are kept)", file=sys.stderr)
+    return n
 
 
 def load_training_tables(cfg: Config) -> tuple[Table, Table | None]:

@@ -41,7 +41,7 @@ class Target:
 
 Segment = Union[Text, Field, Virtual, Target]
 
-_TOKEN = re.compile(r"\{\{|\}\}|\[P(?:\*(\d+))?\]|\[(?:TARGET|MASK)\]|\{([^{}]*)\}|[{}]")
+_TOKEN = re.compile(r"\{\{|\}\}|\[P(?:\*([0-9]+))?\]|\[(?:TARGET|MASK)\]|\{([^{}]*)\}|[{}]")
 MAX_VIRTUAL = 4096
 
 
@@ -116,7 +116,9 @@ def parse_template(source: str) -> Template:
             raise TemplateError(f"template {source!r}: unbalanced {token!r} at character {m.start()} "
                                 "(write {{ or }} for a literal brace)")
         elif token.startswith("[P"):
-            count = int(m.group(1)) if m.group(1) is not None else 1
+            # a 5000-digit count would make int() itself fail; anything that long is out of range anyway
+            digits = (m.group(1) or "1").lstrip("0") or "0"
+            count = int(digits) if len(digits) <= 6 else MAX_VIRTUAL + 1
             if not 1 <= count <= MAX_VIRTUAL:
                 raise TemplateError(f"template {source!r}: {token} at character {m.start()} must hold 1 to "
                                     f"{MAX_VIRTUAL} virtual tokens")

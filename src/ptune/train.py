@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import statistics
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +25,10 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .config import Config
 from .data import Encoded, Table
-from .errors import PtuneError
+from .errors import CheckpointError, PtuneError
+from .labels import LabelSpace
 from .model import PTuningModel
-from .session import Session, check_inputs, load_training_tables, open_session, split_dev
+from .session import Session, check_inputs, load_training_tables, open_session, report_truncated, split_dev
 from .template import parse_template
 
 
@@ -52,6 +56,30 @@ class Progress:
     bad_evals: int = 0
     history: list[dict] = field(default_factory=list)
     done: bool = False
+
+
+class _CtrlC:
+    """The first Ctrl-C sets a flag that the loop reads between steps, so the state it saves is that of a whole
+    step; a second one stops at once (and the last saved state stays as it was)."""
+
+    def __init__(self):
+        self.hit = False
+        self._installed = False
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum, frame):
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGINT, self._old if self._old is not None else signal.default_int_handler)
 
 
 @torch.no_grad()
@@ -90,10 +118,11 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
     if not examples:
         raise PtuneError(f"{train.source}: no usable training rows ({skipped} skipped)")
     if skipped:
-        print(f"note: {skipped} of {len(train)} training rows skipped (target is not a single token)")
+        print(f"note: {skipped} of {len(train)} training rows skipped (target is not a single token)", file=sys.stderr)
     truncated = sum(e.truncated for e in examples)
     if truncated:
-        print(f"note: {truncated} of {len(examples)} training rows truncated to max_length {tc.max_length}")
+        print(f"note: {truncated} of {len(examples)} training rows have data fields truncated to fit "
+              f"{session.task.renderer.max_length} tokens (virtual tokens and the target are kept)", file=sys.stderr)
     params = [p for p in model.encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = math.ceil(len(examples) / tc.batch_size)
@@ -105,17 +134,21 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
         if out_dir is None or not checkpoint.has_state(out_dir):
             raise PtuneError(f"--resume: {out_dir} holds no training state to resume from")
         encoder_state, saved = checkpoint.load_state(out_dir, optimizer)
-        model.load_trainable_state(encoder_state)
-        prog = Progress(**saved)
+        try:
+            model.load_trainable_state(encoder_state)
+            prog = Progress(**saved)
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{out_dir / checkpoint.STATE}: does not fit this config's encoder ({err}); "
+                                  "was the config changed since?") from None
         if prog.done:
-            print(f"{out_dir}: training already finished at step {prog.step}; nothing to resume")
+            print(f"{out_dir}: training already finished at step {prog.step}; nothing to resume", file=sys.stderr)
             return model, prog
 
-    def save_state():
+    def save_state(plot: bool = True):
         if out_dir is not None:
             checkpoint.save_state(out_dir, encoder_state=model.trainable_state(), optimizer=optimizer,
                                   progress=prog.__dict__)
-            write_metrics(out_dir, prog.history, metric)
+            write_metrics(out_dir, prog.history, metric, plot)
 
     def save_best():
         if out_dir is not None:
@@ -143,54 +176,72 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
     bar = tqdm(total=total, initial=prog.step, desc="train", disable=not show_progress, unit="step")
     model.train()
     t0 = time.perf_counter()
-    try:
-        while prog.step < total and not prog.done:
-            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1000 + prog.epoch))
-            batches = [order[i:i + tc.batch_size].tolist() for i in range(0, len(order), tc.batch_size)]
-            while prog.step_in_epoch < len(batches) and prog.step < total:
-                batch = session.task.batch([examples[i] for i in batches[prog.step_in_epoch]], session.device)
-                loss = model.loss(batch)
-                if not torch.isfinite(loss):
-                    raise PtuneError(f"loss became {loss.item()} at step {prog.step}; stopped. The last good "
-                                     f"checkpoint is kept{' in ' + str(out_dir) if out_dir else ''}; try a lower "
-                                     "train.lr")
-                loss.backward()
-                if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-                for group in optimizer.param_groups:
-                    group["lr"] = tc.lr * lr_factor(prog.step, total, warmup)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                prog.step += 1
-                prog.step_in_epoch += 1
-                prog.history.append({"kind": "train", "step": prog.step, "loss": loss.item(),
-                                     "lr": optimizer.param_groups[0]["lr"]})
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", epoch=prog.epoch + 1)
-                stop = False
-                if tc.eval_every and prog.step % tc.eval_every == 0:
-                    stop = run_eval()
-                if tc.save_every and prog.step % tc.save_every == 0:
+    whole = True  # False while the state in memory is half-updated (inside a step's update and bookkeeping)
+    kept = f"; the last good checkpoint is kept in {out_dir}" if out_dir else ""
+    with _CtrlC() as ctrl_c:
+        try:
+            while prog.step < total and not prog.done:
+                order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1000 + prog.epoch))
+                batches = [order[i:i + tc.batch_size].tolist() for i in range(0, len(order), tc.batch_size)]
+                while prog.step_in_epoch < len(batches) and prog.step < total:
+                    if ctrl_c.hit:
+                        raise KeyboardInterrupt
+                    batch = session.task.batch([examples[i] for i in batches[prog.step_in_epoch]], session.device)
+                    loss = model.loss(batch)
+                    if not torch.isfinite(loss):
+                        raise PtuneError(f"loss became {loss.item()} at step {prog.step}; stopped{kept}; try a lower "
+                                         "train.lr")
+                    loss.backward()
+                    # the norm is taken even without clipping: an infinite gradient would turn the weights into NaN
+                    norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or math.inf)
+                    if not torch.isfinite(norm):
+                        raise PtuneError(f"gradient norm became {norm.item()} at step {prog.step}; stopped{kept}; "
+                                         "try a lower train.lr")
+                    for group in optimizer.param_groups:
+                        group["lr"] = tc.lr * lr_factor(prog.step, total, warmup)
+                    whole = False
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    prog.step += 1
+                    prog.step_in_epoch += 1
+                    prog.history.append({"kind": "train", "step": prog.step, "loss": loss.item(),
+                                         "lr": optimizer.param_groups[0]["lr"]})
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", epoch=prog.epoch + 1)
+                    stop = False
+                    if tc.eval_every and prog.step % tc.eval_every == 0:
+                        stop = run_eval()
+                    if tc.save_every and prog.step % tc.save_every == 0:
+                        save_state(plot=False)  # the curves are redrawn at evaluations; every step would be slow
+                    if stop:
+                        prog.done = True
+                    whole = True
+                    if stop:
+                        break
+                if prog.step_in_epoch >= len(batches):
+                    whole = False
+                    prog.epoch += 1
+                    prog.step_in_epoch = 0
+                    if not tc.eval_every and run_eval():
+                        prog.done = True
                     save_state()
-                if stop:
-                    prog.done = True
-                    break
-            if prog.step_in_epoch >= len(batches):
-                prog.epoch += 1
-                prog.step_in_epoch = 0
-                if not tc.eval_every and run_eval():
-                    prog.done = True
+                    whole = True
+            whole = False
+            if prog.history and prog.history[-1].get("kind") == "train":
+                run_eval()  # the steps since the last evaluation (max_steps inside an epoch, or eval_every)
+            prog.done = True
+            save_state()
+        except KeyboardInterrupt:
+            if out_dir is None:
+                raise PtuneError(f"interrupted at step {prog.step}") from None
+            if whole:
                 save_state()
-        if prog.history and prog.history[-1].get("kind") == "train":
-            run_eval()  # the steps since the last evaluation (max_steps inside an epoch, or eval_every)
-        prog.done = True
-        save_state()
-    except KeyboardInterrupt:
-        save_state()
-        raise PtuneError(f"interrupted at step {prog.step}; resume with: ptune train CONFIG --out {out_dir} "
-                         "--resume") from None
-    finally:
-        bar.close()
+                raise PtuneError(f"interrupted at step {prog.step}; state saved; resume with: ptune train CONFIG "
+                                 f"--out {out_dir} --resume") from None
+            raise PtuneError(f"interrupted inside step {prog.step}; the state saved before it is kept; resume with: "
+                             f"ptune train CONFIG --out {out_dir} --resume") from None
+        finally:
+            bar.close()
     elapsed = time.perf_counter() - t0
     prog.history.append({"kind": "summary", "seconds": elapsed, "steps": prog.step,
                          "examples_per_s": prog.step * tc.batch_size / max(elapsed, 1e-9)})
@@ -214,10 +265,11 @@ def save_inference(session: Session, model: PTuningModel, out_dir: Path, extra: 
     model.train(was_training)
 
 
-def write_metrics(out_dir: Path, history: list[dict], metric: str) -> None:
+def write_metrics(out_dir: Path, history: list[dict], metric: str, plot: bool = True) -> None:
     lines = "".join(json.dumps(h) + "\n" for h in history)
     checkpoint.write_atomic(out_dir / "metrics.jsonl", lines.encode())
-    plot_curves(history, metric, out_dir / "curves.png")
+    if plot:
+        plot_curves(history, metric, out_dir / "curves.png")
 
 
 def plot_curves(history: list[dict], metric: str, path: Path) -> None:
@@ -259,8 +311,13 @@ def prepare(cfg: Config) -> tuple[Session, Table, Table | None]:
     check_inputs(cfg, template, train, labelled=True)
     if dev is not None:
         check_inputs(cfg, template, dev, labelled=True)
-    values = train.column(cfg.task.label_column) if cfg.task.type == "classification" else None
-    session = open_session(cfg, label_values=values)
+    labels = None
+    if cfg.task.type == "classification":  # labels too are checked before the model is loaded
+        labels = LabelSpace.build(cfg.task.verbalizer, train.column(cfg.task.label_column))
+        for table in (train, dev) if dev is not None else (train,):
+            for i, row in enumerate(table.rows, 1):
+                labels.index(row[cfg.task.label_column], where=f"{table.source}: row {i}: ")
+    session = open_session(cfg, labels=labels)
     session.task.check(train)
     if dev is not None:
         session.task.check(dev)
@@ -272,8 +329,10 @@ def prepare(cfg: Config) -> tuple[Session, Table, Table | None]:
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, show_progress: bool = True) -> dict:
     """Train and write the checkpoint directory; return a summary (best dev metrics, test metrics if given)."""
     out_dir = Path(out_dir)
-    if not resume and (out_dir / checkpoint.MANIFEST).exists():
+    if not resume and ((out_dir / checkpoint.MANIFEST).exists() or checkpoint.has_state(out_dir)):
         raise PtuneError(f"{out_dir} already holds a checkpoint; choose another --out, or --resume it")
+    if resume and not checkpoint.has_state(out_dir):
+        raise PtuneError(f"--resume: {out_dir} holds no training state to resume from")
     session, train_table, dev = prepare(cfg)
     test = None
     if cfg.data.test:
@@ -282,7 +341,10 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, show_progre
         test = read_split(cfg, "test")
         check_inputs(cfg, session.template, test, labelled=True)
         session.task.check(test)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for table, what in ((dev, "dev rows"), (test, "test rows")):
+        if table is not None:
+            report_truncated(session, table, what)
+    # no mkdir here: the folder appears with the first checkpoint, so a run that fails on its data writes nothing
     model, prog = fit(session, train_table, dev, out_dir, resume=resume, show_progress=show_progress)
     summary = {"out": str(out_dir), "steps": prog.step, "best_" + cfg.metric: prog.best}
     if dev is not None:
