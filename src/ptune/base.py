@@ -165,7 +165,14 @@ def load_base(cfg: ModelConfig, device: torch.device | None = None, check=None) 
         check(identity)
     kind = _detect_kind(config) if cfg.kind == "auto" else cfg.kind
     auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
-    model = auto.from_pretrained(folder, dtype=resolve_dtype(cfg.dtype, device), **load_kwargs)
+    from transformers.utils import logging as hf_logging
+
+    # loading the cached float copy takes about a second: its per-tensor progress bar is noise in ptune's output
+    hf_logging.disable_progress_bar()
+    try:
+        model = auto.from_pretrained(folder, dtype=resolve_dtype(cfg.dtype, device), **load_kwargs)
+    finally:
+        hf_logging.enable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(folder, **load_kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
