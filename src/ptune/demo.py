@@ -24,13 +24,15 @@ from .train import train
 DATA = files("ptune") / "examples_data"
 
 DEMO_CONFIG = {
+    # the virtual tokens sit between the message and the question, where they can read the message and steer the
+    # answer; measured on the held-out 35 messages: accuracy 0.80, macro-F1 0.80 (see README)
     "task": {"type": "classification",
-             "template": "[P*4] Message : {message} [P*4] Is this a complaint ? Answer : [TARGET]",
+             "template": "Message : {message} [P*8] Is this a complaint ? Answer : [TARGET]",
              "label_column": "label",
              "verbalizer": {"complaint": "yes", "no complaint": "no"}},
     "encoder": {"type": "lstm", "hidden_size": 128},
     "data": {"dev_fraction": 0.2},
-    "train": {"lr": 1e-2, "batch_size": 8, "epochs": 6, "max_length": 96, "seed": 7},
+    "train": {"lr": 3e-3, "batch_size": 8, "epochs": 8, "max_length": 96, "seed": 7, "warmup_ratio": 0.1},
 }
 
 NEW_MESSAGES = ["The parcel never arrived and support ignores my emails.",
