@@ -47,7 +47,10 @@ def train(config, out_dir, overrides, resume, quiet):
 
     cfg = load_config(config, overrides)
     summary = run(cfg, out_dir, resume=resume, show_progress=not quiet)
-    click.echo(json.dumps(summary, indent=2))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under `accelerate launch`, one summary, not one per process
+        click.echo(json.dumps(summary, indent=2))
 
 
 @main.command()

@@ -60,7 +60,7 @@ class ModelConfig:
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
 
     def __post_init__(self):
-        _choice("model.kind", self.kind, ("auto", "causal", "masked"))
+        _choice("model.kind", self.kind, ("auto", "causal", "masked", "seq2seq"))
         _choice("model.dtype", self.dtype, ("auto", "float32", "bfloat16"))
 
 
@@ -163,6 +163,11 @@ class TrainConfig:
     eval_batch_size: int = 32
     cv_folds: int = 5
     """Folds for ``ptune cv`` (stratified k-fold over the training rows)."""
+    grad_accum: int = 1
+    """Gradient accumulation: batches of ``batch_size`` rows per optimizer step (through Accelerate)."""
+    mixed_precision: str = "no"
+    """Autocast for the encoder and the loss, through Accelerate: ``no``, ``bf16`` or ``fp16`` (with loss scaling on a
+    GPU). The frozen model's own dtype is ``model.dtype``."""
 
     def __post_init__(self):
         if not (self.lr > 0 and math.isfinite(self.lr)):  # also refuses .nan and .inf
@@ -170,7 +175,7 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(f"train.{name} must be >= 0 and finite, got {getattr(self, name)}")
-        for name in ("batch_size", "eval_batch_size", "epochs", "max_length"):
+        for name in ("batch_size", "eval_batch_size", "epochs", "max_length", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_steps", "eval_every", "save_every", "patience"):
@@ -181,6 +186,7 @@ class TrainConfig:
         if self.cv_folds < 2:
             raise ConfigError(f"train.cv_folds must be >= 2, got {self.cv_folds}")
         _choice("train.metric", self.metric, ("auto", "accuracy", "macro_f1", "p@1", "loss"))
+        _choice("train.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
 
 
 @dataclass

@@ -87,11 +87,13 @@ class Session:
 
 
 def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: LabelSpace | None = None,
-                 base: BaseModel | None = None, check_identity=None, allow_no_virtual: bool = False) -> Session:
-    """Load (or reuse) the base model and build the template, renderer and task."""
+                 base: BaseModel | None = None, check_identity=None, allow_no_virtual: bool = False,
+                 device: torch.device | None = None) -> Session:
+    """Load (or reuse) the base model and build the template, renderer and task. ``device`` overrides
+    ``model.device`` (a distributed run puts each process's copy on its own GPU)."""
     template = parse_template(cfg.task.template)
     if base is None:
-        base = load_base(cfg.model, check=check_identity)
+        base = load_base(cfg.model, device=device, check=check_identity)
     template.validate(kind=base.kind, needs_virtual=not allow_no_virtual)
     if labels is None and cfg.task.type == "classification":
         labels = LabelSpace.build(cfg.task.verbalizer, label_values)

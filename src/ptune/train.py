@@ -8,8 +8,10 @@ encoder has none either.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import signal
 import statistics
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .config import Config
 from .data import Encoded, Table
-from .errors import CheckpointError, PtuneError
+from .errors import CheckpointError, ConfigError, PtuneError
 from .labels import LabelSpace
 from .model import PTuningModel
 from .session import Session, check_inputs, load_training_tables, open_session, report_truncated, split_dev
@@ -107,33 +109,115 @@ def evaluate(model: PTuningModel, session: Session, table: Table, show_progress:
     return metrics
 
 
+class _Step(torch.nn.Module):
+    """What Accelerate prepares (DDP wraps, autocast applies to): one forward of the P-tuning model. Sharded (several
+    processes), it returns the summed negative log-likelihood of a shard's target tokens and how many there are. The frozen base is inside but
+    excluded from DDP's bookkeeping (its parameters need no gradient and are never broadcast)."""
+
+    def __init__(self, model: PTuningModel, sharded: bool):
+        super().__init__()
+        self.model = model
+        self.sharded = sharded
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.sharded:  # one process: the model's own loss (the mean over the batch's target tokens)
+            return self.model.loss(batch), None
+        logp, mask = self.model.token_logprobs(batch)
+        return -logp.sum(), mask.sum()
+
+
+def make_accelerator(tc, device: torch.device):
+    """The run's ``accelerate.Accelerator``: data-parallel processes (under ``accelerate launch``/torchrun), mixed
+    precision and gradient accumulation from ``train.mixed_precision`` and ``train.grad_accum``. ptune places the
+    model itself (``model.device``; one GPU per process in a distributed run)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if PartialState._shared_state and PartialState().num_processes == 1:
+        # one process may train several configs in turn (tests, search, cv); Accelerate keeps its state process-wide
+        # and refuses a second precision or device kind, so a single process starts it afresh for every run
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    try:
+        return Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum,
+                           cpu=device.type == "cpu", device_placement=False)
+    except ValueError as err:  # a precision this hardware lacks
+        raise ConfigError(f"train.mixed_precision={tc.mixed_precision!r}: {' '.join(str(err).split())}") from None
+
+
+def check_batch_split(batch_size: int, processes: int) -> None:
+    if batch_size % processes:
+        raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes "
+                          f"({processes}): each process takes batch_size / {processes} rows of every batch")
+
+
+def on_main(acc, fn):
+    """Run ``fn`` on the main process only and hand its result (or its error) to every process, so that all of them
+    go on, or stop, together."""
+    if acc is None or acc.num_processes == 1:
+        return fn()
+    from accelerate.utils import broadcast_object_list
+
+    box = [None, None]
+    if acc.is_main_process:
+        try:
+            box[0] = fn()
+        except Exception as err:  # noqa: BLE001  (re-raised below, on every process)
+            box[1] = err
+    broadcast_object_list(box, from_process=0)
+    if box[1] is not None:
+        raise box[1]
+    return box[0]
+
+
 def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None = None, *, resume: bool = False,
         show_progress: bool = True, seed: int | None = None) -> tuple[PTuningModel, Progress]:
-    """Train a fresh (or resumed) encoder on ``train``; keep the best on ``dev`` (the last one without dev)."""
+    """Train a fresh (or resumed) encoder on ``train``; keep the best on ``dev`` (the last one without dev).
+
+    Under ``accelerate launch`` with N processes, each global batch of ``train.batch_size`` rows (the same order as a
+    single process, from (seed, epoch)) is split into N disjoint shards, one per process; DDP all-reduces the
+    encoder's gradients. Each process scales its summed target NLL by N / (target tokens in the whole global batch),
+    so the averaged gradient is that of the single-process loss (the mean over the global batch's target tokens).
+    Only the main process evaluates, writes files and shows progress; the others follow its decisions."""
     cfg = session.cfg
     tc = cfg.train
     seed = tc.seed if seed is None else seed
+    from accelerate.utils import DistributedType
+
+    acc = make_accelerator(tc, session.device)
+    world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
+    check_batch_split(tc.batch_size, world)
+    show_progress = show_progress and main
     model = session.new_model(seed)
     examples, skipped = session.task.train_examples(train)
     if not examples:
         raise PtuneError(f"{train.source}: no usable training rows ({skipped} skipped)")
-    if skipped:
+    if skipped and main:
         print(f"note: {skipped} of {len(train)} training rows skipped (target is not a single token)", file=sys.stderr)
     truncated = sum(e.truncated for e in examples)
-    if truncated:
+    if truncated and main:
         print(f"note: {truncated} of {len(examples)} training rows have data fields truncated to fit "
               f"{session.task.renderer.max_length} tokens (virtual tokens and the target are kept)", file=sys.stderr)
     params = [p for p in model.encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    steps_per_epoch = math.ceil(len(examples) / tc.batch_size)
+    accum = tc.grad_accum
+    batches_per_epoch = math.ceil(len(examples) / tc.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / accum)  # an optimizer step takes up to grad_accum batches
     total = tc.max_steps or tc.epochs * steps_per_epoch
     warmup = int(tc.warmup_ratio * total)
     metric = cfg.metric
     prog = Progress()
     if resume:
-        if out_dir is None or not checkpoint.has_state(out_dir):
-            raise PtuneError(f"--resume: {out_dir} holds no training state to resume from")
-        encoder_state, saved = checkpoint.load_state(out_dir, optimizer)
+        def load():
+            if out_dir is None or not checkpoint.has_state(out_dir):
+                raise PtuneError(f"--resume: {out_dir} holds no training state to resume from")
+            encoder_state, saved = checkpoint.load_state(out_dir, optimizer)
+            return encoder_state, saved, optimizer.state_dict() if world > 1 else None
+
+        # the main process reads the state (--out need not be shared between machines) and hands it to the others
+        encoder_state, saved, opt_state = on_main(acc, load)
+        if not main:
+            optimizer.load_state_dict(opt_state)
         try:
             model.load_trainable_state(encoder_state)
             prog = Progress(**saved)
@@ -141,27 +225,40 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
             raise CheckpointError(f"{out_dir / checkpoint.STATE}: does not fit this config's encoder ({err}); "
                                   "was the config changed since?") from None
         if prog.done:
-            print(f"{out_dir}: training already finished at step {prog.step}; nothing to resume", file=sys.stderr)
+            if main:
+                print(f"{out_dir}: training already finished at step {prog.step}; nothing to resume",
+                      file=sys.stderr)
             return model, prog
 
+    step_module = _Step(model, sharded=world > 1)
+    if world > 1:
+        # DDP syncs the encoder only: the frozen base's weights and buffers (identical on every process) are never
+        # broadcast, at the start or at each forward
+        frozen = [n for n, p in step_module.named_parameters() if not p.requires_grad]
+        frozen += [n for n, _ in step_module.named_buffers()]
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step_module, frozen)
+    step_fn, opt = acc.prepare(step_module, optimizer)
+
     def save_state(plot: bool = True):
-        if out_dir is not None:
+        def save():
             checkpoint.save_state(out_dir, encoder_state=model.trainable_state(), optimizer=optimizer,
                                   progress=prog.__dict__)
             write_metrics(out_dir, prog.history, metric, plot)
+
+        if out_dir is not None:
+            on_main(acc, save)
 
     def save_best():
         if out_dir is not None:
             save_inference(session, model, out_dir, extra={"training": {"step": prog.step, "metric": metric,
                                                                         "best": prog.best}})
 
-    def run_eval() -> bool:
-        """Evaluate, keep the best; True when early stopping says stop."""
+    def evaluate_and_keep() -> tuple[bool, tuple, dict]:
         record = {"step": prog.step, "epoch": prog.epoch + prog.step_in_epoch / steps_per_epoch}
         if dev is None:
             prog.history.append(record | {"kind": "checkpoint"})
             save_best()
-            return False
+            return False, (prog.best, prog.best_step, prog.bad_evals), prog.history[-1]
         metrics = evaluate(model, session, dev)
         prog.history.append(record | {"kind": "dev", **metrics})
         value = metrics.get(metric)
@@ -171,7 +268,36 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
         else:
             prog.bad_evals += 1
         model.train()
-        return bool(tc.patience) and prog.bad_evals >= tc.patience
+        stop = bool(tc.patience) and prog.bad_evals >= tc.patience
+        return stop, (prog.best, prog.best_step, prog.bad_evals), prog.history[-1]
+
+    def run_eval() -> bool:
+        """Evaluate (on the main process), keep the best; True when early stopping says stop (on every process)."""
+        stop, counters, record = on_main(acc, evaluate_and_keep)
+        if not main:  # the others keep the main process's counters and history: all agree on what comes next
+            prog.best, prog.best_step, prog.bad_evals = counters
+            prog.history.append(record)
+        return stop
+
+    def micro_step(rows: list[int], last: bool, scale: float) -> float:
+        """Forward and backward this process's shard of one global batch (gradients are all-reduced after the
+        ``last`` batch of a step only); return the global batch's mean loss over its target tokens."""
+        shard = rows[rank::world]
+        batch = session.task.batch([examples[i] for i in (shard or rows[:1])], session.device)
+        with contextlib.nullcontext() if last else acc.no_sync(step_fn):
+            nll, count = step_fn(batch)
+            if world == 1:
+                loss = nll  # already the mean
+                value = loss.item()
+            else:
+                if not shard:  # a short last batch left this process nothing: it still takes part, with weight 0
+                    nll, count = nll * 0, count * 0
+                totals = acc.reduce(torch.stack([nll.detach().float(), count.float()]), "sum")
+                tokens = max(int(totals[1].item()), 1)
+                value = totals[0].item() / tokens
+                loss = nll * (world / tokens)  # DDP averages the N gradients: their mean is the global mean's
+            acc.backward(loss * scale if scale != 1 else loss)
+        return value
 
     bar = tqdm(total=total, initial=prog.step, desc="train", disable=not show_progress, unit="step")
     model.train()
@@ -183,31 +309,42 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
             while prog.step < total and not prog.done:
                 order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1000 + prog.epoch))
                 batches = [order[i:i + tc.batch_size].tolist() for i in range(0, len(order), tc.batch_size)]
-                while prog.step_in_epoch < len(batches) and prog.step < total:
-                    if ctrl_c.hit:
+                groups = [batches[i:i + accum] for i in range(0, len(batches), accum)]
+                while prog.step_in_epoch < len(groups) and prog.step < total:
+                    hit = ctrl_c.hit
+                    if world > 1:  # every process stops at the same step
+                        hit = bool(acc.reduce(torch.tensor(float(hit), device=acc.device), "sum").item())
+                    if hit:
                         raise KeyboardInterrupt
-                    batch = session.task.batch([examples[i] for i in batches[prog.step_in_epoch]], session.device)
-                    loss = model.loss(batch)
-                    if not torch.isfinite(loss):
-                        raise PtuneError(f"loss became {loss.item()} at step {prog.step}; stopped{kept}; try a lower "
+                    group = groups[prog.step_in_epoch]
+                    # accelerator.backward divides by grad_accum; a short last group is weighted as a whole one
+                    scale = accum / len(group)
+                    losses = [micro_step(rows, j == len(group) - 1, scale) for j, rows in enumerate(group)]
+                    loss_value = losses[0] if len(losses) == 1 else sum(losses) / len(losses)
+                    if not math.isfinite(loss_value):
+                        raise PtuneError(f"loss became {loss_value} at step {prog.step}; stopped{kept}; try a lower "
                                          "train.lr")
-                    loss.backward()
                     # the norm is taken even without clipping: an infinite gradient would turn the weights into NaN
-                    norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or math.inf)
-                    if not torch.isfinite(norm):
+                    if acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU,
+                                                DistributedType.MULTI_GPU):
+                        acc.unscale_gradients()  # fp16's loss scale, if any; DDP's gradients are already averaged
+                        norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or math.inf)
+                    else:  # DeepSpeed, FSDP: their own way
+                        norm = acc.clip_grad_norm_(params, tc.grad_clip or math.inf)
+                    if not torch.isfinite(norm) and acc.scaler is None:  # fp16 on a GPU: the loss scaler skips it
                         raise PtuneError(f"gradient norm became {norm.item()} at step {prog.step}; stopped{kept}; "
                                          "try a lower train.lr")
-                    for group in optimizer.param_groups:
-                        group["lr"] = tc.lr * lr_factor(prog.step, total, warmup)
+                    for group_ in optimizer.param_groups:
+                        group_["lr"] = tc.lr * lr_factor(prog.step, total, warmup)
                     whole = False
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
                     prog.step += 1
                     prog.step_in_epoch += 1
-                    prog.history.append({"kind": "train", "step": prog.step, "loss": loss.item(),
+                    prog.history.append({"kind": "train", "step": prog.step, "loss": loss_value,
                                          "lr": optimizer.param_groups[0]["lr"]})
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.4f}", epoch=prog.epoch + 1)
+                    bar.set_postfix(loss=f"{loss_value:.4f}", epoch=prog.epoch + 1)
                     stop = False
                     if tc.eval_every and prog.step % tc.eval_every == 0:
                         stop = run_eval()
@@ -218,7 +355,7 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
                     whole = True
                     if stop:
                         break
-                if prog.step_in_epoch >= len(batches):
+                if prog.step_in_epoch >= len(groups):
                     whole = False
                     prog.epoch += 1
                     prog.step_in_epoch = 0
@@ -244,13 +381,15 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
             bar.close()
     elapsed = time.perf_counter() - t0
     prog.history.append({"kind": "summary", "seconds": elapsed, "steps": prog.step,
-                         "examples_per_s": prog.step * tc.batch_size / max(elapsed, 1e-9)})
+                         "examples_per_s": prog.step * tc.batch_size * accum / max(elapsed, 1e-9)})
     if out_dir is not None:
-        write_metrics(out_dir, prog.history, metric)
-    # the model to return is the best one seen
-    if out_dir is not None and dev is not None and (out_dir / checkpoint.MANIFEST).is_file():
-        _, enc, _ = checkpoint.load_model(out_dir)
-        model.load_trainable_state(enc)
+        on_main(acc, lambda: write_metrics(out_dir, prog.history, metric))
+    # the model to return is the best one seen (read by the main process, handed to the others)
+    if out_dir is not None and dev is not None:
+        enc = on_main(acc, lambda: checkpoint.load_model(out_dir)[1]
+                      if (out_dir / checkpoint.MANIFEST).is_file() else None)
+        if enc is not None:
+            model.load_trainable_state(enc)
     model.eval()
     return model, prog
 
@@ -304,6 +443,26 @@ def plot_curves(history: list[dict], metric: str, path: Path) -> None:
     checkpoint.write_atomic(path, buf.getvalue())
 
 
+def distributed_state(cfg: Config):
+    """Accelerate's process state when this process is one of several (``accelerate launch``, torchrun), else None.
+    Starting it joins the process group (gloo on CPUs, NCCL on GPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate.state import PartialState
+
+    state = PartialState(cpu=cfg.model.device == "cpu")
+    return state if state.num_processes > 1 else None
+
+
+def process_device(cfg: Config) -> torch.device | None:
+    """Where this process's copy of the frozen model goes: its own GPU in a multi-GPU run (``model.device`` ``auto``
+    or ``cuda``), else wherever ``model.device`` says."""
+    state = distributed_state(cfg)
+    if state is None or cfg.model.device not in ("auto", "cuda"):
+        return None
+    return state.device
+
+
 def prepare(cfg: Config) -> tuple[Session, Table, Table | None]:
     """Read and check all data first (a bad row stops the run before a model is loaded or a file written)."""
     train, dev = load_training_tables(cfg)
@@ -317,7 +476,7 @@ def prepare(cfg: Config) -> tuple[Session, Table, Table | None]:
         for table in (train, dev) if dev is not None else (train,):
             for i, row in enumerate(table.rows, 1):
                 labels.index(row[cfg.task.label_column], where=f"{table.source}: row {i}: ")
-    session = open_session(cfg, labels=labels)
+    session = open_session(cfg, labels=labels, device=process_device(cfg))
     session.task.check(train)
     if dev is not None:
         session.task.check(dev)
@@ -329,10 +488,17 @@ def prepare(cfg: Config) -> tuple[Session, Table, Table | None]:
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, show_progress: bool = True) -> dict:
     """Train and write the checkpoint directory; return a summary (best dev metrics, test metrics if given)."""
     out_dir = Path(out_dir)
-    if not resume and ((out_dir / checkpoint.MANIFEST).exists() or checkpoint.has_state(out_dir)):
-        raise PtuneError(f"{out_dir} already holds a checkpoint; choose another --out, or --resume it")
-    if resume and not checkpoint.has_state(out_dir):
-        raise PtuneError(f"--resume: {out_dir} holds no training state to resume from")
+    dist = distributed_state(cfg)  # None in a single process; else only the main process looks at --out
+    if dist is not None:
+        check_batch_split(cfg.train.batch_size, dist.num_processes)
+
+    def check_out():
+        if not resume and ((out_dir / checkpoint.MANIFEST).exists() or checkpoint.has_state(out_dir)):
+            raise PtuneError(f"{out_dir} already holds a checkpoint; choose another --out, or --resume it")
+        if resume and not checkpoint.has_state(out_dir):
+            raise PtuneError(f"--resume: {out_dir} holds no training state to resume from")
+
+    on_main(dist, check_out)
     session, train_table, dev = prepare(cfg)
     test = None
     if cfg.data.test:
@@ -342,16 +508,20 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, show_progre
         check_inputs(cfg, session.template, test, labelled=True)
         session.task.check(test)
     for table, what in ((dev, "dev rows"), (test, "test rows")):
-        if table is not None:
+        if table is not None and (dist is None or dist.is_main_process):
             report_truncated(session, table, what)
     # no mkdir here: the folder appears with the first checkpoint, so a run that fails on its data writes nothing
     model, prog = fit(session, train_table, dev, out_dir, resume=resume, show_progress=show_progress)
-    summary = {"out": str(out_dir), "steps": prog.step, "best_" + cfg.metric: prog.best}
-    if dev is not None:
-        summary["dev"] = evaluate(model, session, dev)
-    if test is not None:
-        summary["test"] = evaluate(model, session, test)
-    return summary
+
+    def summarise() -> dict:
+        summary = {"out": str(out_dir), "steps": prog.step, "best_" + cfg.metric: prog.best}
+        if dev is not None:
+            summary["dev"] = evaluate(model, session, dev)
+        if test is not None:
+            summary["test"] = evaluate(model, session, test)
+        return summary
+
+    return on_main(dist, summarise)  # evaluated once, on the main process; every process returns it
 
 
 def stratified_folds(labels: list[str], k: int, seed: int) -> list[list[int]]:
