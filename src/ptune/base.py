@@ -28,7 +28,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 class BaseModel:
     model: torch.nn.Module
     tokenizer: object
-    kind: str  # "causal" | "masked"
+    kind: str  # "causal" | "masked" | "seq2seq"
     identity: dict  # name/path, file hash or revision, hidden size, vocabulary size, model type
 
 
@@ -109,7 +109,7 @@ def _detect_kind(config) -> str:
     if "MaskedLM" in archs:
         return "masked"
     if getattr(config, "is_encoder_decoder", False):
-        raise ConfigError(f"model type {config.model_type!r} is encoder-decoder; ptune supports causal and masked LMs")
+        return "seq2seq"
     if config.model_type in ("bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
                              "xlm-roberta", "modernbert", "camembert", "mpnet"):
         return "masked"
@@ -157,14 +157,14 @@ def load_base(cfg: ModelConfig, device: torch.device | None = None, check=None) 
 
     ``check(identity)`` runs after the model's config is read and before any weight is loaded, so a checkpoint
     for another base model is refused cheaply."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     device = device or resolve_device(cfg.device)
     folder, load_kwargs, identity, config = describe_base(cfg)
     if check is not None:
         check(identity)
     kind = _detect_kind(config) if cfg.kind == "auto" else cfg.kind
-    auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
+    auto = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM}[kind]
     from transformers.utils import logging as hf_logging
 
     # loading the cached float copy takes about a second: its per-tensor progress bar is noise in ptune's output

@@ -53,7 +53,7 @@ class ModelConfig:
     revision: str | None = None
     """Hub revision (branch, tag or commit) for hub ids."""
     kind: str = "auto"
-    """``causal``, ``masked`` or ``auto`` (read from the model's config)."""
+    """``causal``, ``masked``, ``seq2seq`` (T5-style) or ``auto`` (read from the model's config)."""
     dtype: str = "auto"
     """Dtype of the frozen model: ``auto`` (bfloat16 where the hardware runs it fast), ``float32`` or ``bfloat16``."""
     device: str = "auto"

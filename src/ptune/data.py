@@ -183,11 +183,13 @@ def check_table(table: Table, columns: list[str], *, required: bool = True) -> N
 @dataclass
 class Encoded:
     """One model input. ``virtual_index[t]`` is the prompt-table row at position t (-1: a real token);
-    ``labels[t]`` is the target token at t (-100 elsewhere)."""
+    ``labels[t]`` is the target token at t (-100 elsewhere). A seq2seq input holds no target: its target tokens are
+    ``decoder_labels``, predicted on the decoder side (None for causal and masked LMs)."""
     input_ids: list[int]
     virtual_index: list[int]
     labels: list[int]
     truncated: bool = False
+    decoder_labels: list[int] | None = None
 
     def __len__(self):
         return len(self.input_ids)
@@ -197,12 +199,13 @@ class Encoded:
 class Renderer:
     """Turns a row (and optionally a target text) into an ``Encoded`` input.
 
+    For a seq2seq model the row is the encoder input, with nothing at [TARGET]; the target goes to the decoder.
     Each piece is tokenized on its own so that data fields can be truncated exactly. Whitespace at the end of anchor
     text moves onto the next field or the target (" Paris" is one natural token); next to virtual tokens it is dropped.
     """
     template: Template
     tokenizer: object
-    kind: str  # "causal" | "masked"
+    kind: str  # "causal" | "masked" | "seq2seq"
     max_length: int
     field_map: dict[str, str] = field(default_factory=dict)
 
@@ -228,7 +231,10 @@ class Renderer:
         return self._text_cache[text]
 
     def target_prefix(self) -> str:
-        """Whitespace that the template puts before the target (e.g. ' ' in 'Label : [TARGET]')."""
+        """Whitespace that the template puts before the target (e.g. ' ' in 'Label : [TARGET]'); none for seq2seq,
+        whose target starts the decoder's text."""
+        if self.kind == "seq2seq":
+            return ""
         return self._pieces({f: "" for f in self.template.fields})[1]
 
     def target_ids(self, text: str) -> list[int]:
@@ -259,8 +265,9 @@ class Renderer:
         return pieces, target_space
 
     def encode(self, row: dict[str, str], target: list[int] | None = None) -> Encoded:
-        """Render ``row``; ``target`` token ids fill the target slot (masked LM: as [MASK]s with labels there).
-        With no target, a causal input stops where the target would start (for generation and probing)."""
+        """Render ``row``; ``target`` token ids fill the target slot (masked LM: as [MASK]s with labels there;
+        seq2seq: the slot stays empty and the target becomes ``decoder_labels``). With no target, a causal input
+        stops where the target would start (for generation and probing)."""
         pieces, _ = self._pieces(row)
         parts = [(kind, self._ids(p) if kind == "text" else
                   self.tokenizer(p, add_special_tokens=False)["input_ids"] if kind == "field" else p)
@@ -268,7 +275,8 @@ class Renderer:
         target = list(target or [])
         if self.kind == "masked" and not target:
             raise DataError("a masked LM needs the target's length to place [MASK] tokens")
-        fixed = len(self.prefix_ids) + len(self.suffix_ids) + len(target) + sum(
+        in_input = 0 if self.kind == "seq2seq" else len(target)  # the decoder's tokens do not count here
+        fixed = len(self.prefix_ids) + len(self.suffix_ids) + in_input + sum(
             p if k == "virtual" else len(p) for k, p in parts if k not in ("field", "target"))
         field_room = self.max_length - fixed
         field_lengths = [len(p) for k, p in parts if k == "field"]
@@ -289,6 +297,8 @@ class Renderer:
                 labels += [-100] * payload
                 next_virtual += payload
             elif kind == "target":
+                if self.kind == "seq2seq":
+                    continue
                 if self.kind == "masked":
                     ids += [self.tokenizer.mask_token_id] * len(target)
                 else:
@@ -302,7 +312,7 @@ class Renderer:
         ids += self.suffix_ids
         virt += [-1] * len(self.suffix_ids)
         labels += [-100] * len(self.suffix_ids)
-        return Encoded(ids, virt, labels, truncated)
+        return Encoded(ids, virt, labels, truncated, target if self.kind == "seq2seq" else None)
 
 
 def _find(haystack: list[int], needle: list[int]) -> int:
@@ -323,7 +333,8 @@ def _fair_limits(lengths: list[int], room: int) -> list[int]:
 
 def collate(examples: list[Encoded], pad_id: int, side: str = "left", device=None) -> dict[str, torch.Tensor]:
     """Pad to the batch's longest row (dynamic padding). Pads go on the outside only, so they never sit between
-    virtual tokens and the text; position ids count real tokens, so they are the same under either side."""
+    virtual tokens and the text; position ids count real tokens, so they are the same under either side.
+    Seq2seq rows also give ``decoder_labels`` (B, K): their targets, right-padded with -100."""
     width = max(len(e) for e in examples)
     out = {k: torch.full((len(examples), width), v, dtype=torch.long)
            for k, v in (("input_ids", pad_id), ("virtual_index", -1), ("labels", -100), ("attention_mask", 0))}
@@ -334,6 +345,10 @@ def collate(examples: list[Encoded], pad_id: int, side: str = "left", device=Non
         out["labels"][i, sl] = torch.tensor(e.labels)
         out["attention_mask"][i, sl] = 1
     out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    if examples[0].decoder_labels is not None:
+        k = max(len(e.decoder_labels) for e in examples)
+        out["decoder_labels"] = torch.tensor([e.decoder_labels + [-100] * (k - len(e.decoder_labels))
+                                              for e in examples], dtype=torch.long).reshape(len(examples), k)
     if device is not None:
         out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
     return out

@@ -2,6 +2,7 @@
 
     embed(tokens)            (B, T, d)   rows at virtual positions replaced by the encoder's table (n, d)
     frozen LM                            causal: logits only at the last K+1 positions (K: target columns)
+                                         seq2seq: embeds feed the encoder; the decoder reads the target shifted
     token log-probabilities  (B, K)      of the target tokens; loss and label scores are sums over these
 """
 
@@ -77,6 +78,11 @@ class PTuningModel(nn.Module):
         """Logits predicting each target column, and the labels there: (B, K, V), (B, K)."""
         labels = batch["labels"]
         embeds = self.embed(batch["input_ids"], batch["virtual_index"])
+        if self.kind == "seq2seq":
+            labels = batch["decoder_labels"]  # (B, K) right-padded: causal decoder attention keeps pads harmless
+            out = self.base(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                            decoder_input_ids=self.decoder_inputs(labels), use_cache=False)
+            return out.logits, labels
         if self.kind == "masked":
             # position ids are left to the model (right padding: 0..n-1 is right, RoBERTa adds its own offset)
             out = self.base(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
@@ -91,6 +97,18 @@ class PTuningModel(nn.Module):
         else:
             logits = self.base(**kwargs).logits[:, -(k + 1):]
         return logits[:, :-1], labels[:, width - k:]  # logit at t predicts token t+1
+
+    def decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
+        """Seq2seq: the decoder's input, the target shifted right after the start token (pads for -100)."""
+        config = self.base.config
+        start = config.decoder_start_token_id
+        if start is None:
+            start = getattr(getattr(self.base, "generation_config", None), "decoder_start_token_id", None)
+        pad = config.pad_token_id if config.pad_token_id is not None else 0
+        shifted = labels.new_full(labels.shape, pad)
+        shifted[:, 0] = pad if start is None else start
+        shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad)
+        return shifted
 
     def token_logprobs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K) log-probability of each target token, and the mask of real target tokens."""
@@ -144,8 +162,10 @@ class PTuningModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch, max_new_tokens: int, eos_token_id, pad_token_id: int) -> torch.Tensor:
-        """Greedy generation with the KV cache; the batch must be left-padded and hold no target tokens."""
+        """Greedy generation with the KV cache; the batch must hold no target tokens (causal: left-padded).
+        Returns the new tokens only (seq2seq: the decoder's, its start token cut off)."""
         embeds = self.embed(batch["input_ids"], batch["virtual_index"])
-        return self.base.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                                  max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,
-                                  pad_token_id=pad_token_id)
+        out = self.base.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,
+                                 pad_token_id=pad_token_id)
+        return out[:, 1:] if self.kind == "seq2seq" else out

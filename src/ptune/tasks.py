@@ -4,6 +4,8 @@
   is always one of the labels, with its scores.
 - ``GenerationTask``: loss on the target text (and EOS); prediction by greedy ``generate`` with the KV cache.
 - ``ProbingTask``: one target token; prediction is the top token over the vocabulary (or a given word list): P@1.
+
+For a seq2seq model the target tokens are the decoder's (``Encoded.decoder_labels``); everything else is the same.
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ class ProbingTask(Task):
     def predict(self, model, rows, batch_size, device, progress=None):
         tok = self.renderer.tokenizer
         # a one-token placeholder marks the target column; for a causal LM the logit that predicts it comes from
-        # the position before, which never sees the placeholder
+        # the position before, which never sees the placeholder (seq2seq: the decoder's first logit, from its start)
         placeholder = [tok.mask_token_id if self.renderer.kind == "masked" else tok.pad_token_id]
         encoded = [self.renderer.encode(row, placeholder) for row in rows]
         vocab = torch.tensor(self.vocab_ids, device=device) if self.vocab_ids is not None else None
