@@ -59,3 +59,37 @@ def test_macro_f1_hand_made_case():
     # a: P=1, R=.5 -> F1 2/3; b: P=2/3, R=1 -> F1 .8
     assert macro_f1(gold, pred) == pytest.approx((2 / 3 + 0.8) / 2)
     assert macro_f1(["a", "b"], ["a", "a"], ["a", "b"]) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_hf_dataset_source_on_a_local_folder(tmp_path, monkeypatch):
+    """`hf:NAME` goes through datasets.load_dataset; here NAME is a local folder, so no hub is needed."""
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\nhello,a\nworld,b\n")
+    t = read_table(f"hf:{folder}", split="train")
+    assert t.rows == [{"text": "hello", "label": "a"}, {"text": "world", "label": "b"}]
+    with pytest.raises(DataError, match="split 'validation'"):
+        read_table(f"hf:{folder}", split="validation")
+
+
+def test_encoder_table_starts_from_word_or_text_embeddings():
+    import torch
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import _bpe
+    from ptune.config import EncoderConfig
+    from ptune.encoder import init_table
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=_bpe(["<pad>"])._tokenizer, pad_token="<pad>")
+    emb = torch.nn.Embedding(len(tok), 8)
+    words = init_table(EncoderConfig(type="lstm", init="words", init_text="great terrible"), 3, emb, tok)
+    ids = [tok.encode(" great", add_special_tokens=False)[0], tok.encode(" terrible", add_special_tokens=False)[0]]
+    assert torch.equal(words, emb.weight[[ids[0], ids[1], ids[0]]].detach())  # one word each, cycled
+    text = init_table(EncoderConfig(type="mlp", init="text", init_text="hello world"), 2, emb, tok)
+    first = tok.encode("hello world", add_special_tokens=False)[:2]
+    assert torch.equal(text, emb.weight[first].detach())
+    rand = init_table(EncoderConfig(type="embedding"), 4, emb, tok)
+    assert rand.shape == (4, 8) and abs(rand.std().item() - emb.weight.std().item()) < 0.5 * emb.weight.std().item()
