@@ -93,3 +93,18 @@ def test_encoder_table_starts_from_word_or_text_embeddings():
     assert torch.equal(text, emb.weight[first].detach())
     rand = init_table(EncoderConfig(type="embedding"), 4, emb, tok)
     assert rand.shape == (4, 8) and abs(rand.std().item() - emb.weight.std().item()) < 0.5 * emb.weight.std().item()
+
+
+def test_vocabulary_file_mapping_needs_a_key(tiny_causal_dir, tmp_path):
+    from conftest import tiny_config
+    from ptune.session import open_session
+    from ptune.tasks import load_vocab_ids
+
+    cfg = tiny_config(tiny_causal_dir, task={"type": "probing", "template": "[P*2] {text} [TARGET]"})
+    renderer = open_session(cfg).task.renderer
+    (tmp_path / "v.json").write_text(json.dumps({"bert": ["great", "terrible"], "roberta": ["hello"]}))
+    with pytest.raises(DataError, match="several word lists \\(bert, roberta\\); name one as"):
+        load_vocab_ids(str(tmp_path / "v.json"), renderer)
+    ids = load_vocab_ids(f"{tmp_path / 'v.json'}#bert", renderer)
+    assert ids == sorted({renderer.target_ids(w)[0] for w in ("great", "terrible") if len(renderer.target_ids(w)) == 1})
+    assert ids

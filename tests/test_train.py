@@ -91,3 +91,15 @@ def test_stratified_folds_cover_each_row_once():
     for f in folds:
         assert sum(labels[i] == "a" for i in f) in (1, 2)
     assert folds != stratified_folds(labels, 5, seed=2)
+
+
+def test_without_an_output_folder_fit_returns_the_best_dev_model_not_the_last(tiny_causal_dir, tiny_data):
+    cfg = tiny_config(tiny_causal_dir, tiny_data, train={"epochs": 4, "lr": 0.3})
+    session, tr, dev = prepare(cfg)
+    model, prog = fit(session, tr, dev, None, show_progress=False)
+    evals = [h for h in prog.history if h["kind"] == "dev"]
+    best = max(evals, key=lambda h: h["accuracy"])  # the first of equals is kept
+    assert best is not evals[-1], [h["accuracy"] for h in evals]  # else this test could not tell best from last
+    from ptune.train import evaluate
+
+    assert evaluate(model, session, dev)["loss"] == pytest.approx(best["loss"], abs=1e-6)

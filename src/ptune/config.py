@@ -340,6 +340,6 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
             if candidate.exists() or not Path(value).exists():
                 setattr(cfg.data, name, str(candidate))
     if cfg.task.vocab_file and not Path(cfg.task.vocab_file).is_absolute():
-        candidate = base / cfg.task.vocab_file
-        if candidate.exists():
-            cfg.task.vocab_file = str(candidate)
+        file, sep, key = cfg.task.vocab_file.partition("#")  # FILE#KEY picks one list of a JSON mapping
+        if (base / file).exists():
+            cfg.task.vocab_file = str(base / file) + sep + key

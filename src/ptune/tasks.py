@@ -227,12 +227,19 @@ TASKS = {"classification": ClassificationTask, "generation": GenerationTask, "pr
 
 def load_vocab_ids(path: str, renderer: Renderer) -> list[int]:
     """Token ids of a JSON word list (LAMA's 29k/34k vocabularies); words that are not one token are dropped."""
+    path, _, key = str(path).partition("#")
     try:
         words = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: cannot read the vocabulary file: {err}") from None
     if isinstance(words, dict):
-        words = list(words)
+        # LAMA's 29k/34k files map a model name to its word list: ``FILE#bert-base-cased`` picks one
+        if not key or key not in words:
+            raise DataError(f"{path}: holds several word lists ({', '.join(map(str, words))}); name one as "
+                            f"{path}#KEY")
+        words = words[key]
+    if not isinstance(words, list):
+        raise DataError(f"{path}: expected a JSON list of words")
     ids = set()
     for w in words:
         t = renderer.target_ids(str(w))

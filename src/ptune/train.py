@@ -248,10 +248,14 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
         if out_dir is not None:
             on_main(acc, save)
 
+    best_in_memory: dict = {}  # without an output folder, the best encoder is kept here instead
+
     def save_best():
         if out_dir is not None:
             save_inference(session, model, out_dir, extra={"training": {"step": prog.step, "metric": metric,
                                                                         "best": prog.best}})
+        elif dev is not None:
+            best_in_memory.update({k: v.detach().clone() for k, v in model.trainable_state().items()})
 
     def evaluate_and_keep() -> tuple[bool, tuple, dict]:
         record = {"step": prog.step, "epoch": prog.epoch + prog.step_in_epoch / steps_per_epoch}
@@ -390,6 +394,8 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
                       if (out_dir / checkpoint.MANIFEST).is_file() else None)
         if enc is not None:
             model.load_trainable_state(enc)
+    elif dev is not None and best_in_memory:
+        model.load_trainable_state(best_in_memory)
     model.eval()
     return model, prog
 
