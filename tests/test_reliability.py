@@ -283,21 +283,21 @@ def test_nan_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(tiny_caus
     cfg = write_setup(tmp_path, tiny_causal_dir, epochs=3, save_every=1)  # 2 steps an epoch
     from ptune.model import PTuningModel
 
-    real, calls = PTuningModel.loss, []
+    real, calls = PTuningModel.token_logprobs, []
 
-    def nan_on_4th_step(self, batch):
-        calls.append(1)
-        loss = real(self, batch)
-        return loss * float("nan") if len(calls) == 4 else loss
+    def nan_on_4th_step(self, batch):  # the training loss reads these once a step
+        calls.extend([1] if self.training else [])
+        logp, mask = real(self, batch)
+        return (logp * float("nan") if len(calls) == 4 else logp), mask
 
-    monkeypatch.setattr(PTuningModel, "loss", nan_on_4th_step)
+    monkeypatch.setattr(PTuningModel, "token_logprobs", nan_on_4th_step)
     out = tmp_path / "out"
     code, _, stderr = cli("train", cfg, "--out", out, "--quiet")
     assert_one_line_error(code, stderr, r"loss became nan at step 3; stopped; the last good checkpoint is kept in")
     assert _progress(out)["step"] == 3
     meta, _, table = checkpoint.load_model(out)  # the best after epoch 1, verified by its checksums
     assert meta["training"]["step"] == 2 and torch.isfinite(table).all()
-    monkeypatch.setattr(PTuningModel, "loss", real)
+    monkeypatch.setattr(PTuningModel, "token_logprobs", real)
     code, stdout, stderr = cli("train", cfg, "--out", out, "--resume", "--quiet")
     assert code == 0, stderr
     assert json.loads(stdout)["steps"] == 6

@@ -80,10 +80,18 @@ class TaskConfig:
     """Probing only: a JSON list of words; P@1 is taken over their tokens only."""
     max_new_tokens: int = 16
     """Generation only: the most tokens generated per row."""
+    calibrate: str = "none"
+    """Classification only: ``content_free`` divides each label's probability by its probability for inputs whose
+    data fields say nothing ("N/A", empty), so that the model's prior for a label word does not outvote the
+    evidence (Zhao et al., 2021); ``none`` ranks the raw scores."""
 
     def __post_init__(self):
         _choice("task.type", self.type, ("classification", "generation", "probing"))
         _choice("task.score", self.score, ("sum", "mean"))
+        _choice("task.calibrate", self.calibrate, ("none", "content_free"))
+        if self.calibrate != "none" and self.type != "classification":
+            raise ConfigError(f"task.calibrate is {self.calibrate!r} but applies to classification only "
+                              f"(task.type is {self.type!r})")
         if self.max_new_tokens < 1:
             raise ConfigError(f"task.max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
@@ -165,6 +173,13 @@ class TrainConfig:
     """Folds for ``ptune cv`` (stratified k-fold over the training rows)."""
     grad_accum: int = 1
     """Gradient accumulation: batches of ``batch_size`` rows per optimizer step (through Accelerate)."""
+    objective: str = "lm"
+    """Classification: ``lm`` maximises the gold label word's likelihood (PEFT's loss); ``classify`` is
+    cross-entropy over the labels' first tokens only, so training spends nothing on how likely the words are in
+    general. Other task types always use ``lm``."""
+    class_weights: str = "none"
+    """Classification: ``balanced`` weighs each row by n_rows / (n_labels * rows with its label), so a minority
+    class counts as much as the majority (macro-F1 is what such a task is judged by); ``none``: every row alike."""
     mixed_precision: str = "no"
     """Autocast for the encoder and the loss, through Accelerate: ``no``, ``bf16`` or ``fp16`` (with loss scaling on a
     GPU). The frozen model's own dtype is ``model.dtype``."""
@@ -187,6 +202,8 @@ class TrainConfig:
             raise ConfigError(f"train.cv_folds must be >= 2, got {self.cv_folds}")
         _choice("train.metric", self.metric, ("auto", "accuracy", "macro_f1", "p@1", "loss"))
         _choice("train.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        _choice("train.objective", self.objective, ("lm", "classify"))
+        _choice("train.class_weights", self.class_weights, ("none", "balanced"))
 
 
 @dataclass
@@ -198,6 +215,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        for name in ("objective", "class_weights"):
+            if getattr(self.train, name) != TrainConfig.__dataclass_fields__[name].default \
+                    and self.task.type != "classification":
+                raise ConfigError(f"train.{name} is {getattr(self.train, name)!r} but applies to classification "
+                                  f"only (task.type is {self.task.type!r})")
         try:
             n = parse_template(self.task.template).n_virtual
         except TemplateError:

@@ -190,6 +190,8 @@ class Encoded:
     labels: list[int]
     truncated: bool = False
     decoder_labels: list[int] | None = None
+    label_index: int | None = None
+    """Classification training rows: the gold label's index (for the ``classify`` objective and class weights)."""
 
     def __len__(self):
         return len(self.input_ids)
@@ -349,6 +351,8 @@ def collate(examples: list[Encoded], pad_id: int, side: str = "left", device=Non
         k = max(len(e.decoder_labels) for e in examples)
         out["decoder_labels"] = torch.tensor([e.decoder_labels + [-100] * (k - len(e.decoder_labels))
                                               for e in examples], dtype=torch.long).reshape(len(examples), k)
+    if all(e.label_index is not None for e in examples):
+        out["label_index"] = torch.tensor([e.label_index for e in examples], dtype=torch.long)
     if device is not None:
         out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
     return out

@@ -123,6 +123,17 @@ class PTuningModel(nn.Module):
         logp, mask = self.token_logprobs(batch)
         return -logp.sum() / mask.sum().clamp(min=1)
 
+    def first_target_logits(self, batch) -> torch.Tensor:
+        """(B, V): each row's logits at its first target token (rows may have targets of different lengths)."""
+        logits, labels = self.target_logits(batch)
+        first = (labels != -100).int().argmax(dim=1)  # the first target column of each row
+        return logits[torch.arange(logits.shape[0], device=logits.device), first]
+
+    def label_choice_logprobs(self, batch, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, L): log-softmax over the L candidate tokens only (each label's first token) at the first target
+        position: the discriminative objective, where the model is asked which label, not how likely the word."""
+        return F.log_softmax(self.first_target_logits(batch).float()[:, candidates], dim=-1)
+
     @property
     def can_score_continuations(self) -> bool:
         return self.kind == "causal" and self._cache_arg is not None and self._keeps_logits

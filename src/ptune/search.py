@@ -17,6 +17,7 @@ by mean macro-F1 is retrained on all rows and written as a normal checkpoint (``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import time
@@ -68,6 +69,19 @@ def candidates(base: dict, space: dict) -> list[tuple[dict, dict]]:
     return out
 
 
+# settings used only when predicting: each is scored on the same fold models, at no extra training
+PREDICT_ONLY = ("task.calibrate", "task.score")
+
+
+def split_space(space: dict) -> tuple[dict, list[dict]]:
+    """(the part of the grid that needs training, the prediction-time variants as ``task`` field overrides)."""
+    train_space = {k: v for k, v in space.items() if k not in PREDICT_ONLY}
+    keys = [k for k in space if k in PREDICT_ONLY]
+    variants = [{k.split(".", 1)[1]: v for k, v in zip(keys, combo)}
+                for combo in itertools.product(*(space[k] for k in keys))]
+    return train_space, variants
+
+
 def build(values: dict, source: str):
     cfg = config_from_dict(values)
     _resolve_paths(cfg, Path(source).parent)
@@ -82,33 +96,45 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     folds = int(search.get("folds", 5))
     seeds = [int(s) for s in search.get("seeds", [42])]
     budget = float(search.get("budget_minutes", 0)) * 60
-    grid = candidates(base_values, search["space"])
-    configs = [(s, build(v, base_values["__file__"])) for s, v in grid]  # all validated before any work
+    train_space, variants = split_space(search["space"])
+    grid = candidates(base_values, train_space) if train_space else [({}, copy.deepcopy(
+        {k: v for k, v in base_values.items() if k != "__file__"}))]
+    # every candidate (with each prediction variant) validated before any work
+    configs = [(s, build(v, base_values["__file__"])) for s, v in grid]
+    for s_, v in grid:
+        for variant in variants:
+            build(copy.deepcopy(v) | {"task": v.get("task", {}) | variant}, base_values["__file__"])
     session0, table, _ = prepare(configs[0][1])
     base = session0.base
-    results = []
+    results, configs_run = [], []
     t0 = time.perf_counter()
     bar = tqdm(total=len(configs), desc="search", unit="candidate", disable=not show_progress)
     for settings, cfg in configs:
         if budget and time.perf_counter() - t0 > budget:
-            print(f"time budget of {budget / 60:.0f} min reached: {len(configs) - len(results)} candidates not run")
+            print(f"time budget of {budget / 60:.0f} min reached: {len(configs) - len(configs_run)} candidates not run")
             break
         values = table.column(cfg.task.label_column) if cfg.task.type == "classification" else None
         session = open_session(cfg, label_values=values, base=base)
         summary = cross_validate(cfg, folds=folds, seeds=seeds, session=session, train_table=table,
-                                 show_progress=False)
-        row = {"settings": settings, "seconds": round(summary["seconds"], 1)}
-        for metric in ("accuracy", "macro_f1"):
-            if metric in summary:
-                row[metric] = summary[metric]
-        results.append(row)
+                                 show_progress=False, variants=variants)
+        for part in summary.get("variants", [summary]):
+            extra = {f"task.{k}": v for k, v in part.get("settings", {}).items()}
+            row = {"settings": settings | extra, "seconds": round(summary["seconds"], 1), "config": len(configs_run)}
+            for metric in ("accuracy", "macro_f1"):
+                if metric in part:
+                    row[metric] = part[metric]
+            results.append(row)
+        configs_run.append(cfg)
         bar.update(1)
         bar.set_postfix(best_f1=f"{max(r.get('macro_f1', {}).get('mean', 0) for r in results):.3f}")
     bar.close()
     if not results:
         raise PtuneError("no candidate finished within the time budget")
     best_i = max(range(len(results)), key=lambda i: results[i].get("macro_f1", {}).get("mean", -1))
-    best_cfg = configs[best_i][1]
+    best = results[best_i]
+    best_cfg = dataclasses.replace(configs_run[best["config"]], task=dataclasses.replace(
+        configs_run[best["config"]].task, **{k.split(".", 1)[1]: v for k, v in best["settings"].items()
+                                             if k in PREDICT_ONLY}))
     # retrain the winner on every labelled row and write a normal checkpoint
     values = table.column(best_cfg.task.label_column) if best_cfg.task.type == "classification" else None
     session = open_session(best_cfg, label_values=values, base=base)

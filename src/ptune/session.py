@@ -100,6 +100,7 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
     renderer = Renderer(template, base.tokenizer, base.kind, min(cfg.train.max_length, model_context(base)),
                         dict(cfg.data.columns))
     task = build_task(cfg.task, renderer, labels)
+    task.objective, task.class_weights = cfg.train.objective, cfg.train.class_weights
     device = next(base.model.parameters()).device
     return Session(cfg, base, template, task, device)
 

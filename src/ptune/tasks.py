@@ -19,7 +19,7 @@ import torch
 
 from .config import TaskConfig
 from .data import Encoded, Renderer, Table, collate
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .evaluate import classification_metrics, precision_at_1
 from .labels import LabelSpace
 from .model import PTuningModel
@@ -56,6 +56,8 @@ class Task:
     renderer: Renderer
     labels: LabelSpace | None = None
     vocab_ids: list[int] | None = None
+    objective: str = "lm"
+    class_weights: str = "none"
 
     @property
     def label_column(self) -> str:
@@ -75,6 +77,14 @@ class Task:
         """Examples for training/loss, and how many rows were skipped (probing: object not one token)."""
         raise NotImplementedError
 
+    def make_loss(self, examples: list[Encoded]):
+        """The training loss for these rows, as ``fn(model, batch) -> (summed loss, its weight)``; the mean is their
+        ratio (kept apart so that data-parallel processes can sum both before dividing)."""
+        def lm(model: PTuningModel, batch):
+            logp, mask = model.token_logprobs(batch)
+            return -logp.sum(), mask.sum()
+        return lm
+
     def predict(self, model: PTuningModel, rows: list[dict], batch_size: int, device, progress=None) -> list[dict]:
         raise NotImplementedError
 
@@ -92,11 +102,50 @@ class ClassificationTask(Task):
         out = []
         for i, row in enumerate(table.rows, 1):
             label = self.labels.index(row[self.label_column], where=f"{table.source}: row {i}: ")
-            out.append(self.renderer.encode(row, self.renderer.target_ids(self.labels.words[label][0])))
+            enc = self.renderer.encode(row, self.renderer.target_ids(self.labels.words[label][0]))
+            enc.label_index = label
+            out.append(enc)
         return out, 0
 
-    def predict(self, model, rows, batch_size, device, progress=None):
-        # every label's alternative words, all scored by the likelihood of the word's tokens
+    def label_tokens(self) -> list[int]:
+        """Each label's first token (of its first word): what the ``classify`` objective chooses between."""
+        firsts = [self.renderer.target_ids(words[0])[0] for words in self.labels.words]
+        for i, a in enumerate(firsts):
+            for j in range(i):
+                if firsts[j] == a:
+                    raise ConfigError(
+                        f"train.objective classify needs label words that start with different tokens, but "
+                        f"{self.labels.words[j][0]!r} ({self.labels.labels[j]}) and {self.labels.words[i][0]!r} "
+                        f"({self.labels.labels[i]}) both start with {self.renderer.tokenizer.decode([a])!r}; "
+                        "change task.verbalizer or use train.objective lm")
+        return firsts
+
+    def make_loss(self, examples):
+        weights = None
+        if self.class_weights == "balanced":
+            counts = torch.bincount(torch.tensor([e.label_index for e in examples]), minlength=len(self.labels.labels))
+            weights = len(examples) / (len(self.labels.labels) * counts.clamp(min=1).float())
+        if self.objective == "lm":
+            if weights is None:
+                return super().make_loss(examples)
+
+            def weighted_lm(model, batch):
+                logp, mask = model.token_logprobs(batch)
+                w = weights.to(logp.device)[batch["label_index"]].unsqueeze(1) * mask
+                return -(logp * w).sum(), w.sum()
+            return weighted_lm
+        candidates = torch.tensor(self.label_tokens())
+
+        def classify(model, batch):
+            logp = model.label_choice_logprobs(batch, candidates.to(batch["input_ids"].device))  # (B, L)
+            gold = batch["label_index"]
+            nll = -logp.gather(1, gold.unsqueeze(1)).squeeze(1)
+            w = weights.to(nll.device)[gold] if weights is not None else torch.ones_like(nll)
+            return (nll * w).sum(), w.sum()
+        return classify
+
+    def scores(self, model, rows, batch_size, device, progress=None) -> torch.Tensor:
+        """(rows, labels): each label's score, the best over its alternative words of the words' log-likelihood."""
         targets = [(li, self.renderer.target_ids(w)) for li, ws in enumerate(self.labels.words) for w in ws]
         scores = torch.full((len(rows), len(self.labels.labels)), -math.inf)
 
@@ -133,6 +182,20 @@ class ClassificationTask(Task):
                 done += left[ri] == 0
             if progress and done:
                 progress(done)  # rows all of whose candidates are scored
+        return scores
+
+    def content_free_rows(self) -> list[dict]:
+        """Inputs that carry no evidence: every data field "N/A", or empty (Zhao et al., 2021)."""
+        columns = [self.renderer.field_map.get(f, f) for f in self.renderer.template.fields]
+        return [{c: "N/A" for c in columns}, {c: "" for c in columns}]
+
+    def predict(self, model, rows, batch_size, device, progress=None):
+        scores = self.scores(model, rows, batch_size, device, progress)
+        if self.cfg.calibrate == "content_free":
+            # p(label | x) / mean p(label | content-free), in logs; each row's scores normalised over the labels
+            free = torch.log_softmax(self.scores(model, self.content_free_rows(), batch_size, device), dim=-1)
+            prior = torch.logsumexp(free, dim=0) - math.log(len(free))
+            scores = torch.log_softmax(scores, dim=-1) - prior
         out = []
         for row_scores in scores:
             best = int(row_scores.argmax())

@@ -9,6 +9,7 @@ encoder has none either.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -110,20 +111,22 @@ def evaluate(model: PTuningModel, session: Session, table: Table, show_progress:
 
 
 class _Step(torch.nn.Module):
-    """What Accelerate prepares (DDP wraps, autocast applies to): one forward of the P-tuning model. Sharded (several
-    processes), it returns the summed negative log-likelihood of a shard's target tokens and how many there are. The frozen base is inside but
-    excluded from DDP's bookkeeping (its parameters need no gradient and are never broadcast)."""
+    """What Accelerate prepares (DDP wraps, autocast applies to): one forward of the P-tuning model and the task's
+    loss. Sharded (several processes), it returns a shard's summed loss and its weight (target tokens, or row
+    weights); one process returns the mean. The frozen base is inside but excluded from DDP's bookkeeping (its
+    parameters need no gradient and are never broadcast)."""
 
-    def __init__(self, model: PTuningModel, sharded: bool):
+    def __init__(self, model: PTuningModel, loss_fn, sharded: bool):
         super().__init__()
         self.model = model
+        self.loss_fn = loss_fn
         self.sharded = sharded
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not self.sharded:  # one process: the model's own loss (the mean over the batch's target tokens)
-            return self.model.loss(batch), None
-        logp, mask = self.model.token_logprobs(batch)
-        return -logp.sum(), mask.sum()
+        total, weight = self.loss_fn(self.model, batch)
+        if not self.sharded:  # one process: the mean over the batch
+            return total / weight.float().clamp(min=1e-12), None
+        return total, weight
 
 
 def make_accelerator(tc, device: torch.device):
@@ -230,7 +233,7 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
                       file=sys.stderr)
             return model, prog
 
-    step_module = _Step(model, sharded=world > 1)
+    step_module = _Step(model, session.task.make_loss(examples), sharded=world > 1)
     if world > 1:
         # DDP syncs the encoder only: the frozen base's weights and buffers (identical on every process) are never
         # broadcast, at the start or at each forward
@@ -285,7 +288,7 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
 
     def micro_step(rows: list[int], last: bool, scale: float) -> float:
         """Forward and backward this process's shard of one global batch (gradients are all-reduced after the
-        ``last`` batch of a step only); return the global batch's mean loss over its target tokens."""
+        ``last`` batch of a step only); return the global batch's mean loss (over target tokens or rows)."""
         shard = rows[rank::world]
         batch = session.task.batch([examples[i] for i in (shard or rows[:1])], session.device)
         with contextlib.nullcontext() if last else acc.no_sync(step_fn):
@@ -297,9 +300,9 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
                 if not shard:  # a short last batch left this process nothing: it still takes part, with weight 0
                     nll, count = nll * 0, count * 0
                 totals = acc.reduce(torch.stack([nll.detach().float(), count.float()]), "sum")
-                tokens = max(int(totals[1].item()), 1)
-                value = totals[0].item() / tokens
-                loss = nll * (world / tokens)  # DDP averages the N gradients: their mean is the global mean's
+                weight = max(totals[1].item(), 1e-12)  # target tokens (or row weights) in the global batch
+                value = totals[0].item() / weight
+                loss = nll * (world / weight)  # DDP averages the N gradients: their mean is the global mean's
             acc.backward(loss * scale if scale != 1 else loss)
         return value
 
@@ -550,32 +553,55 @@ def stratified_folds(labels: list[str], k: int, seed: int) -> list[list[int]]:
 
 def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | None = None,
                    session: Session | None = None, train_table: Table | None = None,
-                   show_progress: bool = True) -> dict:
-    """k-fold cross-validation over the training rows: held-out metrics per fold, with mean and spread."""
+                   show_progress: bool = True, variants: list[dict] | None = None) -> dict:
+    """k-fold cross-validation over the training rows: held-out metrics per fold, with mean and spread.
+
+    ``variants``: prediction-time settings (``task`` fields such as ``calibrate``) to score as well, each on the
+    same fold models, so that they cost no extra training; the summary then holds one entry per variant under
+    ``variants`` (the first variant's figures are also the summary's own)."""
     if session is None:
         session, train_table, _ = prepare(cfg)
     k = folds or cfg.train.cv_folds
     seeds = seeds or [cfg.train.seed]
+    variants = variants or [{}]
     rows = train_table.rows
     key = [r[cfg.task.label_column] if cfg.task.type == "classification" else "" for r in rows]
-    results = []
+    task_cfg = session.task.cfg
+    results: list[list[dict]] = [[] for _ in variants]
     t0 = time.perf_counter()
-    for seed in seeds:
-        for f, held in enumerate(stratified_folds(key, k, seed)):
-            held_set = set(held)
-            tr = Table(train_table.source, train_table.columns, [r for i, r in enumerate(rows) if i not in held_set])
-            te = Table(f"{train_table.source} fold {f + 1}", train_table.columns, [rows[i] for i in held])
-            model, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed)
-            metrics = evaluate(model, session, te)
-            metrics.update(fold=f + 1, seed=seed)
-            results.append(metrics)
-            if show_progress:
-                shown = {k_: round(v, 4) for k_, v in metrics.items() if isinstance(v, float)}
-                print(f"seed {seed} fold {f + 1}/{k}: {shown}")
-    summary = {"folds": k, "seeds": seeds, "runs": results, "seconds": time.perf_counter() - t0}
-    for name in results[0]:
-        values = [r[name] for r in results if isinstance(r.get(name), float)]
-        if values and name not in ("fold", "seed"):
-            summary[name] = {"mean": statistics.fmean(values),
-                             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    try:
+        for seed in seeds:
+            for f, held in enumerate(stratified_folds(key, k, seed)):
+                held_set = set(held)
+                tr = Table(train_table.source, train_table.columns,
+                           [r for i, r in enumerate(rows) if i not in held_set])
+                te = Table(f"{train_table.source} fold {f + 1}", train_table.columns, [rows[i] for i in held])
+                model, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed)
+                for v, settings in enumerate(variants):
+                    session.task.cfg = dataclasses.replace(task_cfg, **settings)
+                    metrics = evaluate(model, session, te)
+                    metrics.update(fold=f + 1, seed=seed)
+                    results[v].append(metrics)
+                    if show_progress:
+                        shown = {k_: round(v_, 4) for k_, v_ in metrics.items() if isinstance(v_, float)}
+                        label = f" {settings}" if settings else ""
+                        print(f"seed {seed} fold {f + 1}/{k}{label}: {shown}")
+    finally:
+        session.task.cfg = task_cfg
+    seconds = time.perf_counter() - t0
+    summaries = [_summarise(runs) | {"settings": settings} for runs, settings in zip(results, variants)]
+    summary = {"folds": k, "seeds": seeds, "seconds": seconds,
+               **{name: v for name, v in summaries[0].items() if name != "settings"}}
+    if len(variants) > 1:
+        summary["variants"] = summaries
     return summary
+
+
+def _summarise(runs: list[dict]) -> dict:
+    """Mean and spread of each metric over the folds (and seeds)."""
+    out: dict = {"runs": runs}
+    for name in runs[0]:
+        values = [r[name] for r in runs if isinstance(r.get(name), float)]
+        if values and name not in ("fold", "seed"):
+            out[name] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return out

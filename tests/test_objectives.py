@@ -1,0 +1,155 @@
+"""Training objectives (lm / classify, class weights), content-free calibration, and prediction-time variants scored
+on the same cross-validation fold models."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from conftest import ROWS, tiny_config, write_csv
+from ptune.errors import ConfigError
+from ptune.predict import Predictor
+from ptune.search import run_search, split_space
+from ptune.train import cross_validate, fit, prepare
+
+VERBALIZER = {"complaint": "terrible thing", "no complaint": "great"}  # a two-token word and a one-token word
+
+
+def _full_logits(session, model, row, word_ids):
+    """Plain forward of one unpadded row with the target appended: logits at every position."""
+    enc = session.task.renderer.encode(row, word_ids)
+    embeds = model.embed(torch.tensor([enc.input_ids]), torch.tensor([enc.virtual_index]))
+    return session.base.model(inputs_embeds=embeds).logits[0].float(), enc
+
+
+def test_classify_objective_is_cross_entropy_over_the_labels_first_tokens(tiny_causal_dir, tiny_data):
+    cfg = tiny_config(tiny_causal_dir, tiny_data, task={"verbalizer": VERBALIZER}, train={"objective": "classify"})
+    session, tr, _ = prepare(cfg)
+    model = session.new_model(0)
+    model.eval()
+    examples, _ = session.task.train_examples(tr)
+    firsts = session.task.label_tokens()
+    assert len(set(firsts)) == 2
+    loss_fn = session.task.make_loss(examples)
+    batch = session.task.batch(examples[:4], session.device)  # targets of 1 and 2 tokens: left padding differs
+    total, weight = loss_fn(model, batch)
+    expected = []
+    for enc, row in zip(examples[:4], tr.rows[:4]):
+        gold_ids = [t for t in enc.labels if t != -100]
+        logits, _ = _full_logits(session, model, row, gold_ids)
+        at = len(enc) - len(gold_ids) - 1  # the position that predicts the first target token
+        expected.append(-F.log_softmax(logits[at, firsts], -1)[enc.label_index])
+    assert weight.item() == 4
+    assert total.item() == pytest.approx(torch.stack(expected).sum().item(), rel=1e-5)
+
+
+def test_balanced_class_weights_count_each_class_alike(tiny_causal_dir, tmp_path):
+    rows = ROWS + [("another broken order", "complaint"), ("the box was late", "complaint")]
+    data = {"train": str(write_csv(tmp_path / "t.csv", rows))}
+    for objective in ("lm", "classify"):
+        cfg = tiny_config(tiny_causal_dir, data, train={"objective": objective, "class_weights": "balanced"})
+        session, tr, _ = prepare(cfg)
+        model = session.new_model(0)
+        model.eval()
+        examples, _ = session.task.train_examples(tr)
+        gold = [e.label_index for e in examples]
+        counts = [gold.count(i) for i in range(2)]
+        assert counts[0] != counts[1]
+        batch = session.task.batch(examples, session.device)
+        total, weight = session.task.make_loss(examples)(model, batch)
+        plain_total, _ = type(session.task).__mro__[1].make_loss(session.task, examples)(model, batch) \
+            if objective == "lm" else (None, None)
+        w = [len(gold) / (2 * counts[g]) for g in gold]
+        if objective == "classify":
+            assert weight.item() == pytest.approx(sum(w))  # one weight per row; classes sum to the same mass
+            assert sum(x for x, g in zip(w, gold) if g == 0) == pytest.approx(sum(x for x, g in zip(w, gold) if g == 1))
+        else:  # per target token, each row's tokens weighted by its class weight
+            logp, mask = model.token_logprobs(batch)
+            per_row = -(logp.sum(1))
+            expect = sum(wi * r for wi, r in zip(w, per_row.tolist()))
+            assert total.item() == pytest.approx(expect, rel=1e-5)
+            assert total.item() != pytest.approx(plain_total.item(), rel=1e-3)
+
+
+def test_classify_refuses_labels_whose_words_start_alike_and_non_classification_tasks(tiny_causal_dir, tiny_data):
+    cfg = tiny_config(tiny_causal_dir, tiny_data, task={"verbalizer": {"complaint": "great service",
+                                                                        "no complaint": "great"}},
+                      train={"objective": "classify"})
+    session, tr, _ = prepare(cfg)
+    examples, _ = session.task.train_examples(tr)
+    with pytest.raises(ConfigError, match="'great service'.*'great'.*both start with"):
+        session.task.make_loss(examples)
+    with pytest.raises(ConfigError, match="train.objective.*classification only"):
+        tiny_config(tiny_causal_dir, tiny_data, task={"type": "generation"}, train={"objective": "classify"})
+    with pytest.raises(ConfigError, match="task.calibrate.*classification only"):
+        tiny_config(tiny_causal_dir, tiny_data, task={"type": "generation", "calibrate": "content_free"})
+
+
+def test_classify_objective_trains(tiny_causal_dir, tiny_data):
+    cfg = tiny_config(tiny_causal_dir, tiny_data, train={"epochs": 8, "lr": 3e-2, "objective": "classify",
+                                                         "class_weights": "balanced"})
+    session, tr, _ = prepare(cfg)
+    _, prog = fit(session, tr, None, show_progress=False)
+    losses = [h["loss"] for h in prog.history if h["kind"] == "train"]
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:2]) / 2
+
+
+def test_content_free_calibration_divides_by_the_content_free_probabilities(tiny_causal_dir, tiny_data):
+    cfg = tiny_config(tiny_causal_dir, tiny_data, task={"verbalizer": VERBALIZER})
+    session, tr, _ = prepare(cfg)
+    model = session.new_model(3)
+    model.eval()
+    rows = [{"text": r[0]} for r in ROWS]
+    with torch.inference_mode():
+        raw = session.task.scores(model, rows, 8, session.device)
+        free = session.task.scores(model, [{"text": "N/A"}, {"text": ""}], 8, session.device)
+        session.task.cfg.calibrate = "content_free"
+        preds = session.predict(model, rows)
+    prior = torch.softmax(free, -1).mean(0)
+    expected = torch.log_softmax(raw, -1) - prior.log()
+    for p, e in zip(preds, expected):
+        got = torch.tensor([p["scores"][label] for label in session.task.labels.labels])
+        assert torch.allclose(got, e, atol=1e-3)
+        assert p["prediction"] == session.task.labels.labels[int(e.argmax())]
+    # an input as empty as the content-free ones comes out (near) indifferent between the labels
+    with torch.inference_mode():
+        neutral = session.predict(model, [{"text": "N/A"}])[0]["scores"]
+    assert abs(neutral["complaint"] - neutral["no complaint"]) < abs(math.log(prior[0] / prior[1])) + 1e-6
+
+
+def test_cv_variants_share_the_fold_models(tiny_causal_dir, tmp_path):
+    data = {"train": str(write_csv(tmp_path / "t.csv", ROWS * 2))}
+    cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1})
+    plain = cross_validate(cfg, folds=2, seeds=[1], show_progress=False)
+    both = cross_validate(cfg, folds=2, seeds=[1], show_progress=False,
+                          variants=[{}, {"calibrate": "content_free"}])
+    assert [v["settings"] for v in both["variants"]] == [{}, {"calibrate": "content_free"}]
+    assert both["variants"][0]["runs"] == plain["runs"]  # the same models: the uncalibrated figures are equal
+    assert both["accuracy"] == plain["accuracy"]
+    assert len(both["variants"][1]["runs"]) == 2
+
+
+def test_search_scores_prediction_settings_without_retraining_and_keeps_the_winner(tiny_causal_dir, tmp_path):
+    assert split_space({"train.lr": [1], "task.calibrate": ["none", "content_free"]}) == (
+        {"train.lr": [1]}, [{"calibrate": "none"}, {"calibrate": "content_free"}])
+    write_csv(tmp_path / "train.csv", ROWS * 2)
+    cfg = {
+        "model": {"name_or_path": str(tiny_causal_dir), "dtype": "float32", "device": "cpu"},
+        "task": {"template": "[P*2] {text} Label : [TARGET]", "label_column": "label"},
+        "encoder": {"type": "embedding"},
+        "data": {"train": "train.csv"},
+        "train": {"epochs": 1, "batch_size": 4, "max_length": 64},
+        "search": {"folds": 2, "seeds": [1], "space": {"train.objective": ["lm", "classify"],
+                                                       "task.calibrate": ["none", "content_free"]}},
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    rows = report["candidates"]
+    assert [(r["settings"]["train.objective"], r["settings"]["task.calibrate"]) for r in rows] == [
+        ("lm", "none"), ("lm", "content_free"), ("classify", "none"), ("classify", "content_free")]
+    assert rows[0]["seconds"] == rows[1]["seconds"]  # one cross-validation run scored both ways
+    best = rows[report["best"]]["settings"]
+    saved = Predictor.load(tmp_path / "out").session.cfg
+    assert (saved.train.objective, saved.task.calibrate) == (best["train.objective"], best["task.calibrate"])
