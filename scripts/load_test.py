@@ -85,6 +85,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1, help="rows per request")
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--batch-wait-ms", type=float, default=5.0)
+    ap.add_argument("--no-mix", action="store_true",
+                    help="one model call per task (no mixed-task batches), to compare against")
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per phase, at most")
     ap.add_argument("--json", dest="json_out", default=None, help="also write the report here")
     args = ap.parse_args()
@@ -109,7 +111,8 @@ def main() -> int:
     else:
         ap.error("give checkpoint directories or --demo")
     t0 = time.perf_counter()
-    app = create_app(checkpoints, limits=Limits(max_rows=max(64, args.rows), batch_wait_ms=args.batch_wait_ms))
+    app = create_app(checkpoints, limits=Limits(max_rows=max(64, args.rows), batch_wait_ms=args.batch_wait_ms,
+                                                mix_tasks=not args.no_mix))
     print(f"loaded {len(checkpoints)} tasks in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
     tasks = app.state.tasks
@@ -191,8 +194,11 @@ def main() -> int:
     rows = stats_after["rows"] - stats_before["rows"]
     report = {
         "tasks": names, "clients": args.clients, "rows_per_request": args.rows, "batch_wait_ms": args.batch_wait_ms,
+        "mix_tasks": not args.no_mix,
         "baseline_one_task_sequential": baseline | {"task": first},
         "concurrent_mixed_tasks": concurrent | {"server_batches": batches,
+                                                "mixed_task_batches": stats_after["mixed_batches"]
+                                                - stats_before["mixed_batches"],
                                                 "mean_rows_per_batch": round(rows / batches, 2) if batches else 0},
         "throughput_ratio": round(concurrent["requests_per_s"] / baseline["requests_per_s"], 2)
         if baseline["requests_per_s"] else None,

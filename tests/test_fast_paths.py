@@ -62,3 +62,72 @@ def test_continuation_logprobs_match_token_logprobs(tiny_causal_dir):
             assert torch.allclose(logp, want[:, -len(word):], atol=1e-5)
             # and the loss the training path computes over those inputs is the one these numbers give
             assert torch.allclose(model.loss(full), -logp.sum() / logp.numel(), atol=1e-5)
+
+
+def test_shared_prefix_is_computed_once_and_gives_the_same_scores(tiny_causal_dir, monkeypatch):
+    s = _session(tiny_causal_dir, max_length=64)
+    model = s.new_model(seed=3).eval()
+    r = s.task.renderer
+    # [P*2] Tweet text : {text} ...: two virtual tokens and the anchor text come before any data
+    n = r.shared_prefix_length()
+    a, b = r.encode({"text": "thanks"}), r.encode({"text": "my order"})
+    assert n >= 2 + 3 and a.input_ids[:n] == b.input_ids[:n] and a.virtual_index[:n] == b.virtual_index[:n]
+    assert a.input_ids[n] != b.input_ids[n]  # the data starts right there
+    rows = [{"text": t} for t, _ in ROWS] * 2  # several batches of 3
+    runs = []
+    real = type(model).prefix_keys_values
+
+    def spy(self, ids, virtual):
+        fresh = self._prefix is None or self._prefix[0] != (tuple(ids), tuple(virtual))
+        runs.append(fresh)
+        return real(self, ids, virtual)
+
+    monkeypatch.setattr(type(model), "prefix_keys_values", spy)
+    cached = s.predict(model, rows)
+    batches = -(-len(rows) // 3)
+    assert batches > 1 and len(runs) == batches and runs.count(True) == 1  # one prefix computation in all
+    model.use_prefix_cache = False
+    whole = s.predict(model, rows)
+    assert len(runs) == batches
+    assert [p["prediction"] for p in cached] == [p["prediction"] for p in whole]
+    for c, w in zip(cached, whole):
+        for label in LABELS:
+            assert c["scores"][label] == pytest.approx(w["scores"][label], abs=1e-4)
+    # a new prompt table (training, or a loaded one) drops the cached prefix
+    model.use_prefix_cache = True
+    model.train()
+    model.eval()
+    with torch.no_grad():
+        model.encoder.table.add_(1.0)
+    moved = s.predict(model, rows)
+    assert runs.count(True) == 2
+    assert moved != cached
+
+
+@pytest.mark.parametrize("objective", ["lm", "classify"])
+def test_training_with_the_prefix_run_once_gives_the_same_loss_and_gradients(tiny_causal_dir, objective):
+    cfg = tiny_config(tiny_causal_dir, task={"verbalizer": {"complaint": "complaint", "no complaint": "no complaint"}},
+                      train={"objective": objective})
+    s = open_session(cfg, label_values=LABELS)
+    from ptune.data import Table
+
+    table = Table("t", ["text", "label"], [{"text": t, "label": l} for t, l in ROWS])
+    examples, _ = s.task.train_examples(table)
+    loss_fn = s.task.make_loss(examples)
+    model = s.new_model(seed=4)
+    model.train()
+    results = []
+    for share in (False, True):
+        batch = s.task.batch(examples[:5], "cpu", share_prefix=share)
+        assert ("prefix_ids" in batch) == share
+        if share:  # the rows hold only what follows the prefix
+            assert batch["prefix_ids"].shape[1] == s.task.renderer.shared_prefix_length()
+        model.zero_grad()
+        total, weight = loss_fn(model, batch)
+        (total / weight).backward()
+        results.append(((total / weight).item(), [p.grad.clone() for p in model.encoder.parameters()]))
+    (plain, g_plain), (shared, g_shared) = results
+    assert shared == pytest.approx(plain, rel=1e-5)
+    for a, b in zip(g_plain, g_shared):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in g_shared)

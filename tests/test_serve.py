@@ -178,6 +178,28 @@ def test_concurrent_requests_are_batched_and_answered_in_order(server):
     after = client.get("/health").json()["stats"]
     assert after["requests"] - before["requests"] == 16
     assert after["batches"] - before["batches"] < 16  # requests that arrived together shared model calls
+    assert after["mixed_batches"] > before["mixed_batches"]  # and rows of both tasks shared a model call
+
+
+def test_mixed_task_scoring_equals_each_tasks_own(checkpoints, tmp_path):
+    import torch
+
+    from ptune.predict import Predictor
+    from ptune.tasks import classify_mixed
+
+    a = Predictor.load(checkpoints["complaints"])
+    b = Predictor.load(checkpoints["sentiment"], base=a.session.base)
+    b.session.task.cfg.calibrate = "content_free"  # per-task post-processing still applies
+    long_row = {"text": "the box was broken again " * 20}  # truncated: takes its task's own path
+    rows_a = [{"text": t} for t in TEXTS] + [long_row]
+    rows_b = [{"text": t} for t in reversed(TEXTS)]
+    with torch.inference_mode():
+        mixed = classify_mixed([(a.session.task, a.model, rows_a), (b.session.task, b.model, rows_b)], 4, "cpu")
+    for (p, rows), got in zip(((a, rows_a), (b, rows_b)), mixed):
+        want = p.predict_rows(rows)
+        assert [g["prediction"] for g in got] == [w["prediction"] for w in want]
+        for g, w in zip(got, want):
+            assert g["scores"] == pytest.approx(w["scores"], abs=2e-3)
 
 
 def test_checkpoint_arguments():

@@ -173,6 +173,9 @@ class TrainConfig:
     """Folds for ``ptune cv`` (stratified k-fold over the training rows)."""
     grad_accum: int = 1
     """Gradient accumulation: batches of ``batch_size`` rows per optimizer step (through Accelerate)."""
+    share_prefix: bool = True
+    """Causal LMs: run the tokens every row of a batch starts with (leading virtual tokens and anchor text) once per
+    step instead of once per row; the same loss and gradients, less compute."""
     objective: str = "lm"
     """Classification: ``lm`` maximises the gold label word's likelihood (PEFT's loss); ``classify`` is
     cross-entropy over the labels' first tokens only, so training spends nothing on how likely the words are in

@@ -266,6 +266,17 @@ class Renderer:
                 target_space, pending = pending, ""
         return pieces, target_space
 
+    def shared_prefix_length(self) -> int:
+        """How many leading tokens every row's input shares: special tokens, virtual tokens and anchor text before
+        the first data field (each piece is tokenized on its own, so these never depend on the row)."""
+        pieces, _ = self._pieces({f: "" for f in self.template.fields})
+        n = len(self.prefix_ids)
+        for kind, payload in pieces:
+            if kind in ("field", "target"):
+                break
+            n += payload if kind == "virtual" else len(self._ids(payload))
+        return n
+
     def encode(self, row: dict[str, str], target: list[int] | None = None) -> Encoded:
         """Render ``row``; ``target`` token ids fill the target slot (masked LM: as [MASK]s with labels there;
         seq2seq: the slot stays empty and the target becomes ``decoder_labels``). With no target, a causal input

@@ -31,6 +31,8 @@ class PTuningModel(nn.Module):
         base.requires_grad_(False)
         base.eval()
         self._table: torch.Tensor | None = None  # cached prompt table for inference
+        self._prefix: tuple | None = None  # (prefix ids and virtual indices, their keys and values) for inference
+        self.use_prefix_cache = True
         params = inspect.signature(base.forward).parameters
         self._keeps_logits = "logits_to_keep" in params
         # the KV-cache argument's name: `cache` from transformers 5.x on, `past_key_values` before
@@ -40,7 +42,7 @@ class PTuningModel(nn.Module):
         super().train(mode)
         self.base.eval()  # the frozen model never trains: no dropout in it, ever
         if mode:
-            self._table = None
+            self._table = self._prefix = None
         return self
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -51,7 +53,7 @@ class PTuningModel(nn.Module):
         if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
             raise ValueError("encoder state does not match this encoder's parameters")
         self.load_state_dict(state, strict=False)
-        self._table = None
+        self._table = self._prefix = None
 
     def prompt_table(self) -> torch.Tensor:
         """(n, d): run the encoder (once per step in training); at inference a fixed table, computed once."""
@@ -65,19 +67,22 @@ class PTuningModel(nn.Module):
     def set_prompt_table(self, table: torch.Tensor) -> None:
         """Serve from a saved table (no encoder run at all)."""
         self._table = table.detach().float().to(self.encoder.table.device)
+        self._prefix = None
 
-    def embed(self, input_ids: torch.Tensor, virtual_index: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, virtual_index: torch.Tensor, table: torch.Tensor | None = None
+              ) -> torch.Tensor:
         tokens = self.base.get_input_embeddings()(input_ids)  # (B, T, d)
         if self.encoder.n_virtual == 0:
             return tokens
-        table = self.prompt_table().to(tokens.dtype)  # (n, d)
+        table = (self.prompt_table() if table is None else table).to(tokens.dtype)  # (n, d)
         spliced = table[virtual_index.clamp(min=0)]  # (B, T, d)
         return torch.where((virtual_index >= 0).unsqueeze(-1), spliced, tokens)
 
     def target_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits predicting each target column, and the labels there: (B, K, V), (B, K)."""
         labels = batch["labels"]
-        embeds = self.embed(batch["input_ids"], batch["virtual_index"])
+        table = self.prompt_table() if self.encoder.n_virtual else None  # the encoder runs once per call
+        embeds = self.embed(batch["input_ids"], batch["virtual_index"], table)
         if self.kind == "seq2seq":
             labels = batch["decoder_labels"]  # (B, K) right-padded: causal decoder attention keeps pads harmless
             out = self.base(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
@@ -92,6 +97,13 @@ class PTuningModel(nn.Module):
         k = width - int((labels != -100).any(0).nonzero()[0])  # target columns sit in the last k
         kwargs = dict(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                       position_ids=batch["position_ids"], use_cache=False)
+        if "prefix_ids" in batch:  # the rows' shared prefix, run once (gradients flow through its keys and values)
+            rows = embeds.shape[0]
+            cache = self._expanded(self._prefix_cache(batch["prefix_ids"], batch["prefix_virtual"], table), rows)
+            n = batch["prefix_ids"].shape[1]
+            kwargs.update(attention_mask=torch.cat([kwargs["attention_mask"].new_ones(rows, n),
+                                                    kwargs["attention_mask"]], dim=1),
+                          position_ids=kwargs["position_ids"] + n, use_cache=True, **{self._cache_arg: cache})
         if self._keeps_logits:
             logits = self.base(**kwargs, logits_to_keep=k + 1).logits  # (B, k+1, V)
         else:
@@ -139,21 +151,64 @@ class PTuningModel(nn.Module):
         return self.kind == "causal" and self._cache_arg is not None and self._keeps_logits
 
     @torch.no_grad()
-    def continuation_logprobs(self, batch, words: list[list[int]]) -> list[torch.Tensor]:
+    def prefix_keys_values(self, ids: list[int], virtual: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's keys and values (1, heads, P, head_dim) for the prefix every row shares (leading virtual
+        tokens and anchor text): computed once, then reused for every batch until the prompt table changes."""
+        from transformers import DynamicCache
+
+        key = (tuple(ids), tuple(virtual))
+        if self._prefix is None or self._prefix[0] != key:
+            device = self.encoder.table.device
+            self._prefix = (key, self._prefix_cache(torch.tensor([ids], device=device),
+                                                    torch.tensor([virtual], device=device)))
+        return self._prefix[1]
+
+    def _prefix_cache(self, ids: torch.Tensor, virtual: torch.Tensor, table: torch.Tensor | None = None
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Run one (1, P) prefix; each layer's keys and values."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.base.config)
+        self.base(inputs_embeds=self.embed(ids, virtual, table), use_cache=True, logits_to_keep=1,
+                  position_ids=torch.arange(ids.shape[1], device=ids.device)[None], **{self._cache_arg: cache})
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _expanded(self, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: int):
+        """A fresh cache holding the prefix's keys and values once per row."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.base.config)
+        for i, (k, v) in enumerate(kv):
+            cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
+        return cache
+
+    @torch.no_grad()
+    def continuation_logprobs(self, batch, words: list[list[int]], prefix: tuple[list[int], list[int]] | None = None
+                              ) -> list[torch.Tensor]:
         """Log-probabilities of several continuations of the same (left-padded, target-free) inputs, the inputs run
         once: their last position scores every word's first token, and the KV cache is reused to score the rest of
         a longer word. Returns, per word, a (B, len(word)) tensor; the same numbers as appending each word to every
-        input and reading ``token_logprobs`` (up to floating-point noise)."""
+        input and reading ``token_logprobs`` (up to floating-point noise).
+
+        ``prefix`` (token ids, virtual indices): tokens that come before every input of ``batch``, which then holds
+        only what follows them. Their keys and values come from ``prefix_keys_values`` (computed once) instead of
+        being recomputed for every row."""
         from transformers import DynamicCache
 
         embeds = self.embed(batch["input_ids"], batch["virtual_index"])
         mask, pos = batch["attention_mask"], batch["position_ids"]
+        rows = mask.shape[0]
         cache = DynamicCache(config=self.base.config)
+        if prefix is not None:
+            cache = self._expanded(self.prefix_keys_values(*prefix), rows)
+            n = len(prefix[0])
+            # the rows' own pads sit between the prefix and their text: masked out, and not counted in positions
+            mask = torch.cat([mask.new_ones(rows, n), mask], dim=1)
+            pos = pos + n
         out = self.base(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True,
                         logits_to_keep=1, **{self._cache_arg: cache})
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
         first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
-        rows = mask.shape[0]
         result = []
         for word in words:
             scores = [first[:, word[0]]]

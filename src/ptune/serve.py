@@ -11,7 +11,8 @@ The base model is loaded once; every checkpoint is a ``Predictor`` over it (a pr
 Requests are parsed and checked in the event loop (a bad request is a 4xx naming what is wrong, and never reaches
 the model), then queued; a batcher collects what arrives within ``batch_wait_ms``, groups rows by task (and
 ``max_new_tokens``), and runs each group as one prediction call on a single worker thread, so the model is never
-used by two threads at once and concurrent requests share batches. Nothing a client sends names a file.
+used by two threads at once and concurrent requests share batches. Classification rows of different tasks collected together share model
+calls too (``Limits.mix_tasks``): each row splices its own task's prompt table. Nothing a client sends names a file.
 """
 
 import asyncio
@@ -46,6 +47,9 @@ class Limits:
     """How long the batcher waits for more requests after the first one arrives."""
     max_batch_rows: int = 256
     """Stop collecting once this many rows are queued."""
+    mix_tasks: bool = True
+    """Score classification rows of different tasks in the same model calls (each row splices its own task's
+    prompt table); off: one call per task, each with its task's cached prefix."""
 
 
 class RequestError(Exception):
@@ -191,12 +195,14 @@ class Stats:
     batches: int = 0
     model_seconds: float = 0.0
     largest_batch: int = 0
+    mixed_batches: int = 0
+    """Model calls that held rows of more than one task."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_dict(self) -> dict:
         return {"requests": self.requests, "rows": self.rows, "batches": self.batches,
                 "mean_rows_per_batch": round(self.rows / self.batches, 2) if self.batches else 0.0,
-                "largest_batch": self.largest_batch, "model_seconds": round(self.model_seconds, 3)}
+                "largest_batch": self.largest_batch, "mixed_batches": self.mixed_batches, "model_seconds": round(self.model_seconds, 3)}
 
 
 class Batcher:
@@ -251,20 +257,54 @@ class Batcher:
             for job in jobs:
                 if not job.future.done():  # a client that went away is not computed for
                     groups.setdefault((job.task.name, job.op, job.max_new_tokens), []).append(job)
-            for group in groups.values():
-                rows = [r for j in group for r in j.rows]
+            calls = list(groups.values())
+            mixable = [g for g in calls if g[0].task.type == "classification"
+                       and g[0].task.predictor.model.can_score_continuations]
+            if self.limits.mix_tasks and len(mixable) > 1:  # the mixable groups: one call
+                calls = [g for g in calls if not any(g is m for m in mixable)] + [mixable]
+            for call in calls:
+                mixed = isinstance(call[0], list)
+                jobs_in = [j for g in call for j in g] if mixed else call
                 try:
-                    preds = await loop.run_in_executor(self.executor, self._predict, group[0], rows)
+                    if mixed:
+                        preds = await loop.run_in_executor(self.executor, self._predict_mixed, call)
+                    else:
+                        preds = await loop.run_in_executor(self.executor, self._predict, call[0],
+                                                           [r for j in call for r in j.rows])
                 except Exception as err:  # the batch fails, the server does not
-                    for j in group:
+                    for j in jobs_in:
                         if not j.future.done():
                             j.future.set_exception(err)
                     continue
                 start = 0
-                for j in group:
+                for j in jobs_in:
                     if not j.future.done():
                         j.future.set_result(preds[start:start + len(j.rows)])
                     start += len(j.rows)
+
+    def _predict_mixed(self, groups: list[list[_Job]]) -> list[dict]:
+        """Classification rows of several tasks, one set of model calls; predictions in job order."""
+        import torch
+
+        from .tasks import classify_mixed
+
+        t0 = time.perf_counter()
+        parts = [(g[0].task.predictor.session.task, g[0].task.predictor.model, [r for j in g for r in j.rows])
+                 for g in groups]
+        session = groups[0][0].task.predictor.session
+        with torch.inference_mode():
+            out = classify_mixed(parts, session.cfg.train.eval_batch_size, session.device)
+        self._count(sum(len(rows) for _, _, rows in parts), t0)
+        with self.stats.lock:
+            self.stats.mixed_batches += 1
+        return [p for preds in out for p in preds]
+
+    def _count(self, rows: int, t0: float) -> None:
+        with self.stats.lock:
+            self.stats.batches += 1
+            self.stats.rows += rows
+            self.stats.largest_batch = max(self.stats.largest_batch, rows)
+            self.stats.model_seconds += time.perf_counter() - t0
 
     def _predict(self, job: _Job, rows: list[dict]) -> list[dict]:
         t0 = time.perf_counter()
@@ -279,11 +319,7 @@ class Batcher:
                 session.task.cfg = old
         else:
             preds = session.predict(predictor.model, rows)
-        with self.stats.lock:
-            self.stats.batches += 1
-            self.stats.rows += len(rows)
-            self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
-            self.stats.model_seconds += time.perf_counter() - t0
+        self._count(len(rows), t0)
         return preds
 
 

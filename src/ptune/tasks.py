@@ -67,8 +67,22 @@ class Task:
     def pad_side(self) -> str:
         return "left" if self.renderer.kind == "causal" else "right"
 
-    def batch(self, examples: list[Encoded], device) -> dict[str, torch.Tensor]:
-        return collate(examples, self.renderer.tokenizer.pad_token_id, self.pad_side, device)
+    def batch(self, examples: list[Encoded], device, share_prefix: bool = False) -> dict[str, torch.Tensor]:
+        """Padded tensors. ``share_prefix`` (causal LMs): the tokens every row starts with (virtual tokens and anchor
+        text before the first data field) are taken out and given once, as ``prefix_ids``/``prefix_virtual``
+        (1, P), for the model to run once for the whole batch; every row keeps at least one token."""
+        pad = self.renderer.tokenizer.pad_token_id
+        if share_prefix and self.renderer.kind == "causal" and len(examples) > 1:
+            n = min([self.renderer.shared_prefix_length()] + [len(e) - 1 for e in examples])
+            if n > 0:
+                rest = [Encoded(e.input_ids[n:], e.virtual_index[n:], e.labels[n:], e.truncated, None, e.label_index)
+                        for e in examples]
+                out = collate(rest, pad, "left", device)
+                first = examples[0]
+                out["prefix_ids"] = torch.tensor([first.input_ids[:n]], device=out["input_ids"].device)
+                out["prefix_virtual"] = torch.tensor([first.virtual_index[:n]], device=out["input_ids"].device)
+                return out
+        return collate(examples, pad, self.pad_side, device)
 
     def check(self, table: Table, *, labelled: bool = True) -> None:
         """Raise a DataError naming file, row and field for anything this task cannot use."""
@@ -164,8 +178,17 @@ class ClassificationTask(Task):
         # fast path: a causal row whose rendering is the same whatever the label runs once; the label words are
         # scored from its last position and the KV cache
         words = [ids for _, ids in targets]
+        n_prefix = self.renderer.shared_prefix_length() if model.use_prefix_cache else 0
         for _, chunk in _batches(shared, batch_size, key=lambda it: len(it[1])):
-            per_word = model.continuation_logprobs(self.batch([c[1] for c in chunk], device), words)
+            inputs = [c[1] for c in chunk]
+            # the prefix every row shares runs once (its keys and values are cached); each row keeps >= 1 token
+            n = min([n_prefix] + [len(e) - 1 for e in inputs])
+            if n > 0:
+                prefix = (inputs[0].input_ids[:n], inputs[0].virtual_index[:n])
+                inputs = [Encoded(e.input_ids[n:], e.virtual_index[n:], e.labels[n:], e.truncated) for e in inputs]
+                per_word = model.continuation_logprobs(self.batch(inputs, device), words, prefix=prefix)
+            else:
+                per_word = model.continuation_logprobs(self.batch(inputs, device), words)
             for (li, ids), logp in zip(targets, per_word):
                 for (ri, _), total in zip(chunk, logp.sum(-1).tolist()):
                     record(ri, li, total, len(ids))
@@ -190,7 +213,10 @@ class ClassificationTask(Task):
         return [{c: "N/A" for c in columns}, {c: "" for c in columns}]
 
     def predict(self, model, rows, batch_size, device, progress=None):
-        scores = self.scores(model, rows, batch_size, device, progress)
+        return self.finish(model, self.scores(model, rows, batch_size, device, progress), batch_size, device)
+
+    def finish(self, model, scores: torch.Tensor, batch_size: int, device) -> list[dict]:
+        """Raw label scores -> predictions: calibrated where the config says so, then the best label and the scores."""
         if self.cfg.calibrate == "content_free":
             # p(label | x) / mean p(label | content-free), in logs; each row's scores normalised over the labels
             free = torch.log_softmax(self.scores(model, self.content_free_rows(), batch_size, device), dim=-1)
@@ -316,3 +342,53 @@ def load_vocab_ids(path: str, renderer: Renderer) -> list[int]:
 def build_task(cfg: TaskConfig, renderer: Renderer, labels: LabelSpace | None) -> Task:
     vocab = load_vocab_ids(cfg.vocab_file, renderer) if cfg.type == "probing" and cfg.vocab_file else None
     return TASKS[cfg.type](cfg, renderer, labels, vocab)
+
+
+def classify_mixed(groups: list[tuple[ClassificationTask, PTuningModel, list[dict]]], batch_size: int,
+                   device) -> list[list[dict]]:
+    """Rows of several classification tasks over one causal base model, scored in shared model calls: the tasks'
+    prompt tables are stacked into one, each row's virtual positions point into its own task's part, and every label
+    word of every task is scored from the same pass (the server's mixed batches). Returns each group's predictions,
+    the same as its own ``predict``."""
+    from .encoder import EmbeddingEncoder
+
+    base = groups[0][1].base
+    if any(m.base is not base or not m.can_score_continuations for _, m, _ in groups):
+        raise ValueError("classify_mixed needs causal models over one shared base")
+    tables = [m.prompt_table() for _, m, _ in groups]
+    stacked = torch.cat(tables)
+    combined = PTuningModel(base, EmbeddingEncoder(len(stacked), stacked.shape[1]).to(stacked.device), "causal")
+    combined.eval()  # (a new module trains by default, and would run its encoder instead of the stacked table)
+    combined.set_prompt_table(stacked)
+    words: dict[tuple, int] = {}  # every task's label words (token ids), each scored once per row
+    targets = []
+    for task, _, _ in groups:
+        t = [(li, task.renderer.target_ids(w)) for li, ws in enumerate(task.labels.words) for w in ws]
+        targets.append(t)
+        for _, ids in t:
+            words.setdefault(tuple(ids), len(words))
+    scores = [torch.full((len(rows), len(task.labels.labels)), -math.inf) for task, _, rows in groups]
+    items, offset = [], 0
+    for g, ((task, model, rows), table) in enumerate(zip(groups, tables)):
+        alone = []
+        for ri, row in enumerate(rows):
+            prefix = _shared_prefix([(li, ids, task.renderer.encode(row, ids)) for li, ids in targets[g]])
+            if prefix is None:  # truncation made the label inputs differ: this row takes its task's own path
+                alone.append(ri)
+                continue
+            virtual = [v + offset if v >= 0 else -1 for v in prefix.virtual_index]
+            items.append((g, ri, Encoded(prefix.input_ids, virtual, prefix.labels, prefix.truncated)))
+        if alone:
+            scores[g][alone] = task.scores(model, [rows[i] for i in alone], batch_size, device)
+        offset += len(table)
+    word_list = [list(w) for w in words]
+    pad = groups[0][0].renderer.tokenizer.pad_token_id
+    for _, chunk in _batches(items, batch_size, key=lambda it: len(it[2])):
+        per_word = combined.continuation_logprobs(collate([c[2] for c in chunk], pad, "left", device), word_list)
+        for row_in_chunk, (g, ri, _) in enumerate(chunk):
+            task = groups[g][0]
+            for li, ids in targets[g]:
+                logp = per_word[words[tuple(ids)]][row_in_chunk].sum().item()
+                s_ = logp / len(ids) if task.cfg.score == "mean" else logp
+                scores[g][ri, li] = max(scores[g][ri, li].item(), s_)
+    return [task.finish(model, sc, batch_size, device) for (task, model, _), sc in zip(groups, scores)]

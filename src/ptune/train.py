@@ -234,6 +234,7 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
             return model, prog
 
     step_module = _Step(model, session.task.make_loss(examples), sharded=world > 1)
+    share_prefix = tc.share_prefix and model.can_score_continuations
     if world > 1:
         # DDP syncs the encoder only: the frozen base's weights and buffers (identical on every process) are never
         # broadcast, at the start or at each forward
@@ -290,7 +291,7 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
         """Forward and backward this process's shard of one global batch (gradients are all-reduced after the
         ``last`` batch of a step only); return the global batch's mean loss (over target tokens or rows)."""
         shard = rows[rank::world]
-        batch = session.task.batch([examples[i] for i in (shard or rows[:1])], session.device)
+        batch = session.task.batch([examples[i] for i in (shard or rows[:1])], session.device, share_prefix)
         with contextlib.nullcontext() if last else acc.no_sync(step_fn):
             nll, count = step_fn(batch)
             if world == 1:
