@@ -18,7 +18,8 @@ What is measured, per system:
 - peak resident memory: sampled every 5 ms while training (psutil), and the process's ru_maxrss at the end of
   training (which includes loading the model);
 - achieved FLOP/s while training, as a fraction of this machine's measured bf16 2048x2048 matmul rate. FLOPs are
-  estimated from what each system computes: per position fed to the model 2 * N_body (N_body: parameters outside
+  estimated from what each system computes: per position fed to the model (ptune: a batch's shared prefix once)
+  2 * N_body (N_body: parameters outside
   the embedding table), plus 2 * V * d per position where logits are computed (PEFT: every position, ptune: the
   target positions only); a training step costs twice the forward (the backward computes gradients for the
   activations, not for the frozen weights). The conventional 6 * N_params * tokens is reported beside it.
@@ -263,10 +264,10 @@ def run_ptune(args) -> dict:
     counts = {"positions": 0, "logits": 0}
     plain_batch = session.task.batch
 
-    def counting_batch(examples, device):
-        batch = plain_batch(examples, device)
+    def counting_batch(examples, device, share_prefix=False):
+        batch = plain_batch(examples, device, share_prefix)
         lab = batch["labels"]
-        counts["positions"] += lab.numel()
+        counts["positions"] += lab.numel() + (batch["prefix_ids"].numel() if "prefix_ids" in batch else 0)
         k = lab.shape[1] - int((lab != -100).any(0).nonzero()[0])
         counts["logits"] += lab.shape[0] * (k + 1)
         return batch

@@ -131,3 +131,19 @@ def test_training_with_the_prefix_run_once_gives_the_same_loss_and_gradients(tin
     for a, b in zip(g_plain, g_shared):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in g_shared)
+
+
+def test_lm_head_gets_a_dense_input_and_the_same_logits(tiny_causal_dir):
+    s = _session(tiny_causal_dir)
+    model = s.new_model(seed=5).eval()
+    head = model.base.get_output_embeddings()
+    assert getattr(head, "_ptune_contiguous", False)
+    seen = []
+    handle = head.register_forward_hook(lambda mod, args, out: seen.append(args[0].stride()))
+    hidden = torch.randn(3, 7, head.in_features)
+    sliced = hidden[:, -1:]  # what logits_to_keep=1 hands the head: a strided (3, 1, d) view
+    with torch.no_grad():
+        out = head(sliced)
+    handle.remove()
+    assert seen == [(head.in_features, head.in_features, 1)]
+    assert torch.allclose(out, torch.nn.functional.linear(hidden[:, -1:].contiguous(), head.weight), atol=1e-6)

@@ -244,3 +244,15 @@ def test_ptune_serve_command(checkpoints):
             proc.kill()
             out, _ = proc.communicate()
         print(out.decode(errors="replace")[-3000:])  # shown when the test fails
+
+
+def test_openapi_schema_declares_the_endpoints(server):
+    client, _ = server
+    schema = client.get("/openapi.json").json()
+    classify = schema["paths"]["/v1/classify"]["post"]
+    body = classify["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["task", "rows"] and "max_new_tokens" not in body["properties"]
+    assert "max_new_tokens" in schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["properties"]
+    assert {"200", "404", "413", "422"} <= set(classify["responses"])
+    assert {"/health", "/v1/tasks"} <= set(schema["paths"])

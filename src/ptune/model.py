@@ -22,6 +22,27 @@ def trainable(name: str) -> bool:
     return name.startswith("encoder.")
 
 
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    dense = [1] * x.dim()  # the strides of a freshly allocated tensor of this shape
+    for i in range(x.dim() - 2, -1, -1):
+        dense[i] = dense[i + 1] * x.shape[i + 1]
+    if list(x.stride()) != dense:  # (is_contiguous() overlooks odd strides on size-1 dims; matmul does not)
+        x = x.clone(memory_format=torch.contiguous_format)
+    return (x,) + args[1:]
+
+
+def fold_head_input(base: nn.Module) -> None:
+    """Make the LM head's input contiguous. With ``logits_to_keep`` the head gets a strided slice (B, k, d) of the
+    hidden states, which ``F.linear`` cannot fold into one matrix product: torch then runs a batched product against
+    the (V, d) weight expanded and copied once per row (450 MB per step for a batch of 8 here, half the step's
+    time). Copying the small slice instead gives the same numbers."""
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if isinstance(head, nn.Module) and not getattr(head, "_ptune_contiguous", False):
+        head.register_forward_pre_hook(_contiguous_input)
+        head._ptune_contiguous = True
+
+
 class PTuningModel(nn.Module):
     def __init__(self, base: nn.Module, encoder: PromptEncoder, kind: str):
         super().__init__()
@@ -30,6 +51,7 @@ class PTuningModel(nn.Module):
         self.kind = kind
         base.requires_grad_(False)
         base.eval()
+        fold_head_input(base)
         self._table: torch.Tensor | None = None  # cached prompt table for inference
         self._prefix: tuple | None = None  # (prefix ids and virtual indices, their keys and values) for inference
         self.use_prefix_cache = True

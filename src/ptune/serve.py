@@ -350,7 +350,10 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
         yield
         await batcher.stop()
 
-    app = FastAPI(title="ptune", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # the schema is served (/openapi.json; /docs needs the Swagger UI's scripts from a CDN); request bodies are
+    # parsed and checked by check_request (its messages name the row and field), so they are declared, not bound
+    app = FastAPI(title="ptune", lifespan=lifespan, redoc_url=None, openapi_url="/openapi.json", docs_url="/docs",
+                  description="P-tuned tasks over one frozen base model.")
     app.state.tasks = tasks
     app.state.batcher = batcher
 
@@ -406,15 +409,52 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
     async def list_tasks():
         return {"tasks": [t.describe() for t in tasks.values()]}
 
-    @app.post("/v1/classify")
+    classify_body, generate_body, classify_answer, generate_answer = _schemas()
+
+    def body(schema) -> dict:
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+    errors = {code: {"description": text, "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"error": {"type": "string"}}}}}}
+        for code, text in ((400, "invalid JSON or wrong endpoint for the task"), (404, "unknown task"),
+                           (413, "too many rows or too large"), (422, "missing, empty or invalid field"))}
+
+    @app.post("/v1/classify", openapi_extra=body(classify_body), response_model=classify_answer, responses=errors)
     async def classify(request: Request):
         return await handle(request, "classify")
 
-    @app.post("/v1/generate")
+    @app.post("/v1/generate", openapi_extra=body(generate_body), response_model=generate_answer, responses=errors)
     async def generate(request: Request):
         return await handle(request, "generate")
 
     return app
+
+
+def _schemas():
+    """The request bodies (as JSON schemas) and the answers (as pydantic models) the OpenAPI document declares."""
+    from pydantic import BaseModel, Field
+
+    rows = {"type": "array", "minItems": 1, "description": "rows of FIELD: VALUE (the task's template fields)",
+            "items": {"type": "object", "additionalProperties": {"type": "string"}}}
+    classify = {"type": "object", "required": ["task", "rows"], "additionalProperties": False,
+                "properties": {"task": {"type": "string"}, "rows": rows}}
+    generate = {**classify, "properties": {**classify["properties"],
+                                           "max_new_tokens": {"type": "integer", "minimum": 1}}}
+
+    class Label(BaseModel):
+        label: str
+        scores: dict[str, float] = Field(description="each label's score (log-likelihood, or calibrated)")
+
+    class ClassifyAnswer(BaseModel):
+        predictions: list[Label]
+
+    class Text(BaseModel):
+        text: str
+
+    class GenerateAnswer(BaseModel):
+        predictions: list[Text]
+
+    return classify, generate, ClassifyAnswer, GenerateAnswer
 
 
 class ServerThread:
