@@ -153,3 +153,29 @@ def test_search_scores_prediction_settings_without_retraining_and_keeps_the_winn
     best = rows[report["best"]]["settings"]
     saved = Predictor.load(tmp_path / "out").session.cfg
     assert (saved.train.objective, saved.task.calibrate) == (best["train.objective"], best["task.calibrate"])
+
+
+def test_self_training_adds_confident_unlabeled_rows_in_the_label_shares(tiny_causal_dir, tmp_path):
+    from ptune.train import pseudo_labelled
+
+    rows = ROWS + [("another broken order", "complaint"), ("the box was late", "complaint")]
+    unlabeled = [("where is my parcel",), ("love it",), ("broken again",), ("thanks a lot",), ("app crashed",),
+                 ("great",), ("refund please",), ("hello",)]
+    data = {"train": str(write_csv(tmp_path / "t.csv", rows)),
+            "unlabeled": str(write_csv(tmp_path / "u.csv", unlabeled, header=("text",)))}
+    cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1, "self_train_rows": 5, "self_train_pool": 6})
+    session, tr, _ = prepare(cfg)
+    assert len(session.unlabeled) == 8
+    grown = pseudo_labelled(session, tr, seed=1)
+    added = grown.rows[len(tr):]
+    share = sum(r["label"] == "complaint" for r in tr.rows) / len(tr)
+    assert grown.rows[:len(tr)] == tr.rows
+    assert 1 <= len(added) <= 5 and len({r["text"] for r in added}) == len(added)
+    assert {r["text"] for r in added} <= {u[0] for u in unlabeled}
+    assert sum(r["label"] == "complaint" for r in added) <= round(5 * share)
+    assert sum(r["label"] == "no complaint" for r in added) <= round(5 * (1 - share))
+    assert pseudo_labelled(session, tr, seed=1).rows == grown.rows  # deterministic
+    summary = cross_validate(cfg, folds=2, seeds=[1], show_progress=False, session=session, train_table=tr)
+    assert len(summary["runs"]) == 2
+    with pytest.raises(ConfigError, match="data.unlabeled"):
+        tiny_config(tiny_causal_dir, {"train": data["train"]}, train={"self_train_rows": 5})

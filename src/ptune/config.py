@@ -134,9 +134,12 @@ class DataConfig:
     """Template field -> column name in the data, where they differ."""
     dev_fraction: float = 0.0
     """Share of the training rows held out as dev when no dev file is given (stratified for classification)."""
+    unlabeled: str | None = None
+    """Rows without labels (e.g. RAFT's test_unlabeled.csv) for self-training (``train.self_train_rows``)."""
     train_split: str = "train"
     dev_split: str = "validation"
     test_split: str = "test"
+    unlabeled_split: str = "test"
 
     def __post_init__(self):
         _choice("data.format", self.format, ("auto", "csv", "tsv", "jsonl", "parquet"))
@@ -173,6 +176,11 @@ class TrainConfig:
     """Folds for ``ptune cv`` (stratified k-fold over the training rows)."""
     grad_accum: int = 1
     """Gradient accumulation: batches of ``batch_size`` rows per optimizer step (through Accelerate)."""
+    self_train_rows: int = 0
+    """Classification: train once, label this many of the most confident ``data.unlabeled`` rows (each label in
+    its share of the training rows), then train afresh on both (0: off)."""
+    self_train_pool: int = 400
+    """How many unlabeled rows (a seeded sample) are scored to choose from."""
     share_prefix: bool = True
     """Causal LMs: run the tokens every row of a batch starts with (leading virtual tokens and anchor text) once per
     step instead of once per row; the same loss and gradients, less compute."""
@@ -196,7 +204,7 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size", "epochs", "max_length", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every", "save_every", "patience"):
+        for name in ("max_steps", "eval_every", "save_every", "patience", "self_train_rows", "self_train_pool"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -218,7 +226,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        for name in ("objective", "class_weights"):
+        if self.train.self_train_rows and not self.data.unlabeled:
+            raise ConfigError("train.self_train_rows is set but data.unlabeled is not: give the unlabeled rows")
+        for name in ("objective", "class_weights", "self_train_rows"):
             if getattr(self.train, name) != TrainConfig.__dataclass_fields__[name].default \
                     and self.task.type != "classification":
                 raise ConfigError(f"train.{name} is {getattr(self.train, name)!r} but applies to classification "
@@ -358,7 +368,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 def _resolve_paths(cfg: Config, base: Path) -> None:
     """Data paths in a config file are relative to that file, so a config runs from any working directory."""
-    for name in ("train", "dev", "test"):
+    for name in ("train", "dev", "test", "unlabeled"):
         value = getattr(cfg.data, name)
         if value and not value.startswith("hf:") and not Path(value).is_absolute():
             candidate = base / value

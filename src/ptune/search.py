@@ -10,8 +10,10 @@ The config file is a normal ptune config plus a ``search`` section:
         task.template: ["[P*20] Tweet text : {Tweet text} Label : [TARGET]", "..."]
         train.lr: [3e-3, 1e-2]
 
-Every candidate gets the same folds. The table and plot report mean and spread of accuracy and macro-F1; the best
-by mean macro-F1 is retrained on all rows and written as a normal checkpoint (``predict``/``eval``/``serve`` take it).
+Every candidate gets the same folds. Keys used only at prediction time (``task.calibrate``, ``task.score``) cost no
+training: each of their values is scored on the same fold models. The table and plot report mean and spread of
+accuracy and macro-F1; the best by mean macro-F1 is retrained on all rows and written as a normal checkpoint
+(``predict``/``eval``/``serve`` take it).
 """
 
 from __future__ import annotations
@@ -106,6 +108,14 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
             build(copy.deepcopy(v) | {"task": v.get("task", {}) | variant}, base_values["__file__"])
     session0, table, _ = prepare(configs[0][1])
     base = session0.base
+
+    def unlabeled(cfg):  # read once (the first candidate's), unless a candidate names other rows
+        if not cfg.data.unlabeled:
+            return None
+        if cfg.data.unlabeled == configs[0][1].data.unlabeled:
+            return session0.unlabeled
+        from .session import read_split
+        return read_split(cfg, "unlabeled")
     results, configs_run = [], []
     t0 = time.perf_counter()
     bar = tqdm(total=len(configs), desc="search", unit="candidate", disable=not show_progress)
@@ -115,6 +125,7 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
             break
         values = table.column(cfg.task.label_column) if cfg.task.type == "classification" else None
         session = open_session(cfg, label_values=values, base=base)
+        session.unlabeled = unlabeled(cfg)
         summary = cross_validate(cfg, folds=folds, seeds=seeds, session=session, train_table=table,
                                  show_progress=False, variants=variants)
         for part in summary.get("variants", [summary]):
@@ -138,6 +149,7 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     # retrain the winner on every labelled row and write a normal checkpoint
     values = table.column(best_cfg.task.label_column) if best_cfg.task.type == "classification" else None
     session = open_session(best_cfg, label_values=values, base=base)
+    session.unlabeled = unlabeled(best_cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, prog = fit(session, table, None, out_dir, show_progress=show_progress)
     report = {"folds": folds, "seeds": seeds, "seconds": round(time.perf_counter() - t0, 1), "best": best_i,

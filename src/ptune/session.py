@@ -65,6 +65,8 @@ class Session:
     template: Template
     task: Task
     device: torch.device
+    unlabeled: Table | None = None
+    """Unlabeled rows for self-training (``data.unlabeled``), read and checked by ``train.prepare``."""
 
     @property
     def tokenizer(self):

@@ -174,7 +174,7 @@ def on_main(acc, fn):
 
 
 def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None = None, *, resume: bool = False,
-        show_progress: bool = True, seed: int | None = None) -> tuple[PTuningModel, Progress]:
+        show_progress: bool = True, seed: int | None = None, self_train: bool = True) -> tuple[PTuningModel, Progress]:
     """Train a fresh (or resumed) encoder on ``train``; keep the best on ``dev`` (the last one without dev).
 
     Under ``accelerate launch`` with N processes, each global batch of ``train.batch_size`` rows (the same order as a
@@ -185,6 +185,10 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
     cfg = session.cfg
     tc = cfg.train
     seed = tc.seed if seed is None else seed
+    if self_train and tc.self_train_rows:
+        if session.unlabeled is None:
+            raise PtuneError("train.self_train_rows is set but no unlabeled rows were read (data.unlabeled)")
+        train = pseudo_labelled(session, train, seed, show_progress)  # (deterministic: a resume redoes it alike)
     from accelerate.utils import DistributedType
 
     acc = make_accelerator(tc, session.device)
@@ -490,9 +494,37 @@ def prepare(cfg: Config) -> tuple[Session, Table, Table | None]:
     session.task.check(train)
     if dev is not None:
         session.task.check(dev)
+    if cfg.data.unlabeled:
+        from .session import read_split
+
+        session.unlabeled = read_split(cfg, "unlabeled")
+        check_inputs(cfg, template, session.unlabeled, labelled=False)
     if dev is None and cfg.data.dev_fraction:
         train, dev = split_dev(cfg, train, cfg.data.dev_fraction, cfg.train.seed)
     return session, train, dev
+
+
+def pseudo_labelled(session: Session, train: Table, seed: int, show_progress: bool = False) -> Table:
+    """Self-training: ``train`` plus the unlabeled rows a model trained on it is surest of, each label taking its
+    share of the training rows (so the majority class does not take them all)."""
+    tc = session.cfg.train
+    label_column = session.cfg.task.label_column
+    teacher, _ = fit(session, train, None, None, show_progress=show_progress, seed=seed, self_train=False)
+    pool = list(session.unlabeled.rows)
+    random.Random(seed).shuffle(pool)
+    pool = pool[:tc.self_train_pool]
+    preds = session.predict(teacher, pool)
+    labels = session.task.labels.labels
+    probs = torch.softmax(torch.tensor([[p["scores"][l] for l in labels] for p in preds]), dim=-1)
+    counts = [sum(r[label_column] == l for r in train.rows) for l in labels]
+    added = []
+    for li, label in enumerate(labels):
+        want = round(tc.self_train_rows * counts[li] / len(train.rows))
+        mine = [i for i in range(len(pool)) if int(probs[i].argmax()) == li]
+        mine.sort(key=lambda i: -float(probs[i, li]))
+        added += [{**pool[i], label_column: label} for i in mine[:want]]
+    return Table(f"{train.source} + {len(added)} self-labelled rows of {session.unlabeled.source}",
+                 train.columns + [c for c in [label_column] if c not in train.columns], train.rows + added)
 
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, show_progress: bool = True) -> dict:
