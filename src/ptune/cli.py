@@ -49,8 +49,14 @@ def train(config, out_dir, overrides, resume, quiet):
     summary = run(cfg, out_dir, resume=resume, show_progress=not quiet)
     from accelerate import PartialState
 
-    if PartialState().is_main_process:  # under `accelerate launch`, one summary, not one per process
+    state = PartialState()
+    if state.is_main_process:  # under `accelerate launch`, one summary, not one per process
         click.echo(json.dumps(summary, indent=2))
+    if state.num_processes > 1:
+        # leave the process group together and on purpose: a process that exits while gloo's threads still run
+        # can abort ("terminate called without an active exception") and fail the whole launch
+        state.wait_for_everyone()
+        state.destroy_process_group()
 
 
 @main.command()
