@@ -9,10 +9,11 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import ROWS, tiny_config, write_csv
-from ptune.errors import ConfigError
+from ptune.data import Table
+from ptune.errors import ConfigError, PtuneError
 from ptune.predict import Predictor
 from ptune.search import run_search, split_space
-from ptune.train import cross_validate, fit, prepare
+from ptune.train import cross_validate, fit, label_probabilities, prepare, stratified_folds
 
 VERBALIZER = {"complaint": "terrible thing", "no complaint": "great"}  # a two-token word and a one-token word
 
@@ -129,6 +130,33 @@ def test_cv_variants_share_the_fold_models(tiny_causal_dir, tmp_path):
     assert both["variants"][0]["runs"] == plain["runs"]  # the same models: the uncalibrated figures are equal
     assert both["accuracy"] == plain["accuracy"]
     assert len(both["variants"][1]["runs"]) == 2
+
+
+def test_cv_ensemble_averages_member_probabilities(tiny_causal_dir, tmp_path):
+    data = {"train": str(write_csv(tmp_path / "t.csv", ROWS * 2))}
+    cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1})
+    session, table, _ = prepare(cfg)
+    plain = cross_validate(cfg, folds=2, seeds=[1], show_progress=False, session=session, train_table=table)
+    ens = cross_validate(cfg, folds=2, seeds=[1], show_progress=False, session=session, train_table=table,
+                         ensemble=2)
+    members = ens["members"]["runs"]
+    assert [(r["fold"], r["member"]) for r in members] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    # member 1 is trained with the fold's own seed: the single-model run, figure for figure
+    assert [{k: r[k] for k in ("accuracy", "macro_f1")} for r in members if r["member"] == 1] == [
+        {k: r[k] for k in ("accuracy", "macro_f1")} for r in plain["runs"]]
+    # the ensemble's figures are those of the averaged probabilities, recomputed here by hand
+    labels = session.task.labels.labels
+    rows = table.rows
+    for f, held in enumerate(stratified_folds([r["label"] for r in rows], 2, 1)):
+        tr = Table("t", table.columns, [r for i, r in enumerate(rows) if i not in held])
+        te = [rows[i] for i in held]
+        mean = sum(label_probabilities(session, session.predict(fit(session, tr, None, None, seed=1 + 1000 * m)[0], te))
+                   for m in range(2)) / 2
+        gold = [r["label"] for r in te]
+        hits = sum(labels[int(i)] == g for i, g in zip(mean.argmax(-1), gold))
+        assert ens["runs"][f]["accuracy"] == pytest.approx(hits / len(te))
+    with pytest.raises(PtuneError, match="ensemble must be at least 1"):
+        cross_validate(cfg, folds=2, seeds=[1], show_progress=False, session=session, train_table=table, ensemble=0)
 
 
 def test_search_scores_prediction_settings_without_retraining_and_keeps_the_winner(tiny_causal_dir, tmp_path):

@@ -64,16 +64,19 @@ def train(config, out_dir, overrides, resume, quiet):
 @_set
 @click.option("--folds", type=int, default=None, help="Number of folds (default: train.cv_folds).")
 @click.option("--seeds", default=None, help="Comma-separated seeds, one repeat of k folds each.")
+@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Models per fold (training seeds seed, seed+1000, ...), scored by their mean label "
+                   "probabilities; each member's own figures are reported too.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the JSON here too.")
 @click.option("--quiet", is_flag=True)
-def cv(config, overrides, folds, seeds, out_file, quiet):
+def cv(config, overrides, folds, seeds, ensemble, out_file, quiet):
     """Estimate held-out metrics by stratified k-fold cross-validation over the training rows."""
     from .config import load_config
     from .train import cross_validate
 
     cfg = load_config(config, overrides)
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
-    summary = cross_validate(cfg, folds=folds, seeds=seed_list, show_progress=not quiet)
+    summary = cross_validate(cfg, folds=folds, seeds=seed_list, show_progress=not quiet, ensemble=ensemble)
     text = json.dumps(summary, indent=2)
     if out_file:
         Path(out_file).write_text(text)

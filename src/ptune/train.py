@@ -515,7 +515,7 @@ def pseudo_labelled(session: Session, train: Table, seed: int, show_progress: bo
     pool = pool[:tc.self_train_pool]
     preds = session.predict(teacher, pool)
     labels = session.task.labels.labels
-    probs = torch.softmax(torch.tensor([[p["scores"][l] for l in labels] for p in preds]), dim=-1)
+    probs = label_probabilities(session, preds)
     counts = [sum(r[label_column] == l for r in train.rows) for l in labels]
     added = []
     for li, label in enumerate(labels):
@@ -586,14 +586,23 @@ def stratified_folds(labels: list[str], k: int, seed: int) -> list[list[int]]:
 
 def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | None = None,
                    session: Session | None = None, train_table: Table | None = None,
-                   show_progress: bool = True, variants: list[dict] | None = None) -> dict:
+                   show_progress: bool = True, variants: list[dict] | None = None, ensemble: int = 1) -> dict:
     """k-fold cross-validation over the training rows: held-out metrics per fold, with mean and spread.
 
     ``variants``: prediction-time settings (``task`` fields such as ``calibrate``) to score as well, each on the
     same fold models, so that they cost no extra training; the summary then holds one entry per variant under
-    ``variants`` (the first variant's figures are also the summary's own)."""
+    ``variants`` (the first variant's figures are also the summary's own).
+
+    ``ensemble``: train that many models per fold (training seeds ``seed``, ``seed + 1000``, ...) and score the
+    mean of their label probabilities (classification only); each member's own figures go under ``members``, so
+    the two can be compared on the same folds."""
+    if ensemble < 1:
+        raise PtuneError(f"ensemble must be at least 1, got {ensemble}")
     if session is None:
         session, train_table, _ = prepare(cfg)
+    if ensemble > 1 and cfg.task.type != "classification":
+        raise PtuneError(f"ensemble averages label probabilities, so it needs a classification task, "
+                         f"not {cfg.task.type!r}")
     k = folds or cfg.train.cv_folds
     seeds = seeds or [cfg.train.seed]
     variants = variants or [{}]
@@ -601,7 +610,15 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
     key = [r[cfg.task.label_column] if cfg.task.type == "classification" else "" for r in rows]
     task_cfg = session.task.cfg
     results: list[list[dict]] = [[] for _ in variants]
+    members: list[list[dict]] = [[] for _ in variants]  # each ensemble member alone
     t0 = time.perf_counter()
+
+    def show(seed, f, settings, metrics, what=""):
+        if show_progress:
+            shown = {k_: round(v_, 4) for k_, v_ in metrics.items() if isinstance(v_, float)}
+            label = f" {settings}" if settings else ""
+            print(f"seed {seed} fold {f + 1}/{k}{label}{what}: {shown}")
+
     try:
         for seed in seeds:
             for f, held in enumerate(stratified_folds(key, k, seed)):
@@ -609,25 +626,50 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
                 tr = Table(train_table.source, train_table.columns,
                            [r for i, r in enumerate(rows) if i not in held_set])
                 te = Table(f"{train_table.source} fold {f + 1}", train_table.columns, [rows[i] for i in held])
-                model, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed)
+                if ensemble == 1:
+                    model, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed)
+                    for v, settings in enumerate(variants):
+                        session.task.cfg = dataclasses.replace(task_cfg, **settings)
+                        metrics = evaluate(model, session, te) | {"fold": f + 1, "seed": seed}
+                        results[v].append(metrics)
+                        show(seed, f, settings, metrics)
+                    continue
+                probs: list[torch.Tensor | None] = [None] * len(variants)
+                for m in range(ensemble):
+                    model, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed + 1000 * m)
+                    for v, settings in enumerate(variants):
+                        session.task.cfg = dataclasses.replace(task_cfg, **settings)
+                        preds = session.predict(model, te.rows)
+                        metrics = session.task.metrics(te.rows, preds) | {"fold": f + 1, "seed": seed,
+                                                                          "member": m + 1}
+                        members[v].append(metrics)
+                        show(seed, f, settings, metrics, f" member {m + 1}")
+                        p = label_probabilities(session, preds)
+                        probs[v] = p if probs[v] is None else probs[v] + p
                 for v, settings in enumerate(variants):
-                    session.task.cfg = dataclasses.replace(task_cfg, **settings)
-                    metrics = evaluate(model, session, te)
-                    metrics.update(fold=f + 1, seed=seed)
+                    labels = session.task.labels.labels
+                    preds = [{"prediction": labels[int(i)]} for i in probs[v].argmax(-1)]
+                    metrics = session.task.metrics(te.rows, preds) | {"fold": f + 1, "seed": seed}
                     results[v].append(metrics)
-                    if show_progress:
-                        shown = {k_: round(v_, 4) for k_, v_ in metrics.items() if isinstance(v_, float)}
-                        label = f" {settings}" if settings else ""
-                        print(f"seed {seed} fold {f + 1}/{k}{label}: {shown}")
+                    show(seed, f, settings, metrics, f" ensemble of {ensemble}")
     finally:
         session.task.cfg = task_cfg
     seconds = time.perf_counter() - t0
     summaries = [_summarise(runs) | {"settings": settings} for runs, settings in zip(results, variants)]
-    summary = {"folds": k, "seeds": seeds, "seconds": seconds,
+    if ensemble > 1:
+        for s_, runs in zip(summaries, members):
+            s_["members"] = _summarise(runs)
+    summary = {"folds": k, "seeds": seeds, "seconds": seconds, "ensemble": ensemble,
                **{name: v for name, v in summaries[0].items() if name != "settings"}}
     if len(variants) > 1:
         summary["variants"] = summaries
     return summary
+
+
+def label_probabilities(session: Session, predictions: list[dict]) -> torch.Tensor:
+    """(rows, labels) probabilities from predictions' label scores (log-probabilities, normalised over labels)."""
+    labels = session.task.labels.labels
+    return torch.softmax(torch.tensor([[p["scores"][l] for l in labels] for p in predictions]), dim=-1)
 
 
 def _summarise(runs: list[dict]) -> dict:
