@@ -65,7 +65,7 @@ def train(config, out_dir, overrides, resume, quiet):
 @click.option("--folds", type=int, default=None, help="Number of folds (default: train.cv_folds).")
 @click.option("--seeds", default=None, help="Comma-separated seeds, one repeat of k folds each.")
 @click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Models per fold (training seeds seed, seed+1000, ...), scored by their mean label "
+              help="Models per fold (training seeds seed, seed+100, ...), scored by their mean label "
                    "probabilities; each member's own figures are reported too.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the JSON here too.")
 @click.option("--quiet", is_flag=True)

@@ -593,7 +593,7 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
     same fold models, so that they cost no extra training; the summary then holds one entry per variant under
     ``variants`` (the first variant's figures are also the summary's own).
 
-    ``ensemble``: train that many models per fold (training seeds ``seed``, ``seed + 1000``, ...) and score the
+    ``ensemble``: train that many models per fold (training seeds ``seed``, ``seed + 100``, ...) and score the
     mean of their label probabilities (classification only); each member's own figures go under ``members``, so
     the two can be compared on the same folds."""
     if ensemble < 1:
@@ -636,7 +636,7 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
                     continue
                 probs: list[torch.Tensor | None] = [None] * len(variants)
                 for m in range(ensemble):
-                    model, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed + 1000 * m)
+                    model, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed + 100 * m)
                     for v, settings in enumerate(variants):
                         session.task.cfg = dataclasses.replace(task_cfg, **settings)
                         preds = session.predict(model, te.rows)
