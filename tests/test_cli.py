@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 import yaml
 from click.testing import CliRunner
 
@@ -56,3 +58,44 @@ def test_missing_column_writes_nothing(tiny_causal_dir, tmp_path):
     assert res.exit_code == 2
     assert "missing column 'Label'; columns present: 'text', 'label'" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_several_checkpoints_predict_as_an_ensemble(tiny_causal_dir, tmp_path):
+    import math
+
+    from ptune.predict import Predictor
+
+    cfg = write_config(tmp_path, tiny_causal_dir)
+    runner = CliRunner()
+    dirs = []
+    for seed in (1, 2):
+        out = tmp_path / f"m{seed}"
+        res = runner.invoke(main, ["train", str(cfg), "--out", str(out), "--set", f"train.seed={seed}", "--quiet"])
+        assert res.exit_code == 0, res.output
+        dirs.append(str(out))
+    res = runner.invoke(main, ["predict", *dirs, "--data", str(tmp_path / "new.csv"),
+                               "--out", str(tmp_path / "p.jsonl"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    got = [json.loads(l) for l in (tmp_path / "p.jsonl").read_text().splitlines()]
+    rows = [{"text": t} for t, _ in ROWS[:3]]
+    alone = [Predictor.load(d).predict_rows(rows) for d in dirs]
+    for i, line in enumerate(got):
+        probs = {}
+        for preds in alone:  # each member's label probabilities, normalised over the labels
+            z = math.log(sum(math.exp(s) for s in preds[i]["scores"].values()))
+            for label, s in preds[i]["scores"].items():
+                probs[label] = probs.get(label, 0) + math.exp(s - z) / len(alone)
+        assert line["scores"] == {l: pytest.approx(math.log(p), abs=1e-3) for l, p in probs.items()}
+        assert line["prediction"] == max(probs, key=probs.get)
+    res = runner.invoke(main, ["eval", *dirs, "--data", str(tmp_path / "dev.csv"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n"] == 4
+    # members must share the labels
+    other = write_config(tmp_path, tiny_causal_dir)
+    doc = yaml.safe_load(other.read_text())
+    doc["task"]["verbalizer"] = {"complaint": "bad", "no complaint": "good", "other": "meh"}
+    other.write_text(yaml.safe_dump(doc))
+    res = runner.invoke(main, ["train", str(other), "--out", str(tmp_path / "m3"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["eval", dirs[0], str(tmp_path / "m3"), "--data", str(tmp_path / "dev.csv")])
+    assert res.exit_code != 0 and "ensemble members must share them" in res.output

@@ -83,31 +83,37 @@ def cv(config, overrides, folds, seeds, ensemble, out_file, quiet):
     click.echo(text)
 
 
+_checkpoints = click.argument("checkpoint_dirs", nargs=-1, required=True, metavar="CHECKPOINT_DIR...",
+                              type=click.Path(file_okay=False))
+
+
 @main.command("eval")
-@click.argument("checkpoint_dir", type=click.Path(file_okay=False))
+@_checkpoints
 @click.option("--data", required=True, help="Labelled rows to score.")
 @click.option("--format", "fmt", default="auto")
 @click.option("--quiet", is_flag=True)
-def eval_(checkpoint_dir, data, fmt, quiet):
-    """Print metrics as JSON (accuracy, macro_f1, n; p@1 for probing)."""
-    from .predict import Predictor
+def eval_(checkpoint_dirs, data, fmt, quiet):
+    """Print metrics as JSON (accuracy, macro_f1, n; p@1 for probing). Several checkpoints of one classification
+    task are scored as an ensemble (mean label probabilities)."""
+    from .predict import Ensemble
 
-    predictor = Predictor.load(checkpoint_dir)
+    predictor = Ensemble.load(list(checkpoint_dirs))
     click.echo(json.dumps(predictor.evaluate_file(data, fmt, show_progress=not quiet), indent=2))
 
 
 @main.command()
-@click.argument("checkpoint_dir", type=click.Path(file_okay=False))
+@_checkpoints
 @click.option("--data", required=True, help="Rows to predict (labels not needed).")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSONL output file.")
 @click.option("--format", "fmt", default="auto")
 @click.option("--quiet", is_flag=True)
-def predict(checkpoint_dir, data, out_file, fmt, quiet):
-    """Write one JSON object per row: its fields plus `prediction` (and `scores` per label)."""
+def predict(checkpoint_dirs, data, out_file, fmt, quiet):
+    """Write one JSON object per row: its fields plus `prediction` (and `scores` per label). Several checkpoints
+    of one classification task predict as an ensemble (mean label probabilities; scores are their logs)."""
     from .checkpoint import write_atomic
-    from .predict import Predictor
+    from .predict import Ensemble
 
-    predictor = Predictor.load(checkpoint_dir)
+    predictor = Ensemble.load(list(checkpoint_dirs))
     table, preds = predictor.predict_file(data, fmt, show_progress=not quiet)
     lines = "".join(json.dumps({**row, **p}, ensure_ascii=False) + "\n" for row, p in zip(table.rows, preds))
     write_atomic(Path(out_file).resolve(), lines.encode())

@@ -1,11 +1,13 @@
 """Predictor: load a checkpoint once (base model checked, prompt table read, no encoder run), predict rows in
-batches. Used by ``ptune eval``, ``ptune predict`` and the server."""
+batches. Used by ``ptune eval``, ``ptune predict`` and the server. Ensemble: several checkpoints of one
+classification task over one base, their label probabilities averaged (``ptune eval/predict DIR DIR ...``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
@@ -83,3 +85,68 @@ class Predictor:
         self.check(table, labelled=True)
         report_truncated(self.session, table)
         return evaluate(self.model, self.session, table, show_progress)
+
+
+@dataclass
+class Ensemble:
+    """Several checkpoints of one classification task (e.g. trained with different seeds) over one base model: each
+    row's label probabilities are averaged over the members. Cross-validated on twitter_complaints, three seeds
+    averaged gained about 0.06 macro-F1 over one model (README); it costs one prediction pass per member."""
+    members: list[Predictor]
+
+    @classmethod
+    def load(cls, folders: list[str | Path], *, device: str | None = None) -> "Ensemble":
+        if not folders:
+            raise PtuneError("give at least one checkpoint directory")
+        members: list[Predictor] = []
+        for folder in folders:
+            member = Predictor.load(folder, base=members[0].session.base if members else None, device=device)
+            if len(folders) > 1:
+                first = members[0] if members else member
+                task = member.session.task
+                if member.session.cfg.task.type != "classification":
+                    raise CheckpointError(f"{folder}: an ensemble averages label probabilities, so every member "
+                                          f"must be a classification checkpoint, not {member.session.cfg.task.type!r}")
+                if task.labels.labels != first.session.task.labels.labels:
+                    raise CheckpointError(f"{folder}: labels {task.labels.labels} differ from {folders[0]}'s "
+                                          f"{first.session.task.labels.labels}; ensemble members must share them")
+            members.append(member)
+        return cls(members)
+
+    @property
+    def session(self) -> Session:
+        return self.members[0].session
+
+    def check(self, table: Table, *, labelled: bool) -> None:
+        for member in self.members:  # members may read different columns (different templates)
+            member.check(table, labelled=labelled)
+
+    def predict_rows(self, rows: list[dict], show_progress: bool = False) -> list[dict]:
+        if len(self.members) == 1:
+            return self.members[0].predict_rows(rows, show_progress)
+        labels = self.session.task.labels.labels
+        bar = tqdm(total=len(rows) * len(self.members), desc="predict", disable=not show_progress, unit="row")
+        probs = 0
+        for member in self.members:
+            preds = member.session.predict(member.model, rows, progress=bar.update)
+            probs = probs + torch.softmax(torch.tensor([[p["scores"][l] for l in labels] for p in preds]), dim=-1)
+        bar.close()
+        scores = (probs / len(self.members)).log()
+        return [{"prediction": labels[int(row.argmax())],
+                 "scores": {l: round(float(s), 4) for l, s in zip(labels, row)}} for row in scores]
+
+    def predict_file(self, path: str, fmt: str = "auto", show_progress: bool = True) -> tuple[Table, list[dict]]:
+        table = read_table(path, fmt)
+        self.check(table, labelled=False)
+        for member in self.members:
+            report_truncated(member.session, table)
+        return table, self.predict_rows(table.rows, show_progress)
+
+    def evaluate_file(self, path: str, fmt: str = "auto", show_progress: bool = True) -> dict:
+        if len(self.members) == 1:
+            return self.members[0].evaluate_file(path, fmt, show_progress)
+        table = read_table(path, fmt)
+        self.check(table, labelled=True)
+        for member in self.members:
+            report_truncated(member.session, table)
+        return self.session.task.metrics(table.rows, self.predict_rows(table.rows, show_progress))
