@@ -108,3 +108,20 @@ def test_vocabulary_file_mapping_needs_a_key(tiny_causal_dir, tmp_path):
     ids = load_vocab_ids(f"{tmp_path / 'v.json'}#bert", renderer)
     assert ids == sorted({renderer.target_ids(w)[0] for w in ("great", "terrible") if len(renderer.target_ids(w)) == 1})
     assert ids
+
+
+def test_example_configs_are_valid():
+    from pathlib import Path
+
+    from ptune.config import load_config
+    from ptune.search import build, candidates, load_search
+
+    examples = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+    assert len(examples) >= 3
+    for path in examples:  # every key known, every value in range (the data is not read here)
+        if "search:" in path.read_text():
+            base, search = load_search(path)
+            for _, values in candidates(base, search["space"]):
+                assert build(values, str(path)).task.template
+        else:
+            assert load_config(str(path)).task.template
