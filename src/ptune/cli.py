@@ -53,10 +53,20 @@ def train(config, out_dir, overrides, resume, quiet):
     if state.is_main_process:  # under `accelerate launch`, one summary, not one per process
         click.echo(json.dumps(summary, indent=2))
     if state.num_processes > 1:
-        # leave the process group together and on purpose: a process that exits while gloo's threads still run
-        # can abort ("terminate called without an active exception") and fail the whole launch
+        # Leave the process group together and on purpose, then exit without interpreter finalisation: gloo's worker
+        # threads can still hold work objects whose teardown during finalisation aborts the process ("terminate
+        # called without an active exception"; pytorch/pytorch PR 179291), which fails the whole launch although
+        # training finished. Every file is already written (fsync, rename), so skipping finalisation loses nothing.
+        import gc
+        import os
+        import sys
+
         state.wait_for_everyone()
+        gc.collect()
         state.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @main.command()
