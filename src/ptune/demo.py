@@ -72,7 +72,8 @@ def run_demo(out_dir: str | None = None, show_progress: bool = True) -> dict:
     test = read_table(cfg.data.test)
     gold = test.column("label")
     labels = predictor.session.task.labels.labels
-    majority = max(set(train_labels := [r["label"] for r in read_table(cfg.data.train).rows]), key=train_labels.count)
+    train_labels = [r["label"] for r in read_table(cfg.data.train).rows]
+    majority = max(labels, key=train_labels.count)  # a tie goes to the first label (not to set order, which varies)
     rows = {
         "majority class": classification_metrics(gold, [majority] * len(gold), labels),
         "zero-shot manual prompt": classification_metrics(gold, zero_shot(predictor, test.rows), labels),
