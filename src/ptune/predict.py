@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
@@ -18,7 +17,7 @@ from .data import Table, read_table
 from .labels import LabelSpace
 from .model import PTuningModel
 from .session import Session, check_inputs, open_session, report_truncated
-from .train import evaluate
+from .train import evaluate, label_probabilities
 
 
 @dataclass
@@ -98,19 +97,17 @@ class Ensemble:
     def load(cls, folders: list[str | Path], *, device: str | None = None) -> "Ensemble":
         if not folders:
             raise PtuneError("give at least one checkpoint directory")
-        members: list[Predictor] = []
-        for folder in folders:
-            member = Predictor.load(folder, base=members[0].session.base if members else None, device=device)
-            if len(folders) > 1:
-                first = members[0] if members else member
-                task = member.session.task
-                if member.session.cfg.task.type != "classification":
+        first = Predictor.load(folders[0], device=device)
+        members = [first] + [Predictor.load(f, base=first.session.base, device=device) for f in folders[1:]]
+        if len(members) > 1:
+            for folder, member in zip(folders, members):
+                kind, labels = member.session.cfg.task.type, member.session.task.labels
+                if kind != "classification":
                     raise CheckpointError(f"{folder}: an ensemble averages label probabilities, so every member "
-                                          f"must be a classification checkpoint, not {member.session.cfg.task.type!r}")
-                if task.labels.labels != first.session.task.labels.labels:
-                    raise CheckpointError(f"{folder}: labels {task.labels.labels} differ from {folders[0]}'s "
+                                          f"must be a classification checkpoint, not {kind!r}")
+                if labels.labels != first.session.task.labels.labels:
+                    raise CheckpointError(f"{folder}: labels {labels.labels} differ from {folders[0]}'s "
                                           f"{first.session.task.labels.labels}; ensemble members must share them")
-            members.append(member)
         return cls(members)
 
     @property
@@ -126,27 +123,26 @@ class Ensemble:
             return self.members[0].predict_rows(rows, show_progress)
         labels = self.session.task.labels.labels
         bar = tqdm(total=len(rows) * len(self.members), desc="predict", disable=not show_progress, unit="row")
-        probs = 0
-        for member in self.members:
-            preds = member.session.predict(member.model, rows, progress=bar.update)
-            probs = probs + torch.softmax(torch.tensor([[p["scores"][l] for l in labels] for p in preds]), dim=-1)
+        probs = sum(label_probabilities(m.session, m.session.predict(m.model, rows, progress=bar.update))
+                    for m in self.members)
         bar.close()
         scores = (probs / len(self.members)).log()
         return [{"prediction": labels[int(row.argmax())],
                  "scores": {l: round(float(s), 4) for l, s in zip(labels, row)}} for row in scores]
 
-    def predict_file(self, path: str, fmt: str = "auto", show_progress: bool = True) -> tuple[Table, list[dict]]:
+    def _read(self, path: str, fmt: str, labelled: bool) -> Table:
         table = read_table(path, fmt)
-        self.check(table, labelled=False)
+        self.check(table, labelled=labelled)
         for member in self.members:
             report_truncated(member.session, table)
+        return table
+
+    def predict_file(self, path: str, fmt: str = "auto", show_progress: bool = True) -> tuple[Table, list[dict]]:
+        table = self._read(path, fmt, labelled=False)
         return table, self.predict_rows(table.rows, show_progress)
 
     def evaluate_file(self, path: str, fmt: str = "auto", show_progress: bool = True) -> dict:
         if len(self.members) == 1:
             return self.members[0].evaluate_file(path, fmt, show_progress)
-        table = read_table(path, fmt)
-        self.check(table, labelled=True)
-        for member in self.members:
-            report_truncated(member.session, table)
+        table = self._read(path, fmt, labelled=True)
         return self.session.task.metrics(table.rows, self.predict_rows(table.rows, show_progress))
