@@ -1,8 +1,10 @@
 import json
 
+import pytest
 import yaml
 
 from conftest import ROWS, write_csv
+from ptune.errors import ConfigError
 from ptune.predict import Predictor
 from ptune.search import candidates, run_search
 
@@ -37,3 +39,45 @@ def test_search_picks_best_by_macro_f1_and_writes_a_checkpoint_that_predicts(tin
     assert predictor.session.cfg.encoder.type == best["encoder.type"]
     preds = predictor.predict_rows([{"text": "thanks"}, {"text": "broken box"}])
     assert all(p["prediction"] in ("complaint", "no complaint") for p in preds)
+
+
+def test_search_with_ensemble_scores_seeds_together_and_writes_every_member(tiny_causal_dir, tmp_path):
+    from ptune.predict import Ensemble
+    from ptune.train import cross_validate
+    from ptune.config import load_config
+
+    write_csv(tmp_path / "train.csv", ROWS * 2)
+    cfg = {
+        "model": {"name_or_path": str(tiny_causal_dir), "dtype": "float32", "device": "cpu"},
+        "task": {"template": "[P*2] {text} Label : [TARGET]", "label_column": "label"},
+        "encoder": {"type": "mlp", "hidden_size": 16},
+        "data": {"train": "train.csv"},
+        "train": {"epochs": 1, "batch_size": 4, "max_length": 64, "lr": 3e-2, "seed": 7},
+        "search": {"folds": 2, "seeds": [1], "ensemble": 2, "space": {"encoder.type": ["mlp"]}},
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    # the candidate's figures are those of a 2-seed ensemble on the same folds
+    plain = dict(cfg)
+    del plain["search"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(plain))
+    direct = cross_validate(load_config(tmp_path / "c.yaml"), folds=2, seeds=[1], ensemble=2, show_progress=False)
+    assert report["ensemble"] == 2 and report["candidates"][0]["macro_f1"] == direct["macro_f1"]
+    assert report["members"] == [".", "members/seed-107"]
+    member = Predictor.load(tmp_path / "out" / "members" / "seed-107")
+    assert member.session.cfg.train.seed == 107  # the manifest says how it was trained
+    assert Predictor.load(tmp_path / "out").session.cfg.train.seed == 7
+    ensemble = Ensemble.load([tmp_path / "out", tmp_path / "out" / "members" / "seed-107"])
+    preds = ensemble.predict_rows([{"text": "thanks"}, {"text": "broken box"}])
+    assert all(p["prediction"] in ("complaint", "no complaint") for p in preds)
+    assert "members/seed-107" in (tmp_path / "out" / "search.md").read_text()
+
+
+def test_search_ensemble_must_be_positive(tiny_causal_dir, tmp_path):
+    write_csv(tmp_path / "train.csv", ROWS * 2)
+    cfg = {"model": {"name_or_path": str(tiny_causal_dir)}, "task": {"template": "[P*2] {text} : [TARGET]",
+           "label_column": "label"}, "data": {"train": "train.csv"},
+           "search": {"ensemble": 0, "space": {"train.lr": [1e-2]}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="search.ensemble"):
+        run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)

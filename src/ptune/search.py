@@ -6,6 +6,7 @@ The config file is a normal ptune config plus a ``search`` section:
       folds: 5
       seeds: [1, 2]
       budget_minutes: 30          # stop starting new candidates after this
+      ensemble: 1                 # models per fold (training seeds seed, seed+100, ...), scored as one ensemble
       space:                      # dotted config keys -> candidate values (the grid is their product)
         task.template: ["[P*20] Tweet text : {Tweet text} Label : [TARGET]", "..."]
         train.lr: [3e-3, 1e-2]
@@ -13,7 +14,9 @@ The config file is a normal ptune config plus a ``search`` section:
 Every candidate gets the same folds. Keys used only at prediction time (``task.calibrate``, ``task.score``) cost no
 training: each of their values is scored on the same fold models. The table and plot report mean and spread of
 accuracy and macro-F1; the best by mean macro-F1 is retrained on all rows and written as a normal checkpoint
-(``predict``/``eval``/``serve`` take it).
+(``predict``/``eval``/``serve`` take it). With ``ensemble: N`` (classification) every candidate is scored as an
+ensemble of N seeds, and the winner's other N-1 members go to ``OUT/members/seed-S``; ``ptune predict OUT
+OUT/members/*`` predicts with the whole ensemble, as it was scored.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict
     search = values.pop("search", None)
     if not isinstance(search, dict) or not isinstance(search.get("space"), dict) or not search["space"]:
         raise ConfigError(f"{path}: needs a `search:` section with a non-empty `space:` mapping")
-    unknown = set(search) - {"folds", "seeds", "budget_minutes", "space"}
+    unknown = set(search) - {"folds", "seeds", "budget_minutes", "ensemble", "space"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in search: {', '.join(sorted(unknown))}")
     for key, options in search["space"].items():
@@ -98,11 +101,16 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     folds = int(search.get("folds", 5))
     seeds = [int(s) for s in search.get("seeds", [42])]
     budget = float(search.get("budget_minutes", 0)) * 60
+    ensemble = int(search.get("ensemble", 1))
+    if ensemble < 1:
+        raise ConfigError(f"{path}: search.ensemble must be at least 1, got {ensemble}")
     train_space, variants = split_space(search["space"])
     grid = candidates(base_values, train_space) if train_space else [({}, copy.deepcopy(
         {k: v for k, v in base_values.items() if k != "__file__"}))]
     # every candidate (with each prediction variant) validated before any work
     configs = [(s, build(v, base_values["__file__"])) for s, v in grid]
+    if ensemble > 1 and any(cfg.task.type != "classification" for _, cfg in configs):
+        raise ConfigError(f"{path}: search.ensemble averages label probabilities, so it needs a classification task")
     for s_, v in grid:
         for variant in variants:
             build(copy.deepcopy(v) | {"task": v.get("task", {}) | variant}, base_values["__file__"])
@@ -127,7 +135,7 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
         session = open_session(cfg, label_values=values, base=base)
         session.unlabeled = unlabeled(cfg)
         summary = cross_validate(cfg, folds=folds, seeds=seeds, session=session, train_table=table,
-                                 show_progress=False, variants=variants)
+                                 show_progress=False, variants=variants, ensemble=ensemble)
         for part in summary.get("variants", [summary]):
             extra = {f"task.{k}": v for k, v in part.get("settings", {}).items()}
             row = {"settings": settings | extra, "seconds": round(summary["seconds"], 1), "config": len(configs_run)}
@@ -151,17 +159,30 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     session = open_session(best_cfg, label_values=values, base=base)
     session.unlabeled = unlabeled(best_cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, prog = fit(session, table, None, out_dir, show_progress=show_progress)
-    report = {"folds": folds, "seeds": seeds, "seconds": round(time.perf_counter() - t0, 1), "best": best_i,
-              "candidates": results}
+    # members use the training seeds cross_validate gave them: seed, seed + 100, ...
+    member_dirs = [out_dir] + [out_dir / "members" / f"seed-{best_cfg.train.seed + 100 * m}" for m in range(1, ensemble)]
+    for m, member_dir in enumerate(member_dirs):
+        member_dir.mkdir(parents=True, exist_ok=True)
+        fit(session, table, None, member_dir, show_progress=show_progress, seed=best_cfg.train.seed + 100 * m)
+    report = {"folds": folds, "seeds": seeds, "ensemble": ensemble, "seconds": round(time.perf_counter() - t0, 1),
+              "best": best_i, "members": [str(d.relative_to(out_dir)) for d in member_dirs], "candidates": results}
     checkpoint.write_atomic(out_dir / "search.json", json.dumps(report, indent=2).encode())
-    checkpoint.write_atomic(out_dir / "search.md", render_table(results, best_i).encode())
+    checkpoint.write_atomic(out_dir / "search.md", (render_table(results, best_i) + usage(report, out_dir)).encode())
     plot_search(results, best_i, out_dir / "search.png")
     return report
 
 
 def _short(settings: dict) -> str:
     return "; ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items())
+
+
+def usage(report: dict, out_dir: Path) -> str:
+    """How to predict with what the search wrote: one checkpoint, or the ensemble it scored."""
+    dirs = " ".join(str(out_dir / m) for m in report["members"])
+    if report.get("ensemble", 1) == 1:
+        return f"\nPredict with the chosen recipe: `ptune predict {dirs} --data ROWS.csv`\n"
+    return (f"\nEvery candidate was scored as an ensemble of {report['ensemble']} training seeds; predict with all "
+            f"of them: `ptune predict {dirs} --data ROWS.csv` (`{out_dir}` alone is its first member)\n")
 
 
 def render_table(results: list[dict], best: int) -> str:

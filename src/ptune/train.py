@@ -260,8 +260,8 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
 
     def save_best():
         if out_dir is not None:
-            save_inference(session, model, out_dir, extra={"training": {"step": prog.step, "metric": metric,
-                                                                        "best": prog.best}})
+            save_inference(session, model, out_dir, seed=seed,
+                           extra={"training": {"step": prog.step, "metric": metric, "best": prog.best}})
         elif dev is not None:
             best_in_memory.update({k: v.detach().clone() for k, v in model.trainable_state().items()})
 
@@ -408,12 +408,18 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
     return model, prog
 
 
-def save_inference(session: Session, model: PTuningModel, out_dir: Path, extra: dict | None = None) -> None:
+def save_inference(session: Session, model: PTuningModel, out_dir: Path, extra: dict | None = None,
+                   seed: int | None = None) -> None:
+    """Write the inference checkpoint; ``seed``: the training seed actually used, where a caller overrode the
+    config's (ensemble members), so the manifest says how to retrain it."""
     was_training = model.training
     model.eval()
     table = model.prompt_table()
     labels = session.task.labels.to_dict() if session.task.labels else None
-    checkpoint.save_model(out_dir, config=session.cfg.to_dict(), labels=labels, base=session.base.identity,
+    config = session.cfg.to_dict()
+    if seed is not None:
+        config["train"]["seed"] = seed
+    checkpoint.save_model(out_dir, config=config, labels=labels, base=session.base.identity,
                           encoder_state=model.trainable_state(), prompts=table, extra=extra)
     model.train(was_training)
 
