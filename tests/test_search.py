@@ -15,18 +15,23 @@ def test_grid_is_the_product_of_the_space():
     assert grid[0][1]["train"]["lr"] == 1 and grid[0][1]["task"]["template"] == "a"
 
 
-def test_search_picks_best_by_macro_f1_and_writes_a_checkpoint_that_predicts(tiny_causal_dir, tmp_path):
-    write_csv(tmp_path / "train.csv", ROWS * 2)
+def search_config(model_dir, folder, search: dict, **train) -> dict:
+    """A search config on the tiny model over 12 rows, written to folder/s.yaml."""
+    write_csv(folder / "train.csv", ROWS * 2)
     cfg = {
-        "model": {"name_or_path": str(tiny_causal_dir), "dtype": "float32", "device": "cpu"},
+        "model": {"name_or_path": str(model_dir), "dtype": "float32", "device": "cpu"},
         "task": {"template": "[P*2] {text} Label : [TARGET]", "label_column": "label"},
         "encoder": {"type": "mlp", "hidden_size": 16},
         "data": {"train": "train.csv"},
-        "train": {"epochs": 1, "batch_size": 4, "max_length": 64},
-        "search": {"folds": 2, "seeds": [1], "space": {"train.lr": [1e-3, 3e-2],
-                                                       "encoder.type": ["mlp", "embedding"]}},
+        "train": {"epochs": 1, "batch_size": 4, "max_length": 64, **train},
+        "search": {"folds": 2, "seeds": [1], **search},
     }
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    (folder / "s.yaml").write_text(yaml.safe_dump(cfg))
+    return cfg
+
+
+def test_search_picks_best_by_macro_f1_and_writes_a_checkpoint_that_predicts(tiny_causal_dir, tmp_path):
+    search_config(tiny_causal_dir, tmp_path, {"space": {"train.lr": [1e-3, 3e-2], "encoder.type": ["mlp", "embedding"]}})
     report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
     f1 = [c["macro_f1"]["mean"] for c in report["candidates"]]
     assert len(f1) == 4 and f1[report["best"]] == max(f1)
@@ -46,16 +51,8 @@ def test_search_with_ensemble_scores_seeds_together_and_writes_every_member(tiny
     from ptune.train import cross_validate
     from ptune.config import load_config
 
-    write_csv(tmp_path / "train.csv", ROWS * 2)
-    cfg = {
-        "model": {"name_or_path": str(tiny_causal_dir), "dtype": "float32", "device": "cpu"},
-        "task": {"template": "[P*2] {text} Label : [TARGET]", "label_column": "label"},
-        "encoder": {"type": "mlp", "hidden_size": 16},
-        "data": {"train": "train.csv"},
-        "train": {"epochs": 1, "batch_size": 4, "max_length": 64, "lr": 3e-2, "seed": 7},
-        "search": {"folds": 2, "seeds": [1], "ensemble": 2, "space": {"encoder.type": ["mlp"]}},
-    }
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    cfg = search_config(tiny_causal_dir, tmp_path, {"ensemble": 2, "space": {"encoder.type": ["mlp"]}},
+                        lr=3e-2, seed=7)
     report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
     # the candidate's figures are those of a 2-seed ensemble on the same folds
     plain = dict(cfg)
@@ -74,10 +71,6 @@ def test_search_with_ensemble_scores_seeds_together_and_writes_every_member(tiny
 
 
 def test_search_ensemble_must_be_positive(tiny_causal_dir, tmp_path):
-    write_csv(tmp_path / "train.csv", ROWS * 2)
-    cfg = {"model": {"name_or_path": str(tiny_causal_dir)}, "task": {"template": "[P*2] {text} : [TARGET]",
-           "label_column": "label"}, "data": {"train": "train.csv"},
-           "search": {"ensemble": 0, "space": {"train.lr": [1e-2]}}}
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    search_config(tiny_causal_dir, tmp_path, {"ensemble": 0, "space": {"train.lr": [1e-2]}})
     with pytest.raises(ConfigError, match="search.ensemble"):
         run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
