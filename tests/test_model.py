@@ -80,3 +80,27 @@ def test_masked_lm_scores_mask_positions(tiny_masked_dir):
     assert torch.allclose(logp[0].sum(), manual, atol=1e-5)
     preds = s.task.predict(model, [{"text": "hello"}], 4, "cpu")
     assert preds[0]["prediction"] in ("complaint", "no complaint")
+
+
+def test_bfloat16_model_scores_labels_with_a_float32_head(tiny_causal_dir):
+    """bfloat16 logits of size 10-60 come in steps of 0.125-0.25, so two labels' scores would often tie exactly;
+    the head runs in float32 instead, on the same inputs, and the base's own weights stay as they were."""
+    cfg = tiny_config(tiny_causal_dir, model={"dtype": "bfloat16"})
+    s = open_session(cfg, label_values=["complaint", "no complaint"])
+    head = s.base.model.get_output_embeddings()
+    keys = set(s.base.model.state_dict())
+    model = s.new_model().eval()
+    assert head.weight.dtype == torch.bfloat16 and set(s.base.model.state_dict()) == keys
+    seen = {}
+    hook = head.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], out=out))
+    r = s.task.renderer
+    batch = collate([r.encode({"text": "my order arrived late"}, r.target_ids("complaint"))], s.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits, _ = model.target_logits(batch)
+    hook.remove()
+    assert seen["x"].dtype == torch.bfloat16 and logits.dtype == torch.float32
+    expected = torch.nn.functional.linear(seen["x"].float(), head.weight.float())
+    assert torch.allclose(seen["out"], expected, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(logits, logits.bfloat16().float())  # finer than bfloat16 steps
+    s.new_model()  # a second model over the same base does not wrap the head twice
+    assert head._ptune_weight32.dtype == torch.float32

@@ -43,6 +43,27 @@ def fold_head_input(base: nn.Module) -> None:
         head._ptune_contiguous = True
 
 
+def float32_head(base: nn.Module) -> None:
+    """Compute the LM head in float32 when the model runs in bfloat16 or float16. Label scores are differences of
+    logits of size 10 to 60, which bfloat16 holds to steps of 0.125 to 0.25: two labels' log-odds then tie exactly
+    for many rows and the tie, not the model, picks the label. The head runs only at the target positions, so the
+    float32 product costs little; its weight is copied once (the base's own, maybe tied, weight is untouched)."""
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear) or head.weight.dtype not in (torch.bfloat16, torch.float16):
+        return
+    if getattr(head, "_ptune_float32", False):
+        return
+    # non-persistent buffers: they follow the model's .to(device) and stay out of every state dict
+    head.register_buffer("_ptune_weight32", head.weight.detach().float(), persistent=False)
+    head.register_buffer("_ptune_bias32", None if head.bias is None else head.bias.detach().float(), persistent=False)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.float(), head._ptune_weight32, head._ptune_bias32)
+
+    head.forward = forward  # the instance's forward; hooks (fold_head_input's) still run around it
+    head._ptune_float32 = True
+
+
 class PTuningModel(nn.Module):
     def __init__(self, base: nn.Module, encoder: PromptEncoder, kind: str):
         super().__init__()
@@ -52,6 +73,7 @@ class PTuningModel(nn.Module):
         base.requires_grad_(False)
         base.eval()
         fold_head_input(base)
+        float32_head(base)
         self._table: torch.Tensor | None = None  # cached prompt table for inference
         self._prefix: tuple | None = None  # (prefix ids and virtual indices, their keys and values) for inference
         self.use_prefix_cache = True
