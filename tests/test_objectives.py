@@ -207,3 +207,60 @@ def test_self_training_adds_confident_unlabeled_rows_in_the_label_shares(tiny_ca
     assert len(summary["runs"]) == 2
     with pytest.raises(ConfigError, match="data.unlabeled"):
         tiny_config(tiny_causal_dir, {"train": data["train"]}, train={"self_train_rows": 5})
+
+
+def test_prior_offsets_make_the_mean_prediction_equal_the_shares():
+    from ptune.tasks import prior_offsets
+
+    torch.manual_seed(0)
+    logp = torch.log_softmax(torch.randn(50, 3) * 2 + torch.tensor([2.0, 0.0, -1.0]), -1)  # biased to label 0
+    shares = torch.tensor([0.2, 0.3, 0.5])
+    b = prior_offsets(logp, shares)
+    assert torch.allclose(torch.softmax(logp + b, -1).mean(0), shares, atol=1e-5)
+    assert abs(float(b.sum())) < 1e-5
+    # shares the model already meets need no offsets
+    met = torch.softmax(logp, -1).mean(0)
+    assert torch.allclose(prior_offsets(logp, met), torch.zeros(3), atol=1e-4)
+
+
+def test_prior_calibration_is_fitted_on_unlabeled_rows_saved_and_reloaded(tiny_causal_dir, tmp_path):
+    from ptune.train import fit_label_offsets
+
+    unlabeled = [(t,) for t in ("where is my parcel", "love it", "broken again", "thanks a lot", "app crashed",
+                                "great", "refund please", "hello")]
+    data = {"train": str(write_csv(tmp_path / "t.csv", ROWS * 2)),
+            "unlabeled": str(write_csv(tmp_path / "u.csv", unlabeled, header=("text",)))}
+    cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1}, task={"calibrate": "prior", "prior_rows": 6})
+    session, tr, _ = prepare(cfg)
+    model, _ = fit(session, tr, None, tmp_path / "out", show_progress=False)
+    assert model.label_offsets is not None
+    # on the unlabeled sample, the calibrated mean label distribution is the training rows' (smoothed) shares
+    pool = [{"text": t[0]} for t in unlabeled]
+    import random
+    random.Random(cfg.train.seed).shuffle(pool)
+    labels = session.task.labels.labels
+    shares = torch.tensor([sum(r["label"] == l for r in tr.rows) + 0.5 for l in labels])
+    raw = session.task.raw_scores(model, pool[:6], 8, session.device)
+    assert torch.allclose(torch.softmax(raw + model.label_offsets, -1).mean(0), shares / shares.sum(), atol=1e-4)
+    # predictions add the offsets to the label log-probabilities, and a reloaded checkpoint does the same
+    rows = [{"text": r[0]} for r in ROWS]
+    preds = session.predict(model, rows)
+    expected = session.task.raw_scores(model, rows, 8, session.device) + model.label_offsets
+    assert [p["prediction"] for p in preds] == [labels[int(e.argmax())] for e in expected]
+    loaded = Predictor.load(tmp_path / "out")
+    assert torch.allclose(loaded.model.label_offsets, model.label_offsets)
+    assert [p["prediction"] for p in loaded.predict_rows(rows)] == [p["prediction"] for p in preds]
+    # a prediction-time variant in cross-validation fits them for each fold model
+    plain_cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1})
+    both = cross_validate(plain_cfg, folds=2, seeds=[1], show_progress=False,
+                          variants=[{}, {"calibrate": "prior"}])
+    assert [v["settings"] for v in both["variants"]] == [{}, {"calibrate": "prior"}]
+    # without the offsets, or without unlabeled rows, it says what is missing
+    bare = session.new_model(1)
+    with pytest.raises(PtuneError, match="no fitted label offsets"):
+        session.predict(bare, rows)
+    with pytest.raises(ConfigError, match="data.unlabeled"):
+        tiny_config(tiny_causal_dir, {"train": data["train"]}, task={"calibrate": "prior"})
+    session.unlabeled = None
+    with pytest.raises(PtuneError, match="unlabeled"):
+        fit_label_offsets(session, bare, tr, 1)

@@ -83,12 +83,18 @@ class TaskConfig:
     calibrate: str = "none"
     """Classification only: ``content_free`` divides each label's probability by its probability for inputs whose
     data fields say nothing ("N/A", empty), so that the model's prior for a label word does not outvote the
-    evidence (Zhao et al., 2021); ``none`` ranks the raw scores."""
+    evidence (Zhao et al., 2021); ``prior`` adds per-label offsets, fitted after training on ``data.unlabeled``
+    rows, that make the mean predicted label distribution there equal the training rows' label shares (they are
+    saved in the checkpoint); ``none`` ranks the raw scores."""
+    prior_rows: int = 300
+    """``calibrate: prior``: how many unlabeled rows (a seeded sample) the offsets are fitted on."""
 
     def __post_init__(self):
         _choice("task.type", self.type, ("classification", "generation", "probing"))
         _choice("task.score", self.score, ("sum", "mean"))
-        _choice("task.calibrate", self.calibrate, ("none", "content_free"))
+        _choice("task.calibrate", self.calibrate, ("none", "content_free", "prior"))
+        if self.prior_rows < 1:
+            raise ConfigError(f"task.prior_rows must be >= 1, got {self.prior_rows}")
         if self.calibrate != "none" and self.type != "classification":
             raise ConfigError(f"task.calibrate is {self.calibrate!r} but applies to classification only "
                               f"(task.type is {self.type!r})")
@@ -228,6 +234,9 @@ class Config:
     def __post_init__(self):
         if self.train.self_train_rows and not self.data.unlabeled:
             raise ConfigError("train.self_train_rows is set but data.unlabeled is not: give the unlabeled rows")
+        if self.task.calibrate == "prior" and not self.data.unlabeled:
+            raise ConfigError("task.calibrate is 'prior' but data.unlabeled is not: the offsets are fitted on "
+                              "unlabeled rows of the task")
         for name in ("objective", "class_weights", "self_train_rows"):
             if getattr(self.train, name) != TrainConfig.__dataclass_fields__[name].default \
                     and self.task.type != "classification":

@@ -77,6 +77,7 @@ class PTuningModel(nn.Module):
         self._table: torch.Tensor | None = None  # cached prompt table for inference
         self._prefix: tuple | None = None  # (prefix ids and virtual indices, their keys and values) for inference
         self.use_prefix_cache = True
+        self.label_offsets: torch.Tensor | None = None  # classification, ``task.calibrate: prior``: added to scores
         params = inspect.signature(base.forward).parameters
         self._keeps_logits = "logits_to_keep" in params
         # the KV-cache argument's name: `cache` from transformers 5.x on, `past_key_values` before

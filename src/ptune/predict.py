@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
@@ -55,6 +56,13 @@ class Predictor:
         except ValueError as err:
             raise CheckpointError(f"{folder}: the encoder weights do not fit the manifest's config ({err})") from None
         model.set_prompt_table(prompts)
+        if meta.get("label_offsets") is not None:  # task.calibrate: prior
+            offsets = meta["label_offsets"]
+            names = session.task.labels.labels if session.task.labels else []
+            if not isinstance(offsets, dict) or sorted(offsets) != sorted(names):
+                raise CheckpointError(f"{folder / checkpoint.MANIFEST}: label_offsets must give a number for each "
+                                      f"label {names}")
+            model.label_offsets = torch.tensor([float(offsets[n]) for n in names])
         model.eval()
         return cls(session, model, meta)
 

@@ -19,7 +19,7 @@ import torch
 
 from .config import TaskConfig
 from .data import Encoded, Renderer, Table, collate
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, PtuneError
 from .evaluate import classification_metrics, precision_at_1
 from .labels import LabelSpace
 from .model import PTuningModel
@@ -222,12 +222,24 @@ class ClassificationTask(Task):
             free = torch.log_softmax(self.scores(model, self.content_free_rows(), batch_size, device), dim=-1)
             prior = torch.logsumexp(free, dim=0) - math.log(len(free))
             scores = torch.log_softmax(scores, dim=-1) - prior
+        elif self.cfg.calibrate == "prior":
+            offsets = getattr(model, "label_offsets", None)
+            if offsets is None:
+                raise PtuneError("task.calibrate is 'prior' but this model has no fitted label offsets (they are "
+                                 "fitted at the end of training, on data.unlabeled)")
+            scores = torch.log_softmax(scores, dim=-1) + offsets
         out = []
         for row_scores in scores:
             best = int(row_scores.argmax())
             out.append({"prediction": self.labels.labels[best],
                         "scores": {l: round(float(s), 4) for l, s in zip(self.labels.labels, row_scores)}})
         return out
+
+    def raw_scores(self, model, rows, batch_size, device) -> torch.Tensor:
+        """(rows, labels) log-probabilities normalised over the labels, before any calibration."""
+        model.eval()
+        with torch.inference_mode():
+            return torch.log_softmax(self.scores(model, rows, batch_size, device), dim=-1)
 
     def metrics(self, rows, predictions):
         gold = [r[self.label_column] for r in rows]
@@ -392,3 +404,25 @@ def classify_mixed(groups: list[tuple[ClassificationTask, PTuningModel, list[dic
                 s_ = logp / len(ids) if task.cfg.score == "mean" else logp
                 scores[g][ri, li] = max(scores[g][ri, li].item(), s_)
     return [task.finish(model, sc, batch_size, device) for (task, model, _), sc in zip(groups, scores)]
+
+
+def prior_offsets(logp: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    """Per-label offsets b such that the mean over rows of softmax(logp + b) equals ``shares``: the minimum of the
+    convex mean_i logsumexp(logp_i + b) - shares . b (its gradient is the mean prediction minus the shares).
+    ``logp``: (rows, labels) log-probabilities; ``shares``: (labels,) positive, summing to 1. Centred to mean 0."""
+    logp = logp.double()
+    target = shares.double()
+    b = torch.zeros(logp.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([b], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
+                            line_search_fn="strong_wolfe")
+
+    def objective():
+        opt.zero_grad()
+        value = torch.logsumexp(logp + b, dim=-1).mean() - (target * b).sum()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        opt.step(objective)
+    b = b.detach()
+    return (b - b.mean()).float()

@@ -405,7 +405,32 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
     elif dev is not None and best_in_memory:
         model.load_trainable_state(best_in_memory)
     model.eval()
+    if session.task.cfg.type == "classification" and session.task.cfg.calibrate == "prior":
+        fit_label_offsets(session, model, train, seed)
+        if out_dir is not None and (out_dir / checkpoint.MANIFEST).is_file():  # the kept model, now with offsets
+            training = checkpoint.load_model(out_dir)[0].get("training")
+            on_main(acc, lambda: save_inference(session, model, out_dir, seed=seed, extra={"training": training}))
     return model, prog
+
+
+def fit_label_offsets(session: Session, model: PTuningModel, train: Table, seed: int) -> None:
+    """``task.calibrate: prior``: per-label offsets that make the model's mean label distribution on a seeded sample
+    of the unlabeled rows equal the training rows' label shares. A model that ranks rows well but puts its
+    threshold in the wrong place (all rows to the majority label, say) is moved back; the offsets are fitted on
+    rows whose labels nobody knows, so no held-out label is used."""
+    from .tasks import prior_offsets
+
+    if session.unlabeled is None or not session.unlabeled.rows:
+        raise PtuneError("task.calibrate is 'prior' but no unlabeled rows were read (data.unlabeled)")
+    pool = list(session.unlabeled.rows)
+    random.Random(seed).shuffle(pool)
+    pool = pool[:session.task.cfg.prior_rows]
+    labels = session.task.labels
+    counts = torch.tensor([0.5] * len(labels.labels), dtype=torch.float64)  # +0.5: no label's share is zero
+    for row in train.rows:
+        counts[labels.index(row[session.task.cfg.label_column])] += 1
+    logp = session.task.raw_scores(model, pool, session.cfg.train.eval_batch_size, session.device)
+    model.label_offsets = prior_offsets(logp, counts / counts.sum()).to(logp.device)
 
 
 def save_inference(session: Session, model: PTuningModel, out_dir: Path, extra: dict | None = None,
@@ -419,6 +444,9 @@ def save_inference(session: Session, model: PTuningModel, out_dir: Path, extra: 
     config = session.cfg.to_dict()
     if seed is not None:
         config["train"]["seed"] = seed
+    if model.label_offsets is not None:
+        extra = dict(extra or {}) | {"label_offsets": dict(zip(session.task.labels.labels,
+                                                               model.label_offsets.tolist()))}
     checkpoint.save_model(out_dir, config=config, labels=labels, base=session.base.identity,
                           encoder_state=model.trainable_state(), prompts=table, extra=extra)
     model.train(was_training)
@@ -615,6 +643,9 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
     rows = train_table.rows
     key = [r[cfg.task.label_column] if cfg.task.type == "classification" else "" for r in rows]
     task_cfg = session.task.cfg
+    needs_offsets = any(v.get("calibrate") == "prior" for v in variants)
+    if needs_offsets and session.unlabeled is None:
+        raise PtuneError("the variant task.calibrate: prior needs unlabeled rows (data.unlabeled)")
     results: list[list[dict]] = [[] for _ in variants]
     members: list[list[dict]] = [[] for _ in variants]  # each ensemble member alone
     t0 = time.perf_counter()
@@ -634,6 +665,8 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
                 te = Table(f"{train_table.source} fold {f + 1}", train_table.columns, [rows[i] for i in held])
                 if ensemble == 1:
                     model, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed)
+                    if needs_offsets and model.label_offsets is None:  # a prediction-time variant asks for them
+                        fit_label_offsets(session, model, tr, seed)
                     for v, settings in enumerate(variants):
                         session.task.cfg = dataclasses.replace(task_cfg, **settings)
                         metrics = evaluate(model, session, te) | {"fold": f + 1, "seed": seed}
@@ -643,6 +676,8 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
                 probs: list[torch.Tensor | None] = [None] * len(variants)
                 for m in range(ensemble):
                     model, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed + 100 * m)
+                    if needs_offsets and model.label_offsets is None:
+                        fit_label_offsets(session, model, tr, seed + 100 * m)
                     for v, settings in enumerate(variants):
                         session.task.cfg = dataclasses.replace(task_cfg, **settings)
                         preds = session.predict(model, te.rows)
