@@ -132,6 +132,7 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path) -> dict:
         "task": cfg.task.type,
         "labels": meta.get("labels"),
         "score": cfg.task.score,
+        "label_offsets": meta.get("label_offsets"),  # task.calibrate: prior; PEFT has no place for them
         "base": meta["base"],
         "config": meta["config"],
         "source_checkpoint": str(checkpoint_dir),
@@ -151,6 +152,10 @@ def _readme(meta: dict, adapter: dict) -> str:
     label_lines = "".join(f"- `{l}`: {', '.join(repr(meta['target_prefix'] + w) for w in ws)}\n"
                           for l, ws in labels.items())
     label_section = f"\n## Labels (label: word(s) the model scores)\n\n{label_lines}" if label_lines else ""
+    if meta.get("label_offsets"):
+        offsets = ", ".join(f"`{l}`: {v:+.4f}" for l, v in meta["label_offsets"].items())
+        label_section += (f"\nThe checkpoint was calibrated (`task.calibrate: prior`): add these offsets to each label's "
+                          f"log-probability (normalised over the labels) before taking the best: {offsets}\n")
     return f"""# PEFT adapter exported by ptune
 
 A `PROMPT_TUNING` adapter ({adapter['num_virtual_tokens']} virtual tokens of width {adapter['token_dim']}) holding
