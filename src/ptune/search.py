@@ -160,10 +160,11 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     session.unlabeled = unlabeled(best_cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     # members use the training seeds cross_validate gave them: seed, seed + 100, ...
-    member_dirs = [out_dir] + [out_dir / "members" / f"seed-{best_cfg.train.seed + 100 * m}" for m in range(1, ensemble)]
-    for m, member_dir in enumerate(member_dirs):
+    member_seeds = [best_cfg.train.seed + 100 * m for m in range(ensemble)]
+    member_dirs = [out_dir] + [out_dir / "members" / f"seed-{s}" for s in member_seeds[1:]]
+    for member_seed, member_dir in zip(member_seeds, member_dirs):
         member_dir.mkdir(parents=True, exist_ok=True)
-        fit(session, table, None, member_dir, show_progress=show_progress, seed=best_cfg.train.seed + 100 * m)
+        fit(session, table, None, member_dir, show_progress=show_progress, seed=member_seed)
     report = {"folds": folds, "seeds": seeds, "ensemble": ensemble, "seconds": round(time.perf_counter() - t0, 1),
               "best": best_i, "members": [str(d.relative_to(out_dir)) for d in member_dirs], "candidates": results}
     checkpoint.write_atomic(out_dir / "search.json", json.dumps(report, indent=2).encode())
