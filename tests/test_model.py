@@ -1,6 +1,9 @@
+import contextlib
+
 import torch
 
 from conftest import tiny_config
+from ptune import model as model_lib
 from ptune.data import collate
 from ptune.session import open_session
 
@@ -104,3 +107,27 @@ def test_bfloat16_model_scores_labels_with_a_float32_head(tiny_causal_dir):
     assert not torch.equal(logits, logits.bfloat16().float())  # finer than bfloat16 steps
     s.new_model()  # a second model over the same base does not wrap the head twice
     assert head._ptune_weight32.dtype == torch.float32
+
+
+def test_bfloat16_label_scoring_recomputes_the_scored_tokens_in_float32(tiny_causal_dir, monkeypatch):
+    """Label scoring runs the vocabulary product in bfloat16 and recomputes in float32 the scored words' tokens and
+    each position's most likely tokens: the words' first-token log-odds are the all-float32 head's (no bfloat16
+    ties), and every score is within 1e-3 of it (only part of the log-softmax normaliser is rounded)."""
+    cfg = tiny_config(tiny_causal_dir, model={"dtype": "bfloat16"})
+    s = open_session(cfg, label_values=["complaint", "no complaint"])
+    model = s.new_model(seed=3).eval()
+    r = s.task.renderer
+    words = [r.target_ids("complaint"), r.target_ids("no complaint")]
+    assert len(s.tokenizer) > 2 * model_lib.SCORING_TOP_K  # so part of the vocabulary stays bfloat16
+    texts = ["my order arrived late", "thanks for the quick reply", "the box was broken again", "great service"]
+    batch = s.task.batch([r.encode({"text": t}) for t in texts], "cpu")
+    with torch.inference_mode():
+        fast = model.continuation_logprobs(batch, words)
+        monkeypatch.setattr(model, "scoring_head", lambda ids: contextlib.nullcontext())
+        full = model.continuation_logprobs(batch, words)
+    for f, w in zip(fast, full):
+        assert torch.allclose(f, w, atol=1e-3)
+    assert not all(torch.equal(f, w) for f, w in zip(fast, full))  # the bfloat16 product did run
+    assert torch.allclose(fast[0][:, 0] - fast[1][:, 0], full[0][:, 0] - full[1][:, 0], atol=1e-5)
+    head = s.base.model.get_output_embeddings()
+    assert head._ptune_scored_ids is None  # reset on the way out
