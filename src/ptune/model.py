@@ -72,7 +72,7 @@ def float32_head(base: nn.Module) -> None:
         scored = head._ptune_scored_ids
         if scored is None or torch.is_grad_enabled():
             return F.linear(x.float(), head._ptune_weight32, head._ptune_bias32)
-        logits = F.linear(x, head.weight, head.bias).float()  # (..., V), bfloat16-rounded
+        logits = F.linear(x.to(head.weight.dtype), head.weight, head.bias).float()  # (..., V), bfloat16-rounded
         k = min(SCORING_TOP_K, logits.shape[-1])
         ids = torch.cat([logits.topk(k, dim=-1).indices, scored.to(logits.device).expand(*logits.shape[:-1], -1)],
                         dim=-1)  # (..., k + S): a scored token also among the top k is written twice, alike
