@@ -33,12 +33,17 @@ def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
     return (x,) + args[1:]
 
 
+def lm_head(base: nn.Module) -> nn.Module | None:
+    """The model's output projection to the vocabulary, where it has one."""
+    return base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+
+
 def fold_head_input(base: nn.Module) -> None:
     """Make the LM head's input contiguous. With ``logits_to_keep`` the head gets a strided slice (B, k, d) of the
     hidden states, which ``F.linear`` cannot fold into one matrix product: torch then runs a batched product against
     the (V, d) weight expanded and copied once per row (450 MB per step for a batch of 8 here, half the step's
     time). Copying the small slice instead gives the same numbers."""
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    head = lm_head(base)
     if isinstance(head, nn.Module) and not getattr(head, "_ptune_contiguous", False):
         head.register_forward_pre_hook(_contiguous_input)
         head._ptune_contiguous = True
@@ -58,7 +63,7 @@ def float32_head(base: nn.Module) -> None:
     scores: the scored tokens' (exact, so no ties) and each position's ``SCORING_TOP_K`` largest, which carry nearly
     all of the log-softmax normaliser. On 200 twitter_complaints test tweets the label scores moved by 0.002 at most
     and no prediction changed (benchmarks/README.md); the tests bound the difference on a tiny model."""
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    head = lm_head(base)
     if not isinstance(head, nn.Linear) or head.weight.dtype not in (torch.bfloat16, torch.float16):
         return
     if getattr(head, "_ptune_float32", False):
@@ -221,7 +226,7 @@ class PTuningModel(nn.Module):
         """Within: a float32 head (``float32_head``) computes the vocabulary in bfloat16 and recomputes in float32
         only ``token_ids`` (the words being scored) and each position's most likely tokens. No effect on a float32
         model or while autograd records."""
-        head = self.base.get_output_embeddings() if hasattr(self.base, "get_output_embeddings") else None
+        head = lm_head(self.base)
         if not getattr(head, "_ptune_float32", False):
             yield
             return

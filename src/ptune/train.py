@@ -656,6 +656,12 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
             label = f" {settings}" if settings else ""
             print(f"seed {seed} fold {f + 1}/{k}{label}{what}: {shown}")
 
+    def fold_model(tr: Table, seed_: int) -> PTuningModel:
+        model_, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed_)
+        if needs_offsets and model_.label_offsets is None:  # a prediction-time variant asks for them
+            fit_label_offsets(session, model_, tr, seed_)
+        return model_
+
     try:
         for seed in seeds:
             for f, held in enumerate(stratified_folds(key, k, seed)):
@@ -664,9 +670,7 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
                            [r for i, r in enumerate(rows) if i not in held_set])
                 te = Table(f"{train_table.source} fold {f + 1}", train_table.columns, [rows[i] for i in held])
                 if ensemble == 1:
-                    model, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed)
-                    if needs_offsets and model.label_offsets is None:  # a prediction-time variant asks for them
-                        fit_label_offsets(session, model, tr, seed)
+                    model = fold_model(tr, seed)
                     for v, settings in enumerate(variants):
                         session.task.cfg = dataclasses.replace(task_cfg, **settings)
                         metrics = evaluate(model, session, te) | {"fold": f + 1, "seed": seed}
@@ -675,9 +679,7 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
                     continue
                 probs: list[torch.Tensor | None] = [None] * len(variants)
                 for m in range(ensemble):
-                    model, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed + 100 * m)
-                    if needs_offsets and model.label_offsets is None:
-                        fit_label_offsets(session, model, tr, seed + 100 * m)
+                    model = fold_model(tr, seed + 100 * m)
                     for v, settings in enumerate(variants):
                         session.task.cfg = dataclasses.replace(task_cfg, **settings)
                         preds = session.predict(model, te.rows)
