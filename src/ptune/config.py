@@ -88,6 +88,14 @@ class TaskConfig:
     saved in the checkpoint); ``none`` ranks the raw scores."""
     prior_rows: int = 300
     """``calibrate: prior``: how many unlabeled rows (a seeded sample) the offsets are fitted on."""
+    head: str = "words"
+    """Classification only: how a row's label is read off the model. ``words`` ranks the label words (the verbalizer)
+    by the LM head's log-likelihood, the paper's way. ``linear``: a linear classifier over the hidden states of
+    layer ``head_layer``, averaged over the row's positions (the classification head of P-tuning v2 and of PEFT's
+    SEQ_CLS task type); it is fitted by L2-regularised logistic regression before and after the prompt is trained,
+    and saved with the encoder. Causal LMs only."""
+    head_layer: int = 0
+    """``head: linear``: which layer's output is pooled (1 = the first block's); 0 = the middle of the model."""
 
     def __post_init__(self):
         _choice("task.type", self.type, ("classification", "generation", "probing"))
@@ -100,6 +108,12 @@ class TaskConfig:
                               f"(task.type is {self.type!r})")
         if self.max_new_tokens < 1:
             raise ConfigError(f"task.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _choice("task.head", self.head, ("words", "linear"))
+        if self.head != "words" and self.type != "classification":
+            raise ConfigError(f"task.head is {self.head!r} but applies to classification only "
+                              f"(task.type is {self.type!r})")
+        if self.head_layer < 0:
+            raise ConfigError(f"task.head_layer must be >= 0 (0: the middle layer), got {self.head_layer}")
 
 
 @dataclass
@@ -242,6 +256,9 @@ class Config:
                     and self.task.type != "classification":
                 raise ConfigError(f"train.{name} is {getattr(self.train, name)!r} but applies to classification "
                                   f"only (task.type is {self.task.type!r})")
+        if self.task.head == "linear" and self.train.objective != "lm":
+            raise ConfigError("train.objective chooses how label words are trained (task.head: words); with "
+                              "task.head linear the classifier's cross-entropy is the objective: leave it at 'lm'")
         try:
             n = parse_template(self.task.template).n_virtual
         except TemplateError:

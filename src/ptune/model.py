@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,9 @@ from .encoder import PromptEncoder
 
 
 def trainable(name: str) -> bool:
-    """The one predicate for what is trained and what is saved: the encoder's parameters, nothing of the base."""
-    return name.startswith("encoder.")
+    """The one predicate for what is trained and what is saved: the encoder's parameters and, with ``task.head:
+    linear``, the classifier's; nothing of the base."""
+    return name.startswith(("encoder.", "classifier."))
 
 
 def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
@@ -90,12 +92,76 @@ def float32_head(base: nn.Module) -> None:
     head._ptune_float32 = True
 
 
+class LinearHead(nn.Module):
+    """``task.head: linear``: the pooled hidden state of one layer, standardised with the training rows' mean and
+    spread (the middle layers of a decoder have a few dimensions hundreds of times larger than the rest), then a
+    linear map to the labels. ``fit`` solves its convex problem to convergence: with 50 rows, a few dozen Adam
+    steps leave a linear classifier far from its optimum."""
+
+    def __init__(self, dim: int, n_labels: int, layer: int):
+        super().__init__()
+        self.layer = layer  # 1-based: the output of the layer-th block is pooled
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        self.linear = nn.Linear(dim, n_labels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, labels)
+        return self.linear((features.float() - self.mean) / self.scale)
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Standardise on ``features`` (N, d) and fit the weights by L2-regularised logistic regression (penalty
+        1/(2N) |W|^2, scikit-learn's C=1), ``weights`` per label, with L-BFGS."""
+        features = features.float()
+        self.mean.copy_(features.mean(0))
+        self.scale.copy_(features.std(0, correction=0) + 1e-4)
+        x = (features - self.mean) / self.scale
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        opt = torch.optim.LBFGS(self.linear.parameters(), max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
+                                line_search_fn="strong_wolfe")
+        w = None if weights is None else weights.to(x.device).float()
+
+        def objective():
+            opt.zero_grad()
+            value = F.cross_entropy(self.linear(x), labels.to(x.device), weight=w) \
+                + 0.5 / len(x) * self.linear.weight.pow(2).sum()
+            value.backward()
+            return value
+
+        with torch.enable_grad():
+            opt.step(objective)
+
+
+class _StopAt(Exception):
+    def __init__(self, hidden):
+        self.hidden = hidden
+
+
+def decoder_layers(base: nn.Module) -> nn.ModuleList:
+    """The base model's list of transformer blocks (``model.layers`` for Llama-likes, ``transformer.h`` for GPT-2)."""
+    n = getattr(base.config, "num_hidden_layers", None) or getattr(base.config, "n_layer", None)
+    for module in base.base_model.children():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"cannot find the {n} transformer blocks of {type(base).__name__}")
+
+
+_stop_here = threading.local()  # which block ends the current thread's forward pass (pooled_states); none: None
+
+
+def _stop_hook(module, args, output):
+    if getattr(_stop_here, "block", None) is module:
+        raise _StopAt(output[0] if isinstance(output, tuple) else output)
+
+
 class PTuningModel(nn.Module):
-    def __init__(self, base: nn.Module, encoder: PromptEncoder, kind: str):
+    def __init__(self, base: nn.Module, encoder: PromptEncoder, kind: str, classifier: LinearHead | None = None):
         super().__init__()
         self.base = base
         self.encoder = encoder
         self.kind = kind
+        self.classifier = classifier
         base.requires_grad_(False)
         base.eval()
         fold_head_input(base)
@@ -180,6 +246,31 @@ class PTuningModel(nn.Module):
         else:
             logits = self.base(**kwargs).logits[:, -(k + 1):]
         return logits[:, :-1], labels[:, width - k:]  # logit at t predicts token t+1
+
+    def pooled_states(self, batch) -> torch.Tensor:
+        """(B, d): the output of block ``classifier.layer``, averaged over each row's positions (pads left out).
+        The forward pass stops there: the blocks above it and the LM head never run."""
+        block = decoder_layers(self.base)[self.classifier.layer - 1]
+        if not getattr(block, "_ptune_stop_hook", False):
+            block.register_forward_hook(_stop_hook)  # inert unless this thread asks for it
+            block._ptune_stop_hook = True
+        embeds = self.embed(batch["input_ids"], batch["virtual_index"])
+        mask = batch["attention_mask"]
+        _stop_here.block = block
+        try:
+            self.base.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"],
+                                 use_cache=False)
+            raise RuntimeError(f"block {self.classifier.layer} never ran")
+        except _StopAt as stop:
+            hidden = stop.hidden.float()
+        finally:
+            _stop_here.block = None
+        keep = mask.unsqueeze(-1).float()
+        return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+    def class_logits(self, batch) -> torch.Tensor:
+        """(B, labels): ``task.head: linear``'s scores."""
+        return self.classifier(self.pooled_states(batch))
 
     def decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
         """Seq2seq: the decoder's input, the target shifted right after the start token (pads for -100)."""

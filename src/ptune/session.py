@@ -13,9 +13,9 @@ from .base import BaseModel, load_base
 from .config import Config
 from .data import Renderer, Table, check_table, read_table
 from .encoder import EmbeddingEncoder, build_encoder, init_table
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .labels import LabelSpace
-from .model import PTuningModel
+from .model import LinearHead, PTuningModel, decoder_layers
 from .tasks import Task, build_task
 from .template import Template, parse_template
 
@@ -80,7 +80,10 @@ class Session:
         init = init_table(self.cfg.encoder, n, embeddings, self.tokenizer)
         # a template without virtual tokens (a manual-prompt baseline) gets an empty table
         encoder = (build_encoder(self.cfg.encoder, n, dim, init) if n else EmbeddingEncoder(0, dim)).to(self.device)
-        return PTuningModel(self.base.model, encoder, self.base.kind)
+        classifier = None
+        if self.cfg.task.head == "linear":
+            classifier = LinearHead(dim, len(self.task.labels.labels), head_layer(self)).to(self.device)
+        return PTuningModel(self.base.model, encoder, self.base.kind, classifier)
 
     def predict(self, model: PTuningModel, rows: list[dict], progress=None) -> list[dict]:
         model.eval()
@@ -97,6 +100,9 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
     if base is None:
         base = load_base(cfg.model, device=device, check=check_identity)
     template.validate(kind=base.kind, needs_virtual=not allow_no_virtual)
+    if cfg.task.head == "linear" and base.kind != "causal":
+        raise ConfigError(f"task.head linear needs a causal LM; {cfg.model.name_or_path} is a {base.kind} LM "
+                          "(use task.head words)")
     if labels is None and cfg.task.type == "classification":
         labels = LabelSpace.build(cfg.task.verbalizer, label_values)
     renderer = Renderer(template, base.tokenizer, base.kind, min(cfg.train.max_length, model_context(base)),
@@ -105,6 +111,18 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
     task.objective, task.class_weights = cfg.train.objective, cfg.train.class_weights
     device = next(base.model.parameters()).device
     return Session(cfg, base, template, task, device)
+
+
+def head_layer(session: Session) -> int:
+    """``task.head_layer``, checked against the model's depth (0: the middle block)."""
+    try:
+        depth = len(decoder_layers(session.base.model))
+    except ValueError as err:
+        raise ConfigError(f"task.head linear: {err}") from None
+    layer = session.cfg.task.head_layer or depth // 2
+    if layer > depth:
+        raise ConfigError(f"task.head_layer is {layer} but {session.cfg.model.name_or_path} has {depth} blocks")
+    return layer
 
 
 def model_context(base: BaseModel) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .config import TaskConfig
 from .data import Encoded, Renderer, Table, collate
@@ -112,11 +113,17 @@ class ClassificationTask(Task):
             for i, row in enumerate(table.rows, 1):
                 self.labels.index(row[self.label_column], where=f"{table.source}: row {i}: ")
 
+    @property
+    def linear_head(self) -> bool:
+        return self.cfg.head == "linear"
+
     def train_examples(self, table):
         out = []
         for i, row in enumerate(table.rows, 1):
             label = self.labels.index(row[self.label_column], where=f"{table.source}: row {i}: ")
-            enc = self.renderer.encode(row, self.renderer.target_ids(self.labels.words[label][0]))
+            # a linear head reads the input alone: the label word must not be in it
+            enc = self.renderer.encode(row, None if self.linear_head else
+                                       self.renderer.target_ids(self.labels.words[label][0]))
             enc.label_index = label
             out.append(enc)
         return out, 0
@@ -134,11 +141,35 @@ class ClassificationTask(Task):
                         "change task.verbalizer or use train.objective lm")
         return firsts
 
+    def label_weights(self, examples) -> torch.Tensor | None:
+        """Per-label loss weights: None, or ``balanced`` (inverse label frequency, mean 1 over rows)."""
+        if self.class_weights != "balanced":
+            return None
+        counts = torch.bincount(torch.tensor([e.label_index for e in examples]), minlength=len(self.labels.labels))
+        return len(examples) / (len(self.labels.labels) * counts.clamp(min=1).float())
+
+    def fit_head(self, model: PTuningModel, examples: list[Encoded], batch_size: int, device) -> None:
+        """``head: linear``: fit the classifier to these rows' pooled states under the current prompt."""
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            features = torch.empty(len(examples), model.encoder.table.shape[1])
+            for idx, chunk in _batches(examples, batch_size):
+                features[idx] = model.pooled_states(self.batch(chunk, device)).cpu()
+        model.classifier.fit(features.to(device), torch.tensor([e.label_index for e in examples], device=device),
+                             self.label_weights(examples))
+        model.train(was_training)
+
     def make_loss(self, examples):
-        weights = None
-        if self.class_weights == "balanced":
-            counts = torch.bincount(torch.tensor([e.label_index for e in examples]), minlength=len(self.labels.labels))
-            weights = len(examples) / (len(self.labels.labels) * counts.clamp(min=1).float())
+        weights = self.label_weights(examples)
+        if self.linear_head:
+            def linear_head(model, batch):
+                logp = F.log_softmax(model.class_logits(batch), dim=-1)
+                gold = batch["label_index"]
+                nll = -logp.gather(1, gold.unsqueeze(1)).squeeze(1)
+                w = weights.to(nll.device)[gold] if weights is not None else torch.ones_like(nll)
+                return (nll * w).sum(), w.sum()
+            return linear_head
         if self.objective == "lm":
             if weights is None:
                 return super().make_loss(examples)
@@ -159,7 +190,15 @@ class ClassificationTask(Task):
         return classify
 
     def scores(self, model, rows, batch_size, device, progress=None) -> torch.Tensor:
-        """(rows, labels): each label's score, the best over its alternative words of the words' log-likelihood."""
+        """(rows, labels): each label's score, the best over its alternative words of the words' log-likelihood
+        (``head: linear``: the classifier's log-probabilities)."""
+        if self.linear_head:
+            scores = torch.empty(len(rows), len(self.labels.labels))
+            for idx, chunk in _batches([self.renderer.encode(row) for row in rows], batch_size):
+                scores[idx] = F.log_softmax(model.class_logits(self.batch(chunk, device)), dim=-1).float().cpu()
+                if progress:
+                    progress(len(chunk))
+            return scores
         targets = [(li, self.renderer.target_ids(w)) for li, ws in enumerate(self.labels.words) for w in ws]
         scores = torch.full((len(rows), len(self.labels.labels)), -math.inf)
 
@@ -364,6 +403,12 @@ def classify_mixed(groups: list[tuple[ClassificationTask, PTuningModel, list[dic
     the same as its own ``predict``."""
     from .encoder import EmbeddingEncoder
 
+    if any(task.linear_head for task, _, _ in groups):  # no label words to share: those tasks score on their own
+        alone = {g for g, (task, _, _) in enumerate(groups) if task.linear_head}
+        rest = [group for g, group in enumerate(groups) if g not in alone]
+        mixed = iter(classify_mixed(rest, batch_size, device) if rest else [])
+        return [task.predict(model, rows, batch_size, device) if g in alone else next(mixed)
+                for g, (task, model, rows) in enumerate(groups)]
     base = groups[0][1].base
     if any(m.base is not base or not m.can_score_continuations for _, m, _ in groups):
         raise ValueError("classify_mixed needs causal models over one shared base")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoint
@@ -87,11 +88,17 @@ class _CtrlC:
 
 @torch.no_grad()
 def mean_loss(model: PTuningModel, session: Session, examples: list[Encoded]) -> float:
+    """Mean target-token NLL (``task.head: linear``: the classifier's mean cross-entropy over rows)."""
     model.eval()
     total, count = 0.0, 0
     bs = session.cfg.train.eval_batch_size
     for start in range(0, len(examples), bs):
         batch = session.task.batch(examples[start:start + bs], session.device)
+        if model.classifier is not None:
+            logp = F.log_softmax(model.class_logits(batch), dim=-1)
+            total += -logp.gather(1, batch["label_index"].unsqueeze(1)).sum().item()
+            count += len(logp)
+            continue
         logp, mask = model.token_logprobs(batch)
         total += -logp.sum().item()
         count += int(mask.sum())
@@ -205,6 +212,11 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
     if truncated and main:
         print(f"note: {truncated} of {len(examples)} training rows have data fields truncated to fit "
               f"{session.task.renderer.max_length} tokens (virtual tokens and the target are kept)", file=sys.stderr)
+    linear_head = model.classifier is not None
+    if linear_head and not resume:
+        # the prompt is trained against a classifier already fitted to the untrained prompt's states, and the
+        # classifier is fitted again to the trained prompt's states at the end (below); only the encoder takes steps
+        session.task.fit_head(model, examples, tc.eval_batch_size, session.device)
     params = [p for p in model.encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     accum = tc.grad_accum
@@ -238,7 +250,7 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
             return model, prog
 
     step_module = _Step(model, session.task.make_loss(examples), sharded=world > 1)
-    share_prefix = tc.share_prefix and model.can_score_continuations
+    share_prefix = tc.share_prefix and model.can_score_continuations and not linear_head  # (pools every position)
     if world > 1:
         # DDP syncs the encoder only: the frozen base's weights and buffers (identical on every process) are never
         # broadcast, at the start or at each forward
@@ -405,11 +417,16 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
     elif dev is not None and best_in_memory:
         model.load_trainable_state(best_in_memory)
     model.eval()
+    refit = linear_head
+    if refit:
+        session.task.fit_head(model, examples, tc.eval_batch_size, session.device)
     if session.task.cfg.type == "classification" and session.task.cfg.calibrate == "prior":
         fit_label_offsets(session, model, train, seed)
-        if out_dir is not None and (out_dir / checkpoint.MANIFEST).is_file():  # the kept model, now with offsets
-            training = checkpoint.load_model(out_dir)[0].get("training")
-            on_main(acc, lambda: save_inference(session, model, out_dir, seed=seed, extra={"training": training}))
+        refit = True
+    if refit and out_dir is not None and (out_dir / checkpoint.MANIFEST).is_file():
+        # the kept model, now with its final classifier and/or offsets
+        training = checkpoint.load_model(out_dir)[0].get("training")
+        on_main(acc, lambda: save_inference(session, model, out_dir, seed=seed, extra={"training": training}))
     return model, prog
 
 

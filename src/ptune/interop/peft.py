@@ -94,6 +94,10 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path) -> dict:
     meta, _, prompts = checkpoint.load_model(checkpoint_dir)
     cfg = config_from_dict(meta["config"])
     template = parse_template(meta["template"])
+    if cfg.task.head != "words":
+        raise PtuneError(f"export {checkpoint_dir}: this model reads labels with a linear classifier (task.head "
+                         f"{cfg.task.head}); a PEFT CAUSAL_LM prompt adapter holds the prompt only and would answer "
+                         "with label words instead")
     if not template.is_prefix:  # before loading anything
         _check_compatible(template, "causal", None, f"export {checkpoint_dir}")
     folder, identity, kind, hf_config, tokenizer = _base_and_tokenizer(cfg.model)
