@@ -152,3 +152,16 @@ def test_bad_head_settings_are_refused_with_the_reason(tiny_causal_dir, tiny_mas
         export_peft(tmp_path / "ckpt", tmp_path / "peft")
     assert not (tmp_path / "peft").exists()
     assert json.loads((tmp_path / "ckpt" / "ptune.json").read_text())["config"]["task"]["head"] == "linear"
+
+
+def test_baselines_add_the_linear_probe_on_the_same_folds(tiny_causal_dir, tiny_data):
+    from ptune.baselines import baselines
+
+    cfg = tiny_config(tiny_causal_dir, tiny_data, task=HEAD)
+    out = baselines(cfg, "Tweet text : {text} Label : [TARGET]", folds=2, seeds=[0, 1])
+    assert set(out) == {"majority", "zero_shot", "linear_probe"}
+    for name in out:
+        assert len(out[name]["runs"]) == 4 and 0 <= out[name]["macro_f1"]["mean"] <= 1
+    words = tiny_config(tiny_causal_dir, tiny_data)
+    assert set(baselines(words, "Tweet text : {text} Label : [TARGET]", folds=2, seeds=[0])) == {"majority",
+                                                                                                 "zero_shot"}

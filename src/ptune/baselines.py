@@ -1,5 +1,7 @@
-"""Baselines that a P-tuned model must beat: the majority class, and a zero-shot manual prompt (the same label
-ranking through a template with no virtual tokens, no training), both on the same folds as cross-validation."""
+"""Baselines that a P-tuned model must beat: the majority class, a zero-shot manual prompt (the same label ranking
+through a template with no virtual tokens, no training) and, for ``task.head: linear``, the linear probe (the same
+classifier fitted on the manual prompt's states: no virtual tokens, nothing else trained); all on the same folds
+as cross-validation."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections import Counter
 
 from .config import Config
 from .data import Table
+from .session import Session
 from .evaluate import classification_metrics
 from .session import open_session
 from .train import prepare, stratified_folds
@@ -40,13 +43,34 @@ def majority_baseline(cfg: Config, table: Table, folds: int, seeds: list[int]) -
     return _summary(runs)
 
 
+def _manual_session(cfg: Config, template: str, table: Table, base, head: str) -> Session:
+    mcfg = Config(**{**cfg.__dict__})
+    mcfg.task = type(cfg.task)(**{**cfg.task.__dict__, "template": template, "head": head})
+    return open_session(mcfg, label_values=table.column(cfg.task.label_column), base=base, allow_no_virtual=True)
+
+
+def linear_probe(cfg: Config, template: str, table: Table, folds: int, seeds: list[int], base=None) -> dict:
+    """``task.head: linear`` without P-tuning: the classifier fitted on each training fold's pooled states under
+    the manual prompt (``template``, no virtual tokens), scored on the held-out fold. What the trained prompt adds
+    is the P-tuned model's lead over this."""
+    session = _manual_session(cfg, template, table, base, "linear")
+    runs = []
+    col = cfg.task.label_column
+    for (train_rows, test_rows), seed in zip(folds_of(cfg, table, folds, seeds),
+                                             [s for s in seeds for _ in range(folds)]):
+        model = session.new_model(seed)
+        examples, _ = session.task.train_examples(Table(table.source, table.columns, train_rows))
+        session.task.fit_head(model, examples, cfg.train.eval_batch_size, session.device)
+        preds = session.predict(model, test_rows)
+        runs.append(classification_metrics([r[col] for r in test_rows], [p["prediction"] for p in preds],
+                                           session.task.labels.labels))
+    return _summary(runs)
+
+
 def zero_shot(cfg: Config, template: str, table: Table, folds: int, seeds: list[int], base=None) -> dict:
     """Rank the label words after a manual prompt (``template`` has no virtual tokens); nothing is trained, so
     each fold's score is just the held-out rows' accuracy under the same label ranking."""
-    zcfg = Config(**{**cfg.__dict__})
-    zcfg.task = type(cfg.task)(**{**cfg.task.__dict__, "template": template})
-    values = table.column(cfg.task.label_column)
-    session = open_session(zcfg, label_values=values, base=base, allow_no_virtual=True)
+    session = _manual_session(cfg, template, table, base, "words")
     model = session.new_model()
     preds = {id(r): p for r, p in zip(table.rows, session.predict(model, table.rows))}
     runs = []
@@ -62,5 +86,8 @@ def baselines(cfg: Config, manual_template: str, folds: int | None = None, seeds
     session, table, _ = prepare(cfg)
     folds = folds or cfg.train.cv_folds
     seeds = seeds or [cfg.train.seed]
-    return {"majority": majority_baseline(cfg, table, folds, seeds),
-            "zero_shot": zero_shot(cfg, manual_template, table, folds, seeds, base=session.base)}
+    out = {"majority": majority_baseline(cfg, table, folds, seeds),
+           "zero_shot": zero_shot(cfg, manual_template, table, folds, seeds, base=session.base)}
+    if cfg.task.head == "linear":
+        out["linear_probe"] = linear_probe(cfg, manual_template, table, folds, seeds, base=session.base)
+    return out
