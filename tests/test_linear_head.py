@@ -165,3 +165,27 @@ def test_baselines_add_the_linear_probe_on_the_same_folds(tiny_causal_dir, tiny_
     words = tiny_config(tiny_causal_dir, tiny_data)
     assert set(baselines(words, "Tweet text : {text} Label : [TARGET]", folds=2, seeds=[0])) == {"majority",
                                                                                                  "zero_shot"}
+
+
+def test_a_linear_head_without_virtual_tokens_is_the_probe_and_checkpoints_like_any_model(tiny_causal_dir, tiny_data,
+                                                                                          tmp_path):
+    from ptune.baselines import linear_probe
+    from ptune.errors import TemplateError
+
+    probe = HEAD | {"template": "Tweet text : {text} Label : [TARGET]"}
+    cfg = tiny_config(tiny_causal_dir, tiny_data, task=probe)
+    summary = train(cfg, tmp_path / "probe", show_progress=False)
+    assert summary["steps"] == 0  # nothing but the classifier is fitted
+    loaded = Predictor.load(tmp_path / "probe")
+    assert loaded.model.encoder.n_virtual == 0
+    rows = [{"text": "my order arrived late"}, {"text": "thanks"}]
+    assert all(p["prediction"] in ("complaint", "no complaint") for p in loaded.predict_rows(rows))
+    # cv of the probe config is the probe baseline, fold for fold
+    from ptune.train import cross_validate
+
+    cv = cross_validate(cfg, folds=2, seeds=[3], show_progress=False)
+    session, table, _ = prepare(cfg)
+    base = linear_probe(cfg, probe["template"], table, 2, [3], base=session.base)
+    assert [r["macro_f1"] for r in cv["runs"]] == pytest.approx([r["macro_f1"] for r in base["runs"]])
+    with pytest.raises(TemplateError, match="no virtual tokens"):  # the words head still needs a prompt to train
+        prepare(tiny_config(tiny_causal_dir, tiny_data, task={"template": probe["template"]}))

@@ -34,7 +34,9 @@ def read_split(cfg: Config, name: str) -> Table | None:
 
 def check_inputs(cfg: Config, template: Template, table: Table, *, labelled: bool) -> None:
     """Columns the template and task need, present and non-empty in every row (before any model is loaded)."""
-    template.validate(kind=None, needs_virtual=True, columns=table.columns, field_map=cfg.data.columns,
+    # a linear head may stand alone (the linear probe: a baseline, and a candidate ``ptune search`` can weigh)
+    template.validate(kind=None, needs_virtual=cfg.task.head != "linear", columns=table.columns,
+                      field_map=cfg.data.columns,
                       where=f"task.template (checked against {table.source})")
     needed = [cfg.data.columns.get(f, f) for f in template.fields]
     check_table(table, needed)
@@ -99,7 +101,7 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
     template = parse_template(cfg.task.template)
     if base is None:
         base = load_base(cfg.model, device=device, check=check_identity)
-    template.validate(kind=base.kind, needs_virtual=not allow_no_virtual)
+    template.validate(kind=base.kind, needs_virtual=not allow_no_virtual and cfg.task.head != "linear")
     if cfg.task.head == "linear" and base.kind != "causal":
         raise ConfigError(f"task.head linear needs a causal LM; {cfg.model.name_or_path} is a {base.kind} LM "
                           "(use task.head words)")

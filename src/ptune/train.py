@@ -223,6 +223,8 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
     batches_per_epoch = math.ceil(len(examples) / tc.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / accum)  # an optimizer step takes up to grad_accum batches
     total = tc.max_steps or tc.epochs * steps_per_epoch
+    if linear_head and model.encoder.n_virtual == 0:
+        total = 0  # the linear probe: nothing but the classifier, fitted above and again below
     warmup = int(tc.warmup_ratio * total)
     metric = cfg.metric
     prog = Progress()
@@ -388,7 +390,7 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
                     save_state()
                     whole = True
             whole = False
-            if prog.history and prog.history[-1].get("kind") == "train":
+            if (prog.history and prog.history[-1].get("kind") == "train") or total == 0:
                 run_eval()  # the steps since the last evaluation (max_steps inside an epoch, or eval_every)
             prog.done = True
             save_state()
