@@ -74,3 +74,18 @@ def test_search_ensemble_must_be_positive(tiny_causal_dir, tmp_path):
     search_config(tiny_causal_dir, tmp_path, {"ensemble": 0, "space": {"train.lr": [1e-2]}})
     with pytest.raises(ConfigError, match="search.ensemble"):
         run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+
+
+def test_search_weighs_the_linear_head_and_its_probe_and_the_winner_reloads(tiny_causal_dir, tmp_path):
+    cfg = search_config(tiny_causal_dir, tmp_path, {"space": {"task.template": [
+        "{text} Label : [TARGET]", "{text} [P*2] Label : [TARGET]"]}}, lr=3e-2)
+    cfg["task"].update(head="linear", head_layer=1)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    assert len(report["candidates"]) == 2
+    predictor = Predictor.load(tmp_path / "out")
+    best = report["candidates"][report["best"]]["settings"]["task.template"]
+    assert predictor.session.cfg.task.template == best and predictor.session.cfg.task.head == "linear"
+    assert predictor.model.encoder.n_virtual == (2 if "[P*2]" in best else 0)
+    preds = predictor.predict_rows([{"text": "thanks"}, {"text": "broken box"}])
+    assert all(p["prediction"] in ("complaint", "no complaint") for p in preds)
