@@ -110,3 +110,24 @@ def tiny_config(model_dir: Path, data: dict | None = None, **sections) -> "Confi
     for section, updates in sections.items():
         values.setdefault(section, {}).update(updates)
     return config_from_dict(values)
+
+
+def train_interrupted_then_resumed(cfg, out_dir: Path, monkeypatch, step: int) -> None:
+    """``ptune train`` stopped by Ctrl-C at ``step`` (a resumable state saved), then continued with --resume."""
+    import importlib
+
+    from ptune.errors import PtuneError
+
+    module = importlib.import_module("ptune.train")  # the module (ptune.train is also a function)
+    real = module.lr_factor
+
+    def interrupt(step_, total, warmup):
+        if step_ == step:
+            raise KeyboardInterrupt
+        return real(step_, total, warmup)
+
+    monkeypatch.setattr(module, "lr_factor", interrupt)
+    with pytest.raises(PtuneError, match=f"interrupted at step {step}.*--resume"):
+        module.train(cfg, out_dir, show_progress=False)
+    monkeypatch.setattr(module, "lr_factor", real)
+    module.train(cfg, out_dir, resume=True, show_progress=False)

@@ -92,25 +92,12 @@ def test_trained_checkpoint_holds_the_refitted_head_and_reloads_to_the_same_pred
 
 
 def test_resume_gives_the_same_head_as_an_uninterrupted_run(tiny_causal_dir, tiny_data, tmp_path, monkeypatch):
-    import importlib
-
+    from conftest import train_interrupted_then_resumed
     from ptune import checkpoint
 
     cfg = tiny_config(tiny_causal_dir, tiny_data, task=HEAD, train={"epochs": 2})
     train(cfg, tmp_path / "full", show_progress=False)
-    module = importlib.import_module("ptune.train")
-    real = module.lr_factor
-
-    def interrupt(step, total, warmup):
-        if step == 2:
-            raise KeyboardInterrupt
-        return real(step, total, warmup)
-
-    monkeypatch.setattr(module, "lr_factor", interrupt)
-    with pytest.raises(PtuneError, match="--resume"):
-        train(cfg, tmp_path / "cut", show_progress=False)
-    monkeypatch.setattr(module, "lr_factor", real)
-    train(cfg, tmp_path / "cut", resume=True, show_progress=False)
+    train_interrupted_then_resumed(cfg, tmp_path / "cut", monkeypatch, step=2)
     _, a, _ = checkpoint.load_model(tmp_path / "full")
     _, b, _ = checkpoint.load_model(tmp_path / "cut")
     assert set(a) == set(b) and any(k.startswith("classifier.") for k in a)
