@@ -89,3 +89,22 @@ def test_search_weighs_the_linear_head_and_its_probe_and_the_winner_reloads(tiny
     assert predictor.model.encoder.n_virtual == (2 if "[P*2]" in best else 0)
     preds = predictor.predict_rows([{"text": "thanks"}, {"text": "broken box"}])
     assert all(p["prediction"] in ("complaint", "no complaint") for p in preds)
+
+
+def test_search_stops_early_inside_each_fold_and_retrains_the_winner_the_same_way(tiny_causal_dir, tmp_path):
+    """data.dev_fraction and train.patience: each fold model (and the final one) keeps its best epoch on dev rows
+    taken from its own training rows; every row is still scored, and the winner's checkpoint records its dev
+    evaluations."""
+    cfg = search_config(tiny_causal_dir, tmp_path, {"space": {"train.patience": [1, 0]}}, epochs=3)
+    cfg["data"]["dev_fraction"] = 0.25
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    for candidate in report["candidates"]:
+        assert candidate["settings"]["train.patience"] in (1, 0)
+    saved = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert saved["best"] == report["best"]
+    history = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    dev = [h for h in history if h["kind"] == "dev"]
+    assert dev and all(h["n"] == 4 for h in dev)  # a quarter of each label's 8 rows
+    manifest = json.loads((tmp_path / "out" / "ptune.json").read_text())
+    assert manifest["training"]["best"] is not None  # kept for its dev score (None: the last epoch, no dev)

@@ -103,3 +103,41 @@ def test_without_an_output_folder_fit_returns_the_best_dev_model_not_the_last(ti
     from ptune.train import evaluate
 
     assert evaluate(model, session, dev)["loss"] == pytest.approx(best["loss"], abs=1e-6)
+
+
+def test_cv_keeps_each_fold_models_best_epoch_on_dev_rows_outside_its_held_out_fold(tiny_causal_dir, tmp_path,
+                                                                                    monkeypatch):
+    """Early stopping inside each fold: data.dev_fraction is taken from the fold's training rows, every row is still
+    scored once, and a dev file (when given) is every fold's dev."""
+    from conftest import ROWS, write_csv
+    from ptune.train import cross_validate
+
+    train_module = importlib.import_module("ptune.train")  # the module (ptune.train is also a function)
+
+    rows = [(f"{text} {i}", label) for i in range(2) for text, label in ROWS]  # 16 distinct rows
+    data = {"train": str(write_csv(tmp_path / "train.csv", rows)), "dev_fraction": 0.25}
+    calls = []
+    real_fit = train_module.fit
+
+    def recording_fit(session, tr, dev, out_dir=None, **kw):
+        model, prog = real_fit(session, tr, dev, out_dir, **kw)
+        calls.append(({r["text"] for r in tr.rows}, dev and {r["text"] for r in dev.rows}, prog.history))
+        return model, prog
+
+    monkeypatch.setattr(train_module, "fit", recording_fit)
+    cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 3, "patience": 2})
+    summary = cross_validate(cfg, folds=4, seeds=[5], show_progress=False)
+    assert sum(r["n"] for r in summary["runs"]) == 16  # no row lost to a dev split made before the folds
+    every = {text for text, _ in rows}
+    held = [{rows[i][0] for i in fold} for fold in stratified_folds([label for _, label in rows], 4, 5)]
+    assert len(calls) == 4
+    for (tr, dev, history), held_out in zip(calls, held):
+        assert dev and not dev & held_out and not dev & tr and tr | dev | held_out == every
+        assert len(dev) == 4  # a quarter of each label's 6 training rows (1.5, rounded to 2), two labels
+        assert [h["epoch"] for h in history if h["kind"] == "dev"]  # the best epoch was chosen on them
+
+    calls.clear()
+    dev_file = write_csv(tmp_path / "dev.csv", [("a separate dev row", "complaint"), ("another one", "no complaint")])
+    cfg = tiny_config(tiny_causal_dir, {"train": data["train"], "dev": str(dev_file)}, train={"epochs": 1})
+    cross_validate(cfg, folds=2, seeds=[5], show_progress=False)
+    assert [dev for _, dev, _ in calls] == [{"a separate dev row", "another one"}] * 2

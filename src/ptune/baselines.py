@@ -83,7 +83,7 @@ def zero_shot(cfg: Config, template: str, table: Table, folds: int, seeds: list[
 
 
 def baselines(cfg: Config, manual_template: str, folds: int | None = None, seeds: list[int] | None = None) -> dict:
-    session, table, _ = prepare(cfg)
+    session, table, _ = prepare(cfg, hold_out_dev=False)  # the rows cross-validation folds over
     folds = folds or cfg.train.cv_folds
     seeds = seeds or [cfg.train.seed]
     out = {"majority": majority_baseline(cfg, table, folds, seeds),

@@ -11,8 +11,11 @@ The config file is a normal ptune config plus a ``search`` section:
         task.template: ["[P*20] Tweet text : {Tweet text} Label : [TARGET]", "..."]
         train.lr: [3e-3, 1e-2]
 
-Every candidate gets the same folds. Keys used only at prediction time (``task.calibrate``, ``task.score``) cost no
-training: each of their values is scored on the same fold models. The table and plot report mean and spread of
+Every candidate gets the same folds. With ``data.dev_fraction`` (or a dev file) each fold model keeps its best
+epoch on dev rows outside its held-out fold and stops early after ``train.patience`` bad evaluations, so
+``train.epochs`` and ``train.patience`` can be searched as a ceiling and a stopping rule; the winner is retrained
+the same way. Keys used only at prediction time (``task.calibrate``, ``task.score``) cost no training: each of
+their values is scored on the same fold models. The table and plot report mean and spread of
 accuracy and macro-F1; the best by mean macro-F1 is retrained on all rows and written as a normal checkpoint
 (``predict``/``eval``/``serve`` take it). With ``ensemble: N`` (classification) every candidate is scored as an
 ensemble of N seeds, and the winner's other N-1 members go to ``OUT/members/seed-S``; ``ptune predict OUT
@@ -34,7 +37,7 @@ from . import checkpoint
 from .config import _resolve_paths, apply_overrides, config_from_dict, yaml_load
 from .errors import ConfigError, PtuneError
 from .session import open_session
-from .train import cross_validate, fit, prepare
+from .train import cross_validate, fit, fold_dev, prepare
 
 
 def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict]:
@@ -114,7 +117,7 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     for s_, v in grid:
         for variant in variants:
             build(copy.deepcopy(v) | {"task": v.get("task", {}) | variant}, base_values["__file__"])
-    session0, table, _ = prepare(configs[0][1])
+    session0, table, dev_table = prepare(configs[0][1], hold_out_dev=False)  # cv takes dev rows per fold
     base = session0.base
 
     def unlabeled(cfg):  # read once (the first candidate's), unless a candidate names other rows
@@ -135,7 +138,7 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
         session = open_session(cfg, label_values=values, base=base)
         session.unlabeled = unlabeled(cfg)
         summary = cross_validate(cfg, folds=folds, seeds=seeds, session=session, train_table=table,
-                                 show_progress=False, variants=variants, ensemble=ensemble)
+                                 dev_table=dev_table, show_progress=False, variants=variants, ensemble=ensemble)
         for part in summary.get("variants", [summary]):
             extra = {f"task.{k}": v for k, v in part.get("settings", {}).items()}
             row = {"settings": settings | extra, "seconds": round(summary["seconds"], 1), "config": len(configs_run)}
@@ -164,7 +167,9 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     member_dirs = [out_dir] + [out_dir / "members" / f"seed-{s}" for s in member_seeds[1:]]
     for member_seed, member_dir in zip(member_seeds, member_dirs):
         member_dir.mkdir(parents=True, exist_ok=True)
-        fit(session, table, None, member_dir, show_progress=show_progress, seed=member_seed)
+        # the same dev rule as each fold model had (best epoch, early stopping), over every labelled row
+        fit(session, *fold_dev(best_cfg, table, dev_table, member_seed), member_dir, show_progress=show_progress,
+            seed=member_seed)
     report = {"folds": folds, "seeds": seeds, "ensemble": ensemble, "seconds": round(time.perf_counter() - t0, 1),
               "best": best_i, "members": [str(d.relative_to(out_dir)) for d in member_dirs], "candidates": results}
     checkpoint.write_atomic(out_dir / "search.json", json.dumps(report, indent=2).encode())

@@ -530,8 +530,11 @@ def process_device(cfg: Config) -> torch.device | None:
     return state.device
 
 
-def prepare(cfg: Config) -> tuple[Session, Table, Table | None]:
-    """Read and check all data first (a bad row stops the run before a model is loaded or a file written)."""
+def prepare(cfg: Config, hold_out_dev: bool = True) -> tuple[Session, Table, Table | None]:
+    """Read and check all data first (a bad row stops the run before a model is loaded or a file written).
+
+    ``hold_out_dev``: without a dev file, split ``data.dev_fraction`` of the training rows off as dev. Cross-validation
+    passes False: it takes each fold's dev from that fold's training rows (``fold_dev``), so every row is scored."""
     train, dev = load_training_tables(cfg)
     template = parse_template(cfg.task.template)
     check_inputs(cfg, template, train, labelled=True)
@@ -552,9 +555,18 @@ def prepare(cfg: Config) -> tuple[Session, Table, Table | None]:
 
         session.unlabeled = read_split(cfg, "unlabeled")
         check_inputs(cfg, template, session.unlabeled, labelled=False)
-    if dev is None and cfg.data.dev_fraction:
+    if dev is None and cfg.data.dev_fraction and hold_out_dev:
         train, dev = split_dev(cfg, train, cfg.data.dev_fraction, cfg.train.seed)
     return session, train, dev
+
+
+def fold_dev(cfg: Config, train: Table, dev: Table | None, seed: int) -> tuple[Table, Table | None]:
+    """(the rows a cross-validation model trains on, the dev rows that pick its best epoch and, with
+    ``train.patience``, stop it early): the dev file's rows where there is one, else ``data.dev_fraction`` of the
+    fold's own training rows (stratified, seeded), never its held-out rows; neither: no dev, the last epoch is kept."""
+    if dev is None and cfg.data.dev_fraction:
+        return split_dev(cfg, train, cfg.data.dev_fraction, seed)
+    return train, dev
 
 
 def pseudo_labelled(session: Session, train: Table, seed: int, show_progress: bool = False) -> Table:
@@ -638,9 +650,13 @@ def stratified_folds(labels: list[str], k: int, seed: int) -> list[list[int]]:
 
 
 def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | None = None,
-                   session: Session | None = None, train_table: Table | None = None,
+                   session: Session | None = None, train_table: Table | None = None, dev_table: Table | None = None,
                    show_progress: bool = True, variants: list[dict] | None = None, ensemble: int = 1) -> dict:
     """k-fold cross-validation over the training rows: held-out metrics per fold, with mean and spread.
+
+    Early stopping inside each fold: with a dev file (``dev_table``) or ``data.dev_fraction``, each fold model keeps
+    its best epoch on dev rows that are not in its held-out fold, and stops early after ``train.patience`` bad
+    evaluations (``fold_dev``); otherwise it trains for all its epochs.
 
     ``variants``: prediction-time settings (``task`` fields such as ``calibrate``) to score as well, each on the
     same fold models, so that they cost no extra training; the summary then holds one entry per variant under
@@ -652,7 +668,7 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
     if ensemble < 1:
         raise PtuneError(f"ensemble must be at least 1, got {ensemble}")
     if session is None:
-        session, train_table, _ = prepare(cfg)
+        session, train_table, dev_table = prepare(cfg, hold_out_dev=False)
     if ensemble > 1 and cfg.task.type != "classification":
         raise PtuneError(f"ensemble averages label probabilities, so it needs a classification task, "
                          f"not {cfg.task.type!r}")
@@ -676,7 +692,7 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
             print(f"seed {seed} fold {f + 1}/{k}{label}{what}: {shown}")
 
     def fold_model(tr: Table, seed_: int) -> PTuningModel:
-        model_, _ = fit(session, tr, None, None, show_progress=show_progress, seed=seed_)
+        model_, _ = fit(session, *fold_dev(cfg, tr, dev_table, seed_), None, show_progress=show_progress, seed=seed_)
         if needs_offsets and model_.label_offsets is None:  # a prediction-time variant asks for them
             fit_label_offsets(session, model_, tr, seed_)
         return model_
