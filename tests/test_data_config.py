@@ -125,3 +125,16 @@ def test_example_configs_are_valid():
                 assert build(values, str(path)).task.template
         else:
             assert load_config(str(path)).task.template
+
+
+def test_the_demo_example_config_is_the_demos_recipe():
+    from pathlib import Path
+
+    from ptune.config import config_from_dict, load_config
+    from ptune.demo import DEMO_CONFIG
+
+    example = load_config(str(Path(__file__).parent.parent / "examples" / "demo_customer_messages.yaml"))
+    demo = config_from_dict(DEMO_CONFIG)
+    for section in ("task", "encoder", "train"):
+        assert getattr(example, section) == getattr(demo, section), section
+    assert Path(example.data.train).name == "customer_messages_train.csv" and Path(example.data.train).is_file()

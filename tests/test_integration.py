@@ -25,6 +25,13 @@ def test_embedded_model_trains_and_predicts_valid_labels(tmp_path):
     preds = predictor.predict_rows(rows)
     assert all(p["prediction"] in ("complaint", "no complaint") for p in preds)
     assert all(set(p["scores"]) == {"complaint", "no complaint"} for p in preds)
+    # the demo's baselines on the same base: zero-shot label words and the linear probe, a valid label per row
+    from ptune.data import read_table
+    from ptune.demo import baseline_predictions
+
+    baselines = baseline_predictions(predictor, read_table(cfg.data.train), rows)
+    assert set(baselines) == {"zero-shot manual prompt", "linear probe"}
+    assert all(len(v) == 2 and set(v) <= {"complaint", "no complaint"} for v in baselines.values())
 
 
 def test_embedded_model_generates_text(tmp_path):

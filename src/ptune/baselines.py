@@ -43,24 +43,31 @@ def majority_baseline(cfg: Config, table: Table, folds: int, seeds: list[int]) -
     return _summary(runs)
 
 
-def _manual_session(cfg: Config, template: str, table: Table, base, head: str) -> Session:
+def manual_session(cfg: Config, template: str, table: Table, base, head: str) -> Session:
+    """``cfg`` with a manual prompt (``template``, no virtual tokens) read out by ``head``, over the same base."""
     mcfg = Config(**{**cfg.__dict__})
     mcfg.task = type(cfg.task)(**{**cfg.task.__dict__, "template": template, "head": head})
     return open_session(mcfg, label_values=table.column(cfg.task.label_column), base=base, allow_no_virtual=True)
+
+
+def fit_probe(session: Session, train: Table, seed: int):
+    """The linear probe's model: no prompt, the classifier fitted on the pooled states of ``train``'s rows."""
+    model = session.new_model(seed)
+    examples, _ = session.task.train_examples(train)
+    session.task.fit_head(model, examples, session.cfg.train.eval_batch_size, session.device)
+    return model
 
 
 def linear_probe(cfg: Config, template: str, table: Table, folds: int, seeds: list[int], base=None) -> dict:
     """``task.head: linear`` without P-tuning: the classifier fitted on each training fold's pooled states under
     the manual prompt (``template``, no virtual tokens), scored on the held-out fold. What the trained prompt adds
     is the P-tuned model's lead over this."""
-    session = _manual_session(cfg, template, table, base, "linear")
+    session = manual_session(cfg, template, table, base, "linear")
     runs = []
     col = cfg.task.label_column
     for (train_rows, test_rows), seed in zip(folds_of(cfg, table, folds, seeds),
                                              [s for s in seeds for _ in range(folds)]):
-        model = session.new_model(seed)
-        examples, _ = session.task.train_examples(Table(table.source, table.columns, train_rows))
-        session.task.fit_head(model, examples, cfg.train.eval_batch_size, session.device)
+        model = fit_probe(session, Table(table.source, table.columns, train_rows), seed)
         preds = session.predict(model, test_rows)
         runs.append(classification_metrics([r[col] for r in test_rows], [p["prediction"] for p in preds],
                                            session.task.labels.labels))
@@ -70,7 +77,7 @@ def linear_probe(cfg: Config, template: str, table: Table, folds: int, seeds: li
 def zero_shot(cfg: Config, template: str, table: Table, folds: int, seeds: list[int], base=None) -> dict:
     """Rank the label words after a manual prompt (``template`` has no virtual tokens); nothing is trained, so
     each fold's score is just the held-out rows' accuracy under the same label ranking."""
-    session = _manual_session(cfg, template, table, base, "words")
+    session = manual_session(cfg, template, table, base, "words")
     model = session.new_model()
     preds = {id(r): p for r, p in zip(table.rows, session.predict(model, table.rows))}
     runs = []
