@@ -108,3 +108,28 @@ def test_search_stops_early_inside_each_fold_and_retrains_the_winner_the_same_wa
     assert dev and all(h["n"] == 4 for h in dev)  # a quarter of each label's 8 rows
     manifest = json.loads((tmp_path / "out" / "ptune.json").read_text())
     assert manifest["training"]["best"] is not None  # kept for its dev score (None: the last epoch, no dev)
+
+
+def test_paired_difference_says_how_far_ahead_the_best_is_fold_by_fold():
+    from ptune.search import how_sure, paired_difference
+
+    lead = paired_difference([0.9, 0.8, 0.7, 0.6], [0.8, 0.8, 0.5, 0.7])
+    assert lead["mean"] == pytest.approx(0.05) and (lead["ahead"], lead["level"], lead["behind"]) == (2, 1, 1)
+    assert lead["sem"] == pytest.approx(lead["std"] / 2) and lead["std"] == pytest.approx(0.1290994)
+    assert paired_difference([0.5], [0.5, 0.6]) is None  # not the same folds: no pairing
+    rows = [{"vs_best": paired_difference([0.9, 0.8], [0.9, 0.8])},
+            {"vs_best": paired_difference([0.9, 0.8], [0.9, 0.8])}]  # identical to the best: no clear lead
+    assert "do not separate them" in how_sure(rows, 0)
+    rows[1]["vs_best"] = paired_difference([0.9, 0.8, 0.9], [0.5, 0.45, 0.5])
+    assert "#0) leads the runner-up (#1) by +0.383" in how_sure(rows, 0) and "a clear lead" in how_sure(rows, 0)
+
+
+def test_search_report_pairs_every_candidate_with_the_best_on_the_same_folds(tiny_causal_dir, tmp_path):
+    search_config(tiny_causal_dir, tmp_path, {"seeds": [1, 2], "space": {"train.lr": [1e-3, 3e-2]}})
+    report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    best = report["candidates"][report["best"]]
+    assert len(best["fold_macro_f1"]) == 4  # 2 folds x 2 seeds
+    assert best["vs_best"]["mean"] == 0 and best["vs_best"]["level"] == 4
+    other = report["candidates"][1 - report["best"]]
+    assert other["vs_best"]["mean"] == pytest.approx(best["macro_f1"]["mean"] - other["macro_f1"]["mean"])
+    assert "leads the runner-up" in (tmp_path / "out" / "search.md").read_text()

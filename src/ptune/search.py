@@ -28,6 +28,8 @@ import copy
 import dataclasses
 import itertools
 import json
+import math
+import statistics
 import time
 from pathlib import Path
 
@@ -145,6 +147,8 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
             for metric in ("accuracy", "macro_f1"):
                 if metric in part:
                     row[metric] = part[metric]
+            if "macro_f1" in part:  # per fold, in fold order: every candidate has the same folds, so they pair up
+                row["fold_macro_f1"] = [r["macro_f1"] for r in part["runs"]]
             results.append(row)
         configs_run.append(cfg)
         bar.update(1)
@@ -154,6 +158,8 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
         raise PtuneError("no candidate finished within the time budget")
     best_i = max(range(len(results)), key=lambda i: results[i].get("macro_f1", {}).get("mean", -1))
     best = results[best_i]
+    for row in results:
+        row["vs_best"] = paired_difference(best.get("fold_macro_f1", []), row.get("fold_macro_f1", []))
     best_cfg = dataclasses.replace(configs_run[best["config"]], task=dataclasses.replace(
         configs_run[best["config"]].task, **{k.split(".", 1)[1]: v for k, v in best["settings"].items()
                                              if k in PREDICT_ONLY}))
@@ -191,14 +197,44 @@ def usage(report: dict, out_dir: Path) -> str:
             f"of them: `ptune predict {dirs} --data ROWS.csv` (`{out_dir}` alone is its first member)\n")
 
 
+def paired_difference(best: list[float], other: list[float]) -> dict | None:
+    """How sure the choice is: the best candidate's macro-F1 minus another's, fold by fold on the same folds (mean,
+    sd, standard error of the mean), and on how many folds the best one is ahead, level or behind."""
+    if not best or len(best) != len(other):
+        return None
+    diffs = [b - o for b, o in zip(best, other)]
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return {"mean": statistics.fmean(diffs), "std": sd, "sem": sd / math.sqrt(len(diffs)),
+            "ahead": sum(d > 1e-9 for d in diffs), "level": sum(abs(d) <= 1e-9 for d in diffs),
+            "behind": sum(d < -1e-9 for d in diffs)}
+
+
 def render_table(results: list[dict], best: int) -> str:
-    lines = ["| # | candidate | accuracy (mean ± sd) | macro-F1 (mean ± sd) | seconds |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| # | candidate | accuracy (mean ± sd) | macro-F1 (mean ± sd) | best's lead in macro-F1 (paired: mean ± "
+             "s.e.; folds ahead/level/behind) | seconds |", "| --- | --- | --- | --- | --- | --- |"]
     for i, r in enumerate(results):
-        acc, f1 = r.get("accuracy", {}), r.get("macro_f1", {})
+        acc, f1, lead = r.get("accuracy", {}), r.get("macro_f1", {}), r.get("vs_best")
         mark = " **best**" if i == best else ""
+        lead_text = "" if i == best or not lead else (f"{lead['mean']:+.3f} ± {lead['sem']:.3f}; "
+                                                      f"{lead['ahead']}/{lead['level']}/{lead['behind']}")
         lines.append(f"| {i}{mark} | {_short(r['settings'])} | {acc.get('mean', 0):.3f} ± {acc.get('std', 0):.3f} | "
-                     f"{f1.get('mean', 0):.3f} ± {f1.get('std', 0):.3f} | {r['seconds']} |")
-    return "\n".join(lines) + "\n"
+                     f"{f1.get('mean', 0):.3f} ± {f1.get('std', 0):.3f} | {lead_text} | {r['seconds']} |")
+    return "\n".join(lines) + "\n" + how_sure(results, best)
+
+
+def how_sure(results: list[dict], best: int) -> str:
+    """One sentence on the runner-up: a lead within about two standard errors is not a clear win."""
+    others = [i for i in range(len(results)) if i != best and results[i].get("vs_best")]
+    if not others:
+        return ""
+    second = min(others, key=lambda i: results[i]["vs_best"]["mean"])
+    lead = results[second]["vs_best"]
+    n = lead["ahead"] + lead["level"] + lead["behind"]
+    verdict = ("a clear lead" if lead["mean"] > 2 * lead["sem"] else
+               "within two standard errors: the folds do not separate them")
+    return (f"\nThe best (#{best}) leads the runner-up (#{second}) by {lead['mean']:+.3f} macro-F1 over the same "
+            f"{n} folds (standard error {lead['sem']:.3f}; ahead on {lead['ahead']}, level on {lead['level']}, "
+            f"behind on {lead['behind']}): {verdict}.\n")
 
 
 def plot_search(results: list[dict], best: int, path: Path) -> None:
