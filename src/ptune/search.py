@@ -251,11 +251,14 @@ def plot_search(results: list[dict], best: int, path: Path) -> None:
     sds = [r.get("macro_f1", {}).get("std", 0) for r in results]
     colors = ["tab:orange" if i == best else "tab:blue" for i in ys]
     ax.barh(list(ys), means, xerr=sds, color=colors, alpha=0.8)
+    for y, r in zip(ys, results):  # each fold's score: the spread the mean hides
+        folds = r.get("fold_macro_f1", [])
+        ax.scatter(folds, [y] * len(folds), s=12, color="black", alpha=0.5, zorder=3)
     ax.set_yticks(list(ys))
     ax.set_yticklabels([f"#{i}" for i in ys])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("cross-validated macro-F1 (mean ± sd over folds and seeds)")
+    ax.set_xlabel("cross-validated macro-F1 (bar: mean ± sd over folds and seeds; dots: each fold)")
     ax.set_title("ptune search: candidates (orange: chosen)")
     fig.tight_layout()
     buf = io.BytesIO()
