@@ -555,15 +555,16 @@ def prepare(cfg: Config, hold_out_dev: bool = True) -> tuple[Session, Table, Tab
 
         session.unlabeled = read_split(cfg, "unlabeled")
         check_inputs(cfg, template, session.unlabeled, labelled=False)
-    if dev is None and cfg.data.dev_fraction and hold_out_dev:
-        train, dev = split_dev(cfg, train, cfg.data.dev_fraction, cfg.train.seed)
+    if hold_out_dev:
+        train, dev = fold_dev(cfg, train, dev, cfg.train.seed)
     return session, train, dev
 
 
 def fold_dev(cfg: Config, train: Table, dev: Table | None, seed: int) -> tuple[Table, Table | None]:
-    """(the rows a cross-validation model trains on, the dev rows that pick its best epoch and, with
-    ``train.patience``, stop it early): the dev file's rows where there is one, else ``data.dev_fraction`` of the
-    fold's own training rows (stratified, seeded), never its held-out rows; neither: no dev, the last epoch is kept."""
+    """(the rows a model trains on, the dev rows that pick its best epoch and, with ``train.patience``, stop it
+    early): the dev file's rows where there is one, else ``data.dev_fraction`` of ``train`` (stratified, seeded; in
+    cross-validation, of the fold's own training rows, never its held-out ones); neither: no dev, the last epoch is
+    kept. ``prepare`` applies the same rule to a plain training run."""
     if dev is None and cfg.data.dev_fraction:
         return split_dev(cfg, train, cfg.data.dev_fraction, seed)
     return train, dev
