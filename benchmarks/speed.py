@@ -11,7 +11,7 @@ Timings drift on a shared machine: compare the two systems from the same invocat
 What is measured, per system:
 - training: the k-fold cross-validation fits (every fold trains a fresh encoder for ``--epochs`` epochs on the other
   folds' rows); throughput = training examples processed / seconds spent in the training loops;
-- held-out accuracy over the same folds (``ptune.train.stratified_folds``, same seed). PEFT predicts by ``generate``
+- held-out accuracy over the same folds (``ptune.data.splits.stratified_folds``, same seed). PEFT predicts by ``generate``
   and its text is mapped to a label by exact match (anything else counts as malformed, and wrong); ptune ranks the
   labels by likelihood;
 - prediction throughput: rows/s over the first ``--test-rows`` unlabeled test tweets, with the last fold's encoder;
@@ -76,7 +76,7 @@ def parse_args(argv=None):
 
 
 def read_rows(path: Path) -> list[dict]:
-    from ptune.data import read_table
+    from ptune.data.tables import read_table
 
     return read_table(path).rows
 
@@ -120,7 +120,7 @@ def model_sizes(model) -> tuple[int, int, int, int]:
 
 
 def fold_splits(rows: list[dict], k: int) -> list[tuple[list[int], list[int]]]:
-    from ptune.train import stratified_folds
+    from ptune.data.splits import stratified_folds
 
     folds = stratified_folds([r[LABEL] for r in rows], k, SEED)
     return [([i for i in range(len(rows)) if i not in set(held)], held) for held in folds]
@@ -145,7 +145,7 @@ def run_peft(args) -> dict:
     from peft import PromptEncoderConfig, get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
-    from ptune.base import load_base
+    from ptune.modeling.base import load_base
     from ptune.config import ModelConfig
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -249,8 +249,9 @@ def run_ptune(args) -> dict:
     import torch
 
     from ptune.config import load_config
-    from ptune.data import Table
-    from ptune.train import fit, prepare
+    from ptune.data.tables import Table
+    from ptune.training.prepare import prepare
+    from ptune.training.trainer import fit
 
     train_csv = str((Path(args.data) / "train.csv").resolve())
     cfg = load_config(CONFIG, [f"data.train={train_csv}", f"train.epochs={args.epochs}",

@@ -53,7 +53,7 @@ def demo_checkpoints(folder: Path) -> dict[str, str]:
     """Three untrained checkpoints on the embedded model: two classification tasks and one generation task."""
     from ptune.config import config_from_dict
     from ptune.session import open_session
-    from ptune.train import save_inference
+    from ptune.training.trainer import save_inference
 
     specs = {
         "complaints": {"type": "classification", "template": "[P*8] Message : {text} Complaint ? [TARGET]",

@@ -117,8 +117,9 @@ def train_interrupted_then_resumed(cfg, out_dir: Path, monkeypatch, step: int) -
     import importlib
 
     from ptune.errors import PtuneError
+    from ptune.training.run import train
 
-    module = importlib.import_module("ptune.train")  # the module (ptune.train is also a function)
+    module = importlib.import_module("ptune.training.trainer")
     real = module.lr_factor
 
     def interrupt(step_, total, warmup):
@@ -128,6 +129,6 @@ def train_interrupted_then_resumed(cfg, out_dir: Path, monkeypatch, step: int) -
 
     monkeypatch.setattr(module, "lr_factor", interrupt)
     with pytest.raises(PtuneError, match=f"interrupted at step {step}.*--resume"):
-        module.train(cfg, out_dir, show_progress=False)
+        train(cfg, out_dir, show_progress=False)
     monkeypatch.setattr(module, "lr_factor", real)
-    module.train(cfg, out_dir, resume=True, show_progress=False)
+    train(cfg, out_dir, resume=True, show_progress=False)

@@ -150,7 +150,7 @@ def test_trec_reader_latin1(tmp_path):
 
 
 def test_sample_rows_is_seeded():
-    from ptune.data import Table
+    from ptune.data.tables import Table
 
     table = Table("t", ["a"], [{"a": str(i)} for i in range(50)])
     a, b = loaders.sample_rows(table, 8, 1), loaders.sample_rows(table, 8, 1)

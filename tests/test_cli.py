@@ -63,7 +63,7 @@ def test_missing_column_writes_nothing(tiny_causal_dir, tmp_path):
 def test_several_checkpoints_predict_as_an_ensemble(tiny_causal_dir, tmp_path):
     import math
 
-    from ptune.predict import Predictor
+    from ptune.inference import Predictor
 
     cfg = write_config(tmp_path, tiny_causal_dir)
     runner = CliRunner()

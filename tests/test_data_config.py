@@ -3,9 +3,9 @@ import json
 import pytest
 
 from ptune.config import config_from_dict, load_config
-from ptune.data import read_table
+from ptune.data.tables import read_table
 from ptune.errors import ConfigError, DataError
-from ptune.evaluate import macro_f1
+from ptune.evaluation.metrics import macro_f1
 
 
 def test_readers_for_each_format(tmp_path):
@@ -81,7 +81,7 @@ def test_encoder_table_starts_from_word_or_text_embeddings():
 
     from conftest import _bpe
     from ptune.config import EncoderConfig
-    from ptune.encoder import init_table
+    from ptune.modeling.encoders import init_table
 
     tok = PreTrainedTokenizerFast(tokenizer_object=_bpe(["<pad>"])._tokenizer, pad_token="<pad>")
     emb = torch.nn.Embedding(len(tok), 8)
@@ -114,7 +114,7 @@ def test_example_configs_are_valid():
     from pathlib import Path
 
     from ptune.config import load_config
-    from ptune.search import build, candidates, load_search
+    from ptune.evaluation.search import build, candidates, load_search
 
     examples = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
     assert len(examples) >= 3

@@ -15,7 +15,9 @@ from conftest import ROWS, tiny_config, write_csv
 from ptune import checkpoint
 from ptune.config import config_from_dict
 from ptune.errors import ConfigError
-from ptune.train import fit, prepare, train
+from ptune.training.prepare import prepare
+from ptune.training.run import train
+from ptune.training.trainer import fit
 
 
 def _free_port() -> int:

@@ -1,7 +1,7 @@
 import torch
 
 from ptune.config import EncoderConfig
-from ptune.encoder import build_encoder
+from ptune.modeling.encoders import build_encoder
 
 
 def count(m):

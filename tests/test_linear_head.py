@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 from conftest import tiny_config
 from ptune.config import config_from_dict
 from ptune.errors import ConfigError, PtuneError
-from ptune.model import LinearHead
-from ptune.predict import Predictor
-from ptune.train import fit, prepare, train
+from ptune.modeling.heads import LinearHead
+from ptune.inference import Predictor
+from ptune.training.prepare import prepare
+from ptune.training.run import train
+from ptune.training.trainer import fit
 
 HEAD = {"head": "linear", "head_layer": 1}
 
@@ -106,7 +108,7 @@ def test_resume_gives_the_same_head_as_an_uninterrupted_run(tiny_causal_dir, tin
 
 
 def test_mixed_serving_scores_a_linear_head_task_on_its_own(tiny_causal_dir, tiny_data, tmp_path):
-    from ptune.tasks import classify_mixed
+    from ptune.tasks.mixed import classify_mixed
 
     train(tiny_config(tiny_causal_dir, tiny_data, task=HEAD, train={"epochs": 1}), tmp_path / "a", show_progress=False)
     train(tiny_config(tiny_causal_dir, tiny_data, train={"epochs": 1}), tmp_path / "b", show_progress=False)
@@ -142,7 +144,7 @@ def test_bad_head_settings_are_refused_with_the_reason(tiny_causal_dir, tiny_mas
 
 
 def test_baselines_add_the_linear_probe_on_the_same_folds(tiny_causal_dir, tiny_data):
-    from ptune.baselines import baselines
+    from ptune.evaluation.baselines import baselines
 
     cfg = tiny_config(tiny_causal_dir, tiny_data, task=HEAD)
     out = baselines(cfg, "Tweet text : {text} Label : [TARGET]", folds=2, seeds=[0, 1])
@@ -156,7 +158,7 @@ def test_baselines_add_the_linear_probe_on_the_same_folds(tiny_causal_dir, tiny_
 
 def test_a_linear_head_without_virtual_tokens_is_the_probe_and_checkpoints_like_any_model(tiny_causal_dir, tiny_data,
                                                                                           tmp_path):
-    from ptune.baselines import linear_probe
+    from ptune.evaluation.baselines import linear_probe
     from ptune.errors import TemplateError
 
     probe = HEAD | {"template": "Tweet text : {text} Label : [TARGET]"}
@@ -168,7 +170,7 @@ def test_a_linear_head_without_virtual_tokens_is_the_probe_and_checkpoints_like_
     rows = [{"text": "my order arrived late"}, {"text": "thanks"}]
     assert all(p["prediction"] in ("complaint", "no complaint") for p in loaded.predict_rows(rows))
     # cv of the probe config is the probe baseline, fold for fold
-    from ptune.train import cross_validate
+    from ptune.evaluation.cv import cross_validate
 
     cv = cross_validate(cfg, folds=2, seeds=[3], show_progress=False)
     session, table, _ = prepare(cfg)

@@ -3,8 +3,8 @@ import contextlib
 import torch
 
 from conftest import tiny_config
-from ptune import model as model_lib
-from ptune.data import collate
+from ptune.modeling import heads as model_lib
+from ptune.data.render import collate
 from ptune.session import open_session
 
 

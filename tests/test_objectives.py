@@ -9,11 +9,15 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import ROWS, tiny_config, write_csv
-from ptune.data import Table
+from ptune.data.tables import Table
 from ptune.errors import ConfigError, PtuneError
-from ptune.predict import Predictor
-from ptune.search import run_search, split_space
-from ptune.train import cross_validate, fit, label_probabilities, prepare, stratified_folds
+from ptune.inference import Predictor
+from ptune.evaluation.search import run_search, split_space
+from ptune.data.splits import stratified_folds
+from ptune.evaluation.cv import cross_validate
+from ptune.evaluation.evaluator import label_probabilities
+from ptune.training.prepare import prepare
+from ptune.training.trainer import fit
 
 VERBALIZER = {"complaint": "terrible thing", "no complaint": "great"}  # a two-token word and a one-token word
 
@@ -184,7 +188,7 @@ def test_search_scores_prediction_settings_without_retraining_and_keeps_the_winn
 
 
 def test_self_training_adds_confident_unlabeled_rows_in_the_label_shares(tiny_causal_dir, tmp_path):
-    from ptune.train import pseudo_labelled
+    from ptune.training.self_training import pseudo_labelled
 
     rows = ROWS + [("another broken order", "complaint"), ("the box was late", "complaint")]
     unlabeled = [("where is my parcel",), ("love it",), ("broken again",), ("thanks a lot",), ("app crashed",),
@@ -210,7 +214,7 @@ def test_self_training_adds_confident_unlabeled_rows_in_the_label_shares(tiny_ca
 
 
 def test_prior_offsets_make_the_mean_prediction_equal_the_shares():
-    from ptune.tasks import prior_offsets
+    from ptune.tasks.calibration import prior_offsets
 
     torch.manual_seed(0)
     logp = torch.log_softmax(torch.randn(50, 3) * 2 + torch.tensor([2.0, 0.0, -1.0]), -1)  # biased to label 0
@@ -224,7 +228,7 @@ def test_prior_offsets_make_the_mean_prediction_equal_the_shares():
 
 
 def test_prior_calibration_is_fitted_on_unlabeled_rows_saved_and_reloaded(tiny_causal_dir, tmp_path):
-    from ptune.train import fit_label_offsets
+    from ptune.training.trainer import fit_label_offsets
 
     unlabeled = [(t,) for t in ("where is my parcel", "love it", "broken again", "thanks a lot", "app crashed",
                                 "great", "refund please", "hello")]

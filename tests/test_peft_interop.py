@@ -10,7 +10,7 @@ from conftest import ROWS, tiny_config, write_csv
 from ptune import checkpoint
 from ptune.errors import CheckpointError, PtuneError
 from ptune.interop.peft import export_peft, import_peft, read_peft_adapter
-from ptune.predict import Predictor
+from ptune.inference import Predictor
 
 peft = pytest.importorskip("peft")
 
@@ -22,7 +22,7 @@ TEXTS = [t for t, _ in ROWS[:5]]
 def make_checkpoint(model_dir, out, template=PREFIX, encoder="lstm"):
     """A ptune checkpoint without training (a seeded random encoder): enough for parity."""
     from ptune.session import open_session
-    from ptune.train import save_inference
+    from ptune.training.trainer import save_inference
 
     cfg = tiny_config(model_dir, task={"template": template, "verbalizer": VERBALIZER},
                       encoder={"type": encoder})
@@ -62,7 +62,7 @@ def peft_label_scores(pmodel, predictor, texts):
 
 
 def ptune_target_logits(predictor, text, word):
-    from ptune.data import collate
+    from ptune.data.render import collate
 
     r = predictor.session.task.renderer
     enc = r.encode({"text": text}, r.target_ids(word))
@@ -152,7 +152,7 @@ def test_round_trip_ptune_peft_ptune(tiny_causal_dir, tmp_path):
 
 def test_imported_checkpoint_continues_training(tiny_causal_dir, tmp_path):
     from ptune.config import load_config
-    from ptune.train import train
+    from ptune.training.run import train
 
     ckpt = make_checkpoint(tiny_causal_dir, tmp_path / "ckpt")
     export_peft(ckpt, tmp_path / "peft")

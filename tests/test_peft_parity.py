@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from ptune.data import collate
+from ptune.data.render import collate
 from ptune.session import open_session
 
 peft = pytest.importorskip("peft")

@@ -23,11 +23,11 @@ from conftest import ROWS, tiny_config, write_csv
 from ptune import checkpoint
 from ptune.cli import main
 from ptune.errors import CheckpointError, ConfigError, DataError, PtuneError
-from ptune.predict import Predictor
+from ptune.inference import Predictor
 from ptune.session import open_session
-from ptune.train import train
+from ptune.training.run import train
 
-train_module = importlib.import_module("ptune.train")  # the module (ptune.train is also the function)
+train_module = importlib.import_module("ptune.training.trainer")
 TEMPLATE = "[P*2] {text} [P*2] Label : [TARGET]"
 LONG_TEXT = " ".join(["my order arrived late and the box was broken"] * 12)
 
@@ -281,7 +281,7 @@ def test_ctrl_c_saves_a_whole_step_and_resume_equals_an_uninterrupted_run(tiny_c
 
 def test_nan_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(tiny_causal_dir, tmp_path, monkeypatch):
     cfg = write_setup(tmp_path, tiny_causal_dir, epochs=3, save_every=1)  # 2 steps an epoch
-    from ptune.model import PTuningModel
+    from ptune.modeling.ptuning import PTuningModel
 
     real, calls = PTuningModel.token_logprobs, []
 
@@ -461,6 +461,6 @@ def test_config_errors_from_the_library(tiny_causal_dir):
     with pytest.raises(ConfigError, match=r"task.template has 8 virtual tokens but train.max_length is 8"):
         config_from_dict({"task": {"template": "[P*8] {text} [TARGET]"}, "train": {"max_length": 8}})
     with pytest.raises(DataError, match="file not found"):
-        from ptune.data import read_table
+        from ptune.data.tables import read_table
 
         read_table("/nonexistent/x.csv")

@@ -5,8 +5,8 @@ import yaml
 
 from conftest import ROWS, write_csv
 from ptune.errors import ConfigError
-from ptune.predict import Predictor
-from ptune.search import candidates, run_search
+from ptune.inference import Predictor
+from ptune.evaluation.search import candidates, run_search
 
 
 def test_grid_is_the_product_of_the_space():
@@ -47,8 +47,8 @@ def test_search_picks_best_by_macro_f1_and_writes_a_checkpoint_that_predicts(tin
 
 
 def test_search_with_ensemble_scores_seeds_together_and_writes_every_member(tiny_causal_dir, tmp_path):
-    from ptune.predict import Ensemble
-    from ptune.train import cross_validate
+    from ptune.inference import Ensemble
+    from ptune.evaluation.cv import cross_validate
     from ptune.config import load_config
 
     cfg = search_config(tiny_causal_dir, tmp_path, {"ensemble": 2, "space": {"encoder.type": ["mlp"]}},
@@ -111,7 +111,7 @@ def test_search_stops_early_inside_each_fold_and_retrains_the_winner_the_same_wa
 
 
 def test_paired_difference_says_how_far_ahead_the_best_is_fold_by_fold():
-    from ptune.search import how_sure, paired_difference
+    from ptune.evaluation.search import how_sure, paired_difference
 
     lead = paired_difference([0.9, 0.8, 0.7, 0.6], [0.8, 0.8, 0.5, 0.7])
     assert lead["mean"] == pytest.approx(0.05) and (lead["ahead"], lead["level"], lead["behind"]) == (2, 1, 1)

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from conftest import _bpe, tiny_config
-from ptune.data import collate
-from ptune.predict import Predictor
+from ptune.data.render import collate
+from ptune.inference import Predictor
 from ptune.session import open_session
-from ptune.train import fit, prepare
+from ptune.training.prepare import prepare
+from ptune.training.trainer import fit
 
 TEMPLATE = "Tweet text : {text} [P*2] Label : [TARGET] [P*1] ."  # virtual tokens inside, text after the target
 

@@ -25,7 +25,7 @@ TEXTS = [t for t, _ in ROWS]
 
 def make_checkpoint(model_dir, out, template, task_type="classification", verbalizer=None, seed=3):
     from ptune.session import open_session
-    from ptune.train import save_inference
+    from ptune.training.trainer import save_inference
 
     task = {"type": task_type, "template": template, "max_new_tokens": 5}
     if verbalizer:
@@ -93,7 +93,7 @@ def test_classify_labels_equal_ptune_predict(server, checkpoints, tmp_path):
 
 
 def test_generate(server, checkpoints):
-    from ptune.predict import Predictor
+    from ptune.inference import Predictor
 
     client, _ = server
     rows = [{"text": t} for t in TEXTS[:3]]
@@ -184,8 +184,8 @@ def test_concurrent_requests_are_batched_and_answered_in_order(server):
 def test_mixed_task_scoring_equals_each_tasks_own(checkpoints, tmp_path):
     import torch
 
-    from ptune.predict import Predictor
-    from ptune.tasks import classify_mixed
+    from ptune.inference import Predictor
+    from ptune.tasks.mixed import classify_mixed
 
     a = Predictor.load(checkpoints["complaints"])
     b = Predictor.load(checkpoints["sentiment"], base=a.session.base)

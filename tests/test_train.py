@@ -8,8 +8,11 @@ from safetensors.torch import load_file
 from conftest import tiny_config
 from ptune import checkpoint
 from ptune.errors import PtuneError
-from ptune.predict import Predictor
-from ptune.train import fit, prepare, stratified_folds, train
+from ptune.inference import Predictor
+from ptune.data.splits import stratified_folds
+from ptune.training.prepare import prepare
+from ptune.training.run import train
+from ptune.training.trainer import fit
 
 
 def test_short_training_run_loss_falls(tiny_causal_dir, tiny_data):
@@ -26,7 +29,7 @@ def test_base_unchanged_and_absent_from_checkpoint_and_reload_predicts_the_same(
     before = {k: v.clone() for k, v in session.base.model.state_dict().items()}
     model, _ = fit(session, tr, dev, tmp_path / "ckpt", show_progress=False)
     assert all(torch.equal(before[k], v) for k, v in session.base.model.state_dict().items())
-    summary = {"dev": __import__("ptune.train", fromlist=["evaluate"]).evaluate(model, session, dev)}
+    summary = {"dev": __import__("ptune.evaluation.evaluator", fromlist=["evaluate"]).evaluate(model, session, dev)}
     meta = json.loads((tmp_path / "ckpt" / "ptune.json").read_text())
     n_encoder = sum(p.numel() for p in model.encoder.parameters())
     stored = 0
@@ -54,7 +57,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_causal_dir, 
     full = train(cfg, tmp_path / "full", show_progress=False)
     assert full["steps"] == 6
     # Ctrl-C during step 4 (mid-epoch 2): a resumable state is saved, then the run continues with --resume
-    train_module = importlib.import_module("ptune.train")  # the module (ptune.train is also a function)
+    train_module = importlib.import_module("ptune.training.trainer")
 
     real = train_module.lr_factor
 
@@ -100,7 +103,7 @@ def test_without_an_output_folder_fit_returns_the_best_dev_model_not_the_last(ti
     evals = [h for h in prog.history if h["kind"] == "dev"]
     best = max(evals, key=lambda h: h["accuracy"])  # the first of equals is kept
     assert best is not evals[-1], [h["accuracy"] for h in evals]  # else this test could not tell best from last
-    from ptune.train import evaluate
+    from ptune.evaluation.evaluator import evaluate
 
     assert evaluate(model, session, dev)["loss"] == pytest.approx(best["loss"], abs=1e-6)
 
@@ -110,21 +113,21 @@ def test_cv_keeps_each_fold_models_best_epoch_on_dev_rows_outside_its_held_out_f
     """Early stopping inside each fold: data.dev_fraction is taken from the fold's training rows, every row is still
     scored once, and a dev file (when given) is every fold's dev."""
     from conftest import ROWS, write_csv
-    from ptune.train import cross_validate
+    from ptune.evaluation.cv import cross_validate
 
-    train_module = importlib.import_module("ptune.train")  # the module (ptune.train is also a function)
+    cv_module = importlib.import_module("ptune.evaluation.cv")
 
     rows = [(f"{text} {i}", label) for i in range(2) for text, label in ROWS]  # 16 distinct rows
     data = {"train": str(write_csv(tmp_path / "train.csv", rows)), "dev_fraction": 0.25}
     calls = []
-    real_fit = train_module.fit
+    real_fit = cv_module.fit
 
     def recording_fit(session, tr, dev, out_dir=None, **kw):
         model, prog = real_fit(session, tr, dev, out_dir, **kw)
         calls.append(({r["text"] for r in tr.rows}, dev and {r["text"] for r in dev.rows}, prog.history))
         return model, prog
 
-    monkeypatch.setattr(train_module, "fit", recording_fit)
+    monkeypatch.setattr(cv_module, "fit", recording_fit)
     cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 3, "patience": 2})
     summary = cross_validate(cfg, folds=4, seeds=[5], show_progress=False)
     assert sum(r["n"] for r in summary["runs"]) == 16  # no row lost to a dev split made before the folds

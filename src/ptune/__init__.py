@@ -12,9 +12,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .config import Config, load_config  # noqa: E402
 from .errors import PtuneError  # noqa: E402
-from .predict import Predictor  # noqa: E402
+from .evaluation.cv import cross_validate  # noqa: E402
+from .inference import Ensemble, Predictor  # noqa: E402
 from .template import parse_template  # noqa: E402
-from .train import cross_validate, train  # noqa: E402
+from .training.run import train  # noqa: E402
 
-__all__ = ["Config", "load_config", "PtuneError", "Predictor", "parse_template", "train", "cross_validate"]
+__all__ = ["Config", "load_config", "PtuneError", "Predictor", "Ensemble", "parse_template", "train", "cross_validate"]
 __version__ = "0.1.0"

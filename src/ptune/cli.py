@@ -43,7 +43,7 @@ _set = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VA
 def train(config, out_dir, overrides, resume, quiet):
     """Train a prompt encoder and write the checkpoint directory."""
     from .config import load_config
-    from .train import train as run
+    from .training.run import train as run
 
     cfg = load_config(config, overrides)
     summary = run(cfg, out_dir, resume=resume, show_progress=not quiet)
@@ -82,7 +82,7 @@ def train(config, out_dir, overrides, resume, quiet):
 def cv(config, overrides, folds, seeds, ensemble, out_file, quiet):
     """Estimate held-out metrics by stratified k-fold cross-validation over the training rows."""
     from .config import load_config
-    from .train import cross_validate
+    from .evaluation.cv import cross_validate
 
     cfg = load_config(config, overrides)
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
@@ -105,7 +105,8 @@ _checkpoints = click.argument("checkpoint_dirs", nargs=-1, required=True, metava
 def eval_(checkpoint_dirs, data, fmt, quiet):
     """Print metrics as JSON (accuracy, macro_f1, n; p@1 for probing). Several checkpoints of one classification
     task are scored as an ensemble (mean label probabilities)."""
-    from .predict import Ensemble
+
+    from .inference import Ensemble
 
     predictor = Ensemble.load(list(checkpoint_dirs))
     click.echo(json.dumps(predictor.evaluate_file(data, fmt, show_progress=not quiet), indent=2))
@@ -121,7 +122,7 @@ def predict(checkpoint_dirs, data, out_file, fmt, quiet):
     """Write one JSON object per row: its fields plus `prediction` (and `scores` per label). Several checkpoints
     of one classification task predict as an ensemble (mean label probabilities; scores are their logs)."""
     from .checkpoint import write_atomic
-    from .predict import Ensemble
+    from .inference import Ensemble
 
     predictor = Ensemble.load(list(checkpoint_dirs))
     table, preds = predictor.predict_file(data, fmt, show_progress=not quiet)
@@ -138,7 +139,8 @@ def predict(checkpoint_dirs, data, out_file, fmt, quiet):
 @click.option("--quiet", is_flag=True)
 def search(config, out_dir, overrides, quiet):
     """Cross-validated search over the config's `search.space`; retrain the best and write its checkpoint."""
-    from .search import render_table, run_search
+
+    from .evaluation.search import render_table, run_search
 
     report = run_search(config, out_dir, overrides, show_progress=not quiet)
     click.echo(render_table(report["candidates"], report["best"]))
@@ -154,8 +156,8 @@ def search(config, out_dir, overrides, quiet):
 @click.option("--seeds", default=None, help="Comma-separated seeds.")
 def baselines(config, manual, overrides, folds, seeds):
     """Majority class and zero-shot manual prompt on the same folds as `ptune cv`."""
-    from .baselines import baselines as run
     from .config import load_config
+    from .evaluation.baselines import baselines as run
 
     cfg = load_config(config, overrides)
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None

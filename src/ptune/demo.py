@@ -14,12 +14,12 @@ from pathlib import Path
 
 import click
 
-from .baselines import fit_probe, manual_session
 from .config import config_from_dict
-from .data import Table, read_table
-from .evaluate import classification_metrics
-from .predict import Predictor
-from .train import train
+from .data.tables import Table, read_table
+from .evaluation.baselines import fit_probe, manual_session
+from .evaluation.metrics import classification_metrics
+from .inference import Predictor
+from .training.run import train
 
 DATA = files("ptune") / "examples_data"
 

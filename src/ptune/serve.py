@@ -25,11 +25,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-# (no `from __future__ import annotations`: FastAPI reads the handlers' annotations, and Request is imported lazily)
 
+# (no `from __future__ import annotations`: FastAPI reads the handlers' annotations, and Request is imported lazily)
 import click
 
 from .errors import PtuneError
+from .inference import Predictor
+from .tasks.mixed import classify_mixed
 
 logger = logging.getLogger("ptune.serve")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -84,7 +86,6 @@ class ServedTask:
 
 def load_tasks(checkpoints: dict[str, str | Path], device: str | None = None) -> dict[str, ServedTask]:
     """One Predictor per checkpoint, all over the base model the first one loads (others must match it)."""
-    from .predict import Predictor
 
     if not checkpoints:
         raise PtuneError("serve: give at least one checkpoint directory")
@@ -286,7 +287,6 @@ class Batcher:
         """Classification rows of several tasks, one set of model calls; predictions in job order."""
         import torch
 
-        from .tasks import classify_mixed
 
         t0 = time.perf_counter()
         parts = [(g[0].task.predictor.session.task, g[0].task.predictor.model, [r for j in g for r in j.rows])

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import BaseModel, load_base
 from .config import Config
-from .data import Renderer, Table, check_table, read_table
-from .encoder import EmbeddingEncoder, build_encoder, init_table
+from .data.labels import LabelSpace
+from .data.render import Renderer
+from .data.tables import Table, check_table, read_table
 from .errors import ConfigError, DataError
-from .labels import LabelSpace
-from .model import LinearHead, PTuningModel, decoder_layers
+from .modeling.base import FrozenBase, load_base
+from .modeling.encoders import EmbeddingEncoder, build_encoder, init_table
+from .modeling.heads import LinearHead, decoder_layers
+from .modeling.ptuning import PTuningModel
 from .tasks import Task, build_task
 from .template import Template, parse_template
 
@@ -44,26 +46,10 @@ def check_inputs(cfg: Config, template: Template, table: Table, *, labelled: boo
         check_table(table, [cfg.task.label_column])
 
 
-def split_dev(cfg: Config, table: Table, fraction: float, seed: int) -> tuple[Table, Table]:
-    """Hold out ``fraction`` of the rows (stratified by label for classification)."""
-    rng = random.Random(seed)
-    groups: dict[str, list[int]] = {}
-    for i, row in enumerate(table.rows):
-        key = row[cfg.task.label_column] if cfg.task.type == "classification" else ""
-        groups.setdefault(key, []).append(i)
-    dev_idx = []
-    for idx in groups.values():
-        rng.shuffle(idx)
-        dev_idx += idx[:max(1, round(len(idx) * fraction))]
-    dev_set = set(dev_idx)
-    return (Table(table.source, table.columns, [r for i, r in enumerate(table.rows) if i not in dev_set]),
-            Table(f"{table.source} (held-out {fraction:.0%})", table.columns, [table.rows[i] for i in sorted(dev_set)]))
-
-
 @dataclass
 class Session:
     cfg: Config
-    base: BaseModel
+    base: FrozenBase
     template: Template
     task: Task
     device: torch.device
@@ -94,7 +80,7 @@ class Session:
 
 
 def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: LabelSpace | None = None,
-                 base: BaseModel | None = None, check_identity=None, allow_no_virtual: bool = False,
+                 base: FrozenBase | None = None, check_identity=None, allow_no_virtual: bool = False,
                  device: torch.device | None = None) -> Session:
     """Load (or reuse) the base model and build the template, renderer and task. ``device`` overrides
     ``model.device`` (a distributed run puts each process's copy on its own GPU)."""
@@ -127,7 +113,7 @@ def head_layer(session: Session) -> int:
     return layer
 
 
-def model_context(base: BaseModel) -> int:
+def model_context(base: FrozenBase) -> int:
     """The most positions the base model takes: a row longer than this has its data fields cut, like one longer
     than train.max_length (past it, BERT-style models fail and RoPE models degrade)."""
     limits = [getattr(base.model.config, k, None) for k in ("max_position_embeddings", "n_positions")]

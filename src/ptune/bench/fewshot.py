@@ -22,10 +22,12 @@ from typing import Callable
 
 from ..checkpoint import write_atomic
 from ..config import Config, config_from_dict
-from ..data import Table
+from ..data.tables import Table
 from ..errors import PtuneError
+from ..evaluation.cv import cross_validate
+from ..modeling.base import load_base
 from ..session import open_session
-from ..train import cross_validate, fit
+from ..training.trainer import fit
 from .loaders import read_agnews, read_fewglue, read_raft, read_sst2, read_trec, require_dir, sample_rows
 
 METHODS = ("zero_shot", "lstm", "mlp", "embedding")
@@ -140,7 +142,6 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
     t_start = time.perf_counter()
     budget = {"lr": lr, "batch_size": batch_size, "epochs": epochs}
     if base is None:
-        from ..base import load_base
 
         log(f"loading {model} ...")
         base = load_base(task_config(specs[0], model, template=specs[0].ptuning, encoder="lstm", dtype=dtype,

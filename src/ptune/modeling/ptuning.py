@@ -10,149 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import threading
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import PromptEncoder
+from .encoders import PromptEncoder
+from .heads import LinearHead, block_output, float32_head, fold_head_input, lm_head
 
 
 def trainable(name: str) -> bool:
     """The one predicate for what is trained and what is saved: the encoder's parameters and, with ``task.head:
     linear``, the classifier's; nothing of the base."""
     return name.startswith(("encoder.", "classifier."))
-
-
-def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
-    x = args[0]
-    dense = [1] * x.dim()  # the strides of a freshly allocated tensor of this shape
-    for i in range(x.dim() - 2, -1, -1):
-        dense[i] = dense[i + 1] * x.shape[i + 1]
-    if list(x.stride()) != dense:  # (is_contiguous() overlooks odd strides on size-1 dims; matmul does not)
-        x = x.clone(memory_format=torch.contiguous_format)
-    return (x,) + args[1:]
-
-
-def lm_head(base: nn.Module) -> nn.Module | None:
-    """The model's output projection to the vocabulary, where it has one."""
-    return base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-
-
-def fold_head_input(base: nn.Module) -> None:
-    """Make the LM head's input contiguous. With ``logits_to_keep`` the head gets a strided slice (B, k, d) of the
-    hidden states, which ``F.linear`` cannot fold into one matrix product: torch then runs a batched product against
-    the (V, d) weight expanded and copied once per row (450 MB per step for a batch of 8 here, half the step's
-    time). Copying the small slice instead gives the same numbers."""
-    head = lm_head(base)
-    if isinstance(head, nn.Module) and not getattr(head, "_ptune_contiguous", False):
-        head.register_forward_pre_hook(_contiguous_input)
-        head._ptune_contiguous = True
-
-
-SCORING_TOP_K = 64  # scoring: the most likely tokens per position whose logits are recomputed in float32
-
-
-def float32_head(base: nn.Module) -> None:
-    """Compute the LM head in float32 when the model runs in bfloat16 or float16. Label scores are differences of
-    logits of size 16 to 64, which bfloat16 holds to steps of 0.125 to 0.25: two labels' log-odds then tie exactly
-    for many rows and the tie, not the model, picks the label. The head's weight is copied once to float32 (the
-    base's own, maybe tied, weight is untouched).
-
-    Training and evaluation compute every logit in float32. Label scoring (``PTuningModel.scoring_head``) computes
-    the vocabulary in bfloat16, about 4x faster on this CPU, then recomputes in float32 the logits that decide the
-    scores: the scored tokens' (exact, so no ties) and each position's ``SCORING_TOP_K`` largest, which carry nearly
-    all of the log-softmax normaliser. On 200 twitter_complaints test tweets the label scores moved by 0.002 at most
-    and no prediction changed (benchmarks/README.md); the tests bound the difference on a tiny model."""
-    head = lm_head(base)
-    if not isinstance(head, nn.Linear) or head.weight.dtype not in (torch.bfloat16, torch.float16):
-        return
-    if getattr(head, "_ptune_float32", False):
-        return
-    # non-persistent buffers: they follow the model's .to(device) and stay out of every state dict
-    head.register_buffer("_ptune_weight32", head.weight.detach().float(), persistent=False)
-    head.register_buffer("_ptune_bias32", None if head.bias is None else head.bias.detach().float(), persistent=False)
-    head._ptune_scored_ids = None  # set by PTuningModel.scoring_head
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        scored = head._ptune_scored_ids
-        if scored is None or torch.is_grad_enabled():
-            return F.linear(x.float(), head._ptune_weight32, head._ptune_bias32)
-        logits = F.linear(x.to(head.weight.dtype), head.weight, head.bias).float()  # (..., V), bfloat16-rounded
-        k = min(SCORING_TOP_K, logits.shape[-1])
-        ids = torch.cat([logits.topk(k, dim=-1).indices, scored.to(logits.device).expand(*logits.shape[:-1], -1)],
-                        dim=-1)  # (..., k + S): a scored token also among the top k is written twice, alike
-        exact = (head._ptune_weight32[ids] @ x.float().unsqueeze(-1)).squeeze(-1)
-        if head._ptune_bias32 is not None:
-            exact = exact + head._ptune_bias32[ids]
-        return logits.scatter_(-1, ids, exact)
-
-    head.forward = forward  # the instance's forward; hooks (fold_head_input's) still run around it
-    head._ptune_float32 = True
-
-
-class LinearHead(nn.Module):
-    """``task.head: linear``: the pooled hidden state of one layer, standardised with the training rows' mean and
-    spread (the middle layers of a decoder have a few dimensions hundreds of times larger than the rest), then a
-    linear map to the labels. ``fit`` solves its convex problem to convergence: with 50 rows, a few dozen Adam
-    steps leave a linear classifier far from its optimum."""
-
-    def __init__(self, dim: int, n_labels: int, layer: int):
-        super().__init__()
-        self.layer = layer  # 1-based: the output of the layer-th block is pooled
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("scale", torch.ones(dim))
-        self.linear = nn.Linear(dim, n_labels)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, labels)
-        return self.linear((features.float() - self.mean) / self.scale)
-
-    @torch.no_grad()
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        """Standardise on ``features`` (N, d) and fit the weights by L2-regularised logistic regression (penalty
-        1/(2N) |W|^2, scikit-learn's C=1), ``weights`` per label, with L-BFGS."""
-        features = features.float()
-        self.mean.copy_(features.mean(0))
-        self.scale.copy_(features.std(0, correction=0) + 1e-4)
-        x = (features - self.mean) / self.scale
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-        opt = torch.optim.LBFGS(self.linear.parameters(), max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
-                                line_search_fn="strong_wolfe")
-        w = None if weights is None else weights.to(x.device).float()
-
-        def objective():
-            opt.zero_grad()
-            value = F.cross_entropy(self.linear(x), labels.to(x.device), weight=w) \
-                + 0.5 / len(x) * self.linear.weight.pow(2).sum()
-            value.backward()
-            return value
-
-        with torch.enable_grad():
-            opt.step(objective)
-
-
-class _StopAt(Exception):
-    def __init__(self, hidden):
-        self.hidden = hidden
-
-
-def decoder_layers(base: nn.Module) -> nn.ModuleList:
-    """The base model's list of transformer blocks (``model.layers`` for Llama-likes, ``transformer.h`` for GPT-2)."""
-    n = getattr(base.config, "num_hidden_layers", None) or getattr(base.config, "n_layer", None)
-    for module in base.base_model.children():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise ValueError(f"cannot find the {n} transformer blocks of {type(base).__name__}")
-
-
-_stop_here = threading.local()  # which block ends the current thread's forward pass (pooled_states); none: None
-
-
-def _stop_hook(module, args, output):
-    if getattr(_stop_here, "block", None) is module:
-        raise _StopAt(output[0] if isinstance(output, tuple) else output)
 
 
 class PTuningModel(nn.Module):
@@ -250,21 +120,10 @@ class PTuningModel(nn.Module):
     def pooled_states(self, batch) -> torch.Tensor:
         """(B, d): the output of block ``classifier.layer``, averaged over each row's positions (pads left out).
         The forward pass stops there: the blocks above it and the LM head never run."""
-        block = decoder_layers(self.base)[self.classifier.layer - 1]
-        if not getattr(block, "_ptune_stop_hook", False):
-            block.register_forward_hook(_stop_hook)  # inert unless this thread asks for it
-            block._ptune_stop_hook = True
         embeds = self.embed(batch["input_ids"], batch["virtual_index"])
         mask = batch["attention_mask"]
-        _stop_here.block = block
-        try:
-            self.base.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"],
-                                 use_cache=False)
-            raise RuntimeError(f"block {self.classifier.layer} never ran")
-        except _StopAt as stop:
-            hidden = stop.hidden.float()
-        finally:
-            _stop_here.block = None
+        hidden = block_output(self.base, self.classifier.layer, inputs_embeds=embeds, attention_mask=mask,
+                              position_ids=batch["position_ids"], use_cache=False).float()
         keep = mask.unsqueeze(-1).float()
         return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)
 
@@ -331,7 +190,6 @@ class PTuningModel(nn.Module):
     def prefix_keys_values(self, ids: list[int], virtual: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's keys and values (1, heads, P, head_dim) for the prefix every row shares (leading virtual
         tokens and anchor text): computed once, then reused for every batch until the prompt table changes."""
-        from transformers import DynamicCache
 
         key = (tuple(ids), tuple(virtual))
         if self._prefix is None or self._prefix[0] != key:

@@ -35,11 +35,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import checkpoint
-from .config import _resolve_paths, apply_overrides, config_from_dict, yaml_load
-from .errors import ConfigError, PtuneError
-from .session import open_session
-from .train import cross_validate, fit, fold_dev, prepare
+from .. import checkpoint
+from ..config import _resolve_paths, apply_overrides, config_from_dict, yaml_load
+from ..errors import ConfigError, PtuneError
+from ..plotting import plot_search
+from ..session import open_session, read_split
+from ..training.prepare import fold_dev, prepare
+from ..training.trainer import fit
+from .cv import cross_validate
 
 
 def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict]:
@@ -127,7 +130,6 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
             return None
         if cfg.data.unlabeled == configs[0][1].data.unlabeled:
             return session0.unlabeled
-        from .session import read_split
         return read_split(cfg, "unlabeled")
     results, configs_run = [], []
     t0 = time.perf_counter()
@@ -235,33 +237,3 @@ def how_sure(results: list[dict], best: int) -> str:
     return (f"\nThe best (#{best}) leads the runner-up (#{second}) by {lead['mean']:+.3f} macro-F1 over the same "
             f"{n} folds (standard error {lead['sem']:.3f}; ahead on {lead['ahead']}, level on {lead['level']}, "
             f"behind on {lead['behind']}): {verdict}.\n")
-
-
-def plot_search(results: list[dict], best: int, path: Path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(results) + 1.5))
-    ys = range(len(results))
-    means = [r.get("macro_f1", {}).get("mean", 0) for r in results]
-    sds = [r.get("macro_f1", {}).get("std", 0) for r in results]
-    colors = ["tab:orange" if i == best else "tab:blue" for i in ys]
-    ax.barh(list(ys), means, xerr=sds, color=colors, alpha=0.8)
-    for y, r in zip(ys, results):  # each fold's score: the spread the mean hides
-        folds = r.get("fold_macro_f1", [])
-        ax.scatter(folds, [y] * len(folds), s=12, color="black", alpha=0.5, zorder=3)
-    ax.set_yticks(list(ys))
-    ax.set_yticklabels([f"#{i}" for i in ys])
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("cross-validated macro-F1 (bar: mean ± sd over folds and seeds; dots: each fold)")
-    ax.set_title("ptune search: candidates (orange: chosen)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    checkpoint.write_atomic(path, buf.getvalue())

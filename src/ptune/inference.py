@@ -11,14 +11,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
-from .base import BaseModel
 from .config import config_from_dict
+from .data.labels import LabelSpace
+from .data.tables import Table, read_table
 from .errors import CheckpointError, PtuneError
-from .data import Table, read_table
-from .labels import LabelSpace
-from .model import PTuningModel
+from .evaluation.evaluator import evaluate, label_probabilities
+from .modeling.base import FrozenBase
+from .modeling.ptuning import PTuningModel
 from .session import Session, check_inputs, open_session, report_truncated
-from .train import evaluate, label_probabilities
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Predictor:
     meta: dict
 
     @classmethod
-    def load(cls, folder: str | Path, *, base: BaseModel | None = None, model_override: str | None = None,
+    def load(cls, folder: str | Path, *, base: FrozenBase | None = None, model_override: str | None = None,
              device: str | None = None) -> "Predictor":
         folder = Path(folder)
         meta, encoder_state, prompts = checkpoint.load_model(folder)

@@ -1,0 +1,22 @@
+"""Task types: how rows become training examples, predictions and metrics (one module each), and the one place
+that maps ``task.type`` to its class.
+
+For a seq2seq model the target tokens are the decoder's (``Encoded.decoder_labels``); everything else is the same.
+"""
+
+from __future__ import annotations
+
+from ..config import TaskConfig
+from ..data.labels import LabelSpace
+from ..data.render import Renderer
+from .base import Task
+from .classification import ClassificationTask
+from .generation import GenerationTask
+from .probing import ProbingTask, load_vocab_ids
+
+TASKS = {"classification": ClassificationTask, "generation": GenerationTask, "probing": ProbingTask}
+
+
+def build_task(cfg: TaskConfig, renderer: Renderer, labels: LabelSpace | None) -> Task:
+    vocab = load_vocab_ids(cfg.vocab_file, renderer) if cfg.type == "probing" and cfg.vocab_file else None
+    return TASKS[cfg.type](cfg, renderer, labels, vocab)

@@ -1,0 +1,95 @@
+"""What every task type shares: length-sorted batching, padded batches (with the prefix every row shares taken
+out once), and the interface a task type implements (training examples, loss, predictions, metrics)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import TaskConfig
+from ..data.labels import LabelSpace
+from ..data.render import Encoded, Renderer, collate
+from ..data.tables import Table
+from ..modeling.ptuning import PTuningModel
+
+
+def sorted_batches(items: list, size: int, key=len):
+    """Length-sorted batches (less padding); yields (original indices, items)."""
+    order = sorted(range(len(items)), key=lambda i: key(items[i]))
+    for start in range(0, len(order), size):
+        idx = order[start:start + size]
+        yield idx, [items[i] for i in idx]
+
+
+def shared_input(encoded: list[tuple[int, list[int], Encoded]]) -> Encoded | None:
+    """The target-free input shared by every candidate of a row, or None where truncation made them differ."""
+    first = None
+    for _, ids, enc in encoded:
+        n = len(ids)
+        if n == 0 or enc.input_ids[len(enc) - n:] != ids:
+            return None
+        cut = (enc.input_ids[:len(enc) - n], enc.virtual_index[:len(enc) - n])
+        if first is None:
+            first = cut
+        elif cut != first:
+            return None
+    if first is None or not first[0]:
+        return None
+    return Encoded(first[0], first[1], [-100] * len(first[0]), any(e.truncated for _, _, e in encoded))
+
+
+@dataclass
+class Task:
+    cfg: TaskConfig
+    renderer: Renderer
+    labels: LabelSpace | None = None
+    vocab_ids: list[int] | None = None
+    objective: str = "lm"
+    class_weights: str = "none"
+
+    @property
+    def label_column(self) -> str:
+        return self.cfg.label_column
+
+    @property
+    def pad_side(self) -> str:
+        return "left" if self.renderer.kind == "causal" else "right"
+
+    def batch(self, examples: list[Encoded], device, share_prefix: bool = False) -> dict[str, torch.Tensor]:
+        """Padded tensors. ``share_prefix`` (causal LMs): the tokens every row starts with (virtual tokens and anchor
+        text before the first data field) are taken out and given once, as ``prefix_ids``/``prefix_virtual``
+        (1, P), for the model to run once for the whole batch; every row keeps at least one token."""
+        pad = self.renderer.tokenizer.pad_token_id
+        if share_prefix and self.renderer.kind == "causal" and len(examples) > 1:
+            n = min([self.renderer.shared_prefix_length()] + [len(e) - 1 for e in examples])
+            if n > 0:
+                rest = [Encoded(e.input_ids[n:], e.virtual_index[n:], e.labels[n:], e.truncated, None, e.label_index)
+                        for e in examples]
+                out = collate(rest, pad, "left", device)
+                first = examples[0]
+                out["prefix_ids"] = torch.tensor([first.input_ids[:n]], device=out["input_ids"].device)
+                out["prefix_virtual"] = torch.tensor([first.virtual_index[:n]], device=out["input_ids"].device)
+                return out
+        return collate(examples, pad, self.pad_side, device)
+
+    def check(self, table: Table, *, labelled: bool = True) -> None:
+        """Raise a DataError naming file, row and field for anything this task cannot use."""
+
+    def train_examples(self, table: Table) -> tuple[list[Encoded], int]:
+        """Examples for training/loss, and how many rows were skipped (probing: object not one token)."""
+        raise NotImplementedError
+
+    def make_loss(self, examples: list[Encoded]):
+        """The training loss for these rows, as ``fn(model, batch) -> (summed loss, its weight)``; the mean is their
+        ratio (kept apart so that data-parallel processes can sum both before dividing)."""
+        def lm(model: PTuningModel, batch):
+            logp, mask = model.token_logprobs(batch)
+            return -logp.sum(), mask.sum()
+        return lm
+
+    def predict(self, model: PTuningModel, rows: list[dict], batch_size: int, device, progress=None) -> list[dict]:
+        raise NotImplementedError
+
+    def metrics(self, rows: list[dict], predictions: list[dict]) -> dict:
+        raise NotImplementedError

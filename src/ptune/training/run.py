@@ -1,0 +1,52 @@
+"""``train(cfg, out_dir)``: a whole training run, from the config to the checkpoint directory and a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import checkpoint
+from ..config import Config
+from ..errors import PtuneError
+from ..evaluation.evaluator import evaluate
+from ..session import check_inputs, read_split, report_truncated
+from .distributed import check_batch_split, distributed_state, on_main
+from .prepare import prepare
+from .trainer import fit
+
+
+def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, show_progress: bool = True) -> dict:
+    """Train and write the checkpoint directory; return a summary (best dev metrics, test metrics if given)."""
+    out_dir = Path(out_dir)
+    dist = distributed_state(cfg)  # None in a single process; else only the main process looks at --out
+    if dist is not None:
+        check_batch_split(cfg.train.batch_size, dist.num_processes)
+
+    def check_out():
+        if not resume and ((out_dir / checkpoint.MANIFEST).exists() or checkpoint.has_state(out_dir)):
+            raise PtuneError(f"{out_dir} already holds a checkpoint; choose another --out, or --resume it")
+        if resume and not checkpoint.has_state(out_dir):
+            raise PtuneError(f"--resume: {out_dir} holds no training state to resume from")
+
+    on_main(dist, check_out)
+    session, train_table, dev = prepare(cfg)
+    test = None
+    if cfg.data.test:
+
+        test = read_split(cfg, "test")
+        check_inputs(cfg, session.template, test, labelled=True)
+        session.task.check(test)
+    for table, what in ((dev, "dev rows"), (test, "test rows")):
+        if table is not None and (dist is None or dist.is_main_process):
+            report_truncated(session, table, what)
+    # no mkdir here: the folder appears with the first checkpoint, so a run that fails on its data writes nothing
+    model, prog = fit(session, train_table, dev, out_dir, resume=resume, show_progress=show_progress)
+
+    def summarise() -> dict:
+        summary = {"out": str(out_dir), "steps": prog.step, "best_" + cfg.metric: prog.best}
+        if dev is not None:
+            summary["dev"] = evaluate(model, session, dev)
+        if test is not None:
+            summary["test"] = evaluate(model, session, test)
+        return summary
+
+    return on_main(dist, summarise)  # evaluated once, on the main process; every process returns it
