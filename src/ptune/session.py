@@ -54,7 +54,8 @@ class Session:
     task: Task
     device: torch.device
     unlabeled: Table | None = None
-    """Unlabeled rows for self-training (``data.unlabeled``), read and checked by ``train.prepare``."""
+    """Unlabeled rows for self-training and prior calibration (``data.unlabeled``), read and checked by
+    ``training.prepare``."""
 
     @property
     def tokenizer(self):
@@ -81,9 +82,10 @@ class Session:
 
 def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: LabelSpace | None = None,
                  base: FrozenBase | None = None, check_identity=None, allow_no_virtual: bool = False,
-                 device: torch.device | None = None) -> Session:
+                 device: torch.device | None = None, unlabeled: Table | None = None) -> Session:
     """Load (or reuse) the base model and build the template, renderer and task. ``device`` overrides
-    ``model.device`` (a distributed run puts each process's copy on its own GPU)."""
+    ``model.device`` (a distributed run puts each process's copy on its own GPU); ``unlabeled``: rows for
+    self-training and prior calibration (``data.unlabeled``), already read and checked."""
     template = parse_template(cfg.task.template)
     if base is None:
         base = load_base(cfg.model, device=device, check=check_identity)
@@ -95,10 +97,9 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
         labels = LabelSpace.build(cfg.task.verbalizer, label_values)
     renderer = Renderer(template, base.tokenizer, base.kind, min(cfg.train.max_length, model_context(base)),
                         dict(cfg.data.columns))
-    task = build_task(cfg.task, renderer, labels)
-    task.objective, task.class_weights = cfg.train.objective, cfg.train.class_weights
+    task = build_task(cfg.task, renderer, labels, objective=cfg.train.objective, class_weights=cfg.train.class_weights)
     device = next(base.model.parameters()).device
-    return Session(cfg, base, template, task, device)
+    return Session(cfg, base, template, task, device, unlabeled)
 
 
 def head_layer(session: Session) -> int:

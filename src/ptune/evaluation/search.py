@@ -139,8 +139,7 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
             print(f"time budget of {budget / 60:.0f} min reached: {len(configs) - len(configs_run)} candidates not run")
             break
         values = table.column(cfg.task.label_column) if cfg.task.type == "classification" else None
-        session = open_session(cfg, label_values=values, base=base)
-        session.unlabeled = unlabeled(cfg)
+        session = open_session(cfg, label_values=values, base=base, unlabeled=unlabeled(cfg))
         summary = cross_validate(cfg, folds=folds, seeds=seeds, session=session, train_table=table,
                                  dev_table=dev_table, show_progress=False, variants=variants, ensemble=ensemble)
         for part in summary.get("variants", [summary]):
@@ -167,8 +166,7 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
                                              if k in PREDICT_ONLY}))
     # retrain the winner on every labelled row and write a normal checkpoint
     values = table.column(best_cfg.task.label_column) if best_cfg.task.type == "classification" else None
-    session = open_session(best_cfg, label_values=values, base=base)
-    session.unlabeled = unlabeled(best_cfg)
+    session = open_session(best_cfg, label_values=values, base=base, unlabeled=unlabeled(best_cfg))
     out_dir.mkdir(parents=True, exist_ok=True)
     # members use the training seeds cross_validate gave them: seed, seed + 100, ...
     member_seeds = [best_cfg.train.seed + 100 * m for m in range(ensemble)]

@@ -17,6 +17,9 @@ from .probing import ProbingTask, load_vocab_ids
 TASKS = {"classification": ClassificationTask, "generation": GenerationTask, "probing": ProbingTask}
 
 
-def build_task(cfg: TaskConfig, renderer: Renderer, labels: LabelSpace | None) -> Task:
+def build_task(cfg: TaskConfig, renderer: Renderer, labels: LabelSpace | None, *, objective: str = "lm",
+               class_weights: str = "none") -> Task:
+    """The task object for ``cfg.type``; ``objective`` and ``class_weights`` are the training config's
+    (``train.objective``, ``train.class_weights``)."""
     vocab = load_vocab_ids(cfg.vocab_file, renderer) if cfg.type == "probing" and cfg.vocab_file else None
-    return TASKS[cfg.type](cfg, renderer, labels, vocab)
+    return TASKS[cfg.type](cfg, renderer, labels, vocab, objective, class_weights)

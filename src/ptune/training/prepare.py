@@ -27,14 +27,13 @@ def prepare(cfg: Config, hold_out_dev: bool = True) -> tuple[Session, Table, Tab
         for table in (train, dev) if dev is not None else (train,):
             for i, row in enumerate(table.rows, 1):
                 labels.index(row[cfg.task.label_column], where=f"{table.source}: row {i}: ")
-    session = open_session(cfg, labels=labels, device=process_device(cfg))
+    unlabeled = read_split(cfg, "unlabeled")
+    if unlabeled is not None:
+        check_inputs(cfg, template, unlabeled, labelled=False)
+    session = open_session(cfg, labels=labels, device=process_device(cfg), unlabeled=unlabeled)
     session.task.check(train)
     if dev is not None:
         session.task.check(dev)
-    if cfg.data.unlabeled:
-
-        session.unlabeled = read_split(cfg, "unlabeled")
-        check_inputs(cfg, template, session.unlabeled, labelled=False)
     if hold_out_dev:
         train, dev = fold_dev(cfg, train, dev, cfg.train.seed)
     return session, train, dev
