@@ -133,3 +133,19 @@ def test_search_report_pairs_every_candidate_with_the_best_on_the_same_folds(tin
     other = report["candidates"][1 - report["best"]]
     assert other["vs_best"]["mean"] == pytest.approx(best["macro_f1"]["mean"] - other["macro_f1"]["mean"])
     assert "leads the runner-up" in (tmp_path / "out" / "search.md").read_text()
+
+
+def test_a_search_config_with_invalid_yaml_is_one_line_error_like_any_config(tmp_path):
+    from click.testing import CliRunner
+
+    from ptune.cli import main
+
+    bad = tmp_path / "search.yaml"
+    bad.write_text("search: {space: [\n")
+    for command in (["search", str(bad), "--out", str(tmp_path / "out")], ["train", str(bad), "--out",
+                                                                            str(tmp_path / "t")]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2
+        assert result.output.startswith(f"ptune: error: {bad}: not valid YAML: ")
+        assert result.output.count("\n") == 1
+    assert not (tmp_path / "out").exists()

@@ -372,27 +372,32 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config (relative data paths resolve against the config's folder) and apply overrides."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            values = yaml_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    values = read_config_file(path) if path is not None else {}
     values = apply_overrides(values, list(overrides))
     cfg = config_from_dict(values)
     if path is not None:
-        _resolve_paths(cfg, Path(path).parent)
+        resolve_paths(cfg, Path(path).parent)
     return cfg
 
 
-def _resolve_paths(cfg: Config, base: Path) -> None:
+def read_config_file(path: str | Path) -> dict:
+    """A config file's mapping of sections, or a one-line ``ConfigError`` naming the file (missing, unreadable,
+    not YAML, not a mapping). Search configs are read here too, so they fail the same way."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return values
+
+
+def resolve_paths(cfg: Config, base: Path) -> None:
     """Data paths in a config file are relative to that file, so a config runs from any working directory."""
     for name in ("train", "dev", "test", "unlabeled"):
         value = getattr(cfg.data, name)

@@ -36,7 +36,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import checkpoint
-from ..config import _resolve_paths, apply_overrides, config_from_dict, yaml_load
+from ..config import apply_overrides, config_from_dict, read_config_file, resolve_paths
 from ..errors import ConfigError, PtuneError
 from ..plotting import plot_search
 from ..session import open_session, read_split
@@ -48,9 +48,7 @@ from .cv import cross_validate
 def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict]:
     """(base config values, search settings) from a YAML file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    values = yaml_load(path.read_text(encoding="utf-8")) or {}
+    values = read_config_file(path)
     search = values.pop("search", None)
     if not isinstance(search, dict) or not isinstance(search.get("space"), dict) or not search["space"]:
         raise ConfigError(f"{path}: needs a `search:` section with a non-empty `space:` mapping")
@@ -97,7 +95,7 @@ def split_space(space: dict) -> tuple[dict, list[dict]]:
 
 def build(values: dict, source: str):
     cfg = config_from_dict(values)
-    _resolve_paths(cfg, Path(source).parent)
+    resolve_paths(cfg, Path(source).parent)
     return cfg
 
 
