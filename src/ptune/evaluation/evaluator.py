@@ -10,6 +10,7 @@ from ..data.render import Encoded
 from ..data.tables import Table
 from ..modeling.ptuning import PTuningModel
 from ..session import Session
+from .ensemble import mean_label_probabilities
 
 
 @torch.no_grad()
@@ -44,6 +45,6 @@ def evaluate(model: PTuningModel, session: Session, table: Table, show_progress:
 
 
 def label_probabilities(session: Session, predictions: list[dict]) -> torch.Tensor:
-    """(rows, labels) probabilities from predictions' label scores (log-probabilities, normalised over labels)."""
-    labels = session.task.labels.labels
-    return torch.softmax(torch.tensor([[p["scores"][l] for l in labels] for p in predictions]), dim=-1)
+    """(rows, labels) probabilities from one model's predictions, in ``session``'s label order: the one-member case
+    of ``ensemble.mean_label_probabilities``."""
+    return mean_label_probabilities([predictions], session.task.labels.labels)

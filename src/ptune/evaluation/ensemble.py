@@ -1,0 +1,33 @@
+"""One ensemble rule: average the members' label probabilities (each member's label scores softmaxed over the
+labels), so cross-validated ensembles and a loaded ``Ensemble`` predict alike."""
+
+from __future__ import annotations
+
+import torch
+
+
+def mean_label_probabilities(member_predictions: list[list[dict]], labels: list[str]) -> torch.Tensor:
+    """The members' label probabilities, averaged row by row.
+
+    Args:
+        member_predictions (`list[list[dict]]`): one list of predictions per member, all over the same rows in the
+            same order; each prediction holds ``"scores"``, a label -> log-probability mapping.
+        labels (`list[str]`): the label order of the returned columns.
+
+    Returns:
+        `torch.Tensor` of shape `(rows, labels)`: each member's scores softmaxed over ``labels``, then the mean over
+        members (a single member gives its own probabilities).
+
+    Example:
+        >>> preds = [[{"scores": {"neg": -2.0, "pos": -0.1}}], [{"scores": {"neg": -0.5, "pos": -1.5}}]]
+        >>> mean_label_probabilities(preds, ["neg", "pos"]).shape
+        torch.Size([1, 2])
+    """
+    if not member_predictions:
+        raise ValueError("mean_label_probabilities needs at least one member's predictions")
+    total = None
+    for predictions in member_predictions:  # summed in member order, so a fixed ensemble gives fixed figures
+        scores = torch.tensor([[p["scores"][label] for label in labels] for p in predictions])  # (rows, labels)
+        probs = torch.softmax(scores, dim=-1)
+        total = probs if total is None else total + probs
+    return total / len(member_predictions)  # (rows, labels)
