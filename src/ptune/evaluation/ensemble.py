@@ -31,3 +31,25 @@ def mean_label_probabilities(member_predictions: list[list[dict]], labels: list[
         probs = torch.softmax(scores, dim=-1)
         total = probs if total is None else total + probs
     return total / len(member_predictions)  # (rows, labels)
+
+
+def ensemble_predictions(member_predictions: list[list[dict]], labels: list[str]) -> list[dict]:
+    """The ensemble's predictions: per row, the label of highest mean probability and each label's log mean
+    probability (rounded as a single model's scores are).
+
+    Args:
+        member_predictions (`list[list[dict]]`): one list of predictions per member, as for
+            ``mean_label_probabilities``.
+        labels (`list[str]`): the labels, in the members' shared order.
+
+    Returns:
+        `list[dict]`: one ``{"prediction": label, "scores": {label: log mean probability}}`` per row.
+
+    Example:
+        >>> preds = [[{"scores": {"neg": -2.0, "pos": -0.1}}], [{"scores": {"neg": -0.5, "pos": -1.5}}]]
+        >>> ensemble_predictions(preds, ["neg", "pos"])[0]["prediction"]
+        'pos'
+    """
+    probs = mean_label_probabilities(member_predictions, labels)  # (rows, labels)
+    return [{"prediction": labels[int(row.argmax())],
+             "scores": {label: round(float(s), 4) for label, s in zip(labels, row.log())}} for row in probs]
