@@ -1,14 +1,17 @@
-"""Typed configuration for a whole run, loaded from YAML plus ``--set section.key=value`` overrides.
+"""Typed configuration for a whole run: built in Python (keywords or a mapping) or read from YAML, plus
+``section.key=value`` overrides.
 
-Each field is documented once, beside it; unknown keys, wrong types and out-of-range values are errors that name
-the key (and suggest the nearest known one).
+Each field is documented beside it (each section's docstring sums the fields up); unknown keys, wrong types and
+out-of-range values are errors that name the key (and suggest the nearest known one), however the config is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
+import os
 import re
 import types
 import typing
@@ -46,6 +49,21 @@ def yaml_load(text: str):
 
 @dataclass
 class ModelConfig:
+    """The frozen base model (the ``model:`` section).
+
+    Args:
+        name_or_path (`str`, defaults to the embedded SmolLM2-135M-Instruct): a local folder, hub id, ``.gguf``
+            file or ``embedded:SmolLM2-135M-Instruct``.
+        gguf_file (`str`, *optional*): a GGUF file inside ``name_or_path``.
+        revision (`str`, *optional*): hub revision for hub ids.
+        kind (`str`, defaults to ``"auto"``): ``causal``, ``masked``, ``seq2seq`` or ``auto``.
+        dtype (`str`, defaults to ``"auto"``): ``auto``, ``float32`` or ``bfloat16``.
+        device (`str`, defaults to ``"auto"``): ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Example:
+        >>> ModelConfig(name_or_path="models/tiny-llama", dtype="float32").device
+        'auto'
+    """
     name_or_path: str = EMBEDDED_MODEL
     """A local folder, a Hugging Face hub id, a ``.gguf`` file, or ``embedded:SmolLM2-135M-Instruct``."""
     gguf_file: str | None = None
@@ -60,12 +78,34 @@ class ModelConfig:
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
 
     def __post_init__(self):
+        _check_fields(self)
         _choice("model.kind", self.kind, ("auto", "causal", "masked", "seq2seq"))
         _choice("model.dtype", self.dtype, ("auto", "float32", "bfloat16"))
 
 
 @dataclass
 class TaskConfig:
+    """What the model is trained to produce, and how the prompt looks (the ``task:`` section).
+
+    Args:
+        type (`str`, defaults to ``"classification"``): ``classification``, ``generation`` or ``probing``.
+        template (`str`, defaults to ``"[P*8] {text} [TARGET]"``): virtual runs ``[P*n]``, data fields ``{column}``,
+            anchor text and one ``[TARGET]``.
+        label_column (`str`, defaults to ``"label"``): the column holding the target.
+        verbalizer (`dict[str, Any]`, *optional*): label value -> label word(s).
+        score (`str`, defaults to ``"sum"``): ``sum`` or ``mean`` of a label word's token log-probabilities.
+        vocab_file (`str`, *optional*): probing only, a JSON list of candidate words.
+        max_new_tokens (`int`, defaults to 16): generation only, tokens generated per row.
+        calibrate (`str`, defaults to ``"none"``): ``none``, ``content_free`` or ``prior``.
+        prior_rows (`int`, defaults to 300): unlabeled rows the ``prior`` offsets are fitted on.
+        head (`str`, defaults to ``"words"``): ``words`` (rank label words) or ``linear`` (a linear classifier).
+        head_layer (`int`, defaults to 0): the layer a linear head reads (0: the middle one).
+
+    Example:
+        >>> TaskConfig(template="[P*4] Review : {review} Sentiment : [TARGET]",
+        ...            verbalizer={"pos": "great", "neg": "terrible"}).type
+        'classification'
+    """
     type: str = "classification"
     """``classification`` (rank label words), ``generation`` (free text) or ``probing`` (one token, P@1)."""
     template: str = "[P*8] {text} [TARGET]"
@@ -98,6 +138,7 @@ class TaskConfig:
     """``head: linear``: which layer's output is pooled (1 = the first block's); 0 = the middle of the model."""
 
     def __post_init__(self):
+        _check_fields(self)
         _choice("task.type", self.type, ("classification", "generation", "probing"))
         _choice("task.score", self.score, ("sum", "mean"))
         _choice("task.calibrate", self.calibrate, ("none", "content_free", "prior"))
@@ -118,6 +159,19 @@ class TaskConfig:
 
 @dataclass
 class EncoderConfig:
+    """The prompt encoder that computes the virtual tokens' embeddings (the ``encoder:`` section).
+
+    Args:
+        type (`str`, defaults to ``"lstm"``): ``lstm``, ``mlp`` or ``embedding``.
+        hidden_size (`int`, defaults to 128): width of the LSTM (per direction) or MLP.
+        num_layers (`int`, defaults to 2): LSTM layers, or hidden layers of the MLP.
+        init (`str`, defaults to ``"random"``): ``random``, ``words`` or ``text``.
+        init_text (`str`, defaults to ``""``): the words or text whose embeddings start the table.
+
+    Example:
+        >>> EncoderConfig(type="mlp", hidden_size=64).num_layers
+        2
+    """
     type: str = "lstm"
     """``lstm`` (BiLSTM + MLP, the paper's), ``mlp``, or ``embedding`` (plain prompt tuning)."""
     hidden_size: int = 128
@@ -130,6 +184,7 @@ class EncoderConfig:
     """Words or text whose token embeddings start the input table when ``init`` is ``words`` or ``text``."""
 
     def __post_init__(self):
+        _check_fields(self)
         _choice("encoder.type", self.type, ("lstm", "mlp", "embedding"))
         _choice("encoder.init", self.init, ("random", "words", "text"))
         if self.hidden_size < 1:
@@ -142,6 +197,23 @@ class EncoderConfig:
 
 @dataclass
 class DataConfig:
+    """Where the rows come from (the ``data:`` section). Data are given as files (or ``hf:`` datasets); a
+    ``pathlib.Path`` is accepted wherever a path is.
+
+    Args:
+        train (`str`, *optional*): training rows, a CSV/TSV/JSONL/Parquet file or ``hf:NAME[:CONFIG]``.
+        dev (`str`, *optional*): rows that pick the best epoch.
+        test (`str`, *optional*): rows scored after training.
+        format (`str`, defaults to ``"auto"``): ``auto``, ``csv``, ``tsv``, ``jsonl`` or ``parquet``.
+        columns (`dict[str, str]`, *optional*): template field -> column name, where they differ.
+        dev_fraction (`float`, defaults to 0.0): share of the training rows held out as dev without a dev file.
+        unlabeled (`str`, *optional*): rows without labels, for self-training and ``calibrate: prior``.
+        train_split, dev_split, test_split, unlabeled_split (`str`): ``hf:`` dataset splits.
+
+    Example:
+        >>> DataConfig(train="train.csv", dev_fraction=0.2).format
+        'auto'
+    """
     train: str | None = None
     """Training rows: a CSV/TSV/JSONL/Parquet file, or ``hf:NAME[:CONFIG]`` with ``train_split``."""
     dev: str | None = None
@@ -162,6 +234,7 @@ class DataConfig:
     unlabeled_split: str = "test"
 
     def __post_init__(self):
+        _check_fields(self)
         _choice("data.format", self.format, ("auto", "csv", "tsv", "jsonl", "parquet"))
         if not 0.0 <= self.dev_fraction < 1.0:
             raise ConfigError(f"data.dev_fraction must be in [0, 1), got {self.dev_fraction}")
@@ -169,6 +242,36 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    """How the prompt encoder is trained, evaluated and cross-validated (the ``train:`` section).
+
+    Args:
+        lr (`float`, defaults to 1e-2): AdamW learning rate.
+        weight_decay (`float`, defaults to 0.0): AdamW weight decay.
+        batch_size (`int`, defaults to 8): rows per batch.
+        epochs (`int`, defaults to 10): passes over the training rows.
+        max_steps (`int`, defaults to 0): stop after this many optimizer steps (0: all epochs).
+        warmup_ratio (`float`, defaults to 0.06): share of steps warming the learning rate up.
+        grad_clip (`float`, defaults to 1.0): gradient-norm clip (0: none).
+        eval_every (`int`, defaults to 0): evaluate on dev every N steps (0: once per epoch).
+        save_every (`int`, defaults to 0): save the resumable state every N steps too (0: per epoch only).
+        patience (`int`, defaults to 0): evaluations without improvement before stopping (0: never).
+        metric (`str`, defaults to ``"auto"``): ``accuracy``, ``macro_f1``, ``p@1``, ``loss`` or ``auto``.
+        seed (`int`, defaults to 42): seed of the encoder, the batches and the splits.
+        max_length (`int`, defaults to 256): longest input in tokens.
+        eval_batch_size (`int`, defaults to 32): rows per prediction batch.
+        cv_folds (`int`, defaults to 5): folds for cross-validation.
+        grad_accum (`int`, defaults to 1): batches per optimizer step.
+        self_train_rows (`int`, defaults to 0): confident unlabeled rows added for self-training (0: off).
+        self_train_pool (`int`, defaults to 400): unlabeled rows scored to choose them from.
+        share_prefix (`bool`, defaults to True): run the rows' shared leading tokens once per batch.
+        objective (`str`, defaults to ``"lm"``): ``lm`` or ``classify``.
+        class_weights (`str`, defaults to ``"none"``): ``none`` or ``balanced``.
+        mixed_precision (`str`, defaults to ``"no"``): ``no``, ``bf16`` or ``fp16``.
+
+    Example:
+        >>> TrainConfig(lr=3e-3, epochs=4).batch_size
+        8
+    """
     lr: float = 1e-2
     """AdamW learning rate for the prompt encoder (the base model is frozen)."""
     weight_decay: float = 0.0
@@ -216,6 +319,7 @@ class TrainConfig:
     GPU). The frozen model's own dtype is ``model.dtype``."""
 
     def __post_init__(self):
+        _check_fields(self)
         if not (self.lr > 0 and math.isfinite(self.lr)):  # also refuses .nan and .inf
             raise ConfigError(f"train.lr must be > 0 and finite, got {self.lr}")
         for name in ("weight_decay", "grad_clip"):
@@ -239,6 +343,23 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    """A whole run's configuration: five sections, each checked when built. A section may be given as its
+    dataclass or as a mapping of its keys; a wrong key, type or value raises ``ConfigError`` naming the key.
+
+    Args:
+        model (`ModelConfig` or `dict`, *optional*): the frozen base model.
+        task (`TaskConfig` or `dict`, *optional*): template, labels and task type.
+        encoder (`EncoderConfig` or `dict`, *optional*): the prompt encoder.
+        data (`DataConfig` or `dict`, *optional*): the data files.
+        train (`TrainConfig` or `dict`, *optional*): training, evaluation and cross-validation settings.
+
+    Example:
+        >>> cfg = Config(task=TaskConfig(template="[P*4] {text} Label : [TARGET]"),
+        ...              data={"train": "train.csv"}, train={"epochs": 3})
+        >>> faster = cfg.replace({"train.lr": 3e-2})  # a new Config; cfg is unchanged
+        >>> (cfg.train.lr, faster.train.lr, faster.data.train)
+        (0.01, 0.03, 'train.csv')
+    """
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -246,6 +367,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _section(f.name, getattr(self, f.name)))
         if self.train.self_train_rows and not self.data.unlabeled:
             raise ConfigError("train.self_train_rows is set but data.unlabeled is not: give the unlabeled rows")
         if self.task.calibrate == "prior" and not self.data.unlabeled:
@@ -267,14 +390,151 @@ class Config:
             raise ConfigError(f"task.template has {n} virtual tokens but train.max_length is {self.train.max_length}: "
                               "no room is left for the data and the target")
 
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "Config":
+        """A config from a mapping of sections, as a YAML config file holds them.
+
+        Args:
+            values (`dict`, *optional*): ``{section: {key: value}}``; missing sections and keys keep their defaults.
+
+        Returns:
+            `Config`: the checked config.
+
+        Example:
+            >>> Config.from_dict({"train": {"epochs": 3}}).train.epochs
+            3
+        """
+        return config_from_dict(values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> "Config":
+        """Read a YAML config file (see ``load_config``).
+
+        Args:
+            path (`str` or `Path`): the file; relative data paths in it are taken from its folder.
+            overrides (`list[str]`, *optional*): ``section.key=value`` strings applied on top.
+
+        Returns:
+            `Config`: the checked config.
+
+        Example:
+            >>> cfg = Config.from_yaml("examples/demo_customer_messages.yaml", ["train.epochs=2"])
+        """
+        return load_config(path, overrides)
+
     def to_dict(self) -> dict:
+        """The config as plain values, ``{section: {key: value}}`` (a copy: changing it changes nothing here).
+
+        Returns:
+            `dict`: what ``Config.from_dict`` takes back.
+
+        Example:
+            >>> Config().to_dict()["train"]["epochs"]
+            10
+        """
         return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """The config as YAML text, as ``ptune train --config`` reads it; written to ``path`` when given.
+
+        Args:
+            path (`str` or `Path`, *optional*): a file to write. Relative data paths are read from that file's
+                folder when it is loaded again.
+
+        Returns:
+            `str`: the YAML text.
+
+        Example:
+            >>> Config(train={"epochs": 3}).to_yaml("run.yaml").count("epochs: 3")
+            1
+        """
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    def replace(self, changes: dict[str, Any] | None = None, /, **sections: Any) -> "Config":
+        """A new config with some keys changed; this one is left as it is.
+
+        Args:
+            changes (`dict[str, Any]`, *optional*): dotted keys -> new values, e.g. ``{"train.lr": 3e-2}``.
+            **sections (`dict` or a section dataclass): keys to change per section, e.g. ``train={"lr": 3e-2}``.
+
+        Returns:
+            `Config`: the changed copy, checked like any config (``ConfigError`` names a wrong key).
+
+        Example:
+            >>> cfg = Config()
+            >>> cfg.replace({"train.lr": 3e-2}, task={"head": "linear"}).task.head, cfg.task.head
+            ('linear', 'words')
+        """
+        values = self.to_dict()
+        for name, updates in sections.items():
+            if dataclasses.is_dataclass(updates) and not isinstance(updates, type):
+                updates = dataclasses.asdict(updates)
+            if not isinstance(updates, dict):
+                raise ConfigError(f"{name}: expected a mapping of keys to new values, got {type(updates).__name__}")
+            values[name] = {**values.get(name, {}), **updates}
+        for dotted, value in (changes or {}).items():
+            *parents, leaf = str(dotted).split(".")
+            node = values
+            for part in parents:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{dotted}: {part} is not a section")
+            node[leaf] = value
+        return config_from_dict(values)
+
+    def override(self, *items: str) -> "Config":
+        """A new config with ``section.key=value`` strings applied, as ``--set`` applies them on the command line.
+
+        Args:
+            *items (`str`): e.g. ``"train.lr=3e-2"``; values are read as YAML (``3e-2``, ``true``, ``[a, b]``).
+
+        Returns:
+            `Config`: the changed copy; this one is left as it is.
+
+        Example:
+            >>> Config().override("train.lr=3e-2", "train.epochs=4").train.epochs
+            4
+        """
+        return config_from_dict(apply_overrides(self.to_dict(), list(items)))
 
     @property
     def metric(self) -> str:
         if self.train.metric != "auto":
             return self.train.metric
         return {"classification": "accuracy", "probing": "p@1", "generation": "loss"}[self.task.type]
+
+
+SECTIONS = {"model": ModelConfig, "task": TaskConfig, "encoder": EncoderConfig, "data": DataConfig,
+            "train": TrainConfig}
+
+
+def _section(name: str, value: Any) -> Any:
+    """A section given as its dataclass, or as a mapping built into one (its keys checked)."""
+    cls = SECTIONS[name]
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return _build(cls, value, f"{name}.")
+    raise ConfigError(f"{name}: expected a {cls.__name__} or a mapping of its keys, got {type(value).__name__}")
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_fields(section: Any) -> None:
+    """Each field of a section checked against its type, however the section was built (keywords, a mapping, a
+    file); numbers become floats where floats are expected, and paths become text."""
+    name = type(section).__name__.removesuffix("Config").lower()
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        setattr(section, f.name, _check_type(f"{name}.{f.name}", value, _field_types(type(section))[f.name]))
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -328,7 +588,6 @@ def _name(hint: Any) -> str:
 def _build(cls: type, values: Any, prefix: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
@@ -337,11 +596,8 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
             near = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {prefix}{near[0]}?" if near else f"; known keys: {', '.join(known)}"
             raise ConfigError(f"unknown config key {path!r}{hint}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value or {}, f"{path}.")
-        else:
-            kwargs[key] = _check_type(path, value, hint)
+        # sections are built (and every value type-checked) by the dataclasses themselves
+        kwargs[key] = {} if key in SECTIONS and cls is Config and value is None else value
     return cls(**kwargs)
 
 
