@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
-
-import torch
+from dataclasses import dataclass
 
 from ..config import Config
-from ..data.splits import stratified_folds
 from ..data.tables import Table
 from ..errors import PtuneError
 from ..modeling.ptuning import PTuningModel
 from ..session import Session
+from ..tasks import Task
 from ..training.prepare import fold_dev, prepare
 from ..training.trainer import fit, fit_label_offsets
-from .evaluator import evaluate, label_probabilities
+from .ensemble import ensemble_predictions
+from .evaluator import evaluate, predict
+from .folds import seeded_folds
 from .summary import summarise
 
 
@@ -28,13 +29,30 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
     its best epoch on dev rows that are not in its held-out fold, and stops early after ``train.patience`` bad
     evaluations (``fold_dev``); otherwise it trains for all its epochs.
 
-    ``variants``: prediction-time settings (``task`` fields such as ``calibrate``) to score as well, each on the
-    same fold models, so that they cost no extra training; the summary then holds one entry per variant under
-    ``variants`` (the first variant's figures are also the summary's own).
+    Args:
+        cfg (`Config`): the recipe to cross-validate.
+        folds (`int`, *optional*): folds per seed; ``train.cv_folds`` if None.
+        seeds (`list[int]`, *optional*): one split (and training seed) per seed; ``[train.seed]`` if None.
+        session (`Session`, *optional*): an open session for ``cfg``; with it, pass ``train_table`` (and
+            ``dev_table`` if any). Without it, ``cfg``'s data are read and its model loaded.
+        train_table (`Table`, *optional*): the rows to fold.
+        dev_table (`Table`, *optional*): a dev file every fold model stops early on.
+        show_progress (`bool`): print each fold's figures and show training progress.
+        variants (`list[dict]`, *optional*): prediction-time settings (``task`` fields such as ``calibrate``) to
+            score as well, each on the same fold models, so that they cost no extra training.
+        ensemble (`int`): models per fold (training seeds ``seed``, ``seed + 100``, ...), scored by the mean of their
+            label probabilities (classification only).
 
-    ``ensemble``: train that many models per fold (training seeds ``seed``, ``seed + 100``, ...) and score the
-    mean of their label probabilities (classification only); each member's own figures go under ``members``, so
-    the two can be compared on the same folds."""
+    Returns:
+        `dict`: ``folds``, ``seeds``, ``seconds``, ``ensemble``, ``runs`` (one metrics dict per fold and seed) and
+        each metric's ``{"mean", "std"}``. With several ``variants``, ``variants`` holds one such summary per
+        variant (with its ``settings``); the first variant's figures are also the summary's own. With
+        ``ensemble > 1``, each summary's ``members`` holds every member's own figures on the same folds.
+
+    Example:
+        >>> summary = cross_validate(cfg, folds=5, seeds=[1, 2], show_progress=False)  # doctest: +SKIP
+        >>> summary["macro_f1"]["mean"], summary["macro_f1"]["std"]  # doctest: +SKIP
+    """
     if ensemble < 1:
         raise PtuneError(f"ensemble must be at least 1, got {ensemble}")
     if session is None:
@@ -44,71 +62,105 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
                          f"not {cfg.task.type!r}")
     k = folds or cfg.train.cv_folds
     seeds = seeds or [cfg.train.seed]
-    variants = variants or [{}]
-    rows = train_table.rows
-    key = [r[cfg.task.label_column] if cfg.task.type == "classification" else "" for r in rows]
-    task_cfg = session.task.cfg
-    needs_offsets = any(v.get("calibrate") == "prior" for v in variants)
-    if needs_offsets and session.unlabeled is None:
-        raise PtuneError("the variant task.calibrate: prior needs unlabeled rows (data.unlabeled)")
-    results: list[list[dict]] = [[] for _ in variants]
-    members: list[list[dict]] = [[] for _ in variants]  # each ensemble member alone
+    scorer = FoldScorer.build(cfg, session, dev_table, variants or [{}], k, show_progress)
+    keys = [r[cfg.task.label_column] if cfg.task.type == "classification" else "" for r in train_table.rows]
+    results: list[list[dict]] = [[] for _ in scorer.variants]
+    members: list[list[dict]] = [[] for _ in scorer.variants]  # each ensemble member alone
     t0 = time.perf_counter()
+    for seed, fold, train, held in seeded_folds(train_table, keys, k, seeds):
+        if ensemble == 1:
+            scored, fold_members = scorer.single(train, held, seed, fold), []
+        else:
+            scored, fold_members = scorer.ensemble(train, held, seed, fold, ensemble)
+        for v, metrics in enumerate(scored):
+            results[v].append(metrics)
+        for v, runs in enumerate(fold_members):
+            members[v] += runs
+    return cv_summary(scorer.variants, results, members if ensemble > 1 else None,
+                      {"folds": k, "seeds": seeds, "seconds": time.perf_counter() - t0, "ensemble": ensemble})
 
-    def show(seed, f, settings, metrics, what=""):
-        if show_progress:
-            shown = {k_: round(v_, 4) for k_, v_ in metrics.items() if isinstance(v_, float)}
+
+def variant_task(task: Task, settings: dict) -> Task:
+    """A copy of ``task`` whose config has ``settings`` (``task`` fields) changed; ``task`` itself is untouched."""
+    return dataclasses.replace(task, cfg=dataclasses.replace(task.cfg, **settings))
+
+
+@dataclass
+class FoldScorer:
+    """Trains one fold's model (or ensemble members) and scores it under every prediction-time variant."""
+    cfg: Config
+    session: Session
+    dev_table: Table | None
+    variants: list[dict]
+    tasks: list[Task]  # one per variant: ``session.task`` with that variant's settings
+    folds: int
+    show_progress: bool
+    needs_offsets: bool  # a variant asks for prior calibration, so every fold model gets label offsets
+
+    @classmethod
+    def build(cls, cfg: Config, session: Session, dev_table: Table | None, variants: list[dict], folds: int,
+              show_progress: bool) -> FoldScorer:
+        needs_offsets = any(v.get("calibrate") == "prior" for v in variants)
+        if needs_offsets and session.unlabeled is None:
+            raise PtuneError("the variant task.calibrate: prior needs unlabeled rows (data.unlabeled)")
+        tasks = [variant_task(session.task, settings) for settings in variants]
+        return cls(cfg, session, dev_table, variants, tasks, folds, show_progress, needs_offsets)
+
+    def train(self, train: Table, seed: int) -> PTuningModel:
+        """A fold model: trained on ``train`` (with the fold's dev rule), with label offsets where a variant needs
+        them."""
+        model, _ = fit(self.session, *fold_dev(self.cfg, train, self.dev_table, seed), None,
+                       show_progress=self.show_progress, seed=seed)
+        if self.needs_offsets and model.label_offsets is None:
+            fit_label_offsets(self.session, model, train, seed)
+        return model
+
+    def show(self, seed: int, fold: int, settings: dict, metrics: dict, what: str = "") -> None:
+        if self.show_progress:
+            shown = {name: round(value, 4) for name, value in metrics.items() if isinstance(value, float)}
             label = f" {settings}" if settings else ""
-            print(f"seed {seed} fold {f + 1}/{k}{label}{what}: {shown}")
+            print(f"seed {seed} fold {fold}/{self.folds}{label}{what}: {shown}")
 
-    def fold_model(tr: Table, seed_: int) -> PTuningModel:
-        model_, _ = fit(session, *fold_dev(cfg, tr, dev_table, seed_), None, show_progress=show_progress, seed=seed_)
-        if needs_offsets and model_.label_offsets is None:  # a prediction-time variant asks for them
-            fit_label_offsets(session, model_, tr, seed_)
-        return model_
+    def single(self, train: Table, held: Table, seed: int, fold: int) -> list[dict]:
+        """One model per fold: each variant's held-out metrics (with the loss)."""
+        model = self.train(train, seed)
+        out = []
+        for settings, task in zip(self.variants, self.tasks):
+            metrics = evaluate(model, self.session, held, task=task) | {"fold": fold, "seed": seed}
+            self.show(seed, fold, settings, metrics)
+            out.append(metrics)
+        return out
 
-    try:
-        for seed in seeds:
-            for f, held in enumerate(stratified_folds(key, k, seed)):
-                held_set = set(held)
-                tr = Table(train_table.source, train_table.columns,
-                           [r for i, r in enumerate(rows) if i not in held_set])
-                te = Table(f"{train_table.source} fold {f + 1}", train_table.columns, [rows[i] for i in held])
-                if ensemble == 1:
-                    model = fold_model(tr, seed)
-                    for v, settings in enumerate(variants):
-                        session.task.cfg = dataclasses.replace(task_cfg, **settings)
-                        metrics = evaluate(model, session, te) | {"fold": f + 1, "seed": seed}
-                        results[v].append(metrics)
-                        show(seed, f, settings, metrics)
-                    continue
-                probs: list[torch.Tensor | None] = [None] * len(variants)
-                for m in range(ensemble):
-                    model = fold_model(tr, seed + 100 * m)
-                    for v, settings in enumerate(variants):
-                        session.task.cfg = dataclasses.replace(task_cfg, **settings)
-                        preds = session.predict(model, te.rows)
-                        metrics = session.task.metrics(te.rows, preds) | {"fold": f + 1, "seed": seed,
-                                                                          "member": m + 1}
-                        members[v].append(metrics)
-                        show(seed, f, settings, metrics, f" member {m + 1}")
-                        p = label_probabilities(session, preds)
-                        probs[v] = p if probs[v] is None else probs[v] + p
-                for v, settings in enumerate(variants):
-                    labels = session.task.labels.labels
-                    preds = [{"prediction": labels[int(i)]} for i in probs[v].argmax(-1)]
-                    metrics = session.task.metrics(te.rows, preds) | {"fold": f + 1, "seed": seed}
-                    results[v].append(metrics)
-                    show(seed, f, settings, metrics, f" ensemble of {ensemble}")
-    finally:
-        session.task.cfg = task_cfg
-    seconds = time.perf_counter() - t0
+    def ensemble(self, train: Table, held: Table, seed: int, fold: int,
+                 size: int) -> tuple[list[dict], list[list[dict]]]:
+        """``size`` models per fold: (each variant's ensemble metrics, each variant's members' own metrics)."""
+        member_preds: list[list[list[dict]]] = [[] for _ in self.variants]
+        member_metrics: list[list[dict]] = [[] for _ in self.variants]
+        for m in range(size):
+            model = self.train(train, seed + 100 * m)
+            for v, (settings, task) in enumerate(zip(self.variants, self.tasks)):
+                preds = predict(model, self.session, held.rows, task)
+                metrics = task.metrics(held.rows, preds) | {"fold": fold, "seed": seed, "member": m + 1}
+                self.show(seed, fold, settings, metrics, f" member {m + 1}")
+                member_preds[v].append(preds)
+                member_metrics[v].append(metrics)
+        out = []
+        for settings, task, preds in zip(self.variants, self.tasks, member_preds):
+            averaged = ensemble_predictions(preds, task.labels.labels)
+            metrics = task.metrics(held.rows, averaged) | {"fold": fold, "seed": seed}
+            self.show(seed, fold, settings, metrics, f" ensemble of {size}")
+            out.append(metrics)
+        return out, member_metrics
+
+
+def cv_summary(variants: list[dict], results: list[list[dict]], members: list[list[dict]] | None,
+               head: dict) -> dict:
+    """The summary ``cross_validate`` returns: ``head`` (folds, seeds, seconds, ensemble), the first variant's mean
+    and spread, and with several variants one summary per variant under ``variants``."""
     summaries = [summarise(runs) | {"settings": settings} for runs, settings in zip(results, variants)]
-    if ensemble > 1:
-        for s_, runs in zip(summaries, members):
-            s_["members"] = summarise(runs)
-    summary = {"folds": k, "seeds": seeds, "seconds": seconds, "ensemble": ensemble,
-               **{name: v for name, v in summaries[0].items() if name != "settings"}}
+    for summary, runs in zip(summaries, members or []):
+        summary["members"] = summarise(runs)
+    out = head | {name: value for name, value in summaries[0].items() if name != "settings"}
     if len(variants) > 1:
-        summary["variants"] = summaries
-    return summary
+        out["variants"] = summaries
+    return out
