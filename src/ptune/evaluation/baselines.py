@@ -5,48 +5,37 @@ as cross-validation."""
 
 from __future__ import annotations
 
-import statistics
+import dataclasses
 from collections import Counter
 
 from ..config import Config
-from ..data.splits import stratified_folds
 from ..data.tables import Table
 from ..session import Session, open_session
 from ..training.prepare import prepare
+from .folds import seeded_folds
 from .metrics import classification_metrics
+from .summary import summarise
 
 
-def _summary(runs: list[dict]) -> dict:
-    out = {"runs": runs}
-    for name in ("accuracy", "macro_f1"):
-        values = [r[name] for r in runs]
-        out[name] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-    return out
-
-
-def folds_of(cfg: Config, table: Table, folds: int, seeds: list[int]):
-    labels = [r[cfg.task.label_column] for r in table.rows]
-    for seed in seeds:
-        for held in stratified_folds(labels, folds, seed):
-            held_set = set(held)
-            yield [r for i, r in enumerate(table.rows) if i not in held_set], [table.rows[i] for i in held]
+def label_folds(cfg: Config, table: Table, folds: int, seeds: list[int]):
+    """``(seed, fold, training rows, held-out rows)`` stratified by label: cross-validation's folds."""
+    return seeded_folds(table, table.column(cfg.task.label_column), folds, seeds)
 
 
 def majority_baseline(cfg: Config, table: Table, folds: int, seeds: list[int]) -> dict:
     """Always answer the training folds' most frequent label."""
     runs = []
     col = cfg.task.label_column
-    for train_rows, test_rows in folds_of(cfg, table, folds, seeds):
-        majority = Counter(r[col] for r in train_rows).most_common(1)[0][0]
-        gold = [r[col] for r in test_rows]
-        runs.append(classification_metrics(gold, [majority] * len(gold), sorted(set(r[col] for r in table.rows))))
-    return _summary(runs)
+    for _, _, train, held in label_folds(cfg, table, folds, seeds):
+        majority = Counter(train.column(col)).most_common(1)[0][0]
+        gold = held.column(col)
+        runs.append(classification_metrics(gold, [majority] * len(gold), sorted(set(table.column(col)))))
+    return summarise(runs)
 
 
 def manual_session(cfg: Config, template: str, table: Table, base, head: str) -> Session:
     """``cfg`` with a manual prompt (``template``, no virtual tokens) read out by ``head``, over the same base."""
-    mcfg = Config(**{**cfg.__dict__})
-    mcfg.task = type(cfg.task)(**{**cfg.task.__dict__, "template": template, "head": head})
+    mcfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, template=template, head=head))
     return open_session(mcfg, label_values=table.column(cfg.task.label_column), base=base, allow_no_virtual=True)
 
 
@@ -64,14 +53,10 @@ def linear_probe(cfg: Config, template: str, table: Table, folds: int, seeds: li
     is the P-tuned model's lead over this."""
     session = manual_session(cfg, template, table, base, "linear")
     runs = []
-    col = cfg.task.label_column
-    for (train_rows, test_rows), seed in zip(folds_of(cfg, table, folds, seeds),
-                                             [s for s in seeds for _ in range(folds)]):
-        model = fit_probe(session, Table(table.source, table.columns, train_rows), seed)
-        preds = session.predict(model, test_rows)
-        runs.append(classification_metrics([r[col] for r in test_rows], [p["prediction"] for p in preds],
-                                           session.task.labels.labels))
-    return _summary(runs)
+    for seed, _, train, held in label_folds(cfg, table, folds, seeds):
+        model = fit_probe(session, train, seed)
+        runs.append(session.task.metrics(held.rows, session.predict(model, held.rows)))
+    return summarise(runs)
 
 
 def zero_shot(cfg: Config, template: str, table: Table, folds: int, seeds: list[int], base=None) -> dict:
@@ -80,16 +65,29 @@ def zero_shot(cfg: Config, template: str, table: Table, folds: int, seeds: list[
     session = manual_session(cfg, template, table, base, "words")
     model = session.new_model()
     preds = {id(r): p for r, p in zip(table.rows, session.predict(model, table.rows))}
-    runs = []
-    col = cfg.task.label_column
-    for _, test_rows in folds_of(cfg, table, folds, seeds):
-        gold = [r[col] for r in test_rows]
-        runs.append(classification_metrics(gold, [preds[id(r)]["prediction"] for r in test_rows],
-                                           session.task.labels.labels))
-    return _summary(runs)
+    runs = [session.task.metrics(held.rows, [preds[id(r)] for r in held.rows])
+            for _, _, _, held in label_folds(cfg, table, folds, seeds)]
+    return summarise(runs)
 
 
 def baselines(cfg: Config, manual_template: str, folds: int | None = None, seeds: list[int] | None = None) -> dict:
+    """The baselines on cross-validation's folds of the training rows: the majority class, the zero-shot manual
+    prompt and, for ``task.head: linear``, the linear probe.
+
+    Args:
+        cfg (`Config`): the (classification) recipe whose training rows are folded, as ``cross_validate`` folds them.
+        manual_template (`str`): a template without virtual tokens, e.g. ``"Tweet text : {text} Label : [TARGET]"``.
+        folds (`int`, *optional*): folds per seed; ``train.cv_folds`` if None.
+        seeds (`list[int]`, *optional*): one split per seed; ``[train.seed]`` if None.
+
+    Returns:
+        `dict`: ``majority``, ``zero_shot`` (and ``linear_probe``), each ``{"runs": [...], "accuracy": {"mean",
+        "std"}, "macro_f1": {"mean", "std"}}`` over the folds and seeds.
+
+    Example:
+        >>> out = baselines(cfg, "Tweet text : {text} Label : [TARGET]", folds=5, seeds=[1, 2])  # doctest: +SKIP
+        >>> out["zero_shot"]["macro_f1"]["mean"]  # doctest: +SKIP
+    """
     session, table, _ = prepare(cfg, hold_out_dev=False)  # the rows cross-validation folds over
     folds = folds or cfg.train.cv_folds
     seeds = seeds or [cfg.train.seed]
