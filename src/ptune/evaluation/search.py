@@ -29,20 +29,22 @@ import dataclasses
 import itertools
 import json
 import math
-import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .. import checkpoint
-from ..config import apply_overrides, config_from_dict, read_config_file, resolve_paths
+from ..config import Config, apply_overrides, config_from_dict, read_config_file, resolve_paths
+from ..data.tables import Table
 from ..errors import ConfigError, PtuneError
 from ..plotting import plot_search
-from ..session import open_session, read_split
+from ..session import Session, open_session, read_split
 from ..training.prepare import fold_dev, prepare
 from ..training.trainer import fit
 from .cv import cross_validate
+from .summary import mean_spread
 
 
 def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict]:
@@ -99,87 +101,176 @@ def build(values: dict, source: str):
     return cfg
 
 
+@dataclass
+class SearchPlan:
+    """What ``search:`` asks for, checked: the candidates' configs (grid points that need training) and the
+    prediction-time variants each is scored under, with the fold settings."""
+    folds: int
+    seeds: list[int]
+    budget: float  # seconds; 0: no limit
+    ensemble: int
+    configs: list[tuple[dict, Config]]  # (grid settings, config) per candidate
+    variants: list[dict]  # ``task`` field overrides, scored on every candidate's fold models
+
+    @classmethod
+    def read(cls, path: str | Path, overrides: list[str] = ()) -> SearchPlan:
+        """Read and check the search file; every candidate, with each prediction variant, is built (and so
+        validated) before any work."""
+        base_values, search = load_search(path, overrides)
+        source = base_values.pop("__file__")
+        folds, seeds = int(search.get("folds", 5)), [int(s) for s in search.get("seeds", [42])]
+        budget = float(search.get("budget_minutes", 0)) * 60
+        ensemble = int(search.get("ensemble", 1))
+        if ensemble < 1:
+            raise ConfigError(f"{path}: search.ensemble must be at least 1, got {ensemble}")
+        train_space, variants = split_space(search["space"])
+        grid = candidates(base_values, train_space) if train_space else [({}, copy.deepcopy(base_values))]
+        configs = [(settings, build(values, source)) for settings, values in grid]
+        if ensemble > 1 and any(cfg.task.type != "classification" for _, cfg in configs):
+            raise ConfigError(f"{path}: search.ensemble averages label probabilities, so it needs a classification "
+                              "task")
+        for _, values in grid:
+            for variant in variants:
+                build(copy.deepcopy(values) | {"task": values.get("task", {}) | variant}, source)
+        return cls(folds, seeds, budget, ensemble, configs, variants)
+
+
+@dataclass
+class SharedRows:
+    """The rows and the frozen base every candidate shares: the first candidate's training rows (folded the same
+    way for all), its dev file, and its unlabeled rows."""
+    first: Session
+    table: Table
+    dev_table: Table | None
+
+    def session(self, cfg: Config) -> Session:
+        """A session for ``cfg`` over the shared base, with the shared label values and unlabeled rows."""
+        values = self.table.column(cfg.task.label_column) if cfg.task.type == "classification" else None
+        return open_session(cfg, label_values=values, base=self.first.base, unlabeled=self.unlabeled(cfg))
+
+    def unlabeled(self, cfg: Config) -> Table | None:
+        """Read once (the first candidate's), unless a candidate names other rows."""
+        if not cfg.data.unlabeled:
+            return None
+        if cfg.data.unlabeled == self.first.cfg.data.unlabeled:
+            return self.first.unlabeled
+        return read_split(cfg, "unlabeled")
+
+
 def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (), show_progress: bool = True) -> dict:
+    """Cross-validate every candidate of the config's ``search.space`` on the same folds, retrain the best (by mean
+    macro-F1) on every labelled row, and write its checkpoint with the search report.
+
+    Args:
+        path (`str` or `Path`): a ptune config with a ``search:`` section (see the module docstring).
+        out_dir (`str` or `Path`): where the checkpoint (and ``members/`` for an ensemble), ``search.json``,
+            ``search.md`` and ``search.png`` go; must not hold a checkpoint already.
+        overrides (`list[str]`): ``key=value`` overrides applied to the config, as ``--set`` gives them.
+        show_progress (`bool`): progress bars for the search and the retraining.
+
+    Returns:
+        `dict`: the report written to ``search.json``: ``folds``, ``seeds``, ``ensemble``, ``seconds``, ``best``
+        (an index into ``candidates``), ``members`` (checkpoint folders, relative to ``out_dir``) and
+        ``candidates`` (per candidate: ``settings``, ``accuracy`` and ``macro_f1`` mean and spread,
+        ``fold_macro_f1``, ``vs_best``, ``seconds``, ``config``).
+
+    Example:
+        >>> report = run_search("examples/search_twitter_complaints.yaml", "runs/search")  # doctest: +SKIP
+        >>> report["candidates"][report["best"]]["settings"]  # doctest: +SKIP
+    """
     out_dir = Path(out_dir)
     if (out_dir / checkpoint.MANIFEST).exists():
         raise PtuneError(f"{out_dir} already holds a checkpoint; choose another --out")
-    base_values, search = load_search(path, overrides)
-    folds = int(search.get("folds", 5))
-    seeds = [int(s) for s in search.get("seeds", [42])]
-    budget = float(search.get("budget_minutes", 0)) * 60
-    ensemble = int(search.get("ensemble", 1))
-    if ensemble < 1:
-        raise ConfigError(f"{path}: search.ensemble must be at least 1, got {ensemble}")
-    train_space, variants = split_space(search["space"])
-    grid = candidates(base_values, train_space) if train_space else [({}, copy.deepcopy(
-        {k: v for k, v in base_values.items() if k != "__file__"}))]
-    # every candidate (with each prediction variant) validated before any work
-    configs = [(s, build(v, base_values["__file__"])) for s, v in grid]
-    if ensemble > 1 and any(cfg.task.type != "classification" for _, cfg in configs):
-        raise ConfigError(f"{path}: search.ensemble averages label probabilities, so it needs a classification task")
-    for s_, v in grid:
-        for variant in variants:
-            build(copy.deepcopy(v) | {"task": v.get("task", {}) | variant}, base_values["__file__"])
-    session0, table, dev_table = prepare(configs[0][1], hold_out_dev=False)  # cv takes dev rows per fold
-    base = session0.base
-
-    def unlabeled(cfg):  # read once (the first candidate's), unless a candidate names other rows
-        if not cfg.data.unlabeled:
-            return None
-        if cfg.data.unlabeled == configs[0][1].data.unlabeled:
-            return session0.unlabeled
-        return read_split(cfg, "unlabeled")
-    results, configs_run = [], []
+    plan = SearchPlan.read(path, overrides)
+    first, table, dev_table = prepare(plan.configs[0][1], hold_out_dev=False)  # cv takes dev rows per fold
+    shared = SharedRows(first, table, dev_table)
     t0 = time.perf_counter()
-    bar = tqdm(total=len(configs), desc="search", unit="candidate", disable=not show_progress)
-    for settings, cfg in configs:
-        if budget and time.perf_counter() - t0 > budget:
-            print(f"time budget of {budget / 60:.0f} min reached: {len(configs) - len(configs_run)} candidates not run")
+    results, configs_run = score_candidates(plan, shared, t0, show_progress)
+    best_i = pick_best(results)
+    best_cfg = winner_config(configs_run[results[best_i]["config"]], results[best_i]["settings"])
+    member_dirs = retrain_winner(best_cfg, shared, out_dir, plan.ensemble, show_progress)
+    report = {"folds": plan.folds, "seeds": plan.seeds, "ensemble": plan.ensemble,
+              "seconds": round(time.perf_counter() - t0, 1), "best": best_i,
+              "members": [str(d.relative_to(out_dir)) for d in member_dirs], "candidates": results}
+    write_report(out_dir, report)
+    return report
+
+
+def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
+                     show_progress: bool) -> tuple[list[dict], list[Config]]:
+    """Cross-validate candidates in order until the time budget (counted from ``t0``) is spent: (one result row
+    per candidate and prediction variant, the configs that ran)."""
+    results, configs_run = [], []
+    bar = tqdm(total=len(plan.configs), desc="search", unit="candidate", disable=not show_progress)
+    for settings, cfg in plan.configs:
+        if plan.budget and time.perf_counter() - t0 > plan.budget:
+            print(f"time budget of {plan.budget / 60:.0f} min reached: "
+                  f"{len(plan.configs) - len(configs_run)} candidates not run")
             break
-        values = table.column(cfg.task.label_column) if cfg.task.type == "classification" else None
-        session = open_session(cfg, label_values=values, base=base, unlabeled=unlabeled(cfg))
-        summary = cross_validate(cfg, folds=folds, seeds=seeds, session=session, train_table=table,
-                                 dev_table=dev_table, show_progress=False, variants=variants, ensemble=ensemble)
-        for part in summary.get("variants", [summary]):
-            extra = {f"task.{k}": v for k, v in part.get("settings", {}).items()}
-            row = {"settings": settings | extra, "seconds": round(summary["seconds"], 1), "config": len(configs_run)}
-            for metric in ("accuracy", "macro_f1"):
-                if metric in part:
-                    row[metric] = part[metric]
-            if "macro_f1" in part:  # per fold, in fold order: every candidate has the same folds, so they pair up
-                row["fold_macro_f1"] = [r["macro_f1"] for r in part["runs"]]
-            results.append(row)
+        summary = cross_validate(cfg, folds=plan.folds, seeds=plan.seeds, session=shared.session(cfg),
+                                 train_table=shared.table, dev_table=shared.dev_table, show_progress=False,
+                                 variants=plan.variants, ensemble=plan.ensemble)
+        results += candidate_rows(summary, settings, len(configs_run))
         configs_run.append(cfg)
         bar.update(1)
         bar.set_postfix(best_f1=f"{max(r.get('macro_f1', {}).get('mean', 0) for r in results):.3f}")
     bar.close()
     if not results:
         raise PtuneError("no candidate finished within the time budget")
+    return results, configs_run
+
+
+def candidate_rows(summary: dict, settings: dict, config: int) -> list[dict]:
+    """One result row per prediction variant of a candidate's cross-validation ``summary``; ``config`` indexes the
+    candidate's config among those run."""
+    rows = []
+    for part in summary.get("variants", [summary]):
+        extra = {f"task.{k}": v for k, v in part.get("settings", {}).items()}
+        row = {"settings": settings | extra, "seconds": round(summary["seconds"], 1), "config": config}
+        for metric in ("accuracy", "macro_f1"):
+            if metric in part:
+                row[metric] = part[metric]
+        if "macro_f1" in part:  # per fold, in fold order: every candidate has the same folds, so they pair up
+            row["fold_macro_f1"] = [r["macro_f1"] for r in part["runs"]]
+        rows.append(row)
+    return rows
+
+
+def pick_best(results: list[dict]) -> int:
+    """The index of the best row by mean macro-F1; every row gets ``vs_best``, its paired gap to the best."""
     best_i = max(range(len(results)), key=lambda i: results[i].get("macro_f1", {}).get("mean", -1))
-    best = results[best_i]
     for row in results:
-        row["vs_best"] = paired_difference(best.get("fold_macro_f1", []), row.get("fold_macro_f1", []))
-    best_cfg = dataclasses.replace(configs_run[best["config"]], task=dataclasses.replace(
-        configs_run[best["config"]].task, **{k.split(".", 1)[1]: v for k, v in best["settings"].items()
-                                             if k in PREDICT_ONLY}))
-    # retrain the winner on every labelled row and write a normal checkpoint
-    values = table.column(best_cfg.task.label_column) if best_cfg.task.type == "classification" else None
-    session = open_session(best_cfg, label_values=values, base=base, unlabeled=unlabeled(best_cfg))
+        row["vs_best"] = paired_difference(results[best_i].get("fold_macro_f1", []), row.get("fold_macro_f1", []))
+    return best_i
+
+
+def winner_config(cfg: Config, settings: dict) -> Config:
+    """The winning candidate's config with its prediction-time settings (``task.calibrate``, ``task.score``)."""
+    predict_only = {k.split(".", 1)[1]: v for k, v in settings.items() if k in PREDICT_ONLY}
+    return dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, **predict_only))
+
+
+def retrain_winner(cfg: Config, shared: SharedRows, out_dir: Path, ensemble: int, show_progress: bool) -> list[Path]:
+    """Retrain the winner on every labelled row, as each fold model was trained (the same dev rule: best epoch,
+    early stopping), and write a normal checkpoint per member; returns the members' folders (``out_dir`` first)."""
+    session = shared.session(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     # members use the training seeds cross_validate gave them: seed, seed + 100, ...
-    member_seeds = [best_cfg.train.seed + 100 * m for m in range(ensemble)]
+    member_seeds = [cfg.train.seed + 100 * m for m in range(ensemble)]
     member_dirs = [out_dir] + [out_dir / "members" / f"seed-{s}" for s in member_seeds[1:]]
     for member_seed, member_dir in zip(member_seeds, member_dirs):
         member_dir.mkdir(parents=True, exist_ok=True)
-        # the same dev rule as each fold model had (best epoch, early stopping), over every labelled row
-        fit(session, *fold_dev(best_cfg, table, dev_table, member_seed), member_dir, show_progress=show_progress,
-            seed=member_seed)
-    report = {"folds": folds, "seeds": seeds, "ensemble": ensemble, "seconds": round(time.perf_counter() - t0, 1),
-              "best": best_i, "members": [str(d.relative_to(out_dir)) for d in member_dirs], "candidates": results}
+        fit(session, *fold_dev(cfg, shared.table, shared.dev_table, member_seed), member_dir,
+            show_progress=show_progress, seed=member_seed)
+    return member_dirs
+
+
+def write_report(out_dir: Path, report: dict) -> None:
+    """``search.json``, ``search.md`` (the table and how to predict) and ``search.png``."""
+    results, best_i = report["candidates"], report["best"]
     checkpoint.write_atomic(out_dir / "search.json", json.dumps(report, indent=2).encode())
     checkpoint.write_atomic(out_dir / "search.md", (render_table(results, best_i) + usage(report, out_dir)).encode())
     plot_search(results, best_i, out_dir / "search.png")
-    return report
 
 
 def _short(settings: dict) -> str:
@@ -201,8 +292,8 @@ def paired_difference(best: list[float], other: list[float]) -> dict | None:
     if not best or len(best) != len(other):
         return None
     diffs = [b - o for b, o in zip(best, other)]
-    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-    return {"mean": statistics.fmean(diffs), "std": sd, "sem": sd / math.sqrt(len(diffs)),
+    spread = mean_spread(diffs)
+    return {**spread, "sem": spread["std"] / math.sqrt(len(diffs)),
             "ahead": sum(d > 1e-9 for d in diffs), "level": sum(abs(d) <= 1e-9 for d in diffs),
             "behind": sum(d < -1e-9 for d in diffs)}
 
