@@ -188,7 +188,7 @@ def test_search_scores_prediction_settings_without_retraining_and_keeps_the_winn
 
 
 def test_self_training_adds_confident_unlabeled_rows_in_the_label_shares(tiny_causal_dir, tmp_path):
-    from ptune.training.self_training import pseudo_labelled
+    from ptune.training.trainer import with_pseudo_labels
 
     rows = ROWS + [("another broken order", "complaint"), ("the box was late", "complaint")]
     unlabeled = [("where is my parcel",), ("love it",), ("broken again",), ("thanks a lot",), ("app crashed",),
@@ -198,7 +198,7 @@ def test_self_training_adds_confident_unlabeled_rows_in_the_label_shares(tiny_ca
     cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1, "self_train_rows": 5, "self_train_pool": 6})
     session, tr, _ = prepare(cfg)
     assert len(session.unlabeled) == 8
-    grown = pseudo_labelled(session, tr, seed=1)
+    grown = with_pseudo_labels(session, tr, seed=1)
     added = grown.rows[len(tr):]
     share = sum(r["label"] == "complaint" for r in tr.rows) / len(tr)
     assert grown.rows[:len(tr)] == tr.rows
@@ -206,7 +206,7 @@ def test_self_training_adds_confident_unlabeled_rows_in_the_label_shares(tiny_ca
     assert {r["text"] for r in added} <= {u[0] for u in unlabeled}
     assert sum(r["label"] == "complaint" for r in added) <= round(5 * share)
     assert sum(r["label"] == "no complaint" for r in added) <= round(5 * (1 - share))
-    assert pseudo_labelled(session, tr, seed=1).rows == grown.rows  # deterministic
+    assert with_pseudo_labels(session, tr, seed=1).rows == grown.rows  # deterministic
     summary = cross_validate(cfg, folds=2, seeds=[1], show_progress=False, session=session, train_table=tr)
     assert len(summary["runs"]) == 2
     with pytest.raises(ConfigError, match="data.unlabeled"):

@@ -22,7 +22,7 @@ TEXTS = [t for t, _ in ROWS[:5]]
 def make_checkpoint(model_dir, out, template=PREFIX, encoder="lstm"):
     """A ptune checkpoint without training (a seeded random encoder): enough for parity."""
     from ptune.session import open_session
-    from ptune.training.trainer import save_inference
+    from ptune.training.saving import save_inference
 
     cfg = tiny_config(model_dir, task={"template": template, "verbalizer": VERBALIZER},
                       encoder={"type": encoder})

@@ -1,5 +1,5 @@
 """Accelerate set-up: one process or several (``accelerate launch``, torchrun), mixed precision, gradient
-accumulation; the module Accelerate prepares; running a step on the main process only."""
+accumulation; the module Accelerate prepares; gradient clipping; running a step on the main process only."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..modeling.ptuning import PTuningModel
 
 
-class _Step(torch.nn.Module):
+class LossStep(torch.nn.Module):
     """What Accelerate prepares (DDP wraps, autocast applies to): one forward of the P-tuning model and the task's
     loss. Sharded (several processes), it returns a shard's summed loss and its weight (target tokens, or row
     weights); one process returns the mean. The frozen base is inside but excluded from DDP's bookkeeping (its
@@ -54,6 +54,17 @@ def check_batch_split(batch_size: int, processes: int) -> None:
     if batch_size % processes:
         raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes "
                           f"({processes}): each process takes batch_size / {processes} rows of every batch")
+
+
+def clip_gradients(acc, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip the gradients of ``params`` to ``max_norm`` (``math.inf``: measure only); return their total norm (a
+    0-dim tensor), taken even without clipping, so that an infinite gradient is caught before it reaches the weights."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        acc.unscale_gradients()  # fp16's loss scale, if any; DDP's gradients are already averaged
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return acc.clip_grad_norm_(params, max_norm)  # DeepSpeed, FSDP: their own way
 
 
 def on_main(acc, fn):

@@ -1,4 +1,5 @@
-"""Self-training: the unlabeled rows a first model is surest of join the training rows, as each label's share."""
+"""Self-training: the unlabeled rows a first model (the teacher) is surest of join the training rows, each label
+taking its share. The teacher is trained by the caller (``trainer.with_pseudo_labels``); this module only chooses."""
 
 from __future__ import annotations
 
@@ -6,17 +7,33 @@ import random
 
 from ..data.tables import Table
 from ..evaluation.evaluator import label_probabilities
+from ..modeling.ptuning import PTuningModel
 from ..session import Session
 
 
-def pseudo_labelled(session: Session, train: Table, seed: int, show_progress: bool = False) -> Table:
-    """Self-training: ``train`` plus the unlabeled rows a model trained on it is surest of, each label taking its
-    share of the training rows (so the majority class does not take them all)."""
-    from .trainer import fit  # the teacher is trained by the same loop (which calls back here only when asked)
+def pseudo_labelled(session: Session, train: Table, teacher: PTuningModel, seed: int) -> Table:
+    """``train`` plus the unlabeled rows ``teacher`` is surest of, labelled with its predictions.
 
+    From a seeded sample of ``train.self_train_pool`` unlabeled rows, each label takes the
+    ``train.self_train_rows * (its share of train)`` rows it is predicted for with the highest probability, so the
+    majority class does not take them all. Deterministic for a given teacher and seed.
+
+    Args:
+        session (Session): the run's session; ``session.unlabeled`` holds the rows to choose from.
+        train (Table): the labelled training rows.
+        teacher (PTuningModel): a model trained on ``train``.
+        seed (int): seeds the sample of unlabeled rows.
+
+    Returns:
+        Table: the rows of ``train`` followed by the chosen rows, label by label, surest first.
+
+    Example:
+        >>> grown = pseudo_labelled(session, train, teacher, seed=1)
+        >>> grown.rows[:len(train)] == train.rows
+        True
+    """
     tc = session.cfg.train
     label_column = session.cfg.task.label_column
-    teacher, _ = fit(session, train, None, None, show_progress=show_progress, seed=seed, self_train=False)
     pool = list(session.unlabeled.rows)
     random.Random(seed).shuffle(pool)
     pool = pool[:tc.self_train_pool]

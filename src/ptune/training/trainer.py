@@ -3,8 +3,10 @@ AdamW on the encoder only, linear warmup and decay, gradient clipping, evaluatio
 steps), best checkpoint kept, early stopping, resumable state saved atomically, metrics as JSONL and a PNG plot.
 On the CPU a run is repeatable: data order comes from (seed, epoch), the frozen model has no dropout, and the
 encoder has none either.
-"""
 
+``Trainer`` is the loop, one method a step of it (``setup``, ``resume``, ``step``, ``evaluate``, ``save``,
+``train``); ``fit`` builds one and runs it, after self-training has grown the training rows where the config asks.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ from ..evaluation.evaluator import evaluate
 from ..modeling.ptuning import PTuningModel
 from ..session import Session
 from ..tasks.calibration import prior_offsets
-from .distributed import _Step, check_batch_split, make_accelerator, on_main
-from .logging import write_metrics
+from .distributed import LossStep, check_batch_split, clip_gradients, make_accelerator, on_main
+from .logging import MetricLogger
+from .saving import save_inference
 from .self_training import pseudo_labelled
 
 
@@ -48,7 +51,7 @@ def better(metric: str, new: float, old: float | None) -> bool:
 
 @dataclass
 class Progress:
-    """Everything needed to continue a run exactly where it stopped."""
+    """Everything needed to continue a run exactly where it stopped (saved as ``state.json``'s ``progress``)."""
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
@@ -83,138 +86,236 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self._old if self._old is not None else signal.default_int_handler)
 
 
-def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None = None, *, resume: bool = False,
-        show_progress: bool = True, seed: int | None = None, self_train: bool = True) -> tuple[PTuningModel, Progress]:
-    """Train a fresh (or resumed) encoder on ``train``; keep the best on ``dev`` (the last one without dev).
+class Trainer:
+    """Trains a fresh (or resumed) prompt encoder on ``train`` and keeps the best on ``dev`` (the last one without
+    dev).
 
     Under ``accelerate launch`` with N processes, each global batch of ``train.batch_size`` rows (the same order as a
     single process, from (seed, epoch)) is split into N disjoint shards, one per process; DDP all-reduces the
     encoder's gradients. Each process scales its summed target NLL by N / (target tokens in the whole global batch),
     so the averaged gradient is that of the single-process loss (the mean over the global batch's target tokens).
-    Only the main process evaluates, writes files and shows progress; the others follow its decisions."""
-    cfg = session.cfg
-    tc = cfg.train
-    seed = tc.seed if seed is None else seed
-    if self_train and tc.self_train_rows:
-        if session.unlabeled is None:
-            raise PtuneError("train.self_train_rows is set but no unlabeled rows were read (data.unlabeled)")
-        train = pseudo_labelled(session, train, seed, show_progress)  # (deterministic: a resume redoes it alike)
-    from accelerate.utils import DistributedType
+    Only the main process evaluates, writes files and shows progress; the others follow its decisions.
 
-    acc = make_accelerator(tc, session.device)
-    world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
-    check_batch_split(tc.batch_size, world)
-    show_progress = show_progress and main
-    model = session.new_model(seed)
-    examples, skipped = session.task.train_examples(train)
-    if not examples:
-        raise PtuneError(f"{train.source}: no usable training rows ({skipped} skipped)")
-    if skipped and main:
-        print(f"note: {skipped} of {len(train)} training rows skipped (target is not a single token)", file=sys.stderr)
-    truncated = sum(e.truncated for e in examples)
-    if truncated and main:
-        print(f"note: {truncated} of {len(examples)} training rows have data fields truncated to fit "
-              f"{session.task.renderer.max_length} tokens (virtual tokens and the target are kept)", file=sys.stderr)
-    linear_head = model.classifier is not None
-    if linear_head and not resume:
-        # the prompt is trained against a classifier already fitted to the untrained prompt's states, and the
-        # classifier is fitted again to the trained prompt's states at the end (below); only the encoder takes steps
-        session.task.fit_head(model, examples, tc.eval_batch_size, session.device)
-    params = [p for p in model.encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    accum = tc.grad_accum
-    batches_per_epoch = math.ceil(len(examples) / tc.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / accum)  # an optimizer step takes up to grad_accum batches
-    total = tc.max_steps or tc.epochs * steps_per_epoch
-    if linear_head and model.encoder.n_virtual == 0:
-        total = 0  # the linear probe: nothing but the classifier, fitted above and again below
-    warmup = int(tc.warmup_ratio * total)
-    metric = cfg.metric
-    prog = Progress()
-    if resume:
+    Args:
+        session (Session): the config, frozen base model and task.
+        train (Table): the training rows (already grown by self-training where asked: see ``fit``).
+        dev (Table | None): rows that choose the best evaluation and drive early stopping; None keeps the last.
+        out_dir (Path | None): where the inference checkpoint, the resumable state (``state.json``),
+            ``metrics.jsonl`` and ``curves.png`` go; None writes nothing (the best encoder is kept in memory).
+        seed (int | None): the seed of the encoder's initialisation and the data order; None: ``train.seed``.
+        show_progress (bool): a progress bar on the main process.
+
+    Example:
+        >>> trainer = Trainer(session, train, dev, Path("run"))
+        >>> trainer.setup()  # or setup(resume=True) to continue from run/state.json
+        >>> model, progress = trainer.train()
+        >>> progress.step, progress.best
+    """
+
+    def __init__(self, session: Session, train: Table, dev: Table | None, out_dir: Path | None = None, *,
+                 seed: int | None = None, show_progress: bool = True):
+        self.session = session
+        self.train_table = train
+        self.dev = dev
+        self.out_dir = out_dir
+        self.tc = session.cfg.train
+        self.metric = session.cfg.metric
+        self.seed = self.tc.seed if seed is None else seed
+        self.show_progress = show_progress
+        self.progress = Progress()
+        self._best_in_memory: dict = {}  # without an output folder, the best encoder is kept here instead
+        self._whole = True  # False while the state in memory is half-updated (inside a step's update and bookkeeping)
+
+    # -- setup -------------------------------------------------------------------------------------------------------
+
+    def setup(self, resume: bool = False) -> None:
+        """Build the accelerator, a fresh seeded model, the optimizer and the schedule; with ``resume``, restore the
+        state saved in ``out_dir``. Nothing is trained yet."""
+        self._setup_accelerator()
+        self._setup_model(fit_head=not resume)
+        self._setup_optimizer()
+        if resume:
+            self.resume()
+        self.metrics = MetricLogger(self.progress.history, self.out_dir, self.metric)
+        if not self.progress.done:
+            self._setup_step()
+
+    def _setup_accelerator(self) -> None:
+        self.acc = make_accelerator(self.tc, self.session.device)
+        self.world, self.rank, self.main = self.acc.num_processes, self.acc.process_index, self.acc.is_main_process
+        check_batch_split(self.tc.batch_size, self.world)
+
+    def _setup_model(self, fit_head: bool) -> None:
+        self.model = self.session.new_model(self.seed)
+        self.examples = self._training_examples()
+        self.linear_head = self.model.classifier is not None
+        if self.linear_head and fit_head:
+            # the prompt is trained against a classifier already fitted to the untrained prompt's states, and the
+            # classifier is fitted again to the trained prompt's states at the end (_finish); only the encoder steps
+            self.session.task.fit_head(self.model, self.examples, self.tc.eval_batch_size, self.session.device)
+
+    def _training_examples(self) -> list:
+        train, task = self.train_table, self.session.task
+        examples, skipped = task.train_examples(train)
+        if not examples:
+            raise PtuneError(f"{train.source}: no usable training rows ({skipped} skipped)")
+        if skipped and self.main:
+            print(f"note: {skipped} of {len(train)} training rows skipped (target is not a single token)",
+                  file=sys.stderr)
+        truncated = sum(e.truncated for e in examples)
+        if truncated and self.main:
+            print(f"note: {truncated} of {len(examples)} training rows have data fields truncated to fit "
+                  f"{task.renderer.max_length} tokens (virtual tokens and the target are kept)", file=sys.stderr)
+        return examples
+
+    def _setup_optimizer(self) -> None:
+        tc = self.tc
+        self.params = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay)
+        batches_per_epoch = math.ceil(len(self.examples) / tc.batch_size)
+        self.steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)  # a step takes up to grad_accum batches
+        self.total = tc.max_steps or tc.epochs * self.steps_per_epoch
+        if self.linear_head and self.model.encoder.n_virtual == 0:
+            self.total = 0  # the linear probe: nothing but the classifier, fitted in setup and again in _finish
+        self.warmup = int(tc.warmup_ratio * self.total)
+
+    def _setup_step(self) -> None:
+        """Wrap the forward and loss for Accelerate (DDP, autocast) and prepare the optimizer."""
+        step_module = LossStep(self.model, self.session.task.make_loss(self.examples), sharded=self.world > 1)
+        # the shared-prefix batching scores label continuations; a linear head pools every position instead
+        self.share_prefix = self.tc.share_prefix and self.model.can_score_continuations and not self.linear_head
+        if self.world > 1:
+            # DDP syncs the encoder only: the frozen base's weights and buffers (identical on every process) are
+            # never broadcast, at the start or at each forward
+            frozen = [n for n, p in step_module.named_parameters() if not p.requires_grad]
+            frozen += [n for n, _ in step_module.named_buffers()]
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step_module, frozen)
+        self.step_fn, self.opt = self.acc.prepare(step_module, self.optimizer)
+
+    def resume(self) -> None:
+        """Restore the encoder, the optimizer's moments and the progress (history included) from ``out_dir``. The
+        main process reads them (--out need not be shared between machines) and hands them to the others."""
+        out_dir = self.out_dir
+
         def load():
             if out_dir is None or not checkpoint.has_state(out_dir):
                 raise PtuneError(f"--resume: {out_dir} holds no training state to resume from")
-            encoder_state, saved = checkpoint.load_state(out_dir, optimizer)
-            return encoder_state, saved, optimizer.state_dict() if world > 1 else None
+            encoder_state, saved = checkpoint.load_state(out_dir, self.optimizer)
+            return encoder_state, saved, self.optimizer.state_dict() if self.world > 1 else None
 
-        # the main process reads the state (--out need not be shared between machines) and hands it to the others
-        encoder_state, saved, opt_state = on_main(acc, load)
-        if not main:
-            optimizer.load_state_dict(opt_state)
+        encoder_state, saved, opt_state = on_main(self.acc, load)
+        if not self.main:
+            self.optimizer.load_state_dict(opt_state)
         try:
-            model.load_trainable_state(encoder_state)
-            prog = Progress(**saved)
+            self.model.load_trainable_state(encoder_state)
+            self.progress = Progress(**saved)
         except (ValueError, TypeError) as err:
             raise CheckpointError(f"{out_dir / checkpoint.STATE}: does not fit this config's encoder ({err}); "
                                   "was the config changed since?") from None
-        if prog.done:
-            if main:
-                print(f"{out_dir}: training already finished at step {prog.step}; nothing to resume",
-                      file=sys.stderr)
-            return model, prog
+        if self.progress.done and self.main:
+            print(f"{out_dir}: training already finished at step {self.progress.step}; nothing to resume",
+                  file=sys.stderr)
 
-    step_module = _Step(model, session.task.make_loss(examples), sharded=world > 1)
-    share_prefix = tc.share_prefix and model.can_score_continuations and not linear_head  # (pools every position)
-    if world > 1:
-        # DDP syncs the encoder only: the frozen base's weights and buffers (identical on every process) are never
-        # broadcast, at the start or at each forward
-        frozen = [n for n, p in step_module.named_parameters() if not p.requires_grad]
-        frozen += [n for n, _ in step_module.named_buffers()]
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step_module, frozen)
-    step_fn, opt = acc.prepare(step_module, optimizer)
+    # -- the loop ----------------------------------------------------------------------------------------------------
 
-    def save_state(plot: bool = True):
-        def save():
-            checkpoint.save_state(out_dir, encoder_state=model.trainable_state(), optimizer=optimizer,
-                                  progress=prog.__dict__)
-            write_metrics(out_dir, prog.history, metric, plot)
+    def train(self) -> tuple[PTuningModel, Progress]:
+        """Run the steps left (after ``setup``), then restore the best model and finish it.
 
-        if out_dir is not None:
-            on_main(acc, save)
+        Returns:
+            tuple[PTuningModel, Progress]: the best model seen (the last without dev), in eval mode, with its final
+            classifier and label offsets where the config has them; and the run's progress and history.
+        """
+        if self.progress.done:  # a finished run resumed: nothing to do
+            return self.model, self.progress
+        start = time.perf_counter()
+        self._run()
+        elapsed = time.perf_counter() - start
+        self.metrics.log({"kind": "summary", "seconds": elapsed, "steps": self.progress.step,
+                          "examples_per_s": self.progress.step * self.tc.batch_size * self.tc.grad_accum
+                          / max(elapsed, 1e-9)})
+        if self.out_dir is not None:
+            on_main(self.acc, self.metrics.write)
+        self._restore_best()
+        self._finish()
+        return self.model, self.progress
 
-    best_in_memory: dict = {}  # without an output folder, the best encoder is kept here instead
+    def _run(self) -> None:
+        """The epochs, under the Ctrl-C handler, turning an interruption into an error that says what was kept."""
+        bar = tqdm(total=self.total, initial=self.progress.step, desc="train", unit="step",
+                   disable=not (self.show_progress and self.main))
+        self.model.train()
+        with _CtrlC() as ctrl_c:
+            try:
+                self._epochs(ctrl_c, bar)
+            except KeyboardInterrupt:
+                raise self._interrupted() from None
+            finally:
+                bar.close()
 
-    def save_best():
-        if out_dir is not None:
-            save_inference(session, model, out_dir, seed=seed,
-                           extra={"training": {"step": prog.step, "metric": metric, "best": prog.best}})
-        elif dev is not None:
-            best_in_memory.update({k: v.detach().clone() for k, v in model.trainable_state().items()})
+    def _epochs(self, ctrl_c: _CtrlC, bar) -> None:
+        prog = self.progress
+        while prog.step < self.total and not prog.done:
+            groups = self._epoch_groups(prog.epoch)
+            while prog.step_in_epoch < len(groups) and prog.step < self.total:
+                self._stop_if_interrupted(ctrl_c)
+                loss = self.step(groups[prog.step_in_epoch])
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", epoch=prog.epoch + 1)
+                if self._after_step():
+                    break
+            if prog.step_in_epoch >= len(groups):
+                self._end_epoch()
+        self._whole = False
+        if (self.metrics.last or {}).get("kind") == "train" or self.total == 0:
+            self.evaluate()  # the steps since the last evaluation (max_steps inside an epoch, or eval_every)
+        prog.done = True
+        self.save()
 
-    def evaluate_and_keep() -> tuple[bool, tuple, dict]:
-        record = {"step": prog.step, "epoch": prog.epoch + prog.step_in_epoch / steps_per_epoch}
-        if dev is None:
-            prog.history.append(record | {"kind": "checkpoint"})
-            save_best()
-            return False, (prog.best, prog.best_step, prog.bad_evals), prog.history[-1]
-        metrics = evaluate(model, session, dev)
-        prog.history.append(record | {"kind": "dev", **metrics})
-        value = metrics.get(metric)
-        if value is not None and better(metric, value, prog.best):
-            prog.best, prog.best_step, prog.bad_evals = value, prog.step, 0
-            save_best()
-        else:
-            prog.bad_evals += 1
-        model.train()
-        stop = bool(tc.patience) and prog.bad_evals >= tc.patience
-        return stop, (prog.best, prog.best_step, prog.bad_evals), prog.history[-1]
+    def _epoch_groups(self, epoch: int) -> list[list[list[int]]]:
+        """The epoch's global batches of row indices (order from (seed, epoch)), grouped grad_accum to a step."""
+        size, accum = self.tc.batch_size, self.tc.grad_accum
+        order = torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+        batches = [order[i:i + size].tolist() for i in range(0, len(order), size)]
+        return [batches[i:i + accum] for i in range(0, len(batches), accum)]
 
-    def run_eval() -> bool:
-        """Evaluate (on the main process), keep the best; True when early stopping says stop (on every process)."""
-        stop, counters, record = on_main(acc, evaluate_and_keep)
-        if not main:  # the others keep the main process's counters and history: all agree on what comes next
-            prog.best, prog.best_step, prog.bad_evals = counters
-            prog.history.append(record)
-        return stop
+    def _stop_if_interrupted(self, ctrl_c: _CtrlC) -> None:
+        hit = ctrl_c.hit
+        if self.world > 1:  # every process stops at the same step
+            hit = bool(self.acc.reduce(torch.tensor(float(hit), device=self.acc.device), "sum").item())
+        if hit:
+            raise KeyboardInterrupt
 
-    def micro_step(rows: list[int], last: bool, scale: float) -> float:
+    def step(self, group: list[list[int]]) -> float:
+        """One optimizer step over ``group`` (up to grad_accum global batches of row indices); return its loss."""
+        prog = self.progress
+        scale = self.tc.grad_accum / len(group)  # backward divides by grad_accum: a short last group counts whole
+        losses = [self._micro_step(rows, j == len(group) - 1, scale) for j, rows in enumerate(group)]
+        loss = losses[0] if len(losses) == 1 else sum(losses) / len(losses)
+        if not math.isfinite(loss):
+            raise self._diverged("loss", loss)
+        norm = clip_gradients(self.acc, self.params, self.tc.grad_clip or math.inf)
+        if not torch.isfinite(norm) and self.acc.scaler is None:  # fp16 on a GPU: the loss scaler skips the step
+            raise self._diverged("gradient norm", norm.item())
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = self.tc.lr * lr_factor(prog.step, self.total, self.warmup)
+        self._whole = False
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        prog.step += 1
+        prog.step_in_epoch += 1
+        self.metrics.log({"kind": "train", "step": prog.step, "loss": loss,
+                          "lr": self.optimizer.param_groups[0]["lr"]})
+        return loss
+
+    def _micro_step(self, rows: list[int], last: bool, scale: float) -> float:
         """Forward and backward this process's shard of one global batch (gradients are all-reduced after the
         ``last`` batch of a step only); return the global batch's mean loss (over target tokens or rows)."""
-        shard = rows[rank::world]
-        batch = session.task.batch([examples[i] for i in (shard or rows[:1])], session.device, share_prefix)
-        with contextlib.nullcontext() if last else acc.no_sync(step_fn):
-            nll, count = step_fn(batch)
+        acc, world = self.acc, self.world
+        shard = rows[self.rank::world]
+        batch = self.session.task.batch([self.examples[i] for i in (shard or rows[:1])], self.session.device,
+                                        self.share_prefix)
+        with contextlib.nullcontext() if last else acc.no_sync(self.step_fn):
+            nll, count = self.step_fn(batch)
             if world == 1:
                 loss = nll  # already the mean
                 value = loss.item()
@@ -228,119 +329,207 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
             acc.backward(loss * scale if scale != 1 else loss)
         return value
 
-    bar = tqdm(total=total, initial=prog.step, desc="train", disable=not show_progress, unit="step")
-    model.train()
-    t0 = time.perf_counter()
-    whole = True  # False while the state in memory is half-updated (inside a step's update and bookkeeping)
-    kept = f"; the last good checkpoint is kept in {out_dir}" if out_dir else ""
-    with _CtrlC() as ctrl_c:
-        try:
-            while prog.step < total and not prog.done:
-                order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1000 + prog.epoch))
-                batches = [order[i:i + tc.batch_size].tolist() for i in range(0, len(order), tc.batch_size)]
-                groups = [batches[i:i + accum] for i in range(0, len(batches), accum)]
-                while prog.step_in_epoch < len(groups) and prog.step < total:
-                    hit = ctrl_c.hit
-                    if world > 1:  # every process stops at the same step
-                        hit = bool(acc.reduce(torch.tensor(float(hit), device=acc.device), "sum").item())
-                    if hit:
-                        raise KeyboardInterrupt
-                    group = groups[prog.step_in_epoch]
-                    # accelerator.backward divides by grad_accum; a short last group is weighted as a whole one
-                    scale = accum / len(group)
-                    losses = [micro_step(rows, j == len(group) - 1, scale) for j, rows in enumerate(group)]
-                    loss_value = losses[0] if len(losses) == 1 else sum(losses) / len(losses)
-                    if not math.isfinite(loss_value):
-                        raise PtuneError(f"loss became {loss_value} at step {prog.step}; stopped{kept}; try a lower "
-                                         "train.lr")
-                    # the norm is taken even without clipping: an infinite gradient would turn the weights into NaN
-                    if acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU,
-                                                DistributedType.MULTI_GPU):
-                        acc.unscale_gradients()  # fp16's loss scale, if any; DDP's gradients are already averaged
-                        norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or math.inf)
-                    else:  # DeepSpeed, FSDP: their own way
-                        norm = acc.clip_grad_norm_(params, tc.grad_clip or math.inf)
-                    if not torch.isfinite(norm) and acc.scaler is None:  # fp16 on a GPU: the loss scaler skips it
-                        raise PtuneError(f"gradient norm became {norm.item()} at step {prog.step}; stopped{kept}; "
-                                         "try a lower train.lr")
-                    for group_ in optimizer.param_groups:
-                        group_["lr"] = tc.lr * lr_factor(prog.step, total, warmup)
-                    whole = False
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    prog.step += 1
-                    prog.step_in_epoch += 1
-                    prog.history.append({"kind": "train", "step": prog.step, "loss": loss_value,
-                                         "lr": optimizer.param_groups[0]["lr"]})
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_value:.4f}", epoch=prog.epoch + 1)
-                    stop = False
-                    if tc.eval_every and prog.step % tc.eval_every == 0:
-                        stop = run_eval()
-                    if tc.save_every and prog.step % tc.save_every == 0:
-                        save_state(plot=False)  # the curves are redrawn at evaluations; every step would be slow
-                    if stop:
-                        prog.done = True
-                    whole = True
-                    if stop:
-                        break
-                if prog.step_in_epoch >= len(groups):
-                    whole = False
-                    prog.epoch += 1
-                    prog.step_in_epoch = 0
-                    if not tc.eval_every and run_eval():
-                        prog.done = True
-                    save_state()
-                    whole = True
-            whole = False
-            if (prog.history and prog.history[-1].get("kind") == "train") or total == 0:
-                run_eval()  # the steps since the last evaluation (max_steps inside an epoch, or eval_every)
+    def _after_step(self) -> bool:
+        """Evaluate and save where eval_every and save_every say; True when early stopping ends the run."""
+        tc, prog = self.tc, self.progress
+        stop = False
+        if tc.eval_every and prog.step % tc.eval_every == 0:
+            stop = self.evaluate()
+        if tc.save_every and prog.step % tc.save_every == 0:
+            self.save(plot=False)  # the curves are redrawn at evaluations; every step would be slow
+        if stop:
             prog.done = True
-            save_state()
-        except KeyboardInterrupt:
-            if out_dir is None:
-                raise PtuneError(f"interrupted at step {prog.step}") from None
-            if whole:
-                save_state()
-                raise PtuneError(f"interrupted at step {prog.step}; state saved; resume with: ptune train CONFIG "
-                                 f"--out {out_dir} --resume") from None
-            raise PtuneError(f"interrupted inside step {prog.step}; the state saved before it is kept; resume with: "
-                             f"ptune train CONFIG --out {out_dir} --resume") from None
-        finally:
-            bar.close()
-    elapsed = time.perf_counter() - t0
-    prog.history.append({"kind": "summary", "seconds": elapsed, "steps": prog.step,
-                         "examples_per_s": prog.step * tc.batch_size * accum / max(elapsed, 1e-9)})
-    if out_dir is not None:
-        on_main(acc, lambda: write_metrics(out_dir, prog.history, metric))
-    # the model to return is the best one seen (read by the main process, handed to the others)
-    if out_dir is not None and dev is not None:
-        enc = on_main(acc, lambda: checkpoint.load_model(out_dir)[1]
-                      if (out_dir / checkpoint.MANIFEST).is_file() else None)
-        if enc is not None:
-            model.load_trainable_state(enc)
-    elif dev is not None and best_in_memory:
-        model.load_trainable_state(best_in_memory)
-    model.eval()
-    refit = linear_head
-    if refit:
-        session.task.fit_head(model, examples, tc.eval_batch_size, session.device)
-    if session.task.cfg.type == "classification" and session.task.cfg.calibrate == "prior":
-        fit_label_offsets(session, model, train, seed)
-        refit = True
-    if refit and out_dir is not None and (out_dir / checkpoint.MANIFEST).is_file():
-        # the kept model, now with its final classifier and/or offsets
-        training = checkpoint.load_model(out_dir)[0].get("training")
-        on_main(acc, lambda: save_inference(session, model, out_dir, seed=seed, extra={"training": training}))
-    return model, prog
+        self._whole = True
+        return stop
+
+    def _end_epoch(self) -> None:
+        prog = self.progress
+        self._whole = False
+        prog.epoch += 1
+        prog.step_in_epoch = 0
+        if not self.tc.eval_every and self.evaluate():
+            prog.done = True
+        self.save()
+        self._whole = True
+
+    def _diverged(self, what: str, value: float) -> PtuneError:
+        kept = f"; the last good checkpoint is kept in {self.out_dir}" if self.out_dir else ""
+        return PtuneError(f"{what} became {value} at step {self.progress.step}; stopped{kept}; try a lower train.lr")
+
+    def _interrupted(self) -> PtuneError:
+        """The error for Ctrl-C: the state is saved when the one in memory is that of a whole step."""
+        step, out_dir = self.progress.step, self.out_dir
+        if out_dir is None:
+            return PtuneError(f"interrupted at step {step}")
+        if self._whole:
+            self.save()
+            return PtuneError(f"interrupted at step {step}; state saved; resume with: ptune train CONFIG "
+                              f"--out {out_dir} --resume")
+        return PtuneError(f"interrupted inside step {step}; the state saved before it is kept; resume with: "
+                          f"ptune train CONFIG --out {out_dir} --resume")
+
+    # -- evaluation and checkpoints ----------------------------------------------------------------------------------
+
+    def evaluate(self) -> bool:
+        """Evaluate on dev (on the main process) and keep the best; return True when early stopping says stop. The
+        other processes take the main process's counters and record, so all agree on what comes next."""
+        stop, counters, record = on_main(self.acc, self._evaluate_and_keep)
+        if not self.main:
+            prog = self.progress
+            prog.best, prog.best_step, prog.bad_evals = counters
+            self.metrics.log(record)
+        return stop
+
+    def _evaluate_and_keep(self) -> tuple[bool, tuple, dict]:
+        prog = self.progress
+        record = {"step": prog.step, "epoch": prog.epoch + prog.step_in_epoch / self.steps_per_epoch}
+        if self.dev is None:
+            record = self.metrics.log(record | {"kind": "checkpoint"})
+            self._save_best()
+            return False, (prog.best, prog.best_step, prog.bad_evals), record
+        metrics = evaluate(self.model, self.session, self.dev)
+        record = self.metrics.log(record | {"kind": "dev", **metrics})
+        value = metrics.get(self.metric)
+        if value is not None and better(self.metric, value, prog.best):
+            prog.best, prog.best_step, prog.bad_evals = value, prog.step, 0
+            self._save_best()
+        else:
+            prog.bad_evals += 1
+        self.model.train()
+        stop = bool(self.tc.patience) and prog.bad_evals >= self.tc.patience
+        return stop, (prog.best, prog.best_step, prog.bad_evals), record
+
+    def _save_best(self) -> None:
+        prog = self.progress
+        if self.out_dir is not None:
+            save_inference(self.session, self.model, self.out_dir, seed=self.seed,
+                           extra={"training": {"step": prog.step, "metric": self.metric, "best": prog.best}})
+        elif self.dev is not None:
+            self._best_in_memory.update({k: v.detach().clone() for k, v in self.model.trainable_state().items()})
+
+    def save(self, plot: bool = True) -> None:
+        """Write the resumable state (encoder, optimizer, progress) and the metrics, on the main process; nothing
+        without an output folder."""
+        if self.out_dir is None:
+            return
+
+        def write():
+            checkpoint.save_state(self.out_dir, encoder_state=self.model.trainable_state(), optimizer=self.optimizer,
+                                  progress=self.progress.__dict__)
+            self.metrics.write(plot)
+
+        on_main(self.acc, write)
+
+    def _restore_best(self) -> None:
+        """Load the best model seen (read by the main process, handed to the others) into ``self.model``."""
+        out_dir = self.out_dir
+        if out_dir is not None and self.dev is not None:
+            enc = on_main(self.acc, lambda: checkpoint.load_model(out_dir)[1]
+                          if (out_dir / checkpoint.MANIFEST).is_file() else None)
+            if enc is not None:
+                self.model.load_trainable_state(enc)
+        elif self.dev is not None and self._best_in_memory:
+            self.model.load_trainable_state(self._best_in_memory)
+        self.model.eval()
+
+    def _finish(self) -> None:
+        """Refit the linear head to the kept prompt, fit prior offsets, and save the kept model with them."""
+        session, model, out_dir = self.session, self.model, self.out_dir
+        refit = self.linear_head
+        if refit:
+            session.task.fit_head(model, self.examples, self.tc.eval_batch_size, session.device)
+        if session.task.cfg.type == "classification" and session.task.cfg.calibrate == "prior":
+            fit_label_offsets(session, model, self.train_table, self.seed)
+            refit = True
+        if refit and out_dir is not None and (out_dir / checkpoint.MANIFEST).is_file():
+            training = checkpoint.load_model(out_dir)[0].get("training")
+            on_main(self.acc, lambda: save_inference(session, model, out_dir, seed=self.seed,
+                                                     extra={"training": training}))
+
+
+def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None = None, *, resume: bool = False,
+        show_progress: bool = True, seed: int | None = None, self_train: bool = True) -> tuple[PTuningModel, Progress]:
+    """Train a fresh (or resumed) encoder on ``train``; keep the best on ``dev`` (the last one without dev).
+
+    With ``train.self_train_rows`` (and ``self_train``), a teacher is trained on ``train`` first and the unlabeled
+    rows it is surest of join the training rows (``with_pseudo_labels``); deterministic, so a resume redoes it alike.
+
+    Args:
+        session (Session): the config, frozen base model and task (and the unlabeled rows, where read).
+        train (Table): the labelled training rows.
+        dev (Table | None): rows that choose the best evaluation and drive early stopping; None keeps the last.
+        out_dir (Path | None): the checkpoint folder (inference checkpoint, resumable state, metrics, curves);
+            None writes nothing.
+        resume (bool): continue from the state saved in ``out_dir``.
+        show_progress (bool): a progress bar (main process).
+        seed (int | None): overrides ``train.seed`` (encoder initialisation, data order, samples).
+        self_train (bool): False skips self-training even where the config asks for it.
+
+    Returns:
+        tuple[PTuningModel, Progress]: the kept model (eval mode) and the run's progress, whose ``history`` holds a
+        record per step (``kind`` train), evaluation (dev, or checkpoint without dev) and a closing summary.
+
+    Example:
+        >>> session, train, dev = prepare(cfg)
+        >>> model, progress = fit(session, train, dev, Path("run"), show_progress=False)
+        >>> [h["loss"] for h in progress.history if h["kind"] == "train"][-1]
+    """
+    seed = session.cfg.train.seed if seed is None else seed
+    if self_train and session.cfg.train.self_train_rows:
+        train = with_pseudo_labels(session, train, seed, show_progress)
+    trainer = Trainer(session, train, dev, out_dir, seed=seed, show_progress=show_progress)
+    trainer.setup(resume=resume)
+    return trainer.train()
+
+
+def with_pseudo_labels(session: Session, train: Table, seed: int, show_progress: bool = False) -> Table:
+    """Self-training: ``train`` plus the unlabeled rows a teacher trained on it is surest of.
+
+    The teacher is trained by the same loop (no dev, nothing written), then ``self_training.pseudo_labelled``
+    chooses the rows, each label taking its share of the training rows.
+
+    Args:
+        session (Session): the run's session; ``session.unlabeled`` must hold the unlabeled rows.
+        train (Table): the labelled training rows.
+        seed (int): the teacher's seed and the seed of the unlabeled sample.
+        show_progress (bool): a progress bar while the teacher trains.
+
+    Returns:
+        Table: ``train``'s rows followed by the chosen, self-labelled rows (the same rows, in the same order, for
+        the same inputs).
+
+    Example:
+        >>> grown = with_pseudo_labels(session, train, seed=1)
+        >>> len(grown) - len(train) <= session.cfg.train.self_train_rows
+        True
+    """
+    if session.unlabeled is None:
+        raise PtuneError("train.self_train_rows is set but no unlabeled rows were read (data.unlabeled)")
+    teacher = Trainer(session, train, None, None, seed=seed, show_progress=show_progress)
+    teacher.setup()
+    model, _ = teacher.train()
+    return pseudo_labelled(session, train, model, seed)
 
 
 def fit_label_offsets(session: Session, model: PTuningModel, train: Table, seed: int) -> None:
     """``task.calibrate: prior``: per-label offsets that make the model's mean label distribution on a seeded sample
     of the unlabeled rows equal the training rows' label shares. A model that ranks rows well but puts its
     threshold in the wrong place (all rows to the majority label, say) is moved back; the offsets are fitted on
-    rows whose labels nobody knows, so no held-out label is used."""
+    rows whose labels nobody knows, so no held-out label is used.
 
+    Args:
+        session (Session): a classification session whose ``unlabeled`` rows are read.
+        model (PTuningModel): the trained model; its ``label_offsets`` ((labels,)) are set here.
+        train (Table): the training rows whose label shares (+0.5 each) are the target.
+        seed (int): seeds the sample of ``task.prior_rows`` unlabeled rows.
+
+    Returns:
+        None.
+
+    Example:
+        >>> fit_label_offsets(session, model, train, seed=1)
+        >>> model.label_offsets.shape  # (labels,)
+    """
     if session.unlabeled is None or not session.unlabeled.rows:
         raise PtuneError("task.calibrate is 'prior' but no unlabeled rows were read (data.unlabeled)")
     pool = list(session.unlabeled.rows)
@@ -350,24 +539,5 @@ def fit_label_offsets(session: Session, model: PTuningModel, train: Table, seed:
     counts = torch.tensor([0.5] * len(labels.labels), dtype=torch.float64)  # +0.5: no label's share is zero
     for row in train.rows:
         counts[labels.index(row[session.task.cfg.label_column])] += 1
-    logp = session.task.raw_scores(model, pool, session.cfg.train.eval_batch_size, session.device)
+    logp = session.task.raw_scores(model, pool, session.cfg.train.eval_batch_size, session.device)  # (rows, labels)
     model.label_offsets = prior_offsets(logp, counts / counts.sum()).to(logp.device)
-
-
-def save_inference(session: Session, model: PTuningModel, out_dir: Path, extra: dict | None = None,
-                   seed: int | None = None) -> None:
-    """Write the inference checkpoint; ``seed``: the training seed actually used, where a caller overrode the
-    config's (ensemble members), so the manifest says how to retrain it."""
-    was_training = model.training
-    model.eval()
-    table = model.prompt_table()
-    labels = session.task.labels.to_dict() if session.task.labels else None
-    config = session.cfg.to_dict()
-    if seed is not None:
-        config["train"]["seed"] = seed
-    if model.label_offsets is not None:
-        extra = dict(extra or {}) | {"label_offsets": dict(zip(session.task.labels.labels,
-                                                               model.label_offsets.tolist()))}
-    checkpoint.save_model(out_dir, config=config, labels=labels, base=session.base.identity,
-                          encoder_state=model.trainable_state(), prompts=table, extra=extra)
-    model.train(was_training)
