@@ -15,7 +15,28 @@ from .trainer import fit
 
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, show_progress: bool = True) -> dict:
-    """Train and write the checkpoint directory; return a summary (best dev metrics, test metrics if given)."""
+    """A whole training run: read and check the config's data, train, write the checkpoint directory, and return a
+    summary.
+
+    Every input is read and checked before a model is loaded or a file written; dev rows come from ``data.dev`` or
+    ``data.dev_fraction`` of the training rows; under ``accelerate launch`` every process trains its shard and only
+    the main process writes (see ``Trainer``).
+
+    Args:
+        cfg (Config): the run's configuration.
+        out_dir (str | Path): the checkpoint folder; it must not hold a checkpoint yet, unless ``resume``.
+        resume (bool): continue the run whose resumable state ``out_dir`` holds (after Ctrl-C or a crash).
+        show_progress (bool): a progress bar (main process).
+
+    Returns:
+        dict: ``out`` (the folder), ``steps``, ``best_<metric>`` (None without dev), and the kept model's metrics on
+        ``dev`` and ``test`` where those rows are given.
+
+    Example:
+        >>> from ptune import Config, train
+        >>> summary = train(Config.from_yaml("examples/twitter_complaints_chosen.yaml"), "runs/complaints")
+        >>> summary["dev"]["accuracy"]
+    """
     out_dir = Path(out_dir)
     dist = distributed_state(cfg)  # None in a single process; else only the main process looks at --out
     if dist is not None:
