@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -56,24 +57,91 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto``: the first of CUDA, Apple's MPS and the CPU that this machine has; any other name as torch reads it.
+
+    Args:
+        name (`str`): ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Returns:
+        `torch.device`: where the frozen model and the batches go.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """bfloat16 where the hardware runs it fast (CUDA with bf16, a CPU with AVX-512 BF16 or AMX), else float32."""
+    """The frozen model's dtype. ``auto``: on CUDA bfloat16 where the GPU has it, else float16 (training then scales
+    the loss, ``loss_scaling``); on a CPU bfloat16 where it runs fast (AVX-512 BF16 or AMX), else float32; float32
+    elsewhere (MPS).
+
+    Args:
+        name (`str`): ``auto``, ``float32`` or ``bfloat16`` (``model.dtype``).
+        device (`torch.device`): where the model runs.
+
+    Returns:
+        `torch.dtype`
+
+    Example:
+        >>> resolve_dtype("float32", torch.device("cuda"))
+        torch.float32
+    """
     if name == "float32":
         return torch.float32
     if name == "bfloat16":
         return torch.bfloat16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type != "cpu":
+        return torch.float32
     try:
         fast = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     except (AttributeError, RuntimeError):
         fast = False
     return torch.bfloat16 if fast else torch.float32
+
+
+def loss_scaling(dtype: torch.dtype) -> bool:
+    """Whether training through a frozen model of this dtype needs its loss scaled: float16 gradients below about
+    6e-8 flush to zero on their way back to the encoder; bfloat16 has float32's range and needs no scaling."""
+    return dtype == torch.float16
+
+
+def attention_implementation(model_class: type, device: torch.device, dtype: torch.dtype) -> str | None:
+    """FlashAttention 2 on CUDA in 16-bit where the ``flash_attn`` package is installed and the model supports it,
+    else PyTorch's fused SDPA where the model supports it; None (transformers' own choice, its eager attention) for
+    the rest.
+
+    Args:
+        model_class (`type`): the transformers model class to be loaded.
+        device (`torch.device`): where it runs.
+        dtype (`torch.dtype`): its weights' dtype (FlashAttention runs float16 and bfloat16 only).
+
+    Returns:
+        `str | None`: ``"flash_attention_2"``, ``"sdpa"`` or None, for ``from_pretrained(attn_implementation=...)``.
+
+    Example:
+        >>> from transformers import LlamaForCausalLM
+        >>> attention_implementation(LlamaForCausalLM, torch.device("cpu"), torch.float32)
+        'sdpa'
+    """
+    flash = getattr(model_class, "_supports_flash_attn", False) or getattr(model_class, "_supports_flash_attn_2",
+                                                                            False)
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and flash \
+            and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    if getattr(model_class, "_supports_sdpa", False):
+        return "sdpa"
+    return None
 
 
 def _dequantised_copy(gguf: Path) -> tuple[Path, str]:
@@ -114,6 +182,61 @@ def detect_kind(config) -> str:
                              "xlm-roberta", "modernbert", "camembert", "mpnet"):
         return "masked"
     return "causal"
+
+
+def attention_window(config) -> int | None:
+    """The fewest places back any layer of this model attends (its sliding window or attention chunk), or None
+    where every layer sees the whole input. A window counts places in the input, pads included, not positions."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types = getattr(text, "layer_types", None)
+    windows = []
+    if types is None or "sliding_attention" in types:
+        windows.append(getattr(text, "sliding_window", None))
+    if types is None or "chunked_attention" in types:
+        windows.append(getattr(text, "attention_chunk_size", None))
+    return min((w for w in windows if isinstance(w, int) and w > 0), default=None)
+
+
+AUTO_CLASSES = {  # kind -> (the Auto class ptune loads with, the name of its model-type table in transformers)
+    "causal": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
+    "masked": ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
+    "seq2seq": ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
+}
+
+
+def model_class(config, kind: str) -> type:
+    """The transformers class that loads this model as a ``kind`` LM, checked before any weight is read: a
+    ``ConfigError`` naming the model type and the reason where ptune cannot P-tune it.
+
+    Args:
+        config (`transformers.PretrainedConfig`): the base model's config.
+        kind (`str`): ``causal``, ``masked`` or ``seq2seq``.
+
+    Returns:
+        `type`: e.g. ``LlamaForCausalLM``.
+
+    Example:
+        >>> from transformers import GPT2Config
+        >>> model_class(GPT2Config(), "causal").__name__
+        'GPT2LMHeadModel'
+    """
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    auto, table = AUTO_CLASSES[kind]
+    name = getattr(modeling_auto, table).get(config.model_type)
+    if name is None:
+        raise ConfigError(f"model type {config.model_type!r} cannot be P-tuned as a {kind} LM: transformers has no "
+                          f"{auto} class for it (ptune splices prompt vectors into the input of a causal, masked "
+                          "or seq2seq text LM; set model.kind if the detected kind is wrong)")
+    cls = getattr(transformers, name)
+    params = inspect.signature(cls.forward).parameters
+    missing = [p for p in ("inputs_embeds", "attention_mask") if p not in params]
+    if missing:
+        raise ConfigError(f"model type {config.model_type!r} cannot be P-tuned: {name}.forward takes no "
+                          f"{' or '.join(missing)} (ptune feeds the prompt as input embeddings, rows padded under "
+                          "an attention mask)")
+    return cls
 
 
 def describe_base(cfg: ModelConfig):
@@ -157,20 +280,24 @@ def load_base(cfg: ModelConfig, device: torch.device | None = None, check=None) 
 
     ``check(identity)`` runs after the model's config is read and before any weight is loaded, so a checkpoint
     for another base model is refused cheaply."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
 
     device = device or resolve_device(cfg.device)
     folder, load_kwargs, identity, config = describe_base(cfg)
     if check is not None:
         check(identity)
     kind = detect_kind(config) if cfg.kind == "auto" else cfg.kind
-    auto = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM}[kind]
+    auto = getattr(transformers, AUTO_CLASSES[kind][0])
+    dtype = resolve_dtype(cfg.dtype, device)
+    attention = attention_implementation(model_class(config, kind), device, dtype)
+    model_kwargs = load_kwargs if attention is None else dict(load_kwargs, attn_implementation=attention)
     from transformers.utils import logging as hf_logging
 
     # loading the cached float copy takes about a second: its per-tensor progress bar is noise in ptune's output
     hf_logging.disable_progress_bar()
     try:
-        model = auto.from_pretrained(folder, dtype=resolve_dtype(cfg.dtype, device), **load_kwargs)
+        model = auto.from_pretrained(folder, dtype=dtype, **model_kwargs)
     finally:
         hf_logging.enable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(folder, **load_kwargs)

@@ -92,12 +92,14 @@ def init_table(cfg: EncoderConfig, n_virtual: int, embeddings: nn.Embedding, tok
         if cfg.type == "embedding":
             # a plain table is the prompt itself: start it at the scale of real token embeddings (N(0, 1) rows
             # are ~7x louder than SmolLM2's and swamp the text); reparameterised encoders keep N(0, 1) inputs
-            return torch.randn(n_virtual, embeddings.weight.shape[1]) * embeddings.weight.float().std().item()
+            # (Gemma's embedding module multiplies its rows by sqrt(d): the scale of what the model reads)
+            scale = embeddings.weight.float().std().item() * float(getattr(embeddings, "embed_scale", 1.0))
+            return torch.randn(n_virtual, embeddings.weight.shape[1]) * scale
         return None
     if cfg.init == "words":
         ids = [tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in cfg.init_text.split()]
     else:
         ids = tokenizer.encode(cfg.init_text, add_special_tokens=False)
     ids = [ids[i % len(ids)] for i in range(n_virtual)]
-    with torch.no_grad():
-        return embeddings.weight[torch.tensor(ids, device=embeddings.weight.device)].float().cpu()
+    with torch.no_grad():  # the module's output, as for real tokens: some models scale inside it (Gemma)
+        return embeddings(torch.tensor(ids, device=embeddings.weight.device)).float().cpu()

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import attention_window
 from .encoders import PromptEncoder
 from .heads import LinearHead, block_output, float32_head, fold_head_input, lm_head
 
@@ -23,6 +24,18 @@ def trainable(name: str) -> bool:
     """The one predicate for what is trained and what is saved: the encoder's parameters and, with ``task.head:
     linear``, the classifier's; nothing of the base."""
     return name.startswith(("encoder.", "classifier."))
+
+
+def joined(prefix: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
+    """The shared prefix (1, P, d) put back before every left-padded row (B, T, d), the rows' pads moved to the
+    front: the rows as they would be without a shared prefix. Returns embeds (B, P+T, d), the attention mask and the
+    position ids (B, P+T)."""
+    rows, n = embeds.shape[0], prefix.shape[1]
+    embeds = torch.cat([prefix.expand(rows, -1, -1), embeds], dim=1)  # (B, P+T, d)
+    mask = torch.cat([mask.new_ones(rows, n), mask], dim=1)  # (B, P+T)
+    positions = torch.cat([torch.arange(n, device=mask.device).expand(rows, n), positions + n], dim=1)
+    order = torch.sort(mask, dim=1, stable=True).indices  # pads (0) first, then the real tokens in their order
+    return embeds.gather(1, order.unsqueeze(-1).expand_as(embeds)), mask.gather(1, order), positions.gather(1, order)
 
 
 class PTuningModel(nn.Module):
@@ -44,6 +57,7 @@ class PTuningModel(nn.Module):
         self._keeps_logits = "logits_to_keep" in params
         # the KV-cache argument's name: `cache` from transformers 5.x on, `past_key_values` before
         self._cache_arg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+        self._window = attention_window(base.config)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -104,7 +118,11 @@ class PTuningModel(nn.Module):
         k = width - int((labels != -100).any(0).nonzero()[0])  # target columns sit in the last k
         kwargs = dict(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                       position_ids=batch["position_ids"], use_cache=False)
-        if "prefix_ids" in batch:  # the rows' shared prefix, run once (gradients flow through its keys and values)
+        if "prefix_ids" in batch and not self.prefix_fits(batch["prefix_ids"].shape[1] + width):
+            head = self.embed(batch["prefix_ids"], batch["prefix_virtual"], table)  # (1, P, d)
+            kwargs.update(zip(("inputs_embeds", "attention_mask", "position_ids"),
+                              joined(head, embeds, kwargs["attention_mask"], kwargs["position_ids"])))
+        elif "prefix_ids" in batch:  # the rows' shared prefix, run once (gradients flow through its keys and values)
             rows = embeds.shape[0]
             cache = self._expanded(self._prefix_cache(batch["prefix_ids"], batch["prefix_virtual"], table), rows)
             n = batch["prefix_ids"].shape[1]
@@ -167,6 +185,11 @@ class PTuningModel(nn.Module):
         position: the discriminative objective, where the model is asked which label, not how likely the word."""
         return F.log_softmax(self.first_target_logits(batch).float()[:, candidates], dim=-1)
 
+    def prefix_fits(self, length: int) -> bool:
+        """Whether a shared prefix can run apart from rows ``length`` places long with it (their pads then sit between
+        it and their text): yes unless a sliding window, which counts places rather than positions, may cut in."""
+        return self._window is None or length < self._window
+
     @property
     def can_score_continuations(self) -> bool:
         return self.kind == "causal" and self._cache_arg is not None and self._keeps_logits
@@ -203,7 +226,9 @@ class PTuningModel(nn.Module):
         """Run one (1, P) prefix; each layer's keys and values."""
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.base.config)
+        # no config: every layer keeps all its keys, since a sliding-window layer's cache drops those past its window
+        # and cannot be cropped back to the shared inputs (the attention mask applies the window instead)
+        cache = DynamicCache()
         self.base(inputs_embeds=self.embed(ids, virtual, table), use_cache=True, logits_to_keep=1,
                   position_ids=torch.arange(ids.shape[1], device=ids.device)[None], **{self._cache_arg: cache})
         return [(layer.keys, layer.values) for layer in cache.layers]
@@ -212,7 +237,7 @@ class PTuningModel(nn.Module):
         """A fresh cache holding the prefix's keys and values once per row."""
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.base.config)
+        cache = DynamicCache()
         for i, (k, v) in enumerate(kv):
             cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
         return cache
@@ -239,8 +264,12 @@ class PTuningModel(nn.Module):
         embeds = self.embed(batch["input_ids"], batch["virtual_index"])
         mask, pos = batch["attention_mask"], batch["position_ids"]
         rows = mask.shape[0]
-        cache = DynamicCache(config=self.base.config)
-        if prefix is not None:
+        cache = DynamicCache()
+        if prefix is not None and not self.prefix_fits(len(prefix[0]) + mask.shape[1]):
+            device = mask.device
+            head = self.embed(torch.tensor([prefix[0]], device=device), torch.tensor([prefix[1]], device=device))
+            embeds, mask, pos = joined(head, embeds, mask, pos)  # (B, P+T, d), (B, P+T), (B, P+T)
+        elif prefix is not None:
             cache = self._expanded(self.prefix_keys_values(*prefix), rows)
             n = len(prefix[0])
             # the rows' own pads sit between the prefix and their text: masked out, and not counted in positions
