@@ -2,11 +2,24 @@
 
 
 class PtuneError(Exception):
-    """Base class: the CLI prints ``str(err)`` and exits non-zero, never a traceback."""
+    """Base class: the CLI prints ``str(err)`` and exits non-zero, never a traceback.
+
+    Example:
+        >>> try:
+        ...     ptune.load("no/such/folder")
+        ... except ptune.PtuneError as err:
+        ...     print(err)  # one line that names the folder
+    """
 
 
 class ConfigError(PtuneError):
-    """A config key, value or type is wrong."""
+    """A config key, value or type is wrong; the message names the key.
+
+    Example:
+        >>> ptune.Config.from_dict({"train": {"epoch": 3}})
+        Traceback (most recent call last):
+        ptune.errors.ConfigError: unknown config key 'train.epoch'; did you mean train.epochs?
+    """
 
 
 class TemplateError(PtuneError):

@@ -95,6 +95,19 @@ class Template:
 
 
 def parse_template(source: str) -> Template:
+    """Parse a template string (syntax in the module docstring); ``TemplateError`` says what is wrong and where.
+
+    Args:
+        source (`str`): e.g. ``"[P*4] Review : {review} Sentiment : [TARGET]"``.
+
+    Returns:
+        `Template`: its segments, with ``n_virtual``, ``fields`` and ``is_prefix``.
+
+    Example:
+        >>> t = parse_template("[P*4] Review : {review} Sentiment : [TARGET]")
+        >>> t.n_virtual, t.fields, t.is_prefix
+        (4, ['review'], True)
+    """
     if not isinstance(source, str):
         raise TemplateError(f"template must be a string, got {type(source).__name__}")
     segments: list[Segment] = []
