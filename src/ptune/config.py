@@ -627,7 +627,19 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML config (relative data paths resolve against the config's folder) and apply overrides."""
+    """Read a YAML config (relative data paths resolve against the config's folder) and apply overrides.
+
+    Args:
+        path (`str` or `Path`, *optional*): the YAML file; None starts from the defaults.
+        overrides (`list[str]`, *optional*): ``section.key=value`` strings, as ``--set`` gives them.
+
+    Returns:
+        `Config`: the checked config.
+
+    Example:
+        >>> load_config("examples/demo_customer_messages.yaml", ["train.epochs=2"]).train.epochs
+        2
+    """
     values = read_config_file(path) if path is not None else {}
     values = apply_overrides(values, list(overrides))
     cfg = config_from_dict(values)
