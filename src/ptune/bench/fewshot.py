@@ -13,22 +13,21 @@ sample shared by every method and seed.
 from __future__ import annotations
 
 import json
-import statistics
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import write_atomic
 from ..config import Config, config_from_dict
 from ..data.tables import Table
 from ..errors import PtuneError
 from ..evaluation.cv import cross_validate
-from ..modeling.base import load_base
+from ..evaluation.summary import mean_spread
+from ..modeling.base import FrozenBase, load_base
 from ..session import open_session
 from ..training.trainer import fit
 from .loaders import read_agnews, read_fewglue, read_raft, read_sst2, read_trec, require_dir, sample_rows
+from .reporting import log_to_stderr, took, write_results
 
 METHODS = ("zero_shot", "lstm", "mlp", "embedding")
 
@@ -112,17 +111,40 @@ def task_config(spec: TaskSpec, model: str, *, template: str, encoder: str, dtyp
     })
 
 
-def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "runs": values}
-
-
 def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = None, seeds: list[int] = (1, 2),
                 k: int = 32, max_eval: int | None = 200, methods: list[str] | None = None, folds: int = 4,
                 model: str = "embedded:SmolLM2-135M-Instruct", dtype: str = "auto", device: str = "auto",
                 lr: float = 1e-2, batch_size: int = 8, epochs: int = 10, data_seed: int = 42, base=None,
                 show_progress: bool = True, log=None) -> dict:
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    """Run the benchmark and write ``out/results.json`` and ``out/results.md`` (rewritten after every method, so a
+    stopped run keeps its part).
+
+    Args:
+        data (`str` or `Path`): the shared data folder (``sst2/``, ``superglue_fewglue/``, ``agnews/``, ``trec/``,
+            ``raft/``).
+        out (`str` or `Path`): where the reports go.
+        tasks (`list[str]`, *optional*): names in ``SPECS`` or ``raft:<task>``; ``["sst2", "rte"]`` if None.
+        seeds (`list[int]`): training seeds (and, for sampled tasks, training samples).
+        k (`int`): training rows sampled for the sampled tasks.
+        max_eval (`int`, *optional*): cap on scored rows (one fixed sample for every method and seed).
+        methods (`list[str]`, *optional*): from ``METHODS``; all if None.
+        folds (`int`): cross-validation folds for RAFT tasks.
+        model, dtype, device (`str`): the base model and where it runs.
+        lr, batch_size, epochs: the training budget every trained method gets.
+        data_seed (`int`): seed of the evaluation sample and the zero-shot run.
+        base (`FrozenBase`, *optional*): an already loaded base model; loaded from ``model`` if None.
+        show_progress (`bool`): training progress bars.
+        log (`callable`, *optional*): takes one progress line; stderr if None.
+
+    Returns:
+        `dict`: the report written to ``results.json``: the settings, ``tasks`` (per task and method: accuracy and
+        macro-F1, mean and spread over seeds or folds) and ``summary`` (mean accuracy per task and method).
+
+    Example:
+        >>> report = run_fewshot("../shared/data", "runs/fewshot", tasks=["sst2"], seeds=[1, 2])  # doctest: +SKIP
+        >>> report["summary"]["sst2"]  # doctest: +SKIP
+    """
+    log = log or log_to_stderr
     data_dir = require_dir(data, "shared")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,86 +152,121 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise PtuneError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
-    tasks = tasks or ["sst2", "rte"]
-    specs = []
-    for name in tasks:
-        if name.startswith("raft:"):
-            specs.append(raft_spec(name[5:], data_dir))
-        elif name in SPECS:
-            specs.append(SPECS[name])
-        else:
-            raise PtuneError(f"unknown task {name!r}; choose from {', '.join(SPECS)}, raft:<task>")
+    specs = [task_spec(name, data_dir) for name in tasks or ["sst2", "rte"]]
     t_start = time.perf_counter()
     budget = {"lr": lr, "batch_size": batch_size, "epochs": epochs}
     if base is None:
-
         log(f"loading {model} ...")
         base = load_base(task_config(specs[0], model, template=specs[0].ptuning, encoder="lstm", dtype=dtype,
                                      device=device, lr=lr, batch_size=batch_size, epochs=epochs, seed=1).model)
-    results: dict[str, dict] = {}
-
-    def write(done: bool) -> dict:
-        """results.json / results.md, rewritten after every method (a stopped run keeps its part)."""
-        summary = {name: {m: (e[m]["accuracy"] if isinstance(e[m]["accuracy"], float) else
-                              e[m]["accuracy"]["mean"]) for m in methods if m in e} for name, e in results.items()}
-        report = {"benchmark": "few-shot classification", "model": model, "kind": base.kind, "seeds": list(seeds),
-                  "k": k, "max_eval": max_eval, "budget": budget, "methods": methods, "complete": done,
-                  "tasks": results, "summary": summary, "seconds": round(time.perf_counter() - t_start, 1)}
-        write_atomic(out / "results.json", (json.dumps(report, indent=2) + "\n").encode())
-        write_atomic(out / "results.md", render_markdown(report).encode())
-        return report
-
+    run = FewshotRun(model, {"dtype": dtype, "device": device, **budget}, base, list(seeds), k, max_eval, folds,
+                     data_seed, methods, out, show_progress, log, t_start)
     for spec in specs:
+        run.task(spec, data_dir)
+    return run.write(True)
+
+
+def task_spec(name: str, data_dir: Path) -> TaskSpec:
+    """The task's spec: one of ``SPECS``, or a RAFT task (``raft:<task>``) read from ``data_dir``."""
+    if name.startswith("raft:"):
+        return raft_spec(name[5:], data_dir)
+    if name in SPECS:
+        return SPECS[name]
+    raise PtuneError(f"unknown task {name!r}; choose from {', '.join(SPECS)}, raft:<task>")
+
+
+@dataclass
+class FewshotRun:
+    """One benchmark run: the settings every task and method shares, and the results so far (``results``)."""
+    model: str
+    settings: dict  # dtype, device and the training budget (lr, batch_size, epochs): ``task_config``'s keywords
+    base: FrozenBase
+    seeds: list[int]
+    k: int
+    max_eval: int | None
+    folds: int
+    data_seed: int
+    methods: list[str]
+    out: Path
+    show_progress: bool
+    log: Callable[[str], None]
+    t_start: float
+    results: dict[str, dict] = field(default_factory=dict)
+
+    def config(self, spec: TaskSpec, template: str, encoder: str, seed: int) -> Config:
+        return task_config(spec, self.model, template=template, encoder=encoder, seed=seed, **self.settings)
+
+    def task(self, spec: TaskSpec, data_dir: Path) -> None:
+        """Every method on one task, into ``results[spec.name]``; the reports are rewritten after each method."""
         t0 = time.perf_counter()
         pool, eval_table = spec.load(data_dir)
         entry: dict = {"ptuning_template": spec.ptuning, "manual_template": spec.manual, "verbalizer": spec.verbalizer,
                        "eval_set": spec.eval_name}
-        results[spec.name] = entry
-        make = lambda template, encoder, seed: task_config(  # noqa: E731
-            spec, model, template=template, encoder=encoder, dtype=dtype, device=device, lr=lr,
-            batch_size=batch_size, epochs=epochs, seed=seed)
+        self.results[spec.name] = entry
         if eval_table is not None:
-            eval_table = sample_rows(eval_table, max_eval, data_seed, "sample")
+            eval_table = sample_rows(eval_table, self.max_eval, self.data_seed, "sample")
             entry["n_eval"] = len(eval_table)
-            entry["n_train"] = k if spec.sampled else len(pool)
+            entry["n_train"] = self.k if spec.sampled else len(pool)
         else:
-            entry.update(n_labelled=len(pool), folds=folds)
-        for method in methods:
+            entry.update(n_labelled=len(pool), folds=self.folds)
+        for method in self.methods:
             tm = time.perf_counter()
             if method == "zero_shot":
-                session = open_session(make(spec.manual, "lstm", data_seed), base=base, allow_no_virtual=True)
-                rows = eval_table.rows if eval_table is not None else pool.rows
-                preds = session.predict(session.new_model(), rows)
-                m = session.task.metrics(rows, preds)
-                entry[method] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
+                entry[method] = self.zero_shot(spec, eval_table if eval_table is not None else pool)
             elif eval_table is None:  # RAFT: k-fold cross-validation over the labelled rows
-                cfg = make(spec.ptuning, method, seeds[0])
-                session = open_session(cfg, base=base)
-                cv = cross_validate(cfg, folds=folds, seeds=list(seeds), session=session, train_table=pool,
-                                    show_progress=False)
-                entry[method] = {"accuracy": {**cv["accuracy"], "runs": [r["accuracy"] for r in cv["runs"]]},
-                                 "macro_f1": {**cv["macro_f1"], "runs": [r["macro_f1"] for r in cv["runs"]]}}
+                entry[method] = self.cross_validated(spec, method, pool)
             else:
-                accs, f1s = [], []
-                for seed in seeds:
-                    train = sample_rows(pool, k, seed, f"{k}-shot seed {seed}") if spec.sampled else pool
-                    session = open_session(make(spec.ptuning, method, seed), base=base)
-                    model_, _ = fit(session, train, None, None, show_progress=show_progress, seed=seed)
-                    preds = session.predict(model_, eval_table.rows)
-                    m = session.task.metrics(eval_table.rows, preds)
-                    accs.append(m["accuracy"])
-                    f1s.append(m["macro_f1"])
-                    log(f"{spec.name} {method} seed {seed}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
-                entry[method] = {"accuracy": _stats(accs), "macro_f1": _stats(f1s)}
+                entry[method] = self.trained(spec, method, pool, eval_table)
             entry[method]["seconds"] = round(time.perf_counter() - tm, 1)
             acc = entry[method]["accuracy"]
-            log(f"{spec.name} {method}: accuracy "
-                f"{acc if isinstance(acc, float) else acc['mean']:.3f} ({entry[method]['seconds']:.0f} s)")
-            write(False)
+            self.log(f"{spec.name} {method}: accuracy "
+                     f"{acc if isinstance(acc, float) else acc['mean']:.3f} ({entry[method]['seconds']:.0f} s)")
+            self.write(False)
         entry["seconds"] = round(time.perf_counter() - t0, 1)
 
-    report = write(True)
-    return report
+    def zero_shot(self, spec: TaskSpec, table: Table) -> dict:
+        """The manual prompt, nothing trained, on every row of ``table``."""
+        session = open_session(self.config(spec, spec.manual, "lstm", self.data_seed), base=self.base,
+                               allow_no_virtual=True)
+        m = session.task.metrics(table.rows, session.predict(session.new_model(), table.rows))
+        return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
+
+    def cross_validated(self, spec: TaskSpec, method: str, pool: Table) -> dict:
+        """``method`` cross-validated over the labelled rows (tasks without a labelled evaluation set)."""
+        cfg = self.config(spec, spec.ptuning, method, self.seeds[0])
+        cv = cross_validate(cfg, folds=self.folds, seeds=self.seeds, session=open_session(cfg, base=self.base),
+                            train_table=pool, show_progress=False)
+        return {metric: {**cv[metric], "runs": [r[metric] for r in cv["runs"]]} for metric in ("accuracy", "macro_f1")}
+
+    def trained(self, spec: TaskSpec, method: str, pool: Table, eval_table: Table) -> dict:
+        """``method`` trained once per seed (on k sampled rows, or the fixed training rows) and scored on
+        ``eval_table``: mean and spread over the seeds."""
+        runs = []
+        for seed in self.seeds:
+            train = sample_rows(pool, self.k, seed, f"{self.k}-shot seed {seed}") if spec.sampled else pool
+            session = open_session(self.config(spec, spec.ptuning, method, seed), base=self.base)
+            model, _ = fit(session, train, None, None, show_progress=self.show_progress, seed=seed)
+            m = session.task.metrics(eval_table.rows, session.predict(model, eval_table.rows))
+            runs.append(m)
+            self.log(f"{spec.name} {method} seed {seed}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
+        out = {}
+        for metric in ("accuracy", "macro_f1"):
+            values = [m[metric] for m in runs]
+            out[metric] = mean_spread(values) | {"runs": values}
+        return out
+
+    def write(self, done: bool) -> dict:
+        """results.json / results.md for the tasks so far; returns the report."""
+        summary = {name: {m: (e[m]["accuracy"] if isinstance(e[m]["accuracy"], float) else
+                              e[m]["accuracy"]["mean"]) for m in self.methods if m in e}
+                   for name, e in self.results.items()}
+        report = {"benchmark": "few-shot classification", "model": self.model, "kind": self.base.kind,
+                  "seeds": self.seeds, "k": self.k, "max_eval": self.max_eval,
+                  "budget": {name: self.settings[name] for name in ("lr", "batch_size", "epochs")},
+                  "methods": self.methods, "complete": done, "tasks": self.results, "summary": summary,
+                  "seconds": round(time.perf_counter() - self.t_start, 1)}
+        write_results(self.out, report, render_markdown(report))
+        return report
 
 
 def render_markdown(report: dict) -> str:
@@ -236,6 +293,5 @@ def render_markdown(report: dict) -> str:
     for name, e in report["tasks"].items():
         lines.append(f"- {name}: `{e['ptuning_template']}` (manual: `{e['manual_template']}`), "
                      f"verbalizer {json.dumps(e['verbalizer'])}")
-    lines += ["", f"Took {report['seconds']:.0f} s" + ("." if report.get("complete", True) else
-                                                        " so far (partial: the run did not finish).")]
+    lines += ["", took(report)]
     return "\n".join(lines) + "\n"

@@ -14,16 +14,18 @@ import dataclasses
 import json
 import shutil
 import statistics
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
 from ..checkpoint import write_atomic
 from ..config import Config, config_from_dict
+from ..data.tables import Table
 from ..errors import PtuneError
-from ..modeling.base import load_base
+from ..modeling.base import FrozenBase, load_base
 from ..plotting import plot_lama
 from ..session import open_session
 from ..training.trainer import fit
@@ -39,8 +41,10 @@ from .loaders import (
     sample_rows,
     vocab_words,
 )
+from .reporting import log_to_stderr, took, write_results
 
 VOCABS = {"29k": "29k-vocab.json", "34k": "34k-vocab.json"}
+SPLITS = ("train", "dev", "test")
 
 
 def base_config(model: str, *, dtype: str = "auto", device: str = "auto", lr: float = 1e-2, batch_size: int = 16,
@@ -70,107 +74,170 @@ def run_lama(data: str | Path, out: str | Path, *, relations: list[str] | None =
              shape: tuple[int, int, int] | None = None, max_train: int | None = None, max_dev: int | None = 200,
              max_test: int | None = None, cfg: Config | None = None, base=None, show_progress: bool = True,
              log=None) -> dict:
-    """Run the benchmark and write ``out/results.json``, ``out/results.md`` and ``out/lama.png``."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    """Run the benchmark and write ``out/results.json``, ``out/results.md`` and ``out/lama.png`` (rewritten after
+    every scored relation, so a stopped run keeps its part).
+
+    Args:
+        data (`str` or `Path`): the LAMA folder (``fact-retrieval/``, ``relations.jsonl``, the vocabularies).
+        out (`str` or `Path`): where the reports and each relation's training run (``runs/REL``) go.
+        relations (`list[str]`, *optional*): relation ids, e.g. ``["P108", "P463"]``; all in the folder if None.
+        vocab (`str`): ``"29k"`` or ``"34k"``, the word list facts and P@1 are restricted to.
+        shape (`tuple[int, int, int]`, *optional*): (a, b, c) of the P-tuning template; (3, 3, 0) for a causal
+            LM, (3, 3, 3) for a masked LM if None.
+        max_train, max_dev, max_test (`int`, *optional*): caps on each split's facts (seeded samples).
+        cfg (`Config`, *optional*): the probing recipe (``base_config``); the embedded model's if None.
+        base (`FrozenBase`, *optional*): an already loaded base model; loaded from ``cfg.model`` if None.
+        show_progress (`bool`): progress bars over relations and training.
+        log (`callable`, *optional*): takes one progress line; stderr if None.
+
+    Returns:
+        `dict`: the report written to ``results.json``: the settings, ``relations`` (per relation: manual and
+        P-tuning P@1, counts, training steps) and ``mean`` (``macro_means``).
+
+    Example:
+        >>> report = run_lama("../shared/data/lama", "runs/lama", relations=["P108"])  # doctest: +SKIP
+        >>> report["mean"]["ptuning_p1"]  # doctest: +SKIP
+    """
+    log = log or log_to_stderr
     lama_dir = require_dir(data, "LAMA")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = cfg or base_config("embedded:SmolLM2-135M-Instruct")
+    words, vocab_file = write_vocab(lama_dir, vocab, out)
+    templates = relation_templates(lama_dir)
+    relations = checked_relations(lama_dir, relations)
+    t_start = time.perf_counter()
+    if base is None:
+        log(f"loading {cfg.model.name_or_path} ...")
+        base = load_base(cfg.model)
+    shape = shape or ((3, 3, 0) if base.kind == "causal" else (3, 3, 3))
+    run = LamaRun(with_task(cfg, vocab_file=str(vocab_file)), base, lama_dir, out, vocab, set(words), templates,
+                  shape, {"train": max_train, "dev": max_dev, "test": max_test}, show_progress, log, t_start)
+    bar = tqdm(relations, desc="lama", unit="rel", disable=not show_progress)
+    for rel in bar:
+        bar.set_postfix_str(rel)
+        if run.relation(rel):
+            run.write(False)
+    return run.write(True)
+
+
+def write_vocab(lama_dir: Path, vocab: str, out: Path) -> tuple[list[str], Path]:
+    """The chosen vocabulary's words, also written to ``out/vocab-NAME.json`` as ptune's ``task.vocab_file`` takes
+    it: (the words, that file)."""
     if vocab not in VOCABS:
         raise PtuneError(f"--vocab must be one of {', '.join(VOCABS)}, got {vocab!r}")
     words = vocab_words(lama_dir / VOCABS[vocab])
-    word_set = set(words)
-    vocab_file = out / f"vocab-{vocab}.json"  # the bert-base-cased list, as ptune's task.vocab_file takes it
+    vocab_file = out / f"vocab-{vocab}.json"  # the bert-base-cased list
     write_atomic(vocab_file, json.dumps(words).encode())
-    templates = relation_templates(lama_dir)
+    return words, vocab_file
+
+
+def checked_relations(lama_dir: Path, relations: list[str] | None) -> list[str]:
+    """``relations``, each checked to be in the folder; every relation there if None."""
     available = list_relations(lama_dir)
     relations = relations or available
     unknown = [r for r in relations if r not in available]
     if unknown:
         raise PtuneError(f"unknown relation(s) {', '.join(unknown)}; {lama_dir} has {', '.join(available)}")
+    return relations
 
-    t_start = time.perf_counter()
-    if base is None:
 
-        log(f"loading {cfg.model.name_or_path} ...")
-        base = load_base(cfg.model)
-    kind = base.kind
-    shape = shape or ((3, 3, 0) if kind == "causal" else (3, 3, 3))
-    p_template = ptuning_template(shape, kind)
-    cfg = with_task(cfg, vocab_file=str(vocab_file))
-    results: dict[str, dict] = {}
+@dataclass
+class LamaRun:
+    """One benchmark run: what every relation shares, and the results so far (``results``, by relation)."""
+    cfg: Config  # the probing recipe, with task.vocab_file set
+    base: FrozenBase
+    lama_dir: Path
+    out: Path
+    vocab: str
+    words: set[str]
+    templates: dict[str, dict]  # relation -> its LAMA record (``template``)
+    shape: tuple[int, int, int]
+    caps: dict[str, int | None]  # split -> most facts kept
+    show_progress: bool
+    log: Callable[[str], None]
+    t_start: float
+    results: dict[str, dict] = field(default_factory=dict)
 
-    def write(done: bool) -> dict:
-        """results.json / results.md / lama.png, rewritten after every relation (a stopped run keeps its part)."""
-        report = {
-            "benchmark": "LAMA T-REx fact retrieval (P@1)", "model": cfg.model.name_or_path, "kind": kind,
-            "vocab": vocab, "shape": list(shape), "ptuning_template": p_template,
-            "encoder": dataclasses.asdict(cfg.encoder), "train": dataclasses.asdict(cfg.train),
-            "max_train": max_train, "max_dev": max_dev, "max_test": max_test, "complete": done,
-            "relations": results, "mean": macro_means(results), "seconds": round(time.perf_counter() - t_start, 1),
-        }
-        write_atomic(out / "results.json", (json.dumps(report, indent=2) + "\n").encode())
-        write_atomic(out / "results.md", render_markdown(report).encode())
-        plot_lama(report, out / "lama.png")
-        return report
+    @property
+    def ptuning_template(self) -> str:
+        return ptuning_template(self.shape, self.base.kind)
 
-    bar = tqdm(relations, desc="lama", unit="rel", disable=not show_progress)
-    for rel in bar:
-        bar.set_postfix_str(rel)
+    def relation(self, rel: str) -> bool:
+        """Score one relation into ``results[rel]``: manual prompt, then P-tuning; False if it is skipped."""
         t0 = time.perf_counter()
-        files = lama_relation_files(lama_dir, rel)
+        files = lama_relation_files(self.lama_dir, rel)
         entry: dict = {"test_source": files["test_source"]}
-        results[rel] = entry
-        missing = [s for s in ("train", "dev", "test") if files[s] is None]
+        self.results[rel] = entry
+        missing = [s for s in SPLITS if files[s] is None]
         if missing:
             entry.update(skipped=f"no {'/'.join(missing)} file (see lama/PROVENANCE.md)", manual_p1=None,
                          ptuning_p1=None, n_test=0)
-            log(f"{rel}: skipped, {entry['skipped']}")
-            continue
-        in_vocab = lambda r: r["obj_label"] in word_set  # noqa: E731
-        tables = {s: read_lama(files[s]) for s in ("train", "dev", "test")}
-        raw_test = len(tables["test"])
-        tables = {s: filter_rows(t, in_vocab, f" ({vocab} vocab)") for s, t in tables.items()}
-        entry["n_test_outside_vocab"] = raw_test - len(tables["test"])
-        train = sample_rows(tables["train"], max_train, cfg.train.seed, "sample")
-        dev = sample_rows(tables["dev"], max_dev, cfg.train.seed, "sample")
-        test = sample_rows(tables["test"], max_test, cfg.train.seed, "sample")
-        if not len(train) or not len(dev) or not len(test):
+            self.log(f"{rel}: skipped, {entry['skipped']}")
+            return False
+        splits = self.splits(files, entry)
+        if splits is None:
             entry.update(skipped="a split is empty after the vocabulary filter", manual_p1=None, ptuning_p1=None,
                          n_test=0)
-            continue
-
-        # manual prompt: the relation's own template, nothing trained
-        raw = templates.get(rel, {}).get("template")
-        manual, note = convert_template(raw, kind) if raw else (None, "no template in relations.jsonl")
-        entry.update(lama_template=raw, manual_template=manual)
-        if note:
-            entry["manual_note"] = note
-        if manual is not None:
-            session = open_session(with_task(cfg, template=manual), base=base, allow_no_virtual=True)
-            m = p_at_1(session, session.new_model(), test)
-            entry["manual_p1"] = m["p@1"]
-        else:
-            entry["manual_p1"] = None
-
-        # P-tuning: train on train, keep the best on dev (early stopping), score on test
-        session = open_session(with_task(cfg, template=p_template), base=base)
-        run_dir = out / "runs" / rel
-        shutil.rmtree(run_dir, ignore_errors=True)
-        model, prog = fit(session, train, dev, run_dir, show_progress=show_progress)
-        m = p_at_1(session, model, test)
-        entry.update(ptuning_template=p_template, ptuning_p1=m["p@1"], n_test=m["n"],
+            return False
+        train, dev, test = splits
+        self.manual(rel, test, entry)
+        m, prog = self.ptuning(rel, train, dev, test)
+        entry.update(ptuning_template=self.ptuning_template, ptuning_p1=m["p@1"], n_test=m["n"],
                      skipped_multi_token=m["skipped_multi_token"], n_train=len(train), n_dev=len(dev),
                      steps=prog.step, best_dev_p1=prog.best, best_step=prog.best_step,
                      seconds=round(time.perf_counter() - t0, 1))
         shown = "n/a" if entry["manual_p1"] is None else f"{entry['manual_p1']:.3f}"
-        log(f"{rel}: manual P@1 {shown}, P-tuning P@1 {entry['ptuning_p1']:.3f} "
-            f"(n_test {entry['n_test']}, {entry['skipped_multi_token']} multi-token skipped, "
-            f"{prog.step} steps, {entry['seconds']:.0f} s)")
+        self.log(f"{rel}: manual P@1 {shown}, P-tuning P@1 {entry['ptuning_p1']:.3f} "
+                 f"(n_test {entry['n_test']}, {entry['skipped_multi_token']} multi-token skipped, "
+                 f"{prog.step} steps, {entry['seconds']:.0f} s)")
+        return True
 
-        write(False)
-    report = write(True)
-    return report
+    def splits(self, files: dict, entry: dict) -> list[Table] | None:
+        """[train, dev, test]: facts whose object is in the vocabulary, sampled down to the caps; None if a split
+        is left empty. Counts the test facts dropped as outside the vocabulary in ``entry``."""
+        tables = {s: read_lama(files[s]) for s in SPLITS}
+        raw_test = len(tables["test"])
+        tables = {s: filter_rows(t, lambda r: r["obj_label"] in self.words, f" ({self.vocab} vocab)")
+                  for s, t in tables.items()}
+        entry["n_test_outside_vocab"] = raw_test - len(tables["test"])
+        sampled = [sample_rows(tables[s], self.caps[s], self.cfg.train.seed, "sample") for s in SPLITS]
+        return sampled if all(len(t) for t in sampled) else None
+
+    def manual(self, rel: str, test: Table, entry: dict) -> None:
+        """The relation's own template as a manual prompt, nothing trained: its P@1 on ``test`` into ``entry``."""
+        raw = self.templates.get(rel, {}).get("template")
+        manual, note = convert_template(raw, self.base.kind) if raw else (None, "no template in relations.jsonl")
+        entry.update(lama_template=raw, manual_template=manual)
+        if note:
+            entry["manual_note"] = note
+        entry["manual_p1"] = None
+        if manual is not None:
+            session = open_session(with_task(self.cfg, template=manual), base=self.base, allow_no_virtual=True)
+            entry["manual_p1"] = p_at_1(session, session.new_model(), test)["p@1"]
+
+    def ptuning(self, rel: str, train: Table, dev: Table, test: Table):
+        """Train on ``train``, keep the best on ``dev`` (early stopping), score on ``test``: (metrics, progress)."""
+        session = open_session(with_task(self.cfg, template=self.ptuning_template), base=self.base)
+        run_dir = self.out / "runs" / rel
+        shutil.rmtree(run_dir, ignore_errors=True)
+        model, prog = fit(session, train, dev, run_dir, show_progress=self.show_progress)
+        return p_at_1(session, model, test), prog
+
+    def write(self, done: bool) -> dict:
+        """results.json / results.md / lama.png for the relations so far; returns the report."""
+        cfg = self.cfg
+        report = {
+            "benchmark": "LAMA T-REx fact retrieval (P@1)", "model": cfg.model.name_or_path, "kind": self.base.kind,
+            "vocab": self.vocab, "shape": list(self.shape), "ptuning_template": self.ptuning_template,
+            "encoder": dataclasses.asdict(cfg.encoder), "train": dataclasses.asdict(cfg.train),
+            "max_train": self.caps["train"], "max_dev": self.caps["dev"], "max_test": self.caps["test"],
+            "complete": done, "relations": self.results, "mean": macro_means(self.results),
+            "seconds": round(time.perf_counter() - self.t_start, 1),
+        }
+        write_results(self.out, report, render_markdown(report))
+        plot_lama(report, self.out / "lama.png")
+        return report
 
 
 def macro_means(results: dict[str, dict]) -> dict:
@@ -213,6 +280,5 @@ def render_markdown(report: dict) -> str:
               f"**{_fmt(m['ptuning_p1'])}** | | | |", ""]
     o = m["official_test_only"]
     lines.append(f"Official-test relations only ({o['n_relations']}): manual {_fmt(o['manual_p1'])}, "
-                 f"P-tuning {_fmt(o['ptuning_p1'])}. Took {report['seconds']:.0f} s"
-                 + ("." if report.get("complete", True) else " so far (partial: the run did not finish)."))
+                 f"P-tuning {_fmt(o['ptuning_p1'])}. " + took(report))
     return "\n".join(lines) + "\n"
