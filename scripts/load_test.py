@@ -100,7 +100,10 @@ def main() -> int:
 
     import httpx
 
-    from ptune.serve import Limits, ServerThread, create_app, parse_checkpoint_args
+    from ptune.serving.app import create_app
+    from ptune.serving.protocol import Limits
+    from ptune.serving.tasks import parse_checkpoint_args
+    from ptune.serving.thread import ServerThread
 
     tmp = None
     if args.demo:

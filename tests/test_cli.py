@@ -99,3 +99,29 @@ def test_several_checkpoints_predict_as_an_ensemble(tiny_causal_dir, tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(main, ["eval", dirs[0], str(tmp_path / "m3"), "--data", str(tmp_path / "dev.csv")])
     assert res.exit_code != 0 and "ensemble members must share them" in res.output
+
+
+def test_one_command_table():
+    """Every command is defined in ptune.cli itself, and the serve defaults are the server's own."""
+    from ptune.serving.protocol import Limits
+
+    assert set(main.commands) == {"train", "cv", "eval", "predict", "search", "baselines", "demo", "export", "import",
+                                  "serve", "bench"}
+    assert set(main.commands["bench"].commands) == {"lama", "fewshot"}
+    for command in [*main.commands.values(), *main.commands["bench"].commands.values()]:
+        assert command.callback.__module__ == "ptune.cli", command.name
+    params = {p.name: p.default for p in main.commands["serve"].params}
+    assert params["max_rows"] == Limits.max_rows and params["batch_wait_ms"] == Limits.batch_wait_ms
+
+
+def test_help_imports_no_command_code():
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from ptune.cli import main; "
+            "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'ptune.serving.app', 'ptune.bench.lama', "
+            "'ptune.bench.fewshot') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -18,14 +18,17 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from ptune.serve import Limits, ServerThread, create_app, parse_checkpoint_args  # noqa: E402
+from ptune.serving.app import create_app  # noqa: E402
+from ptune.serving.protocol import Limits  # noqa: E402
+from ptune.serving.tasks import parse_checkpoint_args  # noqa: E402
+from ptune.serving.thread import ServerThread  # noqa: E402
 
 TEXTS = [t for t, _ in ROWS]
 
 
 def make_checkpoint(model_dir, out, template, task_type="classification", verbalizer=None, seed=3):
     from ptune.session import open_session
-    from ptune.training.trainer import save_inference
+    from ptune.training.saving import save_inference
 
     task = {"type": task_type, "template": template, "max_new_tokens": 5}
     if verbalizer:

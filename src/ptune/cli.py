@@ -175,15 +175,167 @@ def demo(out_dir, quiet):
     run_demo(out_dir, show_progress=not quiet)
 
 
-from .interop.peft import register as _register_interop  # noqa: E402  (export, import)
-from .serve import register as _register_serve  # noqa: E402  (serve)
+# ---------------------------------------------------------------------------------------------------------------
+# interop: export, import
 
-_register_interop(main)
-_register_serve(main)
 
-from .bench import register as _register_bench  # noqa: E402  (bench lama, bench fewshot)
+def _pairs(values, option: str) -> dict:
+    """``LABEL=WORD`` options as {label: word} (a label given twice: {label: [words]})."""
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: expected LABEL=WORD", param_hint=option)
+        key, value = item.split("=", 1)
+        out.setdefault(key.strip(), []).append(value.strip())
+    return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
 
-_register_bench(main)
+
+@main.command("export")
+@click.argument("checkpoint_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["peft"]), default="peft", show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Adapter folder.")
+def export_cmd(checkpoint_dir, fmt, out_dir):
+    """Export a checkpoint as a PEFT prompt-tuning adapter (prefix templates, causal LMs)."""
+    from .interop.peft import export_peft
+
+    click.echo(json.dumps(export_peft(checkpoint_dir, out_dir), indent=2))
+
+
+@main.command("import")
+@click.argument("peft_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
+@click.option("--template", default=None, help="ptune template; its [P*n] must come first (default: the "
+              "exported one, or '[P*n] {text} [TARGET]').")
+@click.option("--model", default=None, help="Base model (default: the adapter's base_model_name_or_path).")
+@click.option("--task", "task_type", type=click.Choice(["classification", "generation", "probing"]),
+              default=None)
+@click.option("--label-column", default=None)
+@click.option("--verbalizer", multiple=True, metavar="LABEL=WORD", help="A label and its word (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value.")
+def import_cmd(peft_dir, out_dir, template, model, task_type, label_column, verbalizer, overrides):
+    """Import a PEFT P-tuning or prompt-tuning adapter as a ptune checkpoint (trainable embedding encoder)."""
+    from .interop.peft import import_peft
+
+    summary = import_peft(peft_dir, out_dir, template=template, model=model, task_type=task_type,
+                          label_column=label_column, verbalizer=_pairs(verbalizer, "--verbalizer"),
+                          overrides=overrides)
+    click.echo(json.dumps(summary, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# serve
+
+SERVE_DEFAULTS = {"max_rows": 64, "batch_wait_ms": 5.0}  # serving.protocol.Limits' defaults (checked by a test)
+
+
+@main.command("serve")
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--device", default=None, help="Override the checkpoints' model.device.")
+@click.option("--max-rows", default=SERVE_DEFAULTS["max_rows"], show_default=True, type=click.IntRange(1, 100000))
+@click.option("--batch-wait-ms", default=SERVE_DEFAULTS["batch_wait_ms"], show_default=True,
+              type=click.FloatRange(0, 1000))
+def serve_cmd(checkpoints, host, port, device, max_rows, batch_wait_ms):
+    """Serve checkpoints (DIR or NAME=DIR, one frozen base model shared) over HTTP."""
+    import uvicorn
+
+    from .serving.app import create_app
+    from .serving.protocol import Limits
+    from .serving.tasks import parse_checkpoint_args
+
+    app = create_app(parse_checkpoint_args(list(checkpoints)), device=device,
+                     limits=Limits(max_rows=max_rows, batch_wait_ms=batch_wait_ms))
+    click.echo(f"serving {', '.join(app.state.tasks)} on http://{host}:{port}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bench: the paper's experiments
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _model_options(f):
+    f = click.option("--model", default="embedded:SmolLM2-135M-Instruct", show_default=True,
+                     help="Base model: folder, hub id, .gguf, or the embedded one.")(f)
+    f = click.option("--dtype", default="auto", type=click.Choice(["auto", "float32", "bfloat16"]),
+                     show_default=True)(f)
+    f = click.option("--device", default="auto", show_default=True)(f)
+    f = click.option("--lr", type=float, default=1e-2, show_default=True)(f)
+    f = click.option("--batch-size", type=int, default=None, help="Training batch size.")(f)
+    f = click.option("--epochs", type=int, default=None, help="Training epochs.")(f)
+    f = click.option("--seed", type=int, default=42, show_default=True,
+                     help="Seed for the capped samples (lama: also for training).")(f)
+    f = click.option("--quiet", is_flag=True, help="No progress bars.")(f)
+    return f
+
+
+@main.group()
+def bench():
+    """Reproduce the paper's experiments (LAMA probing, few-shot classification)."""
+
+
+@bench.command()
+@click.option("--data", default=None, help="The LAMA folder (default: $PTUNE_SHARED_DATA/lama or "
+              "../shared/data/lama).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Where results.json, results.md, lama.png (and per-relation runs/) go.")
+@click.option("--relations", default=None, help="Comma-separated relation ids, e.g. P108,P463 (default: all).")
+@click.option("--vocab", default="29k", type=click.Choice(["29k", "34k"]), show_default=True)
+@click.option("--shape", default=None, help="P-tuning template shape a,b,c = [P*a] {sub_label} [P*b] [TARGET] "
+              "[P*c] (default 3,3,0 for a causal LM, 3,3,3 for a masked LM).")
+@click.option("--encoder", default="lstm", type=click.Choice(["lstm", "mlp", "embedding"]), show_default=True)
+@click.option("--max-train", type=int, default=None, help="Cap training facts per relation (random sample).")
+@click.option("--max-dev", type=int, default=200, show_default=True, help="Cap dev facts per relation.")
+@click.option("--max-test", type=int, default=None, help="Cap test facts per relation (default: all).")
+@click.option("--eval-every", type=int, default=0, help="Evaluate on dev every N steps (0: each epoch).")
+@click.option("--patience", type=int, default=3, show_default=True, help="Early stopping patience.")
+@_model_options
+def lama(data, out_dir, relations, vocab, shape, encoder, max_train, max_dev, max_test, eval_every, patience,
+         model, dtype, device, lr, batch_size, epochs, seed, quiet):
+    """LAMA T-REx probing: manual prompt vs P-tuning per relation (P@1 on test)."""
+    from .bench.lama import base_config, run_lama
+    from .bench.loaders import parse_shape, shared_data_dir
+
+    cfg = base_config(model, dtype=dtype, device=device, lr=lr, batch_size=batch_size or 16,
+                      epochs=epochs or 3, eval_every=eval_every, patience=patience, seed=seed, encoder=encoder)
+    report = run_lama(data or shared_data_dir() / "lama", out_dir, relations=_csv(relations), vocab=vocab,
+                      shape=parse_shape(shape) if shape else None, max_train=max_train, max_dev=max_dev,
+                      max_test=max_test, cfg=cfg, show_progress=not quiet)
+    click.echo(json.dumps(report["mean"], indent=2))
+    click.echo(f"wrote {out_dir}/results.json, results.md, lama.png ({report['seconds']:.0f} s)", err=True)
+
+
+@bench.command()
+@click.option("--data", default=None, help="The shared data folder holding sst2/, superglue_fewglue/, agnews/, "
+              "trec/, raft/ (default: $PTUNE_SHARED_DATA or ../shared/data).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Where results.json and results.md go.")
+@click.option("--tasks", default="sst2,rte", show_default=True,
+              help="Comma-separated: sst2, rte, cb, boolq, wic, agnews, trec, raft:<task>.")
+@click.option("--seeds", default="1,2", show_default=True, help="Comma-separated seeds.")
+@click.option("--k", type=int, default=32, show_default=True,
+              help="Training examples sampled for SST-2, AG News, TREC (FewGLUE has its fixed 32).")
+@click.option("--max-eval", type=int, default=200, show_default=True,
+              help="Cap evaluation rows (a fixed random sample, the same for every method; 0: all).")
+@click.option("--methods", default="zero_shot,lstm,mlp,embedding", show_default=True)
+@click.option("--folds", type=int, default=4, show_default=True, help="Cross-validation folds for RAFT tasks.")
+@_model_options
+def fewshot(data, out_dir, tasks, seeds, k, max_eval, methods, folds, model, dtype, device, lr, batch_size,
+            epochs, seed, quiet):
+    """Few-shot classification: zero-shot manual prompt vs P-tuning (lstm, mlp) vs prompt tuning (embedding)."""
+    from .bench.fewshot import run_fewshot
+    from .bench.loaders import shared_data_dir
+
+    report = run_fewshot(data or shared_data_dir(), out_dir, tasks=_csv(tasks), seeds=[int(s) for s in
+                         _csv(seeds)], k=k, max_eval=max_eval or None, methods=_csv(methods), folds=folds,
+                         model=model, dtype=dtype, device=device, lr=lr, batch_size=batch_size or 8,
+                         epochs=epochs or 10, data_seed=seed, show_progress=not quiet)
+    click.echo(json.dumps(report["summary"], indent=2))
+    click.echo(f"wrote {out_dir}/results.json, results.md ({report['seconds']:.0f} s)", err=True)
 
 
 if __name__ == "__main__":

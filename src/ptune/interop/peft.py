@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import click
 import torch
 
 from .. import checkpoint
@@ -328,46 +327,3 @@ def import_peft(peft_dir: str | Path, out_dir: str | Path, *, template: str | No
             "template": cfg.task.template, "task": cfg.task.type, "labels": labels,
             "continue_training": f"ptune train {out_dir / 'train.yaml'} --out {out_dir} --resume "
                                  "--set data.train=TRAIN_FILE"}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _pairs(values, option: str) -> dict:
-    out = {}
-    for item in values:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r}: expected LABEL=WORD", param_hint=option)
-        key, value = item.split("=", 1)
-        out.setdefault(key.strip(), []).append(value.strip())
-    return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
-
-
-def register(main: click.Group) -> None:
-    @main.command("export")
-    @click.argument("checkpoint_dir", type=click.Path(file_okay=False))
-    @click.option("--format", "fmt", type=click.Choice(["peft"]), default="peft", show_default=True)
-    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Adapter folder.")
-    def export_cmd(checkpoint_dir, fmt, out_dir):
-        """Export a checkpoint as a PEFT prompt-tuning adapter (prefix templates, causal LMs)."""
-        click.echo(json.dumps(export_peft(checkpoint_dir, out_dir), indent=2))
-
-    @main.command("import")
-    @click.argument("peft_dir", type=click.Path(file_okay=False))
-    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
-    @click.option("--template", default=None, help="ptune template; its [P*n] must come first (default: the "
-                  "exported one, or '[P*n] {text} [TARGET]').")
-    @click.option("--model", default=None, help="Base model (default: the adapter's base_model_name_or_path).")
-    @click.option("--task", "task_type", type=click.Choice(["classification", "generation", "probing"]),
-                  default=None)
-    @click.option("--label-column", default=None)
-    @click.option("--verbalizer", multiple=True, metavar="LABEL=WORD", help="A label and its word (repeatable).")
-    @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value.")
-    def import_cmd(peft_dir, out_dir, template, model, task_type, label_column, verbalizer, overrides):
-        """Import a PEFT P-tuning or prompt-tuning adapter as a ptune checkpoint (trainable embedding encoder)."""
-        summary = import_peft(peft_dir, out_dir, template=template, model=model, task_type=task_type,
-                              label_column=label_column, verbalizer=_pairs(verbalizer, "--verbalizer"),
-                              overrides=overrides)
-        click.echo(json.dumps(summary, indent=2))
-

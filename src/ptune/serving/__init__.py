@@ -1,0 +1,15 @@
+"""The HTTP server: many P-tuned tasks over one frozen base model, with dynamic batching.
+
+    GET  /health                      {"status": "ok", "tasks": n, "stats": {...}}
+    GET  /v1/tasks                    {"tasks": [{"name", "type", "template", "fields", "labels"}]}
+    POST /v1/classify                 {"task": NAME, "rows": [{FIELD: VALUE}, ...]}
+                                      -> {"predictions": [{"label": L, "scores": {L: S}}]}   (row order)
+    POST /v1/generate                 {"task": NAME, "rows": [...], "max_new_tokens": N}
+                                      -> {"predictions": [{"text": T}]}
+
+The base model is loaded once; every checkpoint is a ``Predictor`` over it (a prompt table of a few kilobytes).
+
+Modules: ``protocol`` (limits, request checks, schemas), ``tasks`` (the served checkpoints), ``batcher`` (dynamic
+batching on one model thread), ``app`` (the routes), ``thread`` (a server on a background thread, for tests).
+Nothing is imported here, so that ``ptune.serving.protocol`` stays light: import from the modules.
+"""

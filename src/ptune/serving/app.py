@@ -1,0 +1,166 @@
+"""The FastAPI app: routes that decode a request, hand it to the batcher, and encode the answer.
+
+Requests are parsed and checked in the event loop (a bad request is a 4xx naming what is wrong, and never reaches
+the model), then queued for the batcher (``batcher.py``). Nothing a client sends names a file.
+"""
+
+# (no `from __future__ import annotations`: FastAPI reads the handlers' annotations)
+import json
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import DataError
+from .batcher import Batcher
+from .protocol import ClassifyAnswer, GenerateAnswer, Limits, RequestError, check_request, native_request_schemas
+from .tasks import ServedTask, load_tasks
+
+logger = logging.getLogger("ptune.serve")
+
+
+@dataclass
+class ServingState:
+    """What the routes share: the tasks by name, the batcher, the limits."""
+
+    tasks: dict[str, ServedTask]
+    batcher: Batcher
+    limits: Limits
+
+
+def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[str, ServedTask] | None = None,
+               limits: Limits | None = None, device: str | None = None) -> FastAPI:
+    """A FastAPI app serving ``checkpoints`` (name -> directory), or already loaded ``tasks``.
+
+    Args:
+        checkpoints (dict[str, str | Path] | None): task name -> checkpoint directory; loaded over one base model.
+        tasks (dict[str, ServedTask] | None): already loaded tasks (instead of ``checkpoints``).
+        limits (Limits | None): request and batching limits (default ``Limits()``).
+        device (str | None): overrides the checkpoints' ``model.device``.
+
+    Returns:
+        FastAPI: the app; ``app.state.tasks`` holds the tasks, ``app.state.batcher`` the batcher.
+
+    Example:
+        >>> app = create_app({"topics": "runs/topics"})  # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+    """
+    limits = limits or Limits()
+    if tasks is None:
+        tasks = load_tasks(dict(checkpoints or {}), device=device)
+    state = ServingState(tasks, Batcher(limits), limits)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state.batcher.start()
+        yield
+        await state.batcher.stop()
+
+    # the schema is served (/openapi.json; /docs needs the Swagger UI's scripts from a CDN); request bodies are
+    # parsed and checked by check_request (its messages name the row and field), so they are declared, not bound
+    app = FastAPI(title="ptune", lifespan=lifespan, redoc_url=None, openapi_url="/openapi.json", docs_url="/docs",
+                  description="P-tuned tasks over one frozen base model.")
+    app.state.tasks = tasks
+    app.state.batcher = state.batcher
+    app.state.serving = state
+    add_error_handlers(app)
+    add_native_routes(app, state)
+    return app
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Errors raised outside our checks (an unknown path, FastAPI's own validation) answer in the same shape."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc):
+        return error_response(422, "invalid request")
+
+
+async def read_json(request: Request, limits: Limits):
+    """The body as JSON, read no further than ``limits.max_body_bytes`` (with or without a content-length)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
+        raise RequestError(413, f"the body is larger than {limits.max_body_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limits.max_body_bytes:
+            raise RequestError(413, f"the body is larger than {limits.max_body_bytes} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise RequestError(400, f"the body is not valid JSON: {str(err)[:120]}") from None
+
+
+async def predict(state: ServingState, task: ServedTask, op: str, rows: list[dict], max_new: int) -> list[dict]:
+    """The batcher's predictions; a row the task cannot take (e.g. longer than ``max_length`` with its target) is
+    the client's 422, anything else a logged 500 that leaves the server running."""
+    state.batcher.stats.requests += 1
+    try:
+        return await state.batcher.submit(task, op, rows, max_new)
+    except DataError as err:
+        raise RequestError(422, str(err)) from None
+    except Exception as err:
+        logger.exception("prediction for task %r failed", task.name)
+        raise RequestError(500, f"prediction failed ({type(err).__name__}); the server is still running") from None
+
+
+async def answer_native(state: ServingState, request: Request, op: str):
+    """decode -> predict -> encode for ``/v1/classify`` and ``/v1/generate``."""
+    try:
+        body = await read_json(request, state.limits)
+        task, rows, max_new = check_request(body, state.tasks, op, state.limits)
+        preds = await predict(state, task, op, rows, max_new)
+    except RequestError as err:
+        return error_response(err.status, err.message)
+    if op == "classify":
+        return {"predictions": [{"label": p["prediction"], "scores": p.get("scores", {})} for p in preds]}
+    return {"predictions": [{"text": p["prediction"]} for p in preds]}
+
+
+def native_error_docs() -> dict:
+    return {code: {"description": text, "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"error": {"type": "string"}}}}}}
+        for code, text in ((400, "invalid JSON or wrong endpoint for the task"), (404, "unknown task"),
+                           (413, "too many rows or too large"), (422, "missing, empty or invalid field"))}
+
+
+def add_native_routes(app: FastAPI, state: ServingState) -> None:
+    """``/health``, ``/v1/tasks``, ``/v1/classify``, ``/v1/generate``."""
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "tasks": len(state.tasks), "stats": state.batcher.stats.as_dict()}
+
+    @app.get("/v1/tasks")
+    async def list_tasks():
+        return {"tasks": [t.describe() for t in state.tasks.values()]}
+
+    classify_body, generate_body = native_request_schemas()
+
+    def body(schema) -> dict:
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+    @app.post("/v1/classify", openapi_extra=body(classify_body), response_model=ClassifyAnswer,
+              responses=native_error_docs())
+    async def classify(request: Request):
+        return await answer_native(state, request, "classify")
+
+    @app.post("/v1/generate", openapi_extra=body(generate_body), response_model=GenerateAnswer,
+              responses=native_error_docs())
+    async def generate(request: Request):
+        return await answer_native(state, request, "generate")

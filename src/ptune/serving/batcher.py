@@ -1,0 +1,202 @@
+"""Dynamic batching: requests are queued; the batcher collects what arrives within ``Limits.batch_wait_ms``, groups
+rows by task (and ``max_new_tokens``), and runs each group as one prediction call on a single worker thread, so the
+model is never used by two threads at once and concurrent requests share batches. Classification rows of different
+tasks collected together share model calls too (``Limits.mix_tasks``): each row splices its own task's prompt
+table."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from ..tasks.mixed import classify_mixed
+from .protocol import Limits
+from .tasks import ServedTask
+
+
+@dataclass
+class Job:
+    """One request's rows, waiting for a batch; ``future`` gets their predictions in row order."""
+
+    task: ServedTask
+    op: str
+    rows: list[dict]
+    max_new_tokens: int
+    future: asyncio.Future
+
+
+@dataclass
+class Stats:
+    """Counters shown by ``/health``."""
+
+    requests: int = 0
+    rows: int = 0
+    batches: int = 0
+    model_seconds: float = 0.0
+    largest_batch: int = 0
+    mixed_batches: int = 0
+    """Model calls that held rows of more than one task."""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "rows": self.rows, "batches": self.batches,
+                "mean_rows_per_batch": round(self.rows / self.batches, 2) if self.batches else 0.0,
+                "largest_batch": self.largest_batch, "mixed_batches": self.mixed_batches,
+                "model_seconds": round(self.model_seconds, 3)}
+
+
+def predict_rows(task: ServedTask, rows: list[dict], max_new_tokens: int) -> list[dict]:
+    """The checkpoint's predictions for ``rows``; a generation task generates at most ``max_new_tokens``.
+
+    Args:
+        task (ServedTask): the task.
+        rows (list[dict]): checked rows (only the task's fields).
+        max_new_tokens (int): the generation budget (ignored by other task types).
+
+    Returns:
+        list[dict]: one ``{"prediction": ..., ("scores": {...})}`` per row, in order.
+
+    Example:
+        >>> predict_rows(task, [{"text": "hello"}], 5)  # doctest: +SKIP
+        [{'prediction': 'hi there'}]
+    """
+    predictor = task.predictor
+    session = predictor.session
+    objective = session.task
+    if task.type == "generation" and max_new_tokens != objective.cfg.max_new_tokens:
+        # a copy of the task with this request's budget: the served task itself is never changed
+        objective = dataclasses.replace(objective, cfg=dataclasses.replace(objective.cfg,
+                                                                           max_new_tokens=max_new_tokens))
+    predictor.model.eval()
+    with torch.inference_mode():
+        return objective.predict(predictor.model, rows, session.cfg.train.eval_batch_size, session.device)
+
+
+class Batcher:
+    """Collects queued jobs into model calls on one worker thread.
+
+    Args:
+        limits (Limits): ``batch_wait_ms``, ``max_batch_rows`` and ``mix_tasks`` are read.
+
+    Example:
+        >>> batcher = Batcher(Limits())  # doctest: +SKIP
+        >>> batcher.start()  # inside the event loop  # doctest: +SKIP
+        >>> preds = await batcher.submit(task, "classify", [{"text": "hi"}], 16)  # doctest: +SKIP
+    """
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptune-model")
+        self.stats = Stats()
+        self._runner: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._runner:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def submit(self, task: ServedTask, op: str, rows: list[dict], max_new_tokens: int) -> list[dict]:
+        """Queue rows for the next batch; returns their predictions in row order."""
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(Job(task, op, rows, max_new_tokens, future))
+        return await future
+
+    async def run_alone(self, fn, *args):
+        """Run ``fn(*args)`` on the model thread, between batches (streaming generation, loading a task)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _collect(self) -> list[Job]:
+        loop = asyncio.get_running_loop()
+        jobs = [await self.queue.get()]
+        deadline = loop.time() + self.limits.batch_wait_ms / 1000
+        while sum(len(j.rows) for j in jobs) < self.limits.max_batch_rows:
+            try:
+                jobs.append(self.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                jobs.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return jobs
+
+    def _plan(self, jobs: list[Job]) -> list[list[Job] | list[list[Job]]]:
+        """Model calls for the collected jobs: one per (task, op, budget) group, and the mixable classification
+        groups of several tasks as one call (a list of groups)."""
+        groups: dict[tuple, list[Job]] = {}
+        for job in jobs:
+            if not job.future.done():  # a client that went away is not computed for
+                groups.setdefault((job.task.name, job.op, job.max_new_tokens), []).append(job)
+        calls = list(groups.values())
+        mixable = [g for g in calls if g[0].task.type == "classification"
+                   and g[0].task.predictor.model.can_score_continuations]
+        if self.limits.mix_tasks and len(mixable) > 1:
+            calls = [g for g in calls if not any(g is m for m in mixable)] + [mixable]
+        return calls
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            for call in self._plan(await self._collect()):
+                mixed = isinstance(call[0], list)
+                jobs_in = [j for g in call for j in g] if mixed else call
+                try:
+                    if mixed:
+                        preds = await loop.run_in_executor(self.executor, self._predict_mixed, call)
+                    else:
+                        preds = await loop.run_in_executor(self.executor, self._predict, call[0],
+                                                           [r for j in call for r in j.rows])
+                except Exception as err:  # the batch fails, the server does not
+                    for j in jobs_in:
+                        if not j.future.done():
+                            j.future.set_exception(err)
+                    continue
+                start = 0
+                for j in jobs_in:
+                    if not j.future.done():
+                        j.future.set_result(preds[start:start + len(j.rows)])
+                    start += len(j.rows)
+
+    def _predict_mixed(self, groups: list[list[Job]]) -> list[dict]:
+        """Classification rows of several tasks, one set of model calls; predictions in job order."""
+        t0 = time.perf_counter()
+        parts = [(g[0].task.predictor.session.task, g[0].task.predictor.model, [r for j in g for r in j.rows])
+                 for g in groups]
+        session = groups[0][0].task.predictor.session
+        with torch.inference_mode():
+            out = classify_mixed(parts, session.cfg.train.eval_batch_size, session.device)
+        self._count(sum(len(rows) for _, _, rows in parts), t0)
+        with self.stats.lock:
+            self.stats.mixed_batches += 1
+        return [p for preds in out for p in preds]
+
+    def _predict(self, job: Job, rows: list[dict]) -> list[dict]:
+        t0 = time.perf_counter()
+        preds = predict_rows(job.task, rows, job.max_new_tokens)
+        self._count(len(rows), t0)
+        return preds
+
+    def _count(self, rows: int, t0: float) -> None:
+        with self.stats.lock:
+            self.stats.batches += 1
+            self.stats.rows += rows
+            self.stats.largest_batch = max(self.stats.largest_batch, rows)
+            self.stats.model_seconds += time.perf_counter() - t0

@@ -1,0 +1,227 @@
+"""What a client may send to the native endpoints, checked before anything reaches the model: the limits, the
+request error (an HTTP status and a message naming what is wrong), ``check_request`` and the OpenAPI schemas of the
+request bodies and answers. Pure functions: no model, no server."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+"""Task names: safe in a URL path and a log line."""
+
+
+@dataclass
+class Limits:
+    """What one request may ask for, and how the batcher collects requests.
+
+    Example:
+        >>> Limits(max_rows=8).max_field_chars
+        4000
+    """
+
+    max_rows: int = 64
+    """Rows per request."""
+    max_field_chars: int = 4000
+    """Characters per field value (longer inputs are refused, not truncated silently)."""
+    max_body_bytes: int = 1 << 20
+    max_new_tokens: int = 128
+    batch_wait_ms: float = 5.0
+    """How long the batcher waits for more requests after the first one arrives."""
+    max_batch_rows: int = 256
+    """Stop collecting once this many rows are queued."""
+    mix_tasks: bool = True
+    """Score classification rows of different tasks in the same model calls (each row splices its own task's
+    prompt table); off: one call per task, each with its task's cached prefix."""
+
+
+class RequestError(Exception):
+    """A request the server refuses: ``status`` is the HTTP status (4xx), ``message`` says what to change.
+
+    Args:
+        status (int): the HTTP status.
+        message (str): one line naming the key, row or field at fault.
+        param (str | None): the request key at fault, where one is (OpenAI-shaped errors carry it).
+        code (str | None): a short machine-readable reason, e.g. ``model_not_found``.
+
+    Example:
+        >>> RequestError(422, "'rows' is empty").status
+        422
+    """
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def as_text(value, where: str) -> str:
+    """A field value as text: strings as they are, numbers written out; anything else is refused.
+
+    Args:
+        value: the JSON value a client sent.
+        where (str): how the message names it, e.g. ``rows[0].text``.
+
+    Returns:
+        str: the text.
+
+    Example:
+        >>> as_text(3, "rows[0].n")
+        '3'
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise RequestError(422, f"{where} must be a string, got {type(value).__name__}")
+
+
+def check_row(row, columns: list[str], task_name: str, limits: Limits, where: str) -> dict:
+    """One row holding only the task's fields, each non-empty text within ``limits.max_field_chars``.
+
+    Args:
+        row: what the client sent for the row.
+        columns (list[str]): the fields the task's template needs.
+        task_name (str): named in the message when a field is missing.
+        limits (Limits): the field length limit.
+        where (str): how messages name the row, e.g. ``rows[2]``.
+
+    Returns:
+        dict: {field: text} for exactly ``columns``.
+
+    Example:
+        >>> check_row({"text": "hi", "x": 1}, ["text"], "t", Limits(), "rows[0]")
+        {'text': 'hi'}
+    """
+    if not isinstance(row, dict):
+        raise RequestError(422, f"{where} must be an object of field: value")
+    out = {}
+    for column in columns:
+        if column not in row:
+            raise RequestError(422, f"{where} lacks field {column!r} (task {task_name!r} needs "
+                                    f"{', '.join(map(repr, columns))})")
+        value = as_text(row[column], f"{where}.{column}")
+        if not value.strip():
+            raise RequestError(422, f"{where}.{column} is empty")
+        if len(value) > limits.max_field_chars:
+            raise RequestError(413, f"{where}.{column} has {len(value)} characters; the limit is "
+                                    f"{limits.max_field_chars}")
+        out[column] = value
+    return out
+
+
+def check_max_new_tokens(value, limits: Limits, key: str = "max_new_tokens") -> int:
+    """A token budget a client sent: an integer from 1 to ``limits.max_new_tokens``.
+
+    Args:
+        value: what the client sent.
+        limits (Limits): the server's cap.
+        key (str): the request key, named in the message.
+
+    Returns:
+        int: the number of tokens to generate at most.
+
+    Example:
+        >>> check_max_new_tokens(5, Limits())
+        5
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limits.max_new_tokens:
+        raise RequestError(422, f"'{key}' must be an integer from 1 to {limits.max_new_tokens}", param=key)
+    return value
+
+
+def check_request(body, tasks: dict, op: str, limits: Limits) -> tuple[object, list[dict], int]:
+    """Check a ``/v1/classify`` (``op="classify"``) or ``/v1/generate`` (``op="generate"``) body.
+
+    Args:
+        body: the parsed JSON body.
+        tasks (dict[str, ServedTask]): the tasks being served, by name.
+        op (str): ``classify`` or ``generate``.
+        limits (Limits): rows, field lengths, tokens.
+
+    Returns:
+        tuple: (the ServedTask, rows holding only the needed fields, max_new_tokens); or raises RequestError.
+
+    Example:
+        >>> try:
+        ...     check_request({"task": "t", "rows": []}, {}, "classify", Limits())
+        ... except RequestError as err:
+        ...     print(err.status)
+        404
+    """
+    if not isinstance(body, dict):
+        raise RequestError(400, "the body must be a JSON object")
+    allowed = {"task", "rows"} | ({"max_new_tokens"} if op == "generate" else set())
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise RequestError(422, f"unknown key(s) {', '.join(map(repr, unknown))}; expected {sorted(allowed)}")
+    name = body.get("task")
+    if not isinstance(name, str) or not name:
+        raise RequestError(422, "'task' is missing or not a string")
+    if name not in tasks:
+        raise RequestError(404, f"unknown task {name[:64]!r}; known tasks: {', '.join(sorted(tasks))}")
+    task = tasks[name]
+    if op == "classify" and task.type == "generation":
+        raise RequestError(400, f"task {name!r} is a generation task; use /v1/generate")
+    if op == "generate" and task.type != "generation":
+        raise RequestError(400, f"task {name!r} is a {task.type} task; use /v1/classify")
+    rows = body.get("rows")
+    if not isinstance(rows, list):
+        raise RequestError(422, "'rows' is missing or not a list of objects")
+    if not rows:
+        raise RequestError(422, "'rows' is empty; send at least one row")
+    if len(rows) > limits.max_rows:
+        raise RequestError(413, f"too many rows: {len(rows)}; the limit is {limits.max_rows} per request")
+    clean = [check_row(row, task.columns, name, limits, f"rows[{i}]") for i, row in enumerate(rows)]
+    max_new = min(task.default_max_new_tokens, limits.max_new_tokens)
+    if op == "generate" and "max_new_tokens" in body:
+        max_new = check_max_new_tokens(body["max_new_tokens"], limits)
+    return task, clean, max_new
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenAPI schemas
+
+
+def native_request_schemas() -> tuple[dict, dict]:
+    """The JSON schemas of the ``/v1/classify`` and ``/v1/generate`` bodies, as the OpenAPI document declares them.
+
+    Returns:
+        tuple[dict, dict]: (classify body schema, generate body schema).
+
+    Example:
+        >>> native_request_schemas()[0]["required"]
+        ['task', 'rows']
+    """
+    rows = {"type": "array", "minItems": 1, "description": "rows of FIELD: VALUE (the task's template fields)",
+            "items": {"type": "object", "additionalProperties": {"type": "string"}}}
+    classify = {"type": "object", "required": ["task", "rows"], "additionalProperties": False,
+                "properties": {"task": {"type": "string"}, "rows": rows}}
+    generate = {**classify, "properties": {**classify["properties"],
+                                           "max_new_tokens": {"type": "integer", "minimum": 1}}}
+    return classify, generate
+
+
+class Label(BaseModel):
+    label: str
+    scores: dict[str, float] = Field(description="each label's score (log-likelihood, or calibrated)")
+
+
+class ClassifyAnswer(BaseModel):
+    """The ``/v1/classify`` answer: one prediction per row, in row order."""
+
+    predictions: list[Label]
+
+
+class Text(BaseModel):
+    text: str
+
+
+class GenerateAnswer(BaseModel):
+    """The ``/v1/generate`` answer: one generated text per row, in row order."""
+
+    predictions: list[Text]
