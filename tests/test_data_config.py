@@ -138,3 +138,34 @@ def test_the_demo_example_config_is_the_demos_recipe():
     for section in ("task", "encoder", "train"):
         assert getattr(example, section) == getattr(demo, section), section
     assert Path(example.data.train).name == "customer_messages_train.csv" and Path(example.data.train).is_file()
+
+
+def test_config_built_in_python_round_trips_through_yaml(tmp_path):
+    from ptune.config import Config, DataConfig, TaskConfig, load_config
+
+    cfg = Config(task=TaskConfig(template="[P*2] {text} Label : [TARGET]",
+                                 verbalizer={"pos": "yes", "neg": ["no", "nah"]}),
+                 data=DataConfig(train=tmp_path / "t.csv", columns={"text": "Tweet text"}),
+                 train={"lr": 3e-5, "epochs": 2})
+    text = cfg.to_yaml(tmp_path / "c.yaml")
+    assert "pos: 'yes'" in text  # quoted, so that no reader takes it for a boolean
+    assert load_config(tmp_path / "c.yaml") == cfg and Config.from_yaml(tmp_path / "c.yaml") == cfg
+    # a relative data path in the file is read from the file's folder, as in any config file
+    (tmp_path / "sub").mkdir()
+    cfg.replace({"data.train": "t.csv"}).to_yaml(tmp_path / "sub" / "r.yaml")
+    assert load_config(tmp_path / "sub" / "r.yaml").data.train == str(tmp_path / "sub" / "t.csv")
+
+
+def test_sections_built_by_keyword_are_checked_like_a_file():
+    from ptune.config import Config, EncoderConfig, TrainConfig
+
+    assert TrainConfig(lr=1).lr == 1.0 and isinstance(TrainConfig(lr=1).lr, float)
+    with pytest.raises(ConfigError, match="train.epochs: expected int, got float 2.5"):
+        TrainConfig(epochs=2.5)
+    with pytest.raises(ConfigError, match="encoder.hidden_size must be >= 1"):
+        EncoderConfig(hidden_size=0)
+    with pytest.raises(ConfigError, match="data.columns.text: expected str, got int 3"):
+        Config(data={"columns": {"text": 3}})
+    # a section given as a mapping is the same as the dataclass built from it
+    built = Config(train=TrainConfig(epochs=3))
+    assert Config(train={"epochs": 3}) == built == config_from_dict({"train": {"epochs": 3}})
