@@ -12,6 +12,7 @@ from ..data.labels import LabelSpace
 from ..data.render import Encoded, Renderer, collate
 from ..data.tables import Table
 from ..modeling.ptuning import PTuningModel
+from .losses import lm_loss
 
 
 def sorted_batches(items: list, size: int, key=len):
@@ -41,6 +42,22 @@ def shared_input(encoded: list[tuple[int, list[int], Encoded]]) -> Encoded | Non
 
 @dataclass
 class Task:
+    """What a task type implements: training examples and their loss, padded batches, predictions and metrics.
+
+    Args:
+        cfg (`TaskConfig`): the ``task`` section of the config.
+        renderer (`Renderer`): renders a row (and a target) to token ids.
+        labels (`LabelSpace`, *optional*): classification's labels and their words.
+        vocab_ids (`list[int]`, *optional*): probing's candidate tokens (None: the whole vocabulary).
+        objective (`str`): ``train.objective`` (``lm`` or ``classify``).
+        class_weights (`str`): ``train.class_weights`` (``none`` or ``balanced``).
+
+    Example:
+        >>> task = build_task(cfg.task, renderer, labels)  # the subclass for cfg.task.type
+        >>> examples, skipped = task.train_examples(table)
+        >>> total, weight = task.make_loss(examples)(model, task.batch(examples[:8], "cpu"))
+        >>> loss = total / weight
+    """
     cfg: TaskConfig
     renderer: Renderer
     labels: LabelSpace | None = None
@@ -82,14 +99,14 @@ class Task:
 
     def make_loss(self, examples: list[Encoded]):
         """The training loss for these rows, as ``fn(model, batch) -> (summed loss, its weight)``; the mean is their
-        ratio (kept apart so that data-parallel processes can sum both before dividing)."""
-        def lm(model: PTuningModel, batch):
-            logp, mask = model.token_logprobs(batch)
-            return -logp.sum(), mask.sum()
-        return lm
+        ratio (kept apart so that data-parallel processes can sum both before dividing). Here: ``lm_loss``."""
+        return lm_loss
 
     def predict(self, model: PTuningModel, rows: list[dict], batch_size: int, device, progress=None) -> list[dict]:
+        """One prediction dict per row (``prediction``, and for classification ``scores``); ``progress(n)``, if
+        given, is called as rows are finished."""
         raise NotImplementedError
 
     def metrics(self, rows: list[dict], predictions: list[dict]) -> dict:
+        """The task's figures for ``predictions`` against the rows' gold values."""
         raise NotImplementedError
