@@ -6,6 +6,17 @@ from .base import Task, sorted_batches
 
 
 class GenerationTask(Task):
+    """Rows whose target (``task.label_column``) is free text: trained on the text and EOS after the input,
+    predicted by greedy decoding (``task.max_new_tokens``), scored by exact match.
+
+    Args:
+        cfg (`TaskConfig`), renderer (`Renderer`): see ``Task``.
+
+    Example:
+        >>> task = build_task(cfg.task, renderer, None)  # cfg.task.type == "generation"
+        >>> task.predict(model, [{"text": "the capital of France is"}], 8, "cpu")[0]["prediction"]
+    """
+
     def _target(self, text: str) -> list[int]:
         eos = self.renderer.tokenizer.eos_token_id
         return self.renderer.target_ids(text) + ([eos] if eos is not None else [])

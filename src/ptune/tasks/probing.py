@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,7 +14,25 @@ from ..evaluation.metrics import precision_at_1
 from .base import Task, sorted_batches
 
 
+@dataclass
 class ProbingTask(Task):
+    """Rows whose object (``task.label_column``) is one token; the prediction is the most likely token at the
+    target position, over the whole vocabulary or over ``vocab_ids`` (LAMA's word lists). Rows whose object is
+    several tokens are skipped in training and counted apart in the metrics.
+
+    Args:
+        cfg (`TaskConfig`), renderer (`Renderer`): see ``Task``.
+        vocab_ids (`list[int]`, *optional*): the candidate tokens (``task.vocab_file``); None: every token.
+
+    Example:
+        >>> task = build_task(cfg.task, renderer, None)  # cfg.task.type == "probing"
+        >>> task.metrics(rows, task.predict(model, rows, 32, "cpu"))["p@1"]
+    """
+    vocab_set: frozenset[int] = field(init=False, repr=False)  # vocab_ids as a set, for training's membership test
+
+    def __post_init__(self):
+        self.vocab_set = frozenset(self.vocab_ids or [])
+
     def _target(self, obj: str) -> list[int] | None:
         ids = self.renderer.target_ids(obj)
         return ids if len(ids) == 1 else None
@@ -22,17 +41,11 @@ class ProbingTask(Task):
         out, skipped = [], 0
         for row in table.rows:
             ids = self._target(row[self.label_column])
-            if ids is None or (self.vocab_ids is not None and ids[0] not in self._vocab_set):
+            if ids is None or (self.vocab_ids is not None and ids[0] not in self.vocab_set):
                 skipped += 1
                 continue
             out.append(self.renderer.encode(row, ids))
         return out, skipped
-
-    @property
-    def _vocab_set(self) -> set[int]:
-        if not hasattr(self, "_vs"):
-            self._vs = set(self.vocab_ids or [])
-        return self._vs
 
     def predict(self, model, rows, batch_size, device, progress=None):
         tok = self.renderer.tokenizer
