@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import signal
 import sys
 import threading
@@ -29,7 +28,7 @@ from ..errors import CheckpointError, PtuneError
 from ..evaluation.evaluator import evaluate
 from ..modeling.ptuning import PTuningModel
 from ..session import Session
-from ..tasks.calibration import prior_offsets
+from ..tasks.calibration import fit_prior_offsets
 from .distributed import LossStep, check_batch_split, clip_gradients, make_accelerator, on_main
 from .logging import MetricLogger
 from .saving import save_inference
@@ -512,13 +511,12 @@ def with_pseudo_labels(session: Session, train: Table, seed: int, show_progress:
 
 
 def fit_label_offsets(session: Session, model: PTuningModel, train: Table, seed: int) -> None:
-    """``task.calibrate: prior``: per-label offsets that make the model's mean label distribution on a seeded sample
-    of the unlabeled rows equal the training rows' label shares. A model that ranks rows well but puts its
-    threshold in the wrong place (all rows to the majority label, say) is moved back; the offsets are fitted on
-    rows whose labels nobody knows, so no held-out label is used.
+    """``task.calibrate: prior``: set ``model.label_offsets`` to the per-label offsets that make its mean label
+    distribution on a seeded sample of the session's unlabeled rows equal ``train``'s label shares
+    (``tasks.calibration.fit_prior_offsets``).
 
     Args:
-        session (Session): a classification session whose ``unlabeled`` rows are read.
+        session (Session): a classification session whose ``unlabeled`` rows were read.
         model (PTuningModel): the trained model; its ``label_offsets`` ((labels,)) are set here.
         train (Table): the training rows whose label shares (+0.5 each) are the target.
         seed (int): seeds the sample of ``task.prior_rows`` unlabeled rows.
@@ -530,14 +528,6 @@ def fit_label_offsets(session: Session, model: PTuningModel, train: Table, seed:
         >>> fit_label_offsets(session, model, train, seed=1)
         >>> model.label_offsets.shape  # (labels,)
     """
-    if session.unlabeled is None or not session.unlabeled.rows:
-        raise PtuneError("task.calibrate is 'prior' but no unlabeled rows were read (data.unlabeled)")
-    pool = list(session.unlabeled.rows)
-    random.Random(seed).shuffle(pool)
-    pool = pool[:session.task.cfg.prior_rows]
-    labels = session.task.labels
-    counts = torch.tensor([0.5] * len(labels.labels), dtype=torch.float64)  # +0.5: no label's share is zero
-    for row in train.rows:
-        counts[labels.index(row[session.task.cfg.label_column])] += 1
-    logp = session.task.raw_scores(model, pool, session.cfg.train.eval_batch_size, session.device)  # (rows, labels)
-    model.label_offsets = prior_offsets(logp, counts / counts.sum()).to(logp.device)
+    unlabeled = session.unlabeled.rows if session.unlabeled is not None else None
+    model.label_offsets = fit_prior_offsets(session.task, model, train.rows, unlabeled, seed,
+                                            session.cfg.train.eval_batch_size, session.device)
