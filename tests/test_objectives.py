@@ -136,6 +136,48 @@ def test_cv_variants_share_the_fold_models(tiny_causal_dir, tmp_path):
     assert len(both["variants"][1]["runs"]) == 2
 
 
+def test_cv_variants_leave_the_session_task_alone_and_every_fold_trains_under_it(tiny_causal_dir, tmp_path,
+                                                                                monkeypatch):
+    """Variants are scored by copies of the task: the session's own task, which every fold model trains (and would
+    stop early) under, keeps its settings from the first fold to the last."""
+    import importlib
+
+    cv_module = importlib.import_module("ptune.evaluation.cv")
+    data = {"train": str(write_csv(tmp_path / "t.csv", ROWS * 2))}
+    cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1})
+    session, table, _ = prepare(cfg)
+    task_cfg = session.task.cfg
+    seen = []
+    real_fit = cv_module.fit
+
+    def recording_fit(session_, *args, **kw):
+        seen.append(session_.task.cfg.calibrate)
+        return real_fit(session_, *args, **kw)
+
+    monkeypatch.setattr(cv_module, "fit", recording_fit)
+    both = cross_validate(cfg, folds=3, seeds=[1], show_progress=False, session=session, train_table=table,
+                          variants=[{}, {"calibrate": "content_free"}])
+    assert seen == ["none"] * 3
+    assert session.task.cfg is task_cfg and task_cfg.calibrate == "none"
+    assert [len(v["runs"]) for v in both["variants"]] == [3, 3]
+
+
+def test_ensemble_averages_each_members_label_probabilities():
+    from ptune.evaluation.ensemble import ensemble_predictions, mean_label_probabilities
+
+    # scores are log-probabilities, normalised over the labels here: member b's second row is softmax(-1, 1)
+    a = [{"scores": {"x": math.log(0.9), "y": math.log(0.1)}}, {"scores": {"x": 0.0, "y": 0.0}}]
+    b = [{"scores": {"x": math.log(0.2), "y": math.log(0.8)}}, {"scores": {"x": -1.0, "y": 1.0}}]
+    low = math.exp(-1) / (math.exp(-1) + math.exp(1))
+    mean = mean_label_probabilities([a, b], ["y", "x"])  # columns in the order asked for
+    assert mean.shape == (2, 2)
+    assert mean.tolist() == [pytest.approx([0.45, 0.55]), pytest.approx([(0.5 + 1 - low) / 2, (0.5 + low) / 2])]
+    assert mean_label_probabilities([a], ["x", "y"]).tolist() == [pytest.approx([0.9, 0.1]), pytest.approx([0.5, 0.5])]
+    preds = ensemble_predictions([a, b], ["x", "y"])
+    assert [p["prediction"] for p in preds] == ["x", "y"]
+    assert preds[0]["scores"] == {"x": round(math.log(0.55), 4), "y": round(math.log(0.45), 4)}
+
+
 def test_cv_ensemble_averages_member_probabilities(tiny_causal_dir, tmp_path):
     data = {"train": str(write_csv(tmp_path / "t.csv", ROWS * 2))}
     cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1})
