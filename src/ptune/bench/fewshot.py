@@ -101,6 +101,8 @@ def raft_spec(task: str, data_dir: Path) -> TaskSpec:
 
 def task_config(spec: TaskSpec, model: str, *, template: str, encoder: str, dtype: str, device: str, lr: float,
                 batch_size: int, epochs: int, seed: int) -> Config:
+    """One method's recipe on one task: ``template`` read out by the task's verbalizer, ``encoder`` trained with
+    the shared budget."""
     return config_from_dict({
         "model": {"name_or_path": model, "dtype": dtype, "device": device},
         "task": {"type": "classification", "template": template, "label_column": spec.label_column,
@@ -194,6 +196,7 @@ class FewshotRun:
     results: dict[str, dict] = field(default_factory=dict)
 
     def config(self, spec: TaskSpec, template: str, encoder: str, seed: int) -> Config:
+        """``task_config`` with this run's model, device and budget."""
         return task_config(spec, self.model, template=template, encoder=encoder, seed=seed, **self.settings)
 
     def task(self, spec: TaskSpec, data_dir: Path) -> None:
@@ -270,6 +273,7 @@ class FewshotRun:
 
 
 def render_markdown(report: dict) -> str:
+    """``results.md``: accuracy per task and method, then the templates."""
     methods = report["methods"]
     names = {"zero_shot": "zero-shot manual", "lstm": "P-tuning (LSTM)", "mlp": "P-tuning (MLP)",
              "embedding": "prompt tuning (embedding)"}

@@ -50,6 +50,8 @@ SPLITS = ("train", "dev", "test")
 def base_config(model: str, *, dtype: str = "auto", device: str = "auto", lr: float = 1e-2, batch_size: int = 16,
                 epochs: int = 3, eval_every: int = 0, patience: int = 3, seed: int = 42, encoder: str = "lstm",
                 hidden_size: int = 128, max_length: int = 64) -> Config:
+    """The probing recipe every relation starts from (its template is replaced per relation), P@1 on dev picking
+    the best step."""
     return config_from_dict({
         "model": {"name_or_path": model, "dtype": dtype, "device": device},
         "task": {"type": "probing", "template": "[P*3] {sub_label} [P*3] [TARGET]", "label_column": "obj_label"},
@@ -61,6 +63,7 @@ def base_config(model: str, *, dtype: str = "auto", device: str = "auto", lr: fl
 
 
 def with_task(cfg: Config, **changes) -> Config:
+    """A copy of ``cfg`` with ``task`` fields changed."""
     return dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, **changes))
 
 
@@ -161,6 +164,7 @@ class LamaRun:
 
     @property
     def ptuning_template(self) -> str:
+        """The P-tuning template of this run's shape, for the base model's kind."""
         return ptuning_template(self.shape, self.base.kind)
 
     def relation(self, rel: str) -> bool:
@@ -262,6 +266,7 @@ def _fmt(v) -> str:
 
 
 def render_markdown(report: dict) -> str:
+    """``results.md``: per relation, both methods' P@1, then the macro means."""
     lines = [f"# LAMA ({report['vocab']} vocabulary) P@1, {report['model']} ({report['kind']} LM)", "",
              f"P-tuning template: `{report['ptuning_template']}`; encoder {report['encoder']['type']}.", "",
              "| relation | manual template | manual P@1 | P-tuning P@1 | n_test | multi-token skipped | test file |",

@@ -100,6 +100,7 @@ class FoldScorer:
     @classmethod
     def build(cls, cfg: Config, session: Session, dev_table: Table | None, variants: list[dict], folds: int,
               show_progress: bool) -> FoldScorer:
+        """A scorer with one task per variant; checks that a ``calibrate: prior`` variant has unlabeled rows."""
         needs_offsets = any(v.get("calibrate") == "prior" for v in variants)
         if needs_offsets and session.unlabeled is None:
             raise PtuneError("the variant task.calibrate: prior needs unlabeled rows (data.unlabeled)")
@@ -116,6 +117,7 @@ class FoldScorer:
         return model
 
     def show(self, seed: int, fold: int, settings: dict, metrics: dict, what: str = "") -> None:
+        """Print one fold's figures (when showing progress)."""
         if self.show_progress:
             shown = {name: round(value, 4) for name, value in metrics.items() if isinstance(value, float)}
             label = f" {settings}" if settings else ""

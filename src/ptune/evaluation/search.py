@@ -95,7 +95,8 @@ def split_space(space: dict) -> tuple[dict, list[dict]]:
     return train_space, variants
 
 
-def build(values: dict, source: str):
+def build(values: dict, source: str) -> Config:
+    """A candidate's config from its values, with paths resolved against the search file's folder (``source``)."""
     cfg = config_from_dict(values)
     resolve_paths(cfg, Path(source).parent)
     return cfg
@@ -299,6 +300,8 @@ def paired_difference(best: list[float], other: list[float]) -> dict | None:
 
 
 def render_table(results: list[dict], best: int) -> str:
+    """``search.md``'s table: each candidate's mean and spread, the best's paired lead over it, and a sentence on
+    the runner-up."""
     lines = ["| # | candidate | accuracy (mean ± sd) | macro-F1 (mean ± sd) | best's lead in macro-F1 (paired: mean ± "
              "s.e.; folds ahead/level/behind) | seconds |", "| --- | --- | --- | --- | --- | --- |"]
     for i, r in enumerate(results):
