@@ -11,8 +11,9 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROWS, tiny_config, write_csv
+from conftest import ROWS, write_csv
 from ptune.errors import PtuneError
+from serve_helpers import standard_checkpoints
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -26,29 +27,9 @@ from ptune.serving.thread import ServerThread  # noqa: E402
 TEXTS = [t for t, _ in ROWS]
 
 
-def make_checkpoint(model_dir, out, template, task_type="classification", verbalizer=None, seed=3):
-    from ptune.session import open_session
-    from ptune.training.saving import save_inference
-
-    task = {"type": task_type, "template": template, "max_new_tokens": 5}
-    if verbalizer:
-        task["verbalizer"] = verbalizer
-    session = open_session(tiny_config(model_dir, task=task))
-    save_inference(session, session.new_model(seed=seed), out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tiny_causal_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    return {
-        "complaints": make_checkpoint(tiny_causal_dir, root / "complaints", "[P*3] Tweet text : {text} Label : [TARGET]",
-                                      verbalizer={"complaint": "complaint", "no complaint": "no complaint"}),
-        "sentiment": make_checkpoint(tiny_causal_dir, root / "sentiment", "{text} [P*2] It was [TARGET]",
-                                     verbalizer={"pos": "great", "neg": "terrible"}, seed=5),
-        "reply": make_checkpoint(tiny_causal_dir, root / "reply", "[P*2] {text} Label : [TARGET]",
-                                 task_type="generation"),
-    }
+    return standard_checkpoints(tiny_causal_dir, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")

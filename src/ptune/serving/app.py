@@ -5,10 +5,7 @@ the model), then queued for the batcher (``batcher.py``). Nothing a client sends
 """
 
 # (no `from __future__ import annotations`: FastAPI reads the handlers' annotations)
-import json
-import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -16,21 +13,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import DataError
 from .batcher import Batcher
+from .openai_routes import add_openai_routes
 from .protocol import ClassifyAnswer, GenerateAnswer, Limits, RequestError, check_request, native_request_schemas
+from .state import ServingState, predict, read_json
 from .tasks import ServedTask, load_tasks
-
-logger = logging.getLogger("ptune.serve")
-
-
-@dataclass
-class ServingState:
-    """What the routes share: the tasks by name, the batcher, the limits."""
-
-    tasks: dict[str, ServedTask]
-    batcher: Batcher
-    limits: Limits
 
 
 def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[str, ServedTask] | None = None,
@@ -70,6 +57,7 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
     app.state.serving = state
     add_error_handlers(app)
     add_native_routes(app, state)
+    add_openai_routes(app, state)
     return app
 
 
@@ -87,36 +75,6 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, exc):
         return error_response(422, "invalid request")
-
-
-async def read_json(request: Request, limits: Limits):
-    """The body as JSON, read no further than ``limits.max_body_bytes`` (with or without a content-length)."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
-        raise RequestError(413, f"the body is larger than {limits.max_body_bytes} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limits.max_body_bytes:
-            raise RequestError(413, f"the body is larger than {limits.max_body_bytes} bytes")
-        chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise RequestError(400, f"the body is not valid JSON: {str(err)[:120]}") from None
-
-
-async def predict(state: ServingState, task: ServedTask, op: str, rows: list[dict], max_new: int) -> list[dict]:
-    """The batcher's predictions; a row the task cannot take (e.g. longer than ``max_length`` with its target) is
-    the client's 422, anything else a logged 500 that leaves the server running."""
-    state.batcher.stats.requests += 1
-    try:
-        return await state.batcher.submit(task, op, rows, max_new)
-    except DataError as err:
-        raise RequestError(422, str(err)) from None
-    except Exception as err:
-        logger.exception("prediction for task %r failed", task.name)
-        raise RequestError(500, f"prediction failed ({type(err).__name__}); the server is still running") from None
 
 
 async def answer_native(state: ServingState, request: Request, op: str):

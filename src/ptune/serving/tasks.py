@@ -3,7 +3,8 @@ a few kilobytes per task), named by the client in every request."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PtuneError
@@ -29,6 +30,8 @@ class ServedTask:
     name: str
     folder: str
     predictor: Predictor
+    created: int = field(default_factory=lambda: int(time.time()))
+    """When it was loaded (Unix seconds; OpenAI's model ``created``)."""
 
     @property
     def type(self) -> str:
@@ -49,6 +52,12 @@ class ServedTask:
     def default_max_new_tokens(self) -> int:
         """The checkpoint's ``task.max_new_tokens``: what a generation request gets when it names no budget."""
         return self.predictor.session.cfg.task.max_new_tokens
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text under the base model's tokenizer (no special tokens). Run it on the model thread:
+        the tokenizer is not shared across threads."""
+        tok = self.predictor.session.tokenizer
+        return [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
     def describe(self) -> dict:
         return {"name": self.name, "type": self.type, "template": self.predictor.meta["template"],

@@ -1,0 +1,319 @@
+"""OpenAI-compatible endpoints beside the native ones, so that OpenAI clients can call the served tasks.
+
+    GET  /v1/models                   {"object": "list", "data": [{"id": NAME, "object": "model", ...}]}
+    GET  /v1/models/NAME              one of them
+    POST /v1/completions              {"model": NAME, "prompt": P, ...}
+    POST /v1/chat/completions         {"model": NAME, "messages": [...], ...}
+
+``model`` is a task name. How a request becomes a row of the task:
+
+- a task whose template has one field takes the prompt (completions) or the last message's text (chat) as that
+  field; a task with several fields needs that text to be a JSON object of the fields, e.g.
+  ``{"premise": "...", "hypothesis": "..."}``.
+- completions: ``prompt`` is a string, or a list of strings (one choice per string, up to ``Limits.max_rows``);
+  token-id prompts are refused.
+- chat: the last message must be the user's; its content is a string or a list of text parts (joined by newlines).
+  Earlier messages (system, assistant, ...) are accepted but not read: the task's template is its prompt and it has
+  no conversation memory.
+
+What comes back:
+
+- a generation task: the generated text (greedy; ``max_tokens`` / ``max_completion_tokens`` is the budget, at most
+  ``Limits.max_new_tokens``; default the checkpoint's ``task.max_new_tokens``). ``finish_reason`` is ``length``
+  when the budget ran out, else ``stop``.
+- a classification (or probing) task: the predicted label as the text, and every label's score as a log-probability
+  entry whatever ``logprobs`` asks: completions in ``choices[].logprobs`` (``tokens`` = [label],
+  ``token_logprobs`` = [its score], ``top_logprobs`` = [{label: score} for all labels]); chat in
+  ``choices[].logprobs.content[0]`` (``token`` = label, ``logprob`` = its score, ``top_logprobs`` = [{``token``,
+  ``logprob``, ``bytes``} per label, best first]). The scores are the ones ``/v1/classify`` returns (the label's
+  log-likelihood, or calibrated), not renormalised. ``max_tokens`` is accepted and does not change the answer.
+- ``usage`` counts the tokens of the text the client sent and of the text returned (the template's own tokens and
+  the virtual tokens are not counted).
+- ``stream: true``: server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``; a generation task
+  streams text as it is generated, a classification task sends one chunk with the label. One prompt per streamed
+  request. ``stream_options.include_usage`` adds a last chunk with ``usage``.
+
+Parameters this server cannot honour are refused with a 400, never ignored: sampling (``temperature`` other than 0
+or null, ``top_p`` other than 1), ``n``/``best_of`` above 1, ``stop``, penalties, ``logit_bias``, ``echo``,
+``suffix``, tools and functions, a ``response_format`` other than text, log-probabilities for a generation task, and
+any key OpenAI's API does not define. ``seed`` and ``user`` are accepted (greedy decoding needs no seed). Errors are
+``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from fastapi.responses import JSONResponse
+
+from .protocol import Limits, RequestError, check_max_new_tokens, check_row
+from .tasks import ServedTask
+
+OBJECT_OF = {"completion": "text_completion", "chat": "chat.completion"}
+
+# key -> (accepted when, why not otherwise); a key absent or null is always accepted
+NEUTRAL = {
+    "temperature": (lambda v: v == 0, "only greedy decoding is served: temperature must be 0 or null"),
+    "top_p": (lambda v: v == 1, "only greedy decoding is served: top_p must be 1 or null"),
+    "n": (lambda v: v == 1, "one choice per prompt: n must be 1"),
+    "best_of": (lambda v: v == 1, "best_of must be 1"),
+    "stop": (lambda v: v == [] or v == "", "stop sequences are not supported"),
+    "presence_penalty": (lambda v: v == 0, "penalties are not supported"),
+    "frequency_penalty": (lambda v: v == 0, "penalties are not supported"),
+    "logit_bias": (lambda v: v == {}, "logit_bias is not supported"),
+    "echo": (lambda v: v is False, "echo is not supported"),
+    "suffix": (lambda v: v == "", "suffix is not supported"),
+    "tools": (lambda v: v == [], "tools are not supported"),
+    "tool_choice": (lambda v: v == "none", "tools are not supported"),
+    "parallel_tool_calls": (lambda v: v is False, "tools are not supported"),
+    "functions": (lambda v: v == [], "functions are not supported"),
+    "function_call": (lambda v: v == "none", "functions are not supported"),
+    "response_format": (lambda v: v == {"type": "text"}, "only text responses are supported"),
+    "modalities": (lambda v: v == ["text"], "only text responses are supported"),
+    "audio": (lambda v: False, "audio is not supported"),
+    "prediction": (lambda v: False, "predicted outputs are not supported"),
+    "store": (lambda v: v is False, "completions are not stored"),
+    "metadata": (lambda v: False, "completions are not stored, so metadata is not supported"),
+    "reasoning_effort": (lambda v: False, "reasoning_effort is not supported"),
+    "service_tier": (lambda v: v in ("auto", "default"), "service tiers are not supported"),
+    "web_search_options": (lambda v: False, "web search is not supported"),
+    "verbosity": (lambda v: False, "verbosity is not supported"),
+}
+COMMON_KEYS = {"model", "stream", "stream_options", "seed", "user", "max_tokens", "logprobs"}
+COMPLETION_KEYS = COMMON_KEYS | {"prompt"} | {"temperature", "top_p", "n", "best_of", "stop", "presence_penalty",
+                                               "frequency_penalty", "logit_bias", "echo", "suffix"}
+CHAT_KEYS = COMMON_KEYS | {"messages", "max_completion_tokens", "top_logprobs"} | (set(NEUTRAL) - {"best_of", "echo",
+                                                                                                   "suffix"})
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    """An error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+    Args:
+        status (int): the HTTP status.
+        message (str): what is wrong.
+        param (str | None): the request key at fault.
+        code (str | None): a short reason, e.g. ``model_not_found``.
+
+    Returns:
+        JSONResponse: the response.
+
+    Example:
+        >>> openai_error(404, "unknown model 'x'", "model", "model_not_found").status_code
+        404
+    """
+    kind = ("authentication_error" if status == 401 else "server_error" if status >= 500 else
+            "invalid_request_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status)
+
+
+@dataclass
+class OpenAIRequest:
+    """A checked completions or chat request."""
+
+    kind: str
+    """``completion`` or ``chat``."""
+    task: ServedTask
+    rows: list[dict]
+    """One row per prompt (chat: one)."""
+    max_new_tokens: int
+    stream: bool = False
+    include_usage: bool = False
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def find_task(body: dict, tasks: dict[str, ServedTask]) -> ServedTask:
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise RequestError(400, "'model' is missing: give a task name (GET /v1/models lists them)", param="model")
+    if name not in tasks:
+        raise RequestError(404, f"unknown model {name[:64]!r}; the models are the tasks: {', '.join(sorted(tasks))}",
+                           param="model", code="model_not_found")
+    return tasks[name]
+
+
+def check_keys(body, allowed: set[str]) -> None:
+    """Refuse keys OpenAI's API does not define for the endpoint, and parameters this server cannot honour."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "the body must be a JSON object")
+    for key in sorted(body):
+        if key not in allowed:
+            raise RequestError(400, f"unrecognized request argument: {key[:64]!r}", param=key[:64])
+        value = body[key]
+        if key in NEUTRAL and value is not None and not NEUTRAL[key][0](value):
+            raise RequestError(400, f"{key}={json.dumps(value)[:64]}: {NEUTRAL[key][1]}", param=key,
+                               code="unsupported_parameter")
+
+
+def row_from_text(text, task: ServedTask, limits: Limits, param: str) -> dict:
+    """The task's row for a prompt: the text itself for a one-field task, else a JSON object of the fields."""
+    if not isinstance(text, str):
+        raise RequestError(400, f"{param} must be a string (token-id prompts are not supported)", param=param)
+    if len(task.columns) == 1:
+        return check_row({task.columns[0]: text}, task.columns, task.name, limits, param)
+    try:
+        row = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        row = None
+    if not isinstance(row, dict):
+        raise RequestError(400, f"{param}: task {task.name!r} has several fields; send a JSON object of "
+                                f"{', '.join(map(repr, task.columns))}", param=param)
+    return check_row(row, task.columns, task.name, limits, param)
+
+
+def prompt_rows(prompt, task: ServedTask, limits: Limits) -> list[dict]:
+    prompts = prompt if isinstance(prompt, list) else [prompt]
+    if not prompts:
+        raise RequestError(400, "'prompt' is empty", param="prompt")
+    if len(prompts) > limits.max_rows:
+        raise RequestError(413, f"too many prompts: {len(prompts)}; the limit is {limits.max_rows}", param="prompt")
+    return [row_from_text(p, task, limits, f"prompt[{i}]" if isinstance(prompt, list) else "prompt")
+            for i, p in enumerate(prompts)]
+
+
+def message_text(messages) -> str:
+    """The last message's text; it must be the user's."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "'messages' must be a non-empty list", param="messages")
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") != "user":
+        raise RequestError(400, "the last message must be the user's (role 'user'): its text is the task's input",
+                           param="messages")
+    content = last.get("content")
+    if isinstance(content, list):
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                   for p in content):
+            raise RequestError(400, "only text content parts are supported", param="messages")
+        content = "\n".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise RequestError(400, "the last message's content must be text", param="messages")
+    return content
+
+
+def check_common(body: dict, task: ServedTask, limits: Limits, budget_key: str) -> tuple[int, bool, bool]:
+    """(max_new_tokens, stream, include_usage)."""
+    max_new = min(task.default_max_new_tokens, limits.max_new_tokens)
+    if body.get(budget_key) is not None:
+        max_new = check_max_new_tokens(body[budget_key], limits, budget_key)
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise RequestError(400, "'stream' must be true or false", param="stream")
+    options = body.get("stream_options")
+    if options is not None and (not stream or not isinstance(options, dict) or set(options) - {"include_usage"}):
+        raise RequestError(400, "stream_options must be {\"include_usage\": bool}, and only with stream: true",
+                           param="stream_options")
+    include_usage = bool(options and options.get("include_usage"))
+    for key in ("logprobs", "top_logprobs"):
+        if task.type == "generation" and body.get(key) not in (None, False, 0):
+            raise RequestError(400, f"log-probabilities are not served for generation task {task.name!r}",
+                               param=key, code="unsupported_parameter")
+    return max_new, stream, include_usage
+
+
+def parse_completion(body, tasks: dict[str, ServedTask], limits: Limits) -> OpenAIRequest:
+    """Check a ``/v1/completions`` body (see the module docstring); RequestError otherwise."""
+    check_keys(body, COMPLETION_KEYS)
+    task = find_task(body, tasks)
+    rows = prompt_rows(body.get("prompt"), task, limits)
+    max_new, stream, include_usage = check_common(body, task, limits, "max_tokens")
+    if stream and len(rows) > 1:
+        raise RequestError(400, "stream one prompt per request", param="prompt")
+    return OpenAIRequest("completion", task, rows, max_new, stream, include_usage)
+
+
+def parse_chat(body, tasks: dict[str, ServedTask], limits: Limits) -> OpenAIRequest:
+    """Check a ``/v1/chat/completions`` body (see the module docstring); RequestError otherwise."""
+    check_keys(body, CHAT_KEYS)
+    task = find_task(body, tasks)
+    row = row_from_text(message_text(body.get("messages")), task, limits, "messages")
+    budget_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_new, stream, include_usage = check_common(body, task, limits, budget_key)
+    return OpenAIRequest("chat", task, [row], max_new, stream, include_usage)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# answers
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def label_logprobs(kind: str, pred: dict) -> dict | None:
+    """Every label's score as OpenAI log-probabilities for the predicted label (None without scores)."""
+    scores = pred.get("scores")
+    if not scores:
+        return None
+    label = pred["prediction"]
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    if kind == "completion":
+        return {"tokens": [label], "token_logprobs": [scores.get(label)], "top_logprobs": [dict(ranked)],
+                "text_offset": [0]}
+    top = [{"token": name, "logprob": score, "bytes": list(name.encode())} for name, score in ranked]
+    return {"content": [{"token": label, "logprob": scores.get(label), "bytes": list(label.encode()),
+                         "top_logprobs": top}], "refusal": None}
+
+
+def choice(kind: str, index: int, text: str, finish_reason: str | None, logprobs: dict | None,
+           delta: dict | None = None) -> dict:
+    """One entry of ``choices``: a whole answer, or (``delta`` given) a chat chunk's piece."""
+    if kind == "completion":
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+    if delta is not None:
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+    return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def envelope(req: OpenAIRequest, choices: list[dict], chunk: bool = False, usage_: dict | None = None) -> dict:
+    """The object around the choices: id, object, created, model (and usage)."""
+    prefix = "cmpl-" if req.kind == "completion" else "chatcmpl-"
+    obj = OBJECT_OF[req.kind] + (".chunk" if chunk and req.kind == "chat" else "")
+    out = {"id": prefix + req.id, "object": obj, "created": req.created, "model": req.task.name,
+           "system_fingerprint": None, "choices": choices}
+    if not chunk or usage_ is not None:
+        out["usage"] = usage_
+    return out
+
+
+def answer_body(req: OpenAIRequest, preds: list[dict], prompt_tokens: list[int], completion_tokens: list[int]) -> dict:
+    """A whole (not streamed) answer, one choice per prompt."""
+    choices = []
+    for i, (pred, n) in enumerate(zip(preds, completion_tokens)):
+        generated = req.task.type == "generation"
+        reason = "length" if generated and n >= req.max_new_tokens else "stop"
+        choices.append(choice(req.kind, i, pred["prediction"], reason,
+                              None if generated else label_logprobs(req.kind, pred)))
+    return envelope(req, choices, usage_=usage(sum(prompt_tokens), sum(completion_tokens)))
+
+
+def chunk_body(req: OpenAIRequest, text: str, finish_reason: str | None = None, logprobs: dict | None = None,
+               first: bool = False) -> dict:
+    """One streamed chunk holding ``text`` (chat: as ``delta.content``, with the role in the first chunk)."""
+    delta = None
+    if req.kind == "chat":
+        delta = ({"role": "assistant", "content": text} if first else {"content": text}) if text or first else {}
+    return envelope(req, [choice(req.kind, 0, text, finish_reason, logprobs, delta)], chunk=True)
+
+
+def usage_chunk(req: OpenAIRequest, prompt_tokens: int, completion_tokens: int) -> dict:
+    return envelope(req, [], chunk=True, usage_=usage(prompt_tokens, completion_tokens))
+
+
+def sse(data: dict | str) -> str:
+    """One server-sent event."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def models_body(tasks: dict[str, ServedTask]) -> dict:
+    return {"object": "list", "data": [model_entry(t) for t in tasks.values()]}
+
+
+def model_entry(task: ServedTask) -> dict:
+    return {"id": task.name, "object": "model", "created": task.created, "owned_by": "ptune"}

@@ -1,0 +1,61 @@
+"""What every route shares: the served tasks, the batcher and the limits, and the two steps all routes take (read
+a bounded JSON body; predict through the batcher, turning failures into request errors)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from ..errors import DataError
+from .batcher import Batcher
+from .protocol import Limits, RequestError
+from .tasks import ServedTask
+
+logger = logging.getLogger("ptune.serve")
+
+
+@dataclass
+class ServingState:
+    """The server's state, built once by ``create_app``.
+
+    Args:
+        tasks (dict[str, ServedTask]): the tasks by name (the routes see tasks added or removed later).
+        batcher (Batcher): runs every model call.
+        limits (Limits): request limits.
+    """
+
+    tasks: dict[str, ServedTask]
+    batcher: Batcher
+    limits: Limits
+
+
+async def read_json(request, limits: Limits):
+    """The body of a starlette ``Request`` as JSON, read no further than ``limits.max_body_bytes`` (with or without
+    a content-length); RequestError 413 or 400 otherwise."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
+        raise RequestError(413, f"the body is larger than {limits.max_body_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limits.max_body_bytes:
+            raise RequestError(413, f"the body is larger than {limits.max_body_bytes} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise RequestError(400, f"the body is not valid JSON: {str(err)[:120]}") from None
+
+
+async def predict(state: ServingState, task: ServedTask, op: str, rows: list[dict], max_new: int) -> list[dict]:
+    """The batcher's predictions; a row the task cannot take (e.g. longer than ``max_length`` with its target) is
+    the client's 422, anything else a logged 500 that leaves the server running."""
+    state.batcher.stats.requests += 1
+    try:
+        return await state.batcher.submit(task, op, rows, max_new)
+    except DataError as err:
+        raise RequestError(422, str(err)) from None
+    except Exception as err:
+        logger.exception("prediction for task %r failed", task.name)
+        raise RequestError(500, f"prediction failed ({type(err).__name__}); the server is still running") from None

@@ -1,0 +1,30 @@
+"""Checkpoints for the server tests: untrained prompts over the tiny causal LM (what the server does with a
+checkpoint does not depend on how well it was trained)."""
+
+from pathlib import Path
+
+from conftest import tiny_config
+
+
+def make_checkpoint(model_dir, out: Path, template: str, task_type: str = "classification", verbalizer=None,
+                    seed: int = 3, **task) -> Path:
+    from ptune.session import open_session
+    from ptune.training.saving import save_inference
+
+    task = {"type": task_type, "template": template, "max_new_tokens": 5, **task}
+    if verbalizer:
+        task["verbalizer"] = verbalizer
+    session = open_session(tiny_config(model_dir, task=task))
+    save_inference(session, session.new_model(seed=seed), out)
+    return out
+
+
+def standard_checkpoints(model_dir, root: Path) -> dict[str, Path]:
+    """Two classification tasks (one template each side of the text) and one generation task."""
+    return {
+        "complaints": make_checkpoint(model_dir, root / "complaints", "[P*3] Tweet text : {text} Label : [TARGET]",
+                                      verbalizer={"complaint": "complaint", "no complaint": "no complaint"}),
+        "sentiment": make_checkpoint(model_dir, root / "sentiment", "{text} [P*2] It was [TARGET]",
+                                     verbalizer={"pos": "great", "neg": "terrible"}, seed=5),
+        "reply": make_checkpoint(model_dir, root / "reply", "[P*2] {text} Label : [TARGET]", task_type="generation"),
+    }
