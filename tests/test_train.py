@@ -79,6 +79,21 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_causal_dir, 
         assert torch.equal(a[k], b[k]), k
 
 
+def test_metrics_file_and_saved_state_hold_the_run_history(tiny_causal_dir, tiny_data, tmp_path):
+    cfg = tiny_config(tiny_causal_dir, tiny_data, train={"epochs": 2})  # 8 rows in batches of 4: 2 steps an epoch
+    session, tr, dev = prepare(cfg)
+    _, prog = fit(session, tr, dev, tmp_path / "ckpt", show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()]
+    assert records == prog.history
+    assert [r["kind"] for r in records] == ["train", "train", "dev", "train", "train", "dev", "summary"]
+    assert list(records[0]) == ["kind", "step", "loss", "lr"]
+    assert list(records[2])[:3] == ["step", "epoch", "kind"] and records[2]["epoch"] == 1.0
+    assert list(records[-1]) == ["kind", "seconds", "steps", "examples_per_s"]
+    state = json.loads((tmp_path / "ckpt" / "state.json").read_text())["progress"]
+    assert list(state) == ["step", "epoch", "step_in_epoch", "best", "best_step", "bad_evals", "history", "done"]
+    assert state["history"] == prog.history[:-1] and state["done"]  # saved before the summary was added
+
+
 def test_existing_checkpoint_is_not_overwritten(tiny_causal_dir, tiny_data, tmp_path):
     cfg = tiny_config(tiny_causal_dir, tiny_data, train={"epochs": 1})
     train(cfg, tmp_path / "c", show_progress=False)
