@@ -236,16 +236,26 @@ SERVE_DEFAULTS = {"max_rows": 64, "batch_wait_ms": 5.0}  # serving.protocol.Limi
 @click.option("--max-rows", default=SERVE_DEFAULTS["max_rows"], show_default=True, type=click.IntRange(1, 100000))
 @click.option("--batch-wait-ms", default=SERVE_DEFAULTS["batch_wait_ms"], show_default=True,
               type=click.FloatRange(0, 1000))
-def serve_cmd(checkpoints, host, port, device, max_rows, batch_wait_ms):
-    """Serve checkpoints (DIR or NAME=DIR, one frozen base model shared) over HTTP."""
+@click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
+              help="Require 'Authorization: Bearer KEY' on every endpoint but /health (repeatable; also read from "
+                   "PTUNE_API_KEY, comma-separated).")
+@click.option("--insecure", is_flag=True, help="Allow listening beyond 127.0.0.1 without an API key.")
+def serve_cmd(checkpoints, host, port, device, max_rows, batch_wait_ms, api_keys, insecure):
+    """Serve checkpoints (DIR or NAME=DIR, one frozen base model shared) over HTTP: native and OpenAI-compatible
+    endpoints (/v1/completions, /v1/chat/completions with model = task name)."""
+    import os
+
     import uvicorn
 
     from .serving.app import create_app
+    from .serving.auth import api_keys_from, check_bind
     from .serving.protocol import Limits
     from .serving.tasks import parse_checkpoint_args
 
+    keys = api_keys_from(api_keys, os.environ.get("PTUNE_API_KEY"))
+    check_bind(host, keys, insecure)  # before the model loads
     app = create_app(parse_checkpoint_args(list(checkpoints)), device=device,
-                     limits=Limits(max_rows=max_rows, batch_wait_ms=batch_wait_ms))
+                     limits=Limits(max_rows=max_rows, batch_wait_ms=batch_wait_ms), api_keys=keys)
     click.echo(f"serving {', '.join(app.state.tasks)} on http://{host}:{port}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
 

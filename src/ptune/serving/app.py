@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .auth import RequireKey
 from .batcher import Batcher
 from .openai_routes import add_openai_routes
 from .protocol import ClassifyAnswer, GenerateAnswer, Limits, RequestError, check_request, native_request_schemas
@@ -21,7 +22,8 @@ from .tasks import ServedTask, load_tasks
 
 
 def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[str, ServedTask] | None = None,
-               limits: Limits | None = None, device: str | None = None) -> FastAPI:
+               limits: Limits | None = None, device: str | None = None, api_keys: list[str] | None = None
+               ) -> FastAPI:
     """A FastAPI app serving ``checkpoints`` (name -> directory), or already loaded ``tasks``.
 
     Args:
@@ -29,6 +31,8 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
         tasks (dict[str, ServedTask] | None): already loaded tasks (instead of ``checkpoints``).
         limits (Limits | None): request and batching limits (default ``Limits()``).
         device (str | None): overrides the checkpoints' ``model.device``.
+        api_keys (list[str] | None): if given, every endpoint but ``/health`` needs ``Authorization: Bearer KEY``
+            with one of them.
 
     Returns:
         FastAPI: the app; ``app.state.tasks`` holds the tasks, ``app.state.batcher`` the batcher.
@@ -58,6 +62,8 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
     add_error_handlers(app)
     add_native_routes(app, state)
     add_openai_routes(app, state)
+    if api_keys:
+        app.add_middleware(RequireKey, keys=list(api_keys))
     return app
 
 
