@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .auth import RequireKey
@@ -19,6 +20,9 @@ from .openai_routes import add_openai_routes
 from .protocol import ClassifyAnswer, GenerateAnswer, Limits, RequestError, check_request, native_request_schemas
 from .state import ServingState, predict, read_json
 from .tasks import ServedTask, load_tasks
+
+DOCS_ASSETS = "/docs-assets"
+"""Where the Swagger UI's script, stylesheet and icon are served."""
 
 
 def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[str, ServedTask] | None = None,
@@ -52,10 +56,11 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
         yield
         await state.batcher.stop()
 
-    # the schema is served (/openapi.json; /docs needs the Swagger UI's scripts from a CDN); request bodies are
-    # parsed and checked by check_request (its messages name the row and field), so they are declared, not bound
-    app = FastAPI(title="ptune", lifespan=lifespan, redoc_url=None, openapi_url="/openapi.json", docs_url="/docs",
-                  description="P-tuned tasks over one frozen base model.")
+    # /docs is the Swagger UI with its scripts served from this server (fastapi-offline ships them), so it works
+    # without internet access; request bodies are parsed and checked by check_request (its messages name the row
+    # and field), so they are declared in the schema, not bound
+    app = FastAPIOffline(title="ptune", description="P-tuned tasks over one frozen base model.", lifespan=lifespan,
+                         redoc_url=None, openapi_url="/openapi.json", docs_url="/docs", static_url=DOCS_ASSETS)
     app.state.tasks = tasks
     app.state.batcher = state.batcher
     app.state.serving = state
