@@ -17,7 +17,7 @@ from .errors import ConfigError, DataError
 from .modeling.base import FrozenBase, load_base
 from .modeling.encoders import EmbeddingEncoder, build_encoder, init_table
 from .modeling.heads import LinearHead, decoder_layers
-from .modeling.ptuning import PTuningModel
+from .modeling.ptuning import PTuningModel, build_ptuning_model
 from .tasks import Task, build_task
 from .template import Template, parse_template
 
@@ -72,7 +72,7 @@ class Session:
         classifier = None
         if self.cfg.task.head == "linear":
             classifier = LinearHead(dim, len(self.task.labels.labels), head_layer(self)).to(self.device)
-        return PTuningModel(self.base.model, encoder, self.base.kind, classifier)
+        return build_ptuning_model(self.base.model, encoder, self.base.kind, classifier)
 
     def predict(self, model: PTuningModel, rows: list[dict], progress=None) -> list[dict]:
         model.eval()

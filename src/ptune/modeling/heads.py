@@ -1,17 +1,45 @@
-"""Heads over the frozen model: its LM head made fast and exact (``fold_head_input``, ``float32_head``), the
+"""Heads over the frozen model: its LM head made fast and exact (``adapt_lm_head``, ``float32_scoring``), the
 linear classifier of ``task.head: linear`` (``LinearHead``) and the forward pass that stops at one block to feed it
 (``block_output``)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+SCORING_TOP_K = 64  # scoring: the most likely tokens per position whose logits are recomputed in float32
 
-def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+
+def lm_head(base: nn.Module) -> nn.Module | None:
+    """The model's output projection to the vocabulary, where it has one."""
+    return base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+
+
+def adapt_lm_head(base: nn.Module) -> None:
+    """Make the frozen model's LM head fast (``fold_head_input``) and exact (``float32_head``); idempotent, so every
+    model over the same base shares one adapted head.
+
+    This is the one place where ptune changes a module of the base model after it is built, and it does so on the
+    head's instance (a forward pre-hook and, for a bfloat16/float16 head, the instance's ``forward``), leaving its
+    weights, its state dict and every other module as they were. A head of ptune's own over the decoder body's
+    hidden states would leave the base untouched, but the logits are not the head's output alone in every family:
+    transformers applies family-specific steps after the head inside each model's forward (Gemma 2's
+    ``final_logit_softcapping``, Cohere's ``logit_scale``, ...), and ``base.generate`` calls the base's own head.
+    Adapting the head in place keeps every family's logits exactly its own."""
+    head = lm_head(base)
+    if isinstance(head, nn.Module):
+        fold_head_input(head)
+        float32_head(head)
+
+
+def dense_input(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the first argument copied to a dense layout where its strides are not those of a freshly
+    allocated tensor of its shape."""
     x = args[0]
     dense = [1] * x.dim()  # the strides of a freshly allocated tensor of this shape
     for i in range(x.dim() - 2, -1, -1):
@@ -21,37 +49,27 @@ def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
     return (x,) + args[1:]
 
 
-def lm_head(base: nn.Module) -> nn.Module | None:
-    """The model's output projection to the vocabulary, where it has one."""
-    return base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-
-
-def fold_head_input(base: nn.Module) -> None:
+def fold_head_input(head: nn.Module) -> None:
     """Make the LM head's input contiguous. With ``logits_to_keep`` the head gets a strided slice (B, k, d) of the
     hidden states, which ``F.linear`` cannot fold into one matrix product: torch then runs a batched product against
     the (V, d) weight expanded and copied once per row (450 MB per step for a batch of 8 here, half the step's
     time). Copying the small slice instead gives the same numbers."""
-    head = lm_head(base)
-    if isinstance(head, nn.Module) and not getattr(head, "_ptune_contiguous", False):
-        head.register_forward_pre_hook(_contiguous_input)
+    if not getattr(head, "_ptune_contiguous", False):
+        head.register_forward_pre_hook(dense_input)
         head._ptune_contiguous = True
 
 
-SCORING_TOP_K = 64  # scoring: the most likely tokens per position whose logits are recomputed in float32
-
-
-def float32_head(base: nn.Module) -> None:
+def float32_head(head: nn.Module) -> None:
     """Compute the LM head in float32 when the model runs in bfloat16 or float16. Label scores are differences of
     logits of size 16 to 64, which bfloat16 holds to steps of 0.125 to 0.25: two labels' log-odds then tie exactly
     for many rows and the tie, not the model, picks the label. The head's weight is copied once to float32 (the
     base's own, maybe tied, weight is untouched).
 
-    Training and evaluation compute every logit in float32. Label scoring (``PTuningModel.scoring_head``) computes
-    the vocabulary in bfloat16, about 4x faster on this CPU, then recomputes in float32 the logits that decide the
+    Training and evaluation compute every logit in float32. Label scoring (``float32_scoring``) computes the
+    vocabulary in bfloat16, about 4x faster on this CPU, then recomputes in float32 the logits that decide the
     scores: the scored tokens' (exact, so no ties) and each position's ``SCORING_TOP_K`` largest, which carry nearly
-    all of the log-softmax normaliser. On 200 twitter_complaints test tweets the label scores moved by 0.002 at most
-    and no prediction changed (benchmarks/README.md); the tests bound the difference on a tiny model."""
-    head = lm_head(base)
+    all of the log-softmax normaliser (the effect on real label scores is measured in docs/benchmarks.md; the
+    tests bound the difference on a tiny model)."""
     if not isinstance(head, nn.Linear) or head.weight.dtype not in (torch.bfloat16, torch.float16):
         return
     if getattr(head, "_ptune_float32", False):
@@ -59,30 +77,67 @@ def float32_head(base: nn.Module) -> None:
     # non-persistent buffers: they follow the model's .to(device) and stay out of every state dict
     head.register_buffer("_ptune_weight32", head.weight.detach().float(), persistent=False)
     head.register_buffer("_ptune_bias32", None if head.bias is None else head.bias.detach().float(), persistent=False)
-    head._ptune_scored_ids = None  # set by PTuningModel.scoring_head
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        scored = head._ptune_scored_ids
-        if scored is None or torch.is_grad_enabled():
-            return F.linear(x.float(), head._ptune_weight32, head._ptune_bias32)
-        logits = F.linear(x.to(head.weight.dtype), head.weight, head.bias).float()  # (..., V), bfloat16-rounded
-        k = min(SCORING_TOP_K, logits.shape[-1])
-        ids = torch.cat([logits.topk(k, dim=-1).indices, scored.to(logits.device).expand(*logits.shape[:-1], -1)],
-                        dim=-1)  # (..., k + S): a scored token also among the top k is written twice, alike
-        exact = (head._ptune_weight32[ids] @ x.float().unsqueeze(-1)).squeeze(-1)
-        if head._ptune_bias32 is not None:
-            exact = exact + head._ptune_bias32[ids]
-        return logits.scatter_(-1, ids, exact)
-
-    head.forward = forward  # the instance's forward; hooks (fold_head_input's) still run around it
+    head._ptune_scored_ids = None  # set within float32_scoring
+    head.forward = functools.partial(float32_linear, head)  # the instance's forward; hooks still run around it
     head._ptune_float32 = True
+
+
+def float32_linear(head: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``float32_head``'s forward: (..., d) -> (..., V) float32 logits. Outside ``float32_scoring`` (or while
+    autograd records) every logit is computed in float32; within, the vocabulary in the head's dtype and the scored
+    tokens and each position's ``SCORING_TOP_K`` largest again in float32."""
+    scored = head._ptune_scored_ids
+    if scored is None or torch.is_grad_enabled():
+        return F.linear(x.float(), head._ptune_weight32, head._ptune_bias32)
+    logits = F.linear(x.to(head.weight.dtype), head.weight, head.bias).float()  # (..., V), bfloat16-rounded
+    k = min(SCORING_TOP_K, logits.shape[-1])
+    ids = torch.cat([logits.topk(k, dim=-1).indices, scored.to(logits.device).expand(*logits.shape[:-1], -1)],
+                    dim=-1)  # (..., k + S): a scored token also among the top k is written twice, alike
+    exact = (head._ptune_weight32[ids] @ x.float().unsqueeze(-1)).squeeze(-1)
+    if head._ptune_bias32 is not None:
+        exact = exact + head._ptune_bias32[ids]
+    return logits.scatter_(-1, ids, exact)
+
+
+@contextlib.contextmanager
+def float32_scoring(base: nn.Module, token_ids: list[int]):
+    """Within: the base's float32 head (``float32_head``) computes the vocabulary in bfloat16 and recomputes in
+    float32 only ``token_ids`` (the words being scored) and each position's most likely tokens. No effect on a
+    float32 model or while autograd records."""
+    head = lm_head(base)
+    if not getattr(head, "_ptune_float32", False):
+        yield
+        return
+    head._ptune_scored_ids = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
+    try:
+        yield
+    finally:
+        head._ptune_scored_ids = None
 
 
 class LinearHead(nn.Module):
     """``task.head: linear``: the pooled hidden state of one layer, standardised with the training rows' mean and
     spread (the middle layers of a decoder have a few dimensions hundreds of times larger than the rest), then a
     linear map to the labels. ``fit`` solves its convex problem to convergence: with 50 rows, a few dozen Adam
-    steps leave a linear classifier far from its optimum."""
+    steps leave a linear classifier far from its optimum.
+
+    Args:
+        dim (`int`): the width d of the pooled hidden states.
+        n_labels (`int`): the number of labels.
+        layer (`int`): which block's output is pooled (1-based; ``task.head_layer``).
+
+    Inputs:
+        features (`torch.Tensor`): (B, d) pooled hidden states (``PTuningModel.pooled_states``).
+
+    Returns:
+        `torch.Tensor`: (B, labels) logits.
+
+    Example:
+        >>> head = LinearHead(dim=576, n_labels=2, layer=15)
+        >>> head.fit(features, labels)  # (N, 576), (N,)
+        >>> head(features).shape
+        torch.Size([N, 2])
+    """
 
     def __init__(self, dim: int, n_labels: int, layer: int):
         super().__init__()

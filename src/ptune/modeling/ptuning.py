@@ -1,14 +1,17 @@
-"""PTuningModel: a frozen language model plus a prompt encoder whose output is spliced in at virtual positions.
+"""The P-tuning model: a frozen language model plus a prompt encoder whose output is spliced in at virtual positions.
 
     embed(tokens)            (B, T, d)   rows at virtual positions replaced by the encoder's table (n, d)
     frozen LM                            causal: logits only at the last K+1 positions (K: target columns)
+                                         masked: logits at the [MASK] columns
                                          seq2seq: embeds feed the encoder; the decoder reads the target shifted
     token log-probabilities  (B, K)      of the target tokens; loss and label scores are sums over these
+
+``PTuningModel`` holds what every kind shares; ``CausalPTuning``, ``MaskedPTuning`` and ``Seq2SeqPTuning`` each run
+their kind's forward pass, and ``build_ptuning_model`` picks one for the base model's kind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 
 import torch
@@ -17,7 +20,8 @@ from torch import nn
 
 from .base import attention_window
 from .encoders import PromptEncoder
-from .heads import LinearHead, block_output, float32_head, fold_head_input, lm_head
+from .heads import LinearHead, adapt_lm_head, block_output, float32_scoring
+from .scoring import KeysValues, PrefixCache, after_prefix, joined, new_cache, repeated, run_prefix, word_logprobs
 
 
 def trainable(name: str) -> bool:
@@ -26,55 +30,67 @@ def trainable(name: str) -> bool:
     return name.startswith(("encoder.", "classifier."))
 
 
-def joined(prefix: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
-    """The shared prefix (1, P, d) put back before every left-padded row (B, T, d), the rows' pads moved to the
-    front: the rows as they would be without a shared prefix. Returns embeds (B, P+T, d), the attention mask and the
-    position ids (B, P+T)."""
-    rows, n = embeds.shape[0], prefix.shape[1]
-    embeds = torch.cat([prefix.expand(rows, -1, -1), embeds], dim=1)  # (B, P+T, d)
-    mask = torch.cat([mask.new_ones(rows, n), mask], dim=1)  # (B, P+T)
-    positions = torch.cat([torch.arange(n, device=mask.device).expand(rows, n), positions + n], dim=1)
-    order = torch.sort(mask, dim=1, stable=True).indices  # pads (0) first, then the real tokens in their order
-    return embeds.gather(1, order.unsqueeze(-1).expand_as(embeds)), mask.gather(1, order), positions.gather(1, order)
-
-
 class PTuningModel(nn.Module):
-    def __init__(self, base: nn.Module, encoder: PromptEncoder, kind: str, classifier: LinearHead | None = None):
+    """A frozen language model whose input embeddings at virtual positions come from a trainable prompt encoder.
+    Only the encoder (and a linear head, if any) trains; the base stays in evaluation mode with no gradients.
+
+    Build one with ``build_ptuning_model``: the subclass for the base model's kind runs the forward pass.
+
+    Args:
+        base (`torch.nn.Module`): the frozen Hugging Face model (causal, masked or seq2seq LM).
+        encoder (`PromptEncoder`): gives the (n_virtual, d) table of virtual-token embeddings.
+        classifier (`LinearHead`, *optional*): ``task.head: linear``'s classifier over pooled hidden states.
+
+    Inputs (a batch from ``Task.batch`` / ``collate``):
+        input_ids, virtual_index, attention_mask, position_ids (`torch.LongTensor`): (B, T); ``virtual_index`` is
+        the row of the prompt table at a virtual position and -1 elsewhere.
+        labels (`torch.LongTensor`): (B, T) target token ids at target positions, -100 elsewhere.
+
+    Attributes:
+        label_offsets (`torch.Tensor` or None): (labels,) added to label log-probabilities under ``task.calibrate:
+            prior``.
+
+    Example:
+        >>> model = build_ptuning_model(base, build_encoder(cfg.encoder, 20, 576), "causal")
+        >>> logp, mask = model.token_logprobs(batch)  # (B, K), (B, K)
+        >>> loss = -logp.sum() / mask.sum()
+    """
+
+    kind = ""
+
+    def __init__(self, base: nn.Module, encoder: PromptEncoder, classifier: LinearHead | None = None):
         super().__init__()
         self.base = base
         self.encoder = encoder
-        self.kind = kind
         self.classifier = classifier
         base.requires_grad_(False)
         base.eval()
-        fold_head_input(base)
-        float32_head(base)
+        adapt_lm_head(base)
         self._table: torch.Tensor | None = None  # cached prompt table for inference
-        self._prefix: tuple | None = None  # (prefix ids and virtual indices, their keys and values) for inference
-        self.use_prefix_cache = True
         self.label_offsets: torch.Tensor | None = None  # classification, ``task.calibrate: prior``: added to scores
-        params = inspect.signature(base.forward).parameters
-        self._keeps_logits = "logits_to_keep" in params
-        # the KV-cache argument's name: `cache` from transformers 5.x on, `past_key_values` before
-        self._cache_arg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
-        self._window = attention_window(base.config)
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.base.eval()  # the frozen model never trains: no dropout in it, ever
         if mode:
-            self._table = self._prefix = None
+            self.clear_prompt_cache()
         return self
 
+    def clear_prompt_cache(self) -> None:
+        """Forget everything computed from the prompt table (it is about to change)."""
+        self._table = None
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trained (and saved) tensors: the encoder's and the classifier's, by state-dict name."""
         return {k: v for k, v in self.state_dict().items() if trainable(k)}
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load ``trainable_state``'s tensors; refused unless the names and shapes are this model's."""
         own = self.trainable_state()
         if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
             raise ValueError("encoder state does not match this encoder's parameters")
         self.load_state_dict(state, strict=False)
-        self._table = self._prefix = None
+        self.clear_prompt_cache()
 
     def prompt_table(self) -> torch.Tensor:
         """(n, d): run the encoder (once per step in training); at inference a fixed table, computed once."""
@@ -86,12 +102,14 @@ class PTuningModel(nn.Module):
         return self._table
 
     def set_prompt_table(self, table: torch.Tensor) -> None:
-        """Serve from a saved table (no encoder run at all)."""
+        """Serve from a saved table (n, d) (no encoder run at all)."""
+        self.clear_prompt_cache()
         self._table = table.detach().float().to(self.encoder.table.device)
-        self._prefix = None
 
     def embed(self, input_ids: torch.Tensor, virtual_index: torch.Tensor, table: torch.Tensor | None = None
               ) -> torch.Tensor:
+        """(B, T, d): the token embeddings, with the prompt table's rows (``table``, default ``prompt_table()``) at
+        the virtual positions."""
         tokens = self.base.get_input_embeddings()(input_ids)  # (B, T, d)
         if self.encoder.n_virtual == 0:
             return tokens
@@ -101,72 +119,14 @@ class PTuningModel(nn.Module):
 
     def target_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits predicting each target column, and the labels there: (B, K, V), (B, K)."""
-        labels = batch["labels"]
-        table = self.prompt_table() if self.encoder.n_virtual else None  # the encoder runs once per call
-        embeds = self.embed(batch["input_ids"], batch["virtual_index"], table)
-        if self.kind == "seq2seq":
-            labels = batch["decoder_labels"]  # (B, K) right-padded: causal decoder attention keeps pads harmless
-            out = self.base(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                            decoder_input_ids=self.decoder_inputs(labels), use_cache=False)
-            return out.logits, labels
-        if self.kind == "masked":
-            # position ids are left to the model (right padding: 0..n-1 is right, RoBERTa adds its own offset)
-            out = self.base(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
-            cols = (labels != -100).any(0).nonzero().squeeze(-1)
-            return out.logits[:, cols], labels[:, cols]
-        width = labels.shape[1]
-        k = width - int((labels != -100).any(0).nonzero()[0])  # target columns sit in the last k
-        kwargs = dict(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                      position_ids=batch["position_ids"], use_cache=False)
-        if "prefix_ids" in batch and not self.prefix_fits(batch["prefix_ids"].shape[1] + width):
-            head = self.embed(batch["prefix_ids"], batch["prefix_virtual"], table)  # (1, P, d)
-            kwargs.update(zip(("inputs_embeds", "attention_mask", "position_ids"),
-                              joined(head, embeds, kwargs["attention_mask"], kwargs["position_ids"])))
-        elif "prefix_ids" in batch:  # the rows' shared prefix, run once (gradients flow through its keys and values)
-            rows = embeds.shape[0]
-            cache = self._expanded(self._prefix_cache(batch["prefix_ids"], batch["prefix_virtual"], table), rows)
-            n = batch["prefix_ids"].shape[1]
-            kwargs.update(attention_mask=torch.cat([kwargs["attention_mask"].new_ones(rows, n),
-                                                    kwargs["attention_mask"]], dim=1),
-                          position_ids=kwargs["position_ids"] + n, use_cache=True, **{self._cache_arg: cache})
-        if self._keeps_logits:
-            logits = self.base(**kwargs, logits_to_keep=k + 1).logits  # (B, k+1, V)
-        else:
-            logits = self.base(**kwargs).logits[:, -(k + 1):]
-        return logits[:, :-1], labels[:, width - k:]  # logit at t predicts token t+1
-
-    def pooled_states(self, batch) -> torch.Tensor:
-        """(B, d): the output of block ``classifier.layer``, averaged over each row's positions (pads left out).
-        The forward pass stops there: the blocks above it and the LM head never run."""
-        embeds = self.embed(batch["input_ids"], batch["virtual_index"])
-        mask = batch["attention_mask"]
-        hidden = block_output(self.base, self.classifier.layer, inputs_embeds=embeds, attention_mask=mask,
-                              position_ids=batch["position_ids"], use_cache=False).float()
-        keep = mask.unsqueeze(-1).float()
-        return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)
-
-    def class_logits(self, batch) -> torch.Tensor:
-        """(B, labels): ``task.head: linear``'s scores."""
-        return self.classifier(self.pooled_states(batch))
-
-    def decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
-        """Seq2seq: the decoder's input, the target shifted right after the start token (pads for -100)."""
-        config = self.base.config
-        start = config.decoder_start_token_id
-        if start is None:
-            start = getattr(getattr(self.base, "generation_config", None), "decoder_start_token_id", None)
-        pad = config.pad_token_id if config.pad_token_id is not None else 0
-        shifted = labels.new_full(labels.shape, pad)
-        shifted[:, 0] = pad if start is None else start
-        shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad)
-        return shifted
+        raise NotImplementedError
 
     def token_logprobs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K) log-probability of each target token, and the mask of real target tokens."""
         logits, labels = self.target_logits(batch)
         mask = labels != -100
-        logp = F.log_softmax(logits.float(), dim=-1)
-        picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        logp = F.log_softmax(logits.float(), dim=-1)  # (B, K, V)
+        picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, K)
         return picked * mask, mask
 
     def loss(self, batch) -> torch.Tensor:
@@ -185,62 +145,99 @@ class PTuningModel(nn.Module):
         position: the discriminative objective, where the model is asked which label, not how likely the word."""
         return F.log_softmax(self.first_target_logits(batch).float()[:, candidates], dim=-1)
 
+    @property
+    def can_score_continuations(self) -> bool:
+        """Whether ``continuation_logprobs`` can score label words from one run of their shared input."""
+        return False
+
+    def scoring_head(self, token_ids: list[int]):
+        """A context within which the base's float32 head computes the vocabulary in bfloat16 and recomputes in
+        float32 only ``token_ids`` (the words being scored) and each position's most likely tokens. No effect on a
+        float32 model or while autograd records."""
+        return float32_scoring(self.base, token_ids)
+
+    @torch.no_grad()
+    def generate(self, batch, max_new_tokens: int, eos_token_id, pad_token_id: int) -> torch.Tensor:
+        """Greedy generation with the KV cache; the batch must hold no target tokens (causal: left-padded).
+        Returns the new tokens only, (B, at most ``max_new_tokens``)."""
+        embeds = self.embed(batch["input_ids"], batch["virtual_index"])
+        return self.base.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                  max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,
+                                  pad_token_id=pad_token_id)
+
+
+class CausalPTuning(PTuningModel):
+    """P-tuning over a decoder-only LM: logits only at the target positions (``logits_to_keep``), a prefix every
+    row shares run once, and label words scored from one run of their shared input plus the KV cache."""
+
+    kind = "causal"
+
+    def __init__(self, base: nn.Module, encoder: PromptEncoder, classifier: LinearHead | None = None):
+        super().__init__(base, encoder, classifier)
+        params = inspect.signature(base.forward).parameters
+        self.keeps_logits = "logits_to_keep" in params
+        # the KV-cache argument's name: `cache` from transformers 5.x on, `past_key_values` before
+        self.cache_arg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+        self.window = attention_window(base.config)
+        self.use_prefix_cache = True  # label scoring runs the prefix every row shares once
+        self.prefix_cache = PrefixCache()
+
+    @property
+    def _prefix(self) -> tuple | None:
+        """The cached prefix: ((token ids, virtual indices), its keys and values), or None."""
+        return self.prefix_cache.entry
+
+    def clear_prompt_cache(self) -> None:
+        super().clear_prompt_cache()
+        self.prefix_cache.clear()
+
+    def target_logits(self, batch):
+        labels = batch["labels"]
+        table = self.prompt_table() if self.encoder.n_virtual else None  # the encoder runs once per call
+        embeds = self.embed(batch["input_ids"], batch["virtual_index"], table)
+        width = labels.shape[1]
+        k = width - int((labels != -100).any(0).nonzero()[0])  # target columns sit in the last k
+        inputs = dict(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                      position_ids=batch["position_ids"], use_cache=False)
+        if "prefix_ids" in batch:
+            inputs = self.after_shared_prefix(inputs, batch["prefix_ids"], batch["prefix_virtual"], table)
+        if self.keeps_logits:
+            logits = self.base(**inputs, logits_to_keep=k + 1).logits  # (B, k+1, V)
+        else:
+            logits = self.base(**inputs).logits[:, -(k + 1):]
+        return logits[:, :-1], labels[:, width - k:]  # logit at t predicts token t+1
+
+    def after_shared_prefix(self, inputs: dict, ids: torch.Tensor, virtual: torch.Tensor,
+                            table: torch.Tensor | None) -> dict:
+        """The base's inputs for rows that follow a shared prefix ``ids``/``virtual`` (1, P): the prefix runs once
+        and its keys and values are repeated for every row (gradients flow through them), or, where a sliding
+        window could cut in, it is joined to every row."""
+        embeds, mask, positions = inputs["inputs_embeds"], inputs["attention_mask"], inputs["position_ids"]
+        prefix = self.embed(ids, virtual, table)  # (1, P, d)
+        if not self.prefix_fits(ids.shape[1] + mask.shape[1]):
+            embeds, mask, positions = joined(prefix, embeds, mask, positions)  # (B, P+T, d), (B, P+T), (B, P+T)
+            return dict(inputs, inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+        cache = repeated(run_prefix(self.base, self.cache_arg, prefix), embeds.shape[0])
+        mask, positions = after_prefix(mask, positions, ids.shape[1])
+        return dict(inputs, attention_mask=mask, position_ids=positions, use_cache=True, **{self.cache_arg: cache})
+
     def prefix_fits(self, length: int) -> bool:
         """Whether a shared prefix can run apart from rows ``length`` places long with it (their pads then sit between
         it and their text): yes unless a sliding window, which counts places rather than positions, may cut in."""
-        return self._window is None or length < self._window
+        return self.window is None or length < self.window
 
     @property
     def can_score_continuations(self) -> bool:
-        return self.kind == "causal" and self._cache_arg is not None and self._keeps_logits
-
-    @contextlib.contextmanager
-    def scoring_head(self, token_ids):
-        """Within: a float32 head (``float32_head``) computes the vocabulary in bfloat16 and recomputes in float32
-        only ``token_ids`` (the words being scored) and each position's most likely tokens. No effect on a float32
-        model or while autograd records."""
-        head = lm_head(self.base)
-        if not getattr(head, "_ptune_float32", False):
-            yield
-            return
-        head._ptune_scored_ids = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
-        try:
-            yield
-        finally:
-            head._ptune_scored_ids = None
+        return self.cache_arg is not None and self.keeps_logits
 
     @torch.no_grad()
-    def prefix_keys_values(self, ids: list[int], virtual: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def prefix_keys_values(self, ids: list[int], virtual: list[int]) -> KeysValues:
         """Each layer's keys and values (1, heads, P, head_dim) for the prefix every row shares (leading virtual
         tokens and anchor text): computed once, then reused for every batch until the prompt table changes."""
-
-        key = (tuple(ids), tuple(virtual))
-        if self._prefix is None or self._prefix[0] != key:
-            device = self.encoder.table.device
-            self._prefix = (key, self._prefix_cache(torch.tensor([ids], device=device),
-                                                    torch.tensor([virtual], device=device)))
-        return self._prefix[1]
-
-    def _prefix_cache(self, ids: torch.Tensor, virtual: torch.Tensor, table: torch.Tensor | None = None
-                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Run one (1, P) prefix; each layer's keys and values."""
-        from transformers import DynamicCache
-
-        # no config: every layer keeps all its keys, since a sliding-window layer's cache drops those past its window
-        # and cannot be cropped back to the shared inputs (the attention mask applies the window instead)
-        cache = DynamicCache()
-        self.base(inputs_embeds=self.embed(ids, virtual, table), use_cache=True, logits_to_keep=1,
-                  position_ids=torch.arange(ids.shape[1], device=ids.device)[None], **{self._cache_arg: cache})
-        return [(layer.keys, layer.values) for layer in cache.layers]
-
-    def _expanded(self, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: int):
-        """A fresh cache holding the prefix's keys and values once per row."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        for i, (k, v) in enumerate(kv):
-            cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
-        return cache
+        device = self.encoder.table.device
+        return self.prefix_cache.get((tuple(ids), tuple(virtual)), lambda: run_prefix(
+            self.base, self.cache_arg, self.embed(torch.tensor([ids], device=device),
+                                                  torch.tensor([virtual], device=device))))
 
     @torch.no_grad()
     def continuation_logprobs(self, batch, words: list[list[int]], prefix: tuple[list[int], list[int]] | None = None
@@ -256,52 +253,96 @@ class PTuningModel(nn.Module):
 
         The words' tokens are scored in float32 on a float32 head (``scoring_head``)."""
         with self.scoring_head([t for word in words for t in word]):
-            return self._continuation_logprobs(batch, words, prefix)
+            embeds = self.embed(batch["input_ids"], batch["virtual_index"])  # (B, T, d)
+            mask, positions = batch["attention_mask"], batch["position_ids"]
+            cache = new_cache()
+            if prefix is not None and not self.prefix_fits(len(prefix[0]) + mask.shape[1]):
+                ids, virtual = (torch.tensor([p], device=mask.device) for p in prefix)
+                embeds, mask, positions = joined(self.embed(ids, virtual), embeds, mask, positions)  # (B, P+T, ...)
+            elif prefix is not None:
+                cache = repeated(self.prefix_keys_values(*prefix), embeds.shape[0])
+                mask, positions = after_prefix(mask, positions, len(prefix[0]))
+            return word_logprobs(self.base, self.cache_arg, embeds, mask, positions, cache, words)
 
-    def _continuation_logprobs(self, batch, words, prefix):
-        from transformers import DynamicCache
-
+    def pooled_states(self, batch) -> torch.Tensor:
+        """(B, d): the output of block ``classifier.layer``, averaged over each row's positions (pads left out).
+        The forward pass stops there: the blocks above it and the LM head never run."""
         embeds = self.embed(batch["input_ids"], batch["virtual_index"])
-        mask, pos = batch["attention_mask"], batch["position_ids"]
-        rows = mask.shape[0]
-        cache = DynamicCache()
-        if prefix is not None and not self.prefix_fits(len(prefix[0]) + mask.shape[1]):
-            device = mask.device
-            head = self.embed(torch.tensor([prefix[0]], device=device), torch.tensor([prefix[1]], device=device))
-            embeds, mask, pos = joined(head, embeds, mask, pos)  # (B, P+T, d), (B, P+T), (B, P+T)
-        elif prefix is not None:
-            cache = self._expanded(self.prefix_keys_values(*prefix), rows)
-            n = len(prefix[0])
-            # the rows' own pads sit between the prefix and their text: masked out, and not counted in positions
-            mask = torch.cat([mask.new_ones(rows, n), mask], dim=1)
-            pos = pos + n
-        out = self.base(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True,
-                        logits_to_keep=1, **{self._cache_arg: cache})
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
-        first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
-        result = []
-        for word in words:
-            scores = [first[:, word[0]]]
-            if len(word) > 1:
-                n = len(word) - 1
-                ids = torch.tensor([word[:-1]], device=mask.device).expand(rows, n)
-                step_mask = torch.cat([mask, mask.new_ones(rows, n)], dim=1)
-                step_pos = pos[:, -1:] + 1 + torch.arange(n, device=pos.device)
-                logits = self.base(inputs_embeds=self.base.get_input_embeddings()(ids), attention_mask=step_mask,
-                                   position_ids=step_pos, use_cache=True, **{self._cache_arg: cache}).logits
-                logp = F.log_softmax(logits.float(), dim=-1)
-                rest = torch.tensor(word[1:], device=logp.device)
-                scores += list(logp.gather(-1, rest.expand(rows, n).unsqueeze(-1)).squeeze(-1).unbind(1))
-                cache.crop(-n)  # drop this word's n positions: back to the shared inputs for the next word
-            result.append(torch.stack(scores, dim=1))
-        return result
+        mask = batch["attention_mask"]
+        hidden = block_output(self.base, self.classifier.layer, inputs_embeds=embeds, attention_mask=mask,
+                              position_ids=batch["position_ids"], use_cache=False).float()  # (B, T, d)
+        keep = mask.unsqueeze(-1).float()
+        return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)
 
-    @torch.no_grad()
-    def generate(self, batch, max_new_tokens: int, eos_token_id, pad_token_id: int) -> torch.Tensor:
-        """Greedy generation with the KV cache; the batch must hold no target tokens (causal: left-padded).
-        Returns the new tokens only (seq2seq: the decoder's, its start token cut off)."""
+    def class_logits(self, batch) -> torch.Tensor:
+        """(B, labels): ``task.head: linear``'s scores."""
+        return self.classifier(self.pooled_states(batch))
+
+
+class MaskedPTuning(PTuningModel):
+    """P-tuning over a masked LM (BERT, RoBERTa, ...): the targets are [MASK] positions of the input itself."""
+
+    kind = "masked"
+
+    def target_logits(self, batch):
+        labels = batch["labels"]
         embeds = self.embed(batch["input_ids"], batch["virtual_index"])
-        out = self.base.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,
-                                 pad_token_id=pad_token_id)
-        return out[:, 1:] if self.kind == "seq2seq" else out
+        # position ids are left to the model (right padding: 0..n-1 is right, RoBERTa adds its own offset)
+        out = self.base(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+        cols = (labels != -100).any(0).nonzero().squeeze(-1)  # the target columns
+        return out.logits[:, cols], labels[:, cols]
+
+
+class Seq2SeqPTuning(PTuningModel):
+    """P-tuning over an encoder-decoder LM (T5, BART, ...): virtual tokens in the encoder's input; the decoder reads
+    the target (``decoder_labels``) shifted right after its start token."""
+
+    kind = "seq2seq"
+
+    def target_logits(self, batch):
+        embeds = self.embed(batch["input_ids"], batch["virtual_index"])
+        labels = batch["decoder_labels"]  # (B, K) right-padded: causal decoder attention keeps pads harmless
+        out = self.base(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                        decoder_input_ids=self.decoder_inputs(labels), use_cache=False)
+        return out.logits, labels
+
+    def decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, K): the decoder's input, the target shifted right after the start token (pads for -100)."""
+        config = self.base.config
+        start = config.decoder_start_token_id
+        if start is None:
+            start = getattr(getattr(self.base, "generation_config", None), "decoder_start_token_id", None)
+        pad = config.pad_token_id if config.pad_token_id is not None else 0
+        shifted = labels.new_full(labels.shape, pad)
+        shifted[:, 0] = pad if start is None else start
+        shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad)
+        return shifted
+
+    def generate(self, batch, max_new_tokens, eos_token_id, pad_token_id):
+        """The decoder's new tokens, its start token cut off."""
+        return super().generate(batch, max_new_tokens, eos_token_id, pad_token_id)[:, 1:]
+
+
+MODEL_KINDS: dict[str, type[PTuningModel]] = {"causal": CausalPTuning, "masked": MaskedPTuning,
+                                              "seq2seq": Seq2SeqPTuning}
+
+
+def build_ptuning_model(base: nn.Module, encoder: PromptEncoder, kind: str,
+                        classifier: LinearHead | None = None) -> PTuningModel:
+    """The P-tuning model for a base model of ``kind`` (``causal``, ``masked`` or ``seq2seq``).
+
+    Args:
+        base (`torch.nn.Module`): the frozen Hugging Face model.
+        encoder (`PromptEncoder`): the prompt encoder.
+        kind (`str`): the base model's kind (``FrozenBase.kind``).
+        classifier (`LinearHead`, *optional*): ``task.head: linear``'s classifier (causal models only).
+
+    Returns:
+        `PTuningModel`: a ``CausalPTuning``, ``MaskedPTuning`` or ``Seq2SeqPTuning``.
+
+    Example:
+        >>> model = build_ptuning_model(frozen.model, EmbeddingEncoder(4, 576), frozen.kind)
+        >>> model.kind
+        'causal'
+    """
+    return MODEL_KINDS[kind](base, encoder, classifier)

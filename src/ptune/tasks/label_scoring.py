@@ -81,6 +81,8 @@ def continuation_scores(model, inputs: list[Encoded], words: list[list[int]], pa
 def score_shared_inputs(task: ClassificationTask, model, shared: list[tuple[int, Encoded]], scores: LabelScores,
                         batch_size: int, device, progress=None) -> None:
     """The shared-input path: record every word's score for these (row index, target-free input) pairs."""
+    if not shared:  # (a model that cannot score continuations has no prefix cache either)
+        return
     targets = label_word_ids(task)
     words = [ids for _, ids in targets]
     prefix_length = task.renderer.shared_prefix_length() if model.use_prefix_cache else 0

@@ -7,7 +7,7 @@ import torch
 
 from ..data.render import Encoded
 from ..modeling.encoders import EmbeddingEncoder
-from ..modeling.ptuning import PTuningModel
+from ..modeling.ptuning import PTuningModel, build_ptuning_model
 from .base import sorted_batches
 from .classification import ClassificationTask
 from .label_scoring import LabelScores, continuation_scores, label_word_ids, score_candidates, split_shared_inputs
@@ -18,7 +18,8 @@ Group = tuple[ClassificationTask, PTuningModel, list[dict]]
 def stacked_model(base, tables: list[torch.Tensor]) -> PTuningModel:
     """A causal model over ``base`` serving the tables (n_i, d) stacked into one (sum n_i, d), in evaluation mode."""
     stacked = torch.cat(tables)
-    combined = PTuningModel(base, EmbeddingEncoder(len(stacked), stacked.shape[1]).to(stacked.device), "causal")
+    encoder = EmbeddingEncoder(len(stacked), stacked.shape[1]).to(stacked.device)
+    combined = build_ptuning_model(base, encoder, "causal")
     combined.eval()  # (a new module trains by default, and would run its encoder instead of the stacked table)
     combined.set_prompt_table(stacked)
     return combined
