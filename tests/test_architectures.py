@@ -1,0 +1,221 @@
+"""Every model family ptune supports, on tiny random models built from each family's config class (conftest's
+FAMILIES): training, batch invariance under padding, the KV-cache paths, table initialisation, checkpoints, PEFT
+export and mixed-task serving; and a clear refusal, before any weight is read, of a model ptune cannot P-tune.
+
+Models run in float32, so "the same" means equal to float32 rounding (1e-5 on log-probabilities)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from conftest import FAMILIES, ROWS, TEMPLATES, WINDOW, FamilyZoo, greedy_without_cache, tiny_config, until_eos
+from ptune.data.render import collate
+from ptune.data.tables import Table
+from ptune.errors import ConfigError
+from ptune.inference import Predictor
+from ptune.session import open_session
+from ptune.tasks.mixed import classify_mixed
+from ptune.training.saving import save_inference
+from ptune.training.trainer import fit
+
+ALL = list(FAMILIES)
+CAUSAL = [f for f in FAMILIES if FAMILIES[f][0] == "causal"]
+GENERATIVE = [f for f in FAMILIES if FAMILIES[f][0] != "masked"]
+LABELS = ["complaint", "no complaint"]
+VERBALIZER = {label: label for label in LABELS}
+# rows of different lengths, the longest past every sliding window (WINDOW) and ALiBi's and absolute positions' reach
+TEXTS = ["hello", "great service today", "thanks for the quick delivery",
+         "my order arrived late and the box was broken , the app crashes when I pay and I want a refund now"]
+TRAIN = Table("train.csv", ["text", "label"], [{"text": t, "label": l} for t, l in ROWS])
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> FamilyZoo:
+    return FamilyZoo(tmp_path_factory.mktemp("families"))
+
+
+def kind(family: str) -> str:
+    return FAMILIES[family][0]
+
+
+def scores(session, model, rows) -> torch.Tensor:
+    """(rows, labels) label scores through the task's own path, unrounded."""
+    with torch.inference_mode():
+        return session.task.scores(model, rows, 8, "cpu")
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_training_lowers_the_loss_and_leaves_the_base_alone(zoo, family):
+    s = zoo.session(family, train={"lr": 0.05, "epochs": 3})
+    frozen = {k: v.clone() for k, v in s.base.model.state_dict().items()}
+    examples, _ = s.task.train_examples(TRAIN)
+    batch = s.task.batch(examples, "cpu")
+    with torch.no_grad():
+        before = s.new_model(seed=0).eval().loss(batch).item()
+    model, progress = fit(s, TRAIN, None, show_progress=False, seed=0)
+    with torch.no_grad():
+        after = model.eval().loss(batch).item()
+    assert progress.step == 6 and after < before
+    assert all(torch.equal(v, frozen[k]) for k, v in s.base.model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_label_scores_do_not_depend_on_the_batch(zoo, family):
+    """A row's label scores alone equal its scores in a batch with longer and shorter rows, under the padding ptune
+    uses (left for causal LMs, right for the rest), and for causal LMs under right padding as well."""
+    s = zoo.session(family)
+    model = s.new_model(seed=1).eval()
+    rows = [{"text": t} for t in TEXTS]
+    together = scores(s, model, rows)
+    alone = torch.cat([scores(s, model, [row]) for row in rows])
+    assert torch.allclose(together, alone, atol=ATOL)
+    r = s.task.renderer
+    encoded = [r.encode(row, r.target_ids("no complaint")) for row in rows]
+    assert len({len(e) for e in encoded}) >= 3 and max(len(e) for e in encoded) > 2 * WINDOW
+    pad = s.tokenizer.pad_token_id
+    with torch.no_grad():
+        single = torch.stack([model.token_logprobs(collate([e], pad, s.task.pad_side))[0].sum() for e in encoded])
+        for side in ("left", "right") if kind(family) == "causal" else ("right",):
+            logp, _ = model.token_logprobs(collate(encoded, pad, side))
+            assert torch.allclose(logp.sum(-1), single, atol=ATOL), side
+
+
+@pytest.mark.parametrize("family", GENERATIVE)
+def test_generation_is_greedy_decoding_whatever_the_batch(zoo, family):
+    """``generate`` on a padded batch, with the KV cache, gives each row what greedy decoding of that row alone by
+    full forward passes gives."""
+    s = zoo.session(family, type="generation", max_new_tokens=6)
+    model = s.new_model(seed=2).eval()
+    tok = s.tokenizer
+    encoded = [s.task.renderer.encode({"text": t}) for t in TEXTS]
+    with torch.no_grad():
+        batched = model.generate(s.task.batch(encoded, "cpu"), 6, tok.eos_token_id, tok.pad_token_id).tolist()
+        for e, row in zip(encoded, batched):
+            assert until_eos(row, tok.eos_token_id) == greedy_without_cache(model, e, 6, tok.eos_token_id)[0]
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_shared_prefix_cache_gives_the_plain_forward(zoo, family, monkeypatch):
+    """Label scores from the shared prefix's cached keys and values, from the KV cache without it, and from one full
+    input per (row, label) agree; so does the training loss with the prefix run once per batch."""
+    s = zoo.session(family)
+    model = s.new_model(seed=3).eval()
+    rows = [{"text": t} for t in TEXTS]
+    assert model.can_score_continuations and model.use_prefix_cache
+    cached = scores(s, model, rows)
+    with monkeypatch.context() as m:
+        m.setattr(model, "use_prefix_cache", False)
+        uncached = scores(s, model, rows)
+        m.setattr(type(model), "can_score_continuations", property(lambda self: False))
+        plain = scores(s, model, rows)
+    assert torch.allclose(cached, uncached, atol=ATOL) and torch.allclose(cached, plain, atol=ATOL)
+    examples, _ = s.task.train_examples(TRAIN)
+    with torch.no_grad():
+        shared, whole = (model.loss(s.task.batch(examples, "cpu", share_prefix=share)) for share in (True, False))
+    assert torch.allclose(shared, whole, atol=ATOL)
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_word_initialised_table_sits_in_the_input_space(zoo, family):
+    """A prompt table started from text reads as that text: spliced in, the model scores the row exactly as with the
+    text's own tokens at the virtual positions (Gemma scales its embeddings by sqrt(d) inside the embedding module).
+    A random plain table starts at the spread of the model's token embeddings."""
+    s = zoo.session(family, encoder={"type": "embedding", "init": "text", "init_text": "great service today"})
+    model = s.new_model(seed=4).eval()
+    ids = s.tokenizer("great service today", add_special_tokens=False)["input_ids"]
+    r = s.task.renderer
+    encoded = r.encode({"text": "thanks for the quick delivery"}, r.target_ids("complaint"))
+    written = dataclasses.replace(encoded, virtual_index=[-1] * len(encoded), input_ids=[
+        ids[v % len(ids)] if v >= 0 else t for t, v in zip(encoded.input_ids, encoded.virtual_index)])
+    pad = s.tokenizer.pad_token_id
+    with torch.no_grad():
+        spliced, _ = model.token_logprobs(collate([encoded], pad, s.task.pad_side))
+        text, _ = model.token_logprobs(collate([written], pad, s.task.pad_side))
+    assert torch.allclose(spliced, text, atol=ATOL)
+    random = zoo.session(family, encoder={"type": "embedding"}).new_model(seed=4)
+    embeddings = s.base.model.get_input_embeddings()
+    with torch.no_grad():
+        spread = embeddings(torch.arange(len(s.tokenizer))).std().item()
+    assert 0.8 < random.encoder.table.std().item() / spread < 1.25
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_checkpoint_reload_gives_identical_predictions(zoo, family, tmp_path):
+    s = zoo.session(family)
+    model = s.new_model(seed=5).eval()
+    save_inference(s, model, tmp_path / "ckpt")
+    loaded = Predictor.load(tmp_path / "ckpt", base=s.base)
+    rows = [{"text": t} for t in TEXTS]
+    assert torch.equal(scores(loaded.session, loaded.model, rows), scores(s, model, rows))
+    assert loaded.predict_rows(rows) == s.predict(model, rows)
+
+
+PREFIX_TEMPLATE = "[P*4] Tweet text : {text} Label : [TARGET]"
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_peft_export_predicts_the_same_in_peft_and_imports_back(zoo, family, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from ptune.interop.peft import export_peft, import_peft
+
+    s = zoo.session(family, template=PREFIX_TEMPLATE)
+    model = s.new_model(seed=6).eval()
+    save_inference(s, model, tmp_path / "ckpt")
+    export_peft(tmp_path / "ckpt", tmp_path / "peft")
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["num_virtual_tokens"] == 4
+    base = AutoModelForCausalLM.from_pretrained(zoo.folder(family), dtype=torch.float32)
+    adapted = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
+    r = s.task.renderer
+    for text in TEXTS:
+        encoded = r.encode({"text": text}, r.target_ids("no complaint"))
+        with torch.no_grad():
+            ours, _ = model.target_logits(collate([encoded], s.tokenizer.pad_token_id))  # (1, K, V)
+            real = torch.tensor([[t for t, v in zip(encoded.input_ids, encoded.virtual_index) if v < 0]])
+            theirs = adapted(input_ids=real, attention_mask=torch.ones_like(real)).logits  # virtual positions too
+        k = ours.shape[1]
+        assert torch.allclose(theirs[:, -k - 1:-1], ours, atol=1e-4)
+    import_peft(tmp_path / "peft", tmp_path / "back")
+    rows = [{"text": t} for t in TEXTS]
+    back = Predictor.load(tmp_path / "back", base=s.base)
+    assert back.predict_rows(rows) == Predictor.load(tmp_path / "ckpt", base=s.base).predict_rows(rows)
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_mixed_task_batches_equal_per_task_predictions(zoo, family):
+    complaints = zoo.session(family)
+    sentiment = zoo.session(family, labels=["good", "bad"], template="[P*3] Review : {text} Sentiment : [TARGET]",
+                            verbalizer={"good": "great", "bad": "terrible"})
+    a, b = complaints.new_model(seed=7).eval(), sentiment.new_model(seed=8).eval()
+    rows_a = [{"text": t} for t in TEXTS]
+    rows_b = [{"text": t} for t in reversed(TEXTS[1:])]
+    with torch.inference_mode():
+        mixed = classify_mixed([(complaints.task, a, rows_a), (sentiment.task, b, rows_b)], 8, "cpu")
+    for got, want in zip(mixed, [complaints.predict(a, rows_a), sentiment.predict(b, rows_b)]):
+        assert [p["prediction"] for p in got] == [p["prediction"] for p in want]
+        for g, w in zip(got, want):
+            assert g["scores"] == pytest.approx(w["scores"], abs=2e-4)
+
+
+def test_a_model_ptune_cannot_p_tune_is_refused_by_type_before_its_weights_load(tmp_path):
+    """Whisper is an encoder-decoder over audio features: transformers has no seq2seq text LM for it. Its folder
+    holds a config and no weights, so the error can only come from the check made before loading them."""
+    from transformers import WhisperConfig
+
+    WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1).save_pretrained(tmp_path / "whisper")
+    with pytest.raises(ConfigError, match=r"model type 'whisper' cannot be P-tuned as a seq2seq LM: transformers "
+                                          r"has no AutoModelForSeq2SeqLM class"):
+        open_session(tiny_config(tmp_path / "whisper"), label_values=LABELS)
+
+
+def test_a_kind_the_model_does_not_have_is_refused_by_type(zoo):
+    cfg = tiny_config(zoo.folder("gpt2"), model={"kind": "masked"},
+                      task={"template": TEMPLATES["masked"], "verbalizer": VERBALIZER})
+    with pytest.raises(ConfigError, match="model type 'gpt2' cannot be P-tuned as a masked LM"):
+        open_session(cfg, label_values=LABELS)
