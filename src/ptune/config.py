@@ -73,9 +73,10 @@ class ModelConfig:
     kind: str = "auto"
     """``causal``, ``masked``, ``seq2seq`` (T5-style) or ``auto`` (read from the model's config)."""
     dtype: str = "auto"
-    """Dtype of the frozen model: ``auto`` (bfloat16 where the hardware runs it fast), ``float32`` or ``bfloat16``."""
+    """Dtype of the frozen model: ``auto`` (bfloat16 where the hardware runs it fast; float16 on a GPU without
+    bfloat16, training then with loss scaling), ``float32`` or ``bfloat16``."""
     device: str = "auto"
-    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """``auto`` (CUDA when present, else Apple's MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
 
     def __post_init__(self):
         _check_fields(self)

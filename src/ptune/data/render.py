@@ -195,6 +195,24 @@ def collate(examples: list[Encoded], pad_id: int, side: str = "left", device=Non
                                               for e in examples], dtype=torch.long).reshape(len(examples), k)
     if all(e.label_index is not None for e in examples):
         out["label_index"] = torch.tensor([e.label_index for e in examples], dtype=torch.long)
-    if device is not None:
-        out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
-    return out
+    return out if device is None else to_device(out, device)
+
+
+def to_device(tensors: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """Move a batch to ``device``; to a CUDA GPU through pinned (page-locked) host memory, so that the copy runs
+    asynchronously (``non_blocking``) while the host prepares what comes next.
+
+    Args:
+        tensors (`dict[str, torch.Tensor]`): the batch, on the CPU.
+        device (`torch.device | str`): where the model runs.
+
+    Returns:
+        `dict[str, torch.Tensor]`: the same tensors on ``device``.
+
+    Example:
+        >>> to_device({"input_ids": torch.zeros(2, 5, dtype=torch.long)}, "cpu")["input_ids"].shape
+        torch.Size([2, 5])
+    """
+    device = torch.device(device)
+    pinned = device.type == "cuda"
+    return {k: (v.pin_memory() if pinned else v).to(device, non_blocking=pinned) for k, v in tensors.items()}

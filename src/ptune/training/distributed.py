@@ -9,6 +9,7 @@ import torch
 
 from ..config import Config
 from ..errors import ConfigError
+from ..modeling.base import loss_scaling
 from ..modeling.ptuning import PTuningModel
 
 
@@ -31,12 +32,19 @@ class LossStep(torch.nn.Module):
         return total, weight
 
 
-def make_accelerator(tc, device: torch.device):
+def make_accelerator(tc, device: torch.device, base_dtype: torch.dtype = torch.float32):
     """The run's ``accelerate.Accelerator``: data-parallel processes (under ``accelerate launch``/torchrun), mixed
     precision and gradient accumulation from ``train.mixed_precision`` and ``train.grad_accum``. ptune places the
-    model itself (``model.device``; one GPU per process in a distributed run)."""
+    model itself (``model.device``; one GPU per process in a distributed run). A float16 frozen model on a GPU
+    (``model.dtype: auto`` where the GPU lacks bfloat16) gets Accelerate's loss scaler without autocast."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState, PartialState
+    from accelerate.utils import AutocastKwargs
+
+    precision, handlers = tc.mixed_precision, []
+    if precision == "no" and device.type == "cuda" and loss_scaling(base_dtype):
+        # the model already runs in float16 and the encoder stays float32: only the scaler is wanted
+        precision, handlers = "fp16", [AutocastKwargs(enabled=False)]
 
     if PartialState._shared_state and PartialState().num_processes == 1:
         # one process may train several configs in turn (tests, search, cv); Accelerate keeps its state process-wide
@@ -44,8 +52,8 @@ def make_accelerator(tc, device: torch.device):
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
     try:
-        return Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum,
-                           cpu=device.type == "cpu", device_placement=False)
+        return Accelerator(mixed_precision=precision, gradient_accumulation_steps=tc.grad_accum,
+                           cpu=device.type == "cpu", device_placement=False, kwargs_handlers=handlers)
     except ValueError as err:  # a precision this hardware lacks
         raise ConfigError(f"train.mixed_precision={tc.mixed_precision!r}: {' '.join(str(err).split())}") from None
 

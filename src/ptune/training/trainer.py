@@ -140,7 +140,7 @@ class Trainer:
             self._setup_step()
 
     def _setup_accelerator(self) -> None:
-        self.acc = make_accelerator(self.tc, self.session.device)
+        self.acc = make_accelerator(self.tc, self.session.device, self.session.base.model.dtype)
         self.world, self.rank, self.main = self.acc.num_processes, self.acc.process_index, self.acc.is_main_process
         check_batch_split(self.tc.batch_size, self.world)
 
