@@ -240,7 +240,10 @@ SERVE_DEFAULTS = {"max_rows": 64, "batch_wait_ms": 5.0}  # serving.protocol.Limi
               help="Require 'Authorization: Bearer KEY' on every endpoint but /health (repeatable; also read from "
                    "PTUNE_API_KEY, comma-separated).")
 @click.option("--insecure", is_flag=True, help="Allow listening beyond 127.0.0.1 without an API key.")
-def serve_cmd(checkpoints, host, port, device, max_rows, batch_wait_ms, api_keys, insecure):
+@click.option("--tasks-dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Allow adding tasks from checkpoints inside DIR (POST /v1/tasks {\"name\", \"path\"}) and "
+                   "removing them (DELETE /v1/tasks/NAME) while serving.")
+def serve_cmd(checkpoints, host, port, device, max_rows, batch_wait_ms, api_keys, insecure, tasks_dir):
     """Serve checkpoints (DIR or NAME=DIR, one frozen base model shared) over HTTP: native and OpenAI-compatible
     endpoints (/v1/completions, /v1/chat/completions with model = task name)."""
     import os
@@ -255,7 +258,7 @@ def serve_cmd(checkpoints, host, port, device, max_rows, batch_wait_ms, api_keys
     keys = api_keys_from(api_keys, os.environ.get("PTUNE_API_KEY"))
     check_bind(host, keys, insecure)  # before the model loads
     app = create_app(parse_checkpoint_args(list(checkpoints)), device=device,
-                     limits=Limits(max_rows=max_rows, batch_wait_ms=batch_wait_ms), api_keys=keys)
+                     limits=Limits(max_rows=max_rows, batch_wait_ms=batch_wait_ms), api_keys=keys, tasks_dir=tasks_dir)
     click.echo(f"serving {', '.join(app.state.tasks)} on http://{host}:{port}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
 

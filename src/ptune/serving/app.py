@@ -14,7 +14,9 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..errors import PtuneError
 from .auth import RequireKey
+from .live import add_task, remove_task
 from .batcher import Batcher
 from .openai_routes import add_openai_routes
 from .protocol import ClassifyAnswer, GenerateAnswer, Limits, RequestError, check_request, native_request_schemas
@@ -26,8 +28,8 @@ DOCS_ASSETS = "/docs-assets"
 
 
 def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[str, ServedTask] | None = None,
-               limits: Limits | None = None, device: str | None = None, api_keys: list[str] | None = None
-               ) -> FastAPI:
+               limits: Limits | None = None, device: str | None = None, api_keys: list[str] | None = None,
+               tasks_dir: str | Path | None = None) -> FastAPI:
     """A FastAPI app serving ``checkpoints`` (name -> directory), or already loaded ``tasks``.
 
     Args:
@@ -37,6 +39,8 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
         device (str | None): overrides the checkpoints' ``model.device``.
         api_keys (list[str] | None): if given, every endpoint but ``/health`` needs ``Authorization: Bearer KEY``
             with one of them.
+        tasks_dir (str | Path | None): if given, ``POST /v1/tasks`` adds checkpoints from inside it and
+            ``DELETE /v1/tasks/NAME`` removes tasks, while serving.
 
     Returns:
         FastAPI: the app; ``app.state.tasks`` holds the tasks, ``app.state.batcher`` the batcher.
@@ -48,7 +52,11 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
     limits = limits or Limits()
     if tasks is None:
         tasks = load_tasks(dict(checkpoints or {}), device=device)
-    state = ServingState(tasks, Batcher(limits), limits)
+    root = Path(tasks_dir).resolve() if tasks_dir is not None else None
+    if root is not None and not root.is_dir():
+        raise PtuneError(f"serve: the tasks directory {tasks_dir} is not a directory")
+    base = next(iter(tasks.values())).predictor.session.base if tasks else None
+    state = ServingState(tasks, Batcher(limits), limits, tasks_dir=root, device=device, base=base)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -67,6 +75,7 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
     add_error_handlers(app)
     add_native_routes(app, state)
     add_openai_routes(app, state)
+    add_task_routes(app, state)
     if api_keys:
         app.add_middleware(RequireKey, keys=list(api_keys))
     return app
@@ -133,3 +142,23 @@ def add_native_routes(app: FastAPI, state: ServingState) -> None:
               responses=native_error_docs())
     async def generate(request: Request):
         return await answer_native(state, request, "generate")
+
+
+def add_task_routes(app: FastAPI, state: ServingState) -> None:
+    """``POST /v1/tasks`` and ``DELETE /v1/tasks/{name}`` (see ``live.py``)."""
+
+    @app.post("/v1/tasks", status_code=201)
+    async def add(request: Request):
+        try:
+            task = await add_task(state, await read_json(request, state.limits))
+        except RequestError as err:
+            return error_response(err.status, err.message)
+        return {"task": task.describe()}
+
+    @app.delete("/v1/tasks/{name}")
+    async def remove(name: str):
+        try:
+            remove_task(state, name)
+        except RequestError as err:
+            return error_response(err.status, err.message)
+        return {"deleted": name}

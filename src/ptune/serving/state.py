@@ -3,11 +3,14 @@ a bounded JSON body; predict through the batcher, turning failures into request 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import DataError
+from ..modeling.base import FrozenBase
 from .batcher import Batcher
 from .protocol import Limits, RequestError
 from .tasks import ServedTask
@@ -23,11 +26,19 @@ class ServingState:
         tasks (dict[str, ServedTask]): the tasks by name (the routes see tasks added or removed later).
         batcher (Batcher): runs every model call.
         limits (Limits): request limits.
+        tasks_dir (Path | None): where tasks may be added from while serving (None: the tasks are fixed).
+        device (str | None): the device override added tasks load with.
+        base (FrozenBase | None): the base model every task runs on (added tasks must match it).
     """
 
     tasks: dict[str, ServedTask]
     batcher: Batcher
     limits: Limits
+    tasks_dir: Path | None = None
+    device: str | None = None
+    base: FrozenBase | None = None
+    changing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    """Held while a task is being added."""
 
 
 async def read_json(request, limits: Limits):

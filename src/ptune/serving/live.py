@@ -1,0 +1,90 @@
+"""Tasks added and removed while the server runs (``--tasks-dir DIR``).
+
+    POST   /v1/tasks        {"name": NAME, "path": PATH}   -> 201 {"task": {...}}   PATH inside DIR (relative to it,
+                                                                                 or absolute); symlinks resolved
+    DELETE /v1/tasks/NAME                                 -> {"deleted": NAME}
+
+A new checkpoint is loaded over the server's base model (a checkpoint for another base model is refused with the
+reason), on the model thread, between batches. Requests already queued or running keep the task they named, so they
+finish after the task is removed. With API keys set, both need the key like every other endpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from ..errors import PtuneError
+from ..inference import Predictor
+from .protocol import NAME_RE, RequestError
+from .state import ServingState
+from .tasks import ServedTask
+
+
+def resolve_under(root: Path, path) -> Path:
+    """``path`` (relative to ``root``, or absolute) with every symlink resolved; it must exist inside ``root``.
+
+    Args:
+        root (Path): the tasks directory, already resolved.
+        path: what the client sent.
+
+    Returns:
+        Path: the resolved checkpoint directory.
+
+    Example:
+        >>> resolve_under(Path("/srv/tasks"), "../etc")  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        ptune.serving.protocol.RequestError: '../etc' is outside the tasks directory
+    """
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise RequestError(422, "'path' must be a non-empty string: a checkpoint directory inside the tasks directory")
+    try:
+        resolved = (root / path).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, a symlink loop, unreadable
+        resolved = None
+    if resolved is not None and not resolved.is_relative_to(root):
+        raise RequestError(403, f"{path[:200]!r} is outside the tasks directory")
+    if resolved is None or not resolved.is_dir():
+        raise RequestError(404, f"no checkpoint directory at {path[:200]!r} in the tasks directory")
+    return resolved
+
+
+def check_add_request(body, state: ServingState) -> tuple[str, Path]:
+    """(name, resolved checkpoint directory) from a ``POST /v1/tasks`` body, or a RequestError."""
+    if state.tasks_dir is None:
+        raise RequestError(403, "adding tasks is off: start the server with --tasks-dir DIR")
+    if not isinstance(body, dict) or set(body) != {"name", "path"}:
+        raise RequestError(422, "the body must be {\"name\": NAME, \"path\": PATH}")
+    name = body["name"]
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise RequestError(422, "'name' must be 1-64 letters, digits, '.', '_' or '-'")
+    if name in state.tasks:
+        raise RequestError(409, f"task {name!r} exists; delete it first to replace it")
+    return name, resolve_under(state.tasks_dir, body["path"])
+
+
+async def add_task(state: ServingState, body) -> ServedTask:
+    """Load the checkpoint a ``POST /v1/tasks`` body names and serve it."""
+    name, folder = check_add_request(body, state)
+    async with state.changing:  # one load at a time: two adds of one name cannot both pass the check above
+        if name in state.tasks:
+            raise RequestError(409, f"task {name!r} exists; delete it first to replace it")
+        load = functools.partial(Predictor.load, folder, base=state.base, device=state.device)
+        try:
+            predictor = await state.batcher.run_alone(load)
+        except PtuneError as err:  # another base model, a damaged manifest, ...
+            raise RequestError(422, str(err)) from None
+        task = ServedTask(name, str(folder), predictor)
+        state.tasks[name] = task
+        state.base = state.base or predictor.session.base
+    return task
+
+
+def remove_task(state: ServingState, name: str) -> None:
+    """Stop serving ``name``; requests that already hold it finish."""
+    if state.tasks_dir is None:
+        raise RequestError(403, "removing tasks is off: start the server with --tasks-dir DIR")
+    if name not in state.tasks:
+        raise RequestError(404, f"unknown task {name[:64]!r}; known tasks: {', '.join(sorted(state.tasks))}")
+    del state.tasks[name]
