@@ -36,12 +36,13 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from machine import describe, summary_line
+from memory import PeakRSS, rss_mb, ru_maxrss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "reference_twitter_complaints.yaml"
@@ -79,37 +80,6 @@ def read_rows(path: Path) -> list[dict]:
     from ptune.data.tables import read_table
 
     return read_table(path).rows
-
-
-class PeakRSS:
-    """Peak resident set size of this process, sampled in a thread while active."""
-
-    def __init__(self, interval=0.005):
-        import psutil
-
-        self.proc, self.interval, self.peak = psutil.Process(), interval, 0
-        self._stop = threading.Event()
-        self._thread = None
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-
-
-def ru_maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
 def model_sizes(model) -> tuple[int, int, int, int]:
@@ -155,7 +125,7 @@ def run_peft(args) -> dict:
     rows = read_rows(Path(args.data) / "train.csv")
     test = read_rows(Path(args.data) / "test_unlabeled.csv")[:args.test_rows]
     labels = sorted({r[LABEL] for r in rows})
-    rss_loaded = psutil_rss_mb()
+    rss_loaded = rss_mb()
 
     def encode_train(row):
         x = tok(f"{TEXT} : {row[TEXT]} Label : ", add_special_tokens=False)["input_ids"]
@@ -235,12 +205,6 @@ def run_peft(args) -> dict:
     return finish(result, sizes, positions, positions, train_s)  # logits at every position, virtual ones included
 
 
-def psutil_rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # ptune, from its reference config
 
@@ -257,7 +221,7 @@ def run_ptune(args) -> dict:
     cfg = load_config(CONFIG, [f"data.train={train_csv}", f"train.epochs={args.epochs}",
                                f"train.eval_batch_size={args.predict_batch}"])
     session, table, _ = prepare(cfg)
-    rss_loaded = psutil_rss_mb()
+    rss_loaded = rss_mb()
     rows = table.rows
     test = read_rows(Path(args.data) / "test_unlabeled.csv")[:args.test_rows]
     sizes = model_sizes(session.base.model)
@@ -303,43 +267,6 @@ def run_ptune(args) -> dict:
 # The parent
 
 
-def matmul_rate(dtype_name: str, n: int = 2048, seconds: float = 1.0) -> float:
-    """FLOP/s of an n x n matmul in the given dtype on the benchmark's device (best of several timed runs)."""
-    import torch
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(2):
-        a @ b
-    sync()
-    best, end = math.inf, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        sync()
-        best = min(best, (time.perf_counter() - t0) / 4)
-    return 2 * n ** 3 / best
-
-
-def device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)}"
-    model = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model or 'unknown'} ({torch.get_num_threads()} threads)"
-
-
 def child(args, role: str) -> dict:
     argv = [sys.executable, str(Path(__file__).resolve()), "--role", role, "--data", args.data,
             "--epochs", str(args.epochs), "--cv-folds", str(args.cv_folds), "--test-rows", str(args.test_rows),
@@ -373,9 +300,11 @@ def main(argv=None) -> None:
         return
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    peak_bf16 = matmul_rate("bfloat16")
-    peak_fp32 = matmul_rate("float32")
-    out: dict = {"device": device_name(), "torch": torch.__version__, "mode": "quick" if args.quick else "full",
+    machine = describe()
+    peak_bf16, peak_fp32 = machine["matmul_bf16_gflops"] * 1e9, machine["matmul_fp32_gflops"] * 1e9
+    device = f"cuda: {machine['cuda']}" if machine["cuda"] else f"cpu: {machine['cpu_model']}"
+    out: dict = {"machine": machine, "device": f"{device} ({machine['torch_threads']} threads)",
+                 "torch": torch.__version__, "mode": "quick" if args.quick else "full",
                  "epochs": args.epochs, "cv_folds": args.cv_folds, "test_rows": args.test_rows,
                  "predict_batch": args.predict_batch, "threads": torch.get_num_threads(),
                  "load_average_at_start": round(os.getloadavg()[0], 2), "matmul_bf16_flops": peak_bf16, "matmul_fp32_flops": peak_fp32}
@@ -398,6 +327,20 @@ def main(argv=None) -> None:
             "peak_rss_training": round(q["peak_rss_training_mb"] / p["peak_rss_training_mb"], 3),
         }
     print(json.dumps(out))
+    print_table(out, systems)
+
+
+def print_table(out: dict, systems: list[str]) -> None:
+    """A few lines for people, on stderr (stdout stays one JSON line)."""
+    lines = [summary_line(out["machine"]),
+             f"{'system':8} {'train ex/s':>10} {'predict rows/s':>14} {'peak RSS MB':>11} {'cv acc':>6} {'MFU bf16':>8}"]
+    for role in systems:
+        r = out[role]
+        lines.append(f"{role:8} {r['train_examples_per_s']:10.2f} {r['predict_rows_per_s']:14.2f} "
+                     f"{r['peak_rss_training_mb']:11.0f} {r['cv_accuracy']:6.3f} {r['train_mfu_vs_bf16_matmul']:8.4f}")
+    if "ratio_ptune_over_peft" in out:
+        lines.append(f"ptune / peft: {out['ratio_ptune_over_peft']}")
+    print("\n".join(lines), file=sys.stderr)
 
 
 if __name__ == "__main__":
