@@ -48,6 +48,22 @@ def check_inputs(cfg: Config, template: Template, table: Table, *, labelled: boo
 
 @dataclass
 class Session:
+    """Everything a run needs, built once from a config by ``open_session``: the frozen base model, the template,
+    the task (with its renderer and labels) and the device; models over the base come from ``new_model``.
+
+    Args:
+        cfg (`Config`): the run's configuration.
+        base (`FrozenBase`): the frozen model, its tokenizer, kind and identity.
+        template (`Template`): the parsed ``task.template``.
+        task (`Task`): the task object for ``task.type``.
+        device (`torch.device`): where the base model's weights are.
+        unlabeled (`Table`, *optional*): see below.
+
+    Example:
+        >>> session = open_session(cfg, label_values=["complaint", "no complaint"])
+        >>> model = session.new_model(seed=1)
+        >>> session.predict(model, [{"text": "my order arrived late"}])[0]["prediction"]
+    """
     cfg: Config
     base: FrozenBase
     template: Template
@@ -62,7 +78,15 @@ class Session:
         return self.base.tokenizer
 
     def new_model(self, seed: int | None = None) -> PTuningModel:
-        """A fresh prompt encoder (seeded) over the shared frozen base."""
+        """A fresh P-tuning model over the shared frozen base: a new prompt encoder (and, with ``task.head:
+        linear``, a new classifier) initialised from ``seed`` (default ``train.seed``).
+
+        Args:
+            seed (`int`, *optional*): seeds the encoder's (and classifier's) initial weights.
+
+        Returns:
+            `PTuningModel`: the model for the base's kind, in training mode.
+        """
         seed_everything(self.cfg.train.seed if seed is None else seed)
         embeddings = self.base.model.get_input_embeddings()
         n, dim = self.template.n_virtual, embeddings.weight.shape[1]
@@ -75,6 +99,8 @@ class Session:
         return build_ptuning_model(self.base.model, encoder, self.base.kind, classifier)
 
     def predict(self, model: PTuningModel, rows: list[dict], progress=None) -> list[dict]:
+        """The task's predictions for ``rows`` (model in evaluation mode, no autograd), ``train.eval_batch_size``
+        rows at a time."""
         model.eval()
         with torch.inference_mode():
             return self.task.predict(model, rows, self.cfg.train.eval_batch_size, self.device, progress)

@@ -15,7 +15,17 @@ from ..config import EncoderConfig
 
 
 class PromptEncoder(nn.Module):
-    """Base: owns ``table`` (n_virtual, d), the input that the subclasses transform."""
+    """Base of the prompt encoders: owns ``table`` (n_virtual, d), the trainable input that the subclasses
+    transform into the virtual-token embeddings. Takes no input: the prompt does not depend on the row.
+
+    Args:
+        n_virtual (`int`): the number of virtual tokens n.
+        dim (`int`): the base model's embedding width d.
+        init (`torch.Tensor`, *optional*): (n, d) the table's starting value (``init_table``); default N(0, 1).
+
+    Returns (``forward()``):
+        `torch.Tensor`: (n, d) the virtual-token embeddings.
+    """
 
     def __init__(self, n_virtual: int, dim: int, init: torch.Tensor | None = None):
         super().__init__()
@@ -31,14 +41,34 @@ class PromptEncoder(nn.Module):
 
 
 class EmbeddingEncoder(PromptEncoder):
-    """Plain prompt tuning: the table itself is the prompt (no reparameterisation)."""
+    """Plain prompt tuning: the table itself is the prompt (no reparameterisation).
+
+    Args:
+        n_virtual (`int`), dim (`int`), init (`torch.Tensor`, *optional*): see ``PromptEncoder``.
+
+    Example:
+        >>> encoder = EmbeddingEncoder(4, 576)
+        >>> encoder().shape
+        torch.Size([4, 576])
+    """
 
     def forward(self) -> torch.Tensor:
         return self.table
 
 
 class MLPEncoder(PromptEncoder):
-    """Table -> ``num_layers`` hidden layers of width ``hidden_size`` with ReLU -> back to the model's width."""
+    """Table -> ``num_layers`` hidden layers of width ``hidden_size`` with ReLU -> back to the model's width.
+
+    Args:
+        n_virtual (`int`), dim (`int`), init (`torch.Tensor`, *optional*): see ``PromptEncoder``.
+        hidden_size (`int`): the hidden layers' width.
+        num_layers (`int`): the number of hidden layers (0: one linear map).
+
+    Example:
+        >>> encoder = MLPEncoder(20, 576, hidden_size=128, num_layers=2)
+        >>> encoder().shape
+        torch.Size([20, 576])
+    """
 
     def __init__(self, n_virtual: int, dim: int, hidden_size: int, num_layers: int, init=None):
         super().__init__(n_virtual, dim, init)
@@ -56,7 +86,18 @@ class MLPEncoder(PromptEncoder):
 
 class LSTMEncoder(PromptEncoder):
     """The paper's encoder: a bidirectional LSTM over the table (so virtual tokens depend on each other), then a
-    two-layer MLP head back to the model's width."""
+    two-layer MLP head back to the model's width.
+
+    Args:
+        n_virtual (`int`), dim (`int`), init (`torch.Tensor`, *optional*): see ``PromptEncoder``.
+        hidden_size (`int`): the LSTM's hidden size per direction (the head's width is twice this).
+        num_layers (`int`): the LSTM's layers.
+
+    Example:
+        >>> encoder = LSTMEncoder(20, 576, hidden_size=128, num_layers=2)
+        >>> encoder().shape  # (1, 20, 256) out of the LSTM, back to (20, 576)
+        torch.Size([20, 576])
+    """
 
     def __init__(self, n_virtual: int, dim: int, hidden_size: int, num_layers: int, init=None):
         super().__init__(n_virtual, dim, init)
@@ -80,6 +121,22 @@ ENCODERS: dict[str, Callable[..., PromptEncoder]] = {
 
 
 def build_encoder(cfg: EncoderConfig, n_virtual: int, dim: int, init: torch.Tensor | None = None) -> PromptEncoder:
+    """The prompt encoder ``cfg.type`` names (``embedding``, ``mlp`` or ``lstm``).
+
+    Args:
+        cfg (`EncoderConfig`): the ``encoder`` section (type, hidden_size, num_layers).
+        n_virtual (`int`): the number of virtual tokens.
+        dim (`int`): the base model's embedding width.
+        init (`torch.Tensor`, *optional*): (n_virtual, dim) the starting table.
+
+    Returns:
+        `PromptEncoder`: the encoder, on the CPU.
+
+    Example:
+        >>> encoder = build_encoder(EncoderConfig(type="lstm", hidden_size=128), 20, 576)
+        >>> encoder().shape
+        torch.Size([20, 576])
+    """
     return ENCODERS[cfg.type](n_virtual, dim, cfg, init)
 
 
