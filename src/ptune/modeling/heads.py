@@ -202,12 +202,11 @@ def block_output(base: nn.Module, layer: int, **forward_kwargs) -> torch.Tensor:
     """(B, T, d): the output of the ``layer``-th block (1-based) of ``base``'s decoder body for these inputs.
 
     The forward pass stops there, so the blocks above it never run. transformers offers no "stop at block k"
-    switch, and ``output_hidden_states`` would run them all; a forward hook on that block (inert for every other
-    call and thread) ends the pass with an exception that carries the block's output out."""
+    switch, and ``output_hidden_states`` would run them all; a forward hook on that block, there for this call only
+    (and inert for other threads running the same model meanwhile), ends the pass with an exception that carries
+    the block's output out."""
     block = decoder_layers(base)[layer - 1]
-    if not getattr(block, "_ptune_stop_hook", False):
-        block.register_forward_hook(_stop_hook)
-        block._ptune_stop_hook = True
+    handle = block.register_forward_hook(_stop_hook)
     _stop_here.block = block
     try:
         base.base_model(**forward_kwargs)
@@ -215,4 +214,5 @@ def block_output(base: nn.Module, layer: int, **forward_kwargs) -> torch.Tensor:
         return stop.hidden
     finally:
         _stop_here.block = None
+        handle.remove()
     raise RuntimeError(f"block {layer} never ran")
