@@ -11,21 +11,18 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ..errors import PtuneError
 from .auth import RequireKey
 from .live import add_task, remove_task
 from .batcher import Batcher
 from .openai_routes import add_openai_routes
-from .protocol import ClassifyAnswer, GenerateAnswer, Limits, RequestError, check_request, native_request_schemas
+from .openapi import ServingAPI, add_offline_docs
+from .protocol import ClassifyAnswer, GenerateAnswer, Limits, RequestError, check_request
 from .state import ServingState, predict, read_json
 from .tasks import ServedTask, load_tasks
-
-DOCS_ASSETS = "/docs-assets"
-"""Where the Swagger UI's script, stylesheet and icon are served."""
-
 
 def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[str, ServedTask] | None = None,
                limits: Limits | None = None, device: str | None = None, api_keys: list[str] | None = None,
@@ -64,15 +61,13 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
         yield
         await state.batcher.stop()
 
-    # /docs is the Swagger UI with its scripts served from this server (fastapi-offline ships them), so it works
-    # without internet access; request bodies are parsed and checked by check_request (its messages name the row
-    # and field), so they are declared in the schema, not bound
-    app = FastAPIOffline(title="ptune", description="P-tuned tasks over one frozen base model.", lifespan=lifespan,
-                         redoc_url=None, openapi_url="/openapi.json", docs_url="/docs", static_url=DOCS_ASSETS)
+    app = ServingAPI(state, bool(api_keys), title="ptune", description="P-tuned tasks over one frozen base model.",
+                     lifespan=lifespan, redoc_url=None, docs_url=None, openapi_url="/openapi.json")
     app.state.tasks = tasks
     app.state.batcher = state.batcher
     app.state.serving = state
     add_error_handlers(app)
+    add_offline_docs(app)
     add_native_routes(app, state)
     add_openai_routes(app, state)
     add_task_routes(app, state)
@@ -90,11 +85,25 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
-        return error_response(exc.status_code, str(exc.detail))
+        if exc.status_code == 405:  # Allow lists every method of the path (starlette names one route's only)
+            allowed = allowed_methods(app, request.scope)
+            return JSONResponse({"error": f"method {request.method} is not allowed here; use {allowed}"},
+                                status_code=405, headers={"Allow": allowed})
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, exc):
         return error_response(422, "invalid request")
+
+
+def allowed_methods(app: FastAPI, scope) -> str:
+    """The methods some route takes at this request's path, e.g. ``GET, HEAD, POST``."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 async def answer_native(state: ServingState, request: Request, op: str):
@@ -110,11 +119,16 @@ async def answer_native(state: ServingState, request: Request, op: str):
     return {"predictions": [{"text": p["prediction"]} for p in preds]}
 
 
-def native_error_docs() -> dict:
-    return {code: {"description": text, "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"error": {"type": "string"}}}}}}
-        for code, text in ((400, "invalid JSON or wrong endpoint for the task"), (404, "unknown task"),
-                           (413, "too many rows or too large"), (422, "missing, empty or invalid field"))}
+ERRORS = {400: "invalid JSON or wrong endpoint for the task", 403: "adding or removing tasks is off, or the path is "
+          "outside the tasks directory", 404: "unknown task or path", 409: "the task exists",
+          413: "too many rows or too large", 422: "missing, empty or invalid field"}
+
+
+def native_error_docs(*extra: int) -> dict:
+    """The error answers of a native endpoint, for the OpenAPI document."""
+    return {code: {"description": ERRORS[code], "content": {"application/json": {"schema": {
+        "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}}
+        for code in (400, 404, 413, 422, *extra)}
 
 
 def add_native_routes(app: FastAPI, state: ServingState) -> None:
@@ -128,18 +142,12 @@ def add_native_routes(app: FastAPI, state: ServingState) -> None:
     async def list_tasks():
         return {"tasks": [t.describe() for t in state.tasks.values()]}
 
-    classify_body, generate_body = native_request_schemas()
-
-    def body(schema) -> dict:
-        return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-    @app.post("/v1/classify", openapi_extra=body(classify_body), response_model=ClassifyAnswer,
-              responses=native_error_docs())
+    # the bodies are declared in the document by ServingAPI.openapi (they are checked by hand, not bound)
+    @app.post("/v1/classify", response_model=ClassifyAnswer, responses=native_error_docs())
     async def classify(request: Request):
         return await answer_native(state, request, "classify")
 
-    @app.post("/v1/generate", openapi_extra=body(generate_body), response_model=GenerateAnswer,
-              responses=native_error_docs())
+    @app.post("/v1/generate", response_model=GenerateAnswer, responses=native_error_docs())
     async def generate(request: Request):
         return await answer_native(state, request, "generate")
 
@@ -147,7 +155,7 @@ def add_native_routes(app: FastAPI, state: ServingState) -> None:
 def add_task_routes(app: FastAPI, state: ServingState) -> None:
     """``POST /v1/tasks`` and ``DELETE /v1/tasks/{name}`` (see ``live.py``)."""
 
-    @app.post("/v1/tasks", status_code=201)
+    @app.post("/v1/tasks", status_code=201, responses=native_error_docs(403, 409))
     async def add(request: Request):
         try:
             task = await add_task(state, await read_json(request, state.limits))
@@ -155,7 +163,7 @@ def add_task_routes(app: FastAPI, state: ServingState) -> None:
             return error_response(err.status, err.message)
         return {"task": task.describe()}
 
-    @app.delete("/v1/tasks/{name}")
+    @app.delete("/v1/tasks/{name}", responses=native_error_docs(403))
     async def remove(name: str):
         try:
             remove_task(state, name)

@@ -88,3 +88,11 @@ def remove_task(state: ServingState, name: str) -> None:
     if name not in state.tasks:
         raise RequestError(404, f"unknown task {name[:64]!r}; known tasks: {', '.join(sorted(state.tasks))}")
     del state.tasks[name]
+
+
+def add_request_schema() -> dict:
+    """The JSON schema of a ``POST /v1/tasks`` body."""
+    return {"type": "object", "required": ["name", "path"], "additionalProperties": False, "properties": {
+        "name": {"type": "string", "pattern": NAME_RE.pattern, "description": "the new task's name"},
+        "path": {"type": "string", "minLength": 1,
+                 "description": "a checkpoint directory inside the tasks directory (relative to it, or absolute)"}}}

@@ -54,33 +54,33 @@ from .tasks import ServedTask
 
 OBJECT_OF = {"completion": "text_completion", "chat": "chat.completion"}
 
-# key -> (accepted when, why not otherwise); a key absent or null is always accepted
+# key -> (the values accepted besides null, why others are not); the same table writes the OpenAPI schema
 NEUTRAL = {
-    "temperature": (lambda v: v == 0, "only greedy decoding is served: temperature must be 0 or null"),
-    "top_p": (lambda v: v == 1, "only greedy decoding is served: top_p must be 1 or null"),
-    "n": (lambda v: v == 1, "one choice per prompt: n must be 1"),
-    "best_of": (lambda v: v == 1, "best_of must be 1"),
-    "stop": (lambda v: v == [] or v == "", "stop sequences are not supported"),
-    "presence_penalty": (lambda v: v == 0, "penalties are not supported"),
-    "frequency_penalty": (lambda v: v == 0, "penalties are not supported"),
-    "logit_bias": (lambda v: v == {}, "logit_bias is not supported"),
-    "echo": (lambda v: v is False, "echo is not supported"),
-    "suffix": (lambda v: v == "", "suffix is not supported"),
-    "tools": (lambda v: v == [], "tools are not supported"),
-    "tool_choice": (lambda v: v == "none", "tools are not supported"),
-    "parallel_tool_calls": (lambda v: v is False, "tools are not supported"),
-    "functions": (lambda v: v == [], "functions are not supported"),
-    "function_call": (lambda v: v == "none", "functions are not supported"),
-    "response_format": (lambda v: v == {"type": "text"}, "only text responses are supported"),
-    "modalities": (lambda v: v == ["text"], "only text responses are supported"),
-    "audio": (lambda v: False, "audio is not supported"),
-    "prediction": (lambda v: False, "predicted outputs are not supported"),
-    "store": (lambda v: v is False, "completions are not stored"),
-    "metadata": (lambda v: False, "completions are not stored, so metadata is not supported"),
-    "reasoning_effort": (lambda v: False, "reasoning_effort is not supported"),
-    "service_tier": (lambda v: v in ("auto", "default"), "service tiers are not supported"),
-    "web_search_options": (lambda v: False, "web search is not supported"),
-    "verbosity": (lambda v: False, "verbosity is not supported"),
+    "temperature": ([0], "only greedy decoding is served: temperature must be 0 or null"),
+    "top_p": ([1], "only greedy decoding is served: top_p must be 1 or null"),
+    "n": ([1], "one choice per prompt: n must be 1"),
+    "best_of": ([1], "best_of must be 1"),
+    "stop": ([[], ""], "stop sequences are not supported"),
+    "presence_penalty": ([0], "penalties are not supported"),
+    "frequency_penalty": ([0], "penalties are not supported"),
+    "logit_bias": ([{}], "logit_bias is not supported"),
+    "echo": ([False], "echo is not supported"),
+    "suffix": ([""], "suffix is not supported"),
+    "tools": ([[]], "tools are not supported"),
+    "tool_choice": (["none"], "tools are not supported"),
+    "parallel_tool_calls": ([False], "tools are not supported"),
+    "functions": ([[]], "functions are not supported"),
+    "function_call": (["none"], "functions are not supported"),
+    "response_format": ([{"type": "text"}], "only text responses are supported"),
+    "modalities": ([["text"]], "only text responses are supported"),
+    "audio": ([], "audio is not supported"),
+    "prediction": ([], "predicted outputs are not supported"),
+    "store": ([False], "completions are not stored"),
+    "metadata": ([], "completions are not stored, so metadata is not supported"),
+    "reasoning_effort": ([], "reasoning_effort is not supported"),
+    "service_tier": (["auto", "default"], "service tiers are not supported"),
+    "web_search_options": ([], "web search is not supported"),
+    "verbosity": ([], "verbosity is not supported"),
 }
 COMMON_KEYS = {"model", "stream", "stream_options", "seed", "user", "max_tokens", "logprobs"}
 COMPLETION_KEYS = COMMON_KEYS | {"prompt"} | {"temperature", "top_p", "n", "best_of", "stop", "presence_penalty",
@@ -137,6 +137,13 @@ def find_task(body: dict, tasks: dict[str, ServedTask]) -> ServedTask:
     return tasks[name]
 
 
+def same(value, accepted) -> bool:
+    """JSON equality: 0 and 0.0 are the same number, but true is not 1 (Python's == says it is)."""
+    if isinstance(value, bool) or isinstance(accepted, bool):
+        return type(value) is type(accepted) and value == accepted
+    return value == accepted
+
+
 def check_keys(body, allowed: set[str]) -> None:
     """Refuse keys OpenAI's API does not define for the endpoint, and parameters this server cannot honour."""
     if not isinstance(body, dict):
@@ -145,7 +152,7 @@ def check_keys(body, allowed: set[str]) -> None:
         if key not in allowed:
             raise RequestError(400, f"unrecognized request argument: {key[:64]!r}", param=key[:64])
         value = body[key]
-        if key in NEUTRAL and value is not None and not NEUTRAL[key][0](value):
+        if key in NEUTRAL and value is not None and not any(same(value, v) for v in NEUTRAL[key][0]):
             raise RequestError(400, f"{key}={json.dumps(value)[:64]}: {NEUTRAL[key][1]}", param=key,
                                code="unsupported_parameter")
 
@@ -317,3 +324,64 @@ def models_body(tasks: dict[str, ServedTask]) -> dict:
 
 def model_entry(task: ServedTask) -> dict:
     return {"id": task.name, "object": "model", "created": task.created, "owned_by": "ptune"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenAPI
+
+
+def request_schema(kind: str, tasks: dict[str, ServedTask], limits: Limits) -> dict:
+    """The JSON schema of a ``/v1/completions`` (``kind="completion"``) or ``/v1/chat/completions`` (``"chat"``)
+    body: the keys this server takes, the values it honours, the tasks as ``model``.
+
+    Args:
+        kind (str): ``completion`` or ``chat``.
+        tasks (dict[str, ServedTask]): the tasks served now.
+        limits (Limits): prompts per request, field lengths, tokens.
+
+    Returns:
+        dict: the schema.
+
+    Example:
+        >>> request_schema("chat", {}, Limits())["required"]
+        ['model', 'messages']
+    """
+    text = {"type": "string", "minLength": 1, "maxLength": limits.max_field_chars}
+    budget = {"type": ["integer", "null"], "minimum": 1, "maximum": limits.max_new_tokens,
+              "description": "generation tasks: at most this many tokens (default: the task's task.max_new_tokens)"}
+    props = {"model": {"type": "string", "enum": list(tasks), "description": "a task name"} if tasks else
+             {"type": "string", "description": "a task name (no task is served now)"},
+             "stream": {"type": ["boolean", "null"], "default": False},
+             "stream_options": {"type": ["object", "null"], "additionalProperties": False,
+                                "properties": {"include_usage": {"type": "boolean"}}},
+             "seed": {"type": ["integer", "null"]}, "user": {"type": ["string", "null"]}, "max_tokens": budget}
+    if kind == "completion":
+        props["prompt"] = {"oneOf": [text, {"type": "array", "minItems": 1, "maxItems": limits.max_rows,
+                                            "items": text}],
+                           "description": "the task's field, or a JSON object of its fields"}
+        props["logprobs"] = {"type": ["integer", "null"], "minimum": 0, "maximum": 5,
+                             "description": "classification answers carry every label's score anyway"}
+    else:
+        part = {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"},
+                                                                              "text": {"type": "string"}}}
+        message = {"type": "object", "required": ["role"], "properties": {
+            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": part}, {"type": "null"}]}}}
+        props["messages"] = {"type": "array", "minItems": 1, "items": message,
+                             "description": "the last message is the user's; its text is the task's input"}
+        props["max_completion_tokens"] = budget
+        props["logprobs"] = {"type": ["boolean", "null"]}
+        props["top_logprobs"] = {"type": ["integer", "null"], "minimum": 0, "maximum": 20}
+    allowed = COMPLETION_KEYS if kind == "completion" else CHAT_KEYS
+    for key in sorted(allowed & set(NEUTRAL)):
+        values, why = NEUTRAL[key]
+        props[key] = {"enum": [*values, None], "description": why}
+    return {"type": "object", "required": ["model", "prompt" if kind == "completion" else "messages"],
+            "additionalProperties": False, "properties": props}
+
+
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "param", "code"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+"""OpenAI's error shape, as the OpenAPI document declares it."""

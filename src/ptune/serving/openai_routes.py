@@ -9,13 +9,16 @@ import threading
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from .openai import (OpenAIRequest, answer_body, chunk_body, label_logprobs, model_entry, models_body,
+from .openai import (ERROR_SCHEMA, OpenAIRequest, answer_body, chunk_body, label_logprobs, model_entry, models_body,
                      openai_error, parse_chat, parse_completion, sse, usage_chunk)
 from .protocol import RequestError
 from .state import ServingState, predict, read_json
 from .streaming import stream_generation
 
 logger = logging.getLogger("ptune.serve")
+OPENAI_ERRORS = {code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+                 for code, text in ((400, "invalid or unsupported parameter"), (404, "unknown model (task)"),
+                                    (413, "too many prompts or too long"), (422, "invalid field value"))}
 
 
 def op_of(req: OpenAIRequest) -> str:
@@ -107,16 +110,16 @@ def add_openai_routes(app: FastAPI, state: ServingState) -> None:
     async def list_models():
         return models_body(state.tasks)
 
-    @app.get("/v1/models/{name}")
+    @app.get("/v1/models/{name}", responses=OPENAI_ERRORS)
     async def get_model(name: str):
         if name not in state.tasks:
             return openai_error(404, f"unknown model {name[:64]!r}", "model", "model_not_found")
         return model_entry(state.tasks[name])
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=OPENAI_ERRORS)
     async def completions(request: Request):
         return await respond(state, request, parse_completion)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=OPENAI_ERRORS)
     async def chat_completions(request: Request):
         return await respond(state, request, parse_chat)

@@ -187,23 +187,40 @@ def check_request(body, tasks: dict, op: str, limits: Limits) -> tuple[object, l
 # OpenAPI schemas
 
 
-def native_request_schemas() -> tuple[dict, dict]:
-    """The JSON schemas of the ``/v1/classify`` and ``/v1/generate`` bodies, as the OpenAPI document declares them.
+def native_request_schema(tasks: dict, limits: Limits, op: str) -> dict:
+    """The JSON schema of a ``/v1/classify`` (``op="classify"``) or ``/v1/generate`` (``"generate"``) body for the
+    tasks served now: their names as an enum, each task's required fields (one ``oneOf`` entry per task), the
+    limits on rows, field lengths and tokens.
+
+    Args:
+        tasks (dict[str, ServedTask]): the tasks served now.
+        limits (Limits): the limits.
+        op (str): ``classify`` or ``generate``.
 
     Returns:
-        tuple[dict, dict]: (classify body schema, generate body schema).
+        dict: the schema.
 
     Example:
-        >>> native_request_schemas()[0]["required"]
+        >>> native_request_schema({}, Limits(), "classify")["required"]
         ['task', 'rows']
     """
-    rows = {"type": "array", "minItems": 1, "description": "rows of FIELD: VALUE (the task's template fields)",
-            "items": {"type": "object", "additionalProperties": {"type": "string"}}}
-    classify = {"type": "object", "required": ["task", "rows"], "additionalProperties": False,
-                "properties": {"task": {"type": "string"}, "rows": rows}}
-    generate = {**classify, "properties": {**classify["properties"],
-                                           "max_new_tokens": {"type": "integer", "minimum": 1}}}
-    return classify, generate
+    served = [t for t in tasks.values() if (t.type == "generation") == (op == "generate")]
+    # a value must hold more than whitespace (numbers are accepted too, and written out)
+    value = {"type": "string", "minLength": 1, "maxLength": limits.max_field_chars, "pattern": r"\S"}
+    rows = {"type": "array", "minItems": 1, "maxItems": limits.max_rows,
+            "description": "rows of FIELD: VALUE (the task's template fields; other keys are ignored)",
+            "items": {"type": "object", "additionalProperties": True}}
+    names = {"type": "string", "enum": [t.name for t in served]} if served else {
+        "type": "string", "description": f"no task for /v1/{op} is served now"}
+    props = {"task": names, "rows": rows}
+    if op == "generate":
+        props["max_new_tokens"] = {"type": "integer", "minimum": 1, "maximum": limits.max_new_tokens,
+                                   "description": "default: the task's task.max_new_tokens"}
+    schema = {"type": "object", "required": ["task", "rows"], "additionalProperties": False, "properties": props}
+    if served:
+        schema["oneOf"] = [{"title": t.name, "properties": {"task": {"const": t.name}, "rows": {"items": {
+            "required": t.columns, "properties": {c: value for c in t.columns}}}}} for t in served]
+    return schema
 
 
 class Label(BaseModel):

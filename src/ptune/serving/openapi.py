@@ -1,0 +1,78 @@
+"""The OpenAPI document and the offline ``/docs`` page.
+
+The request bodies are checked by hand (``protocol``, ``openai``, ``live``: messages that name the row and field),
+so the document declares them rather than FastAPI deriving them; it is written anew on each request, so that added
+and removed tasks appear in the task-name enums. ``/docs`` is the Swagger UI with its script, stylesheet and icon
+served by this server (the files fastapi-offline ships), so it works without internet access.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import fastapi_offline
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
+
+from .live import add_request_schema
+from .openai import request_schema
+from .protocol import native_request_schema
+from .state import ServingState
+
+DOCS_ASSETS = "/docs-assets"
+"""Where the Swagger UI's files are served."""
+SWAGGER_FILES = Path(fastapi_offline.__file__).parent / "static"
+
+
+def request_bodies(state: ServingState) -> dict[tuple[str, str], dict]:
+    """(path, method) -> the JSON schema of its body, for the tasks served now."""
+    tasks, limits = state.tasks, state.limits
+    return {("/v1/classify", "post"): native_request_schema(tasks, limits, "classify"),
+            ("/v1/generate", "post"): native_request_schema(tasks, limits, "generate"),
+            ("/v1/completions", "post"): request_schema("completion", tasks, limits),
+            ("/v1/chat/completions", "post"): request_schema("chat", tasks, limits),
+            ("/v1/tasks", "post"): add_request_schema()}
+
+
+class ServingAPI(FastAPI):
+    """A FastAPI app whose OpenAPI document declares the hand-checked request bodies for the tasks served now.
+
+    Args:
+        serving (ServingState): the tasks and limits.
+        keyed (bool): whether API keys are required (the document then declares bearer authentication).
+        **kwargs: FastAPI's own arguments.
+
+    Example:
+        >>> app = ServingAPI(state, keyed=False, title="ptune")  # doctest: +SKIP
+    """
+
+    def __init__(self, serving: ServingState, keyed: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.serving = serving
+        self.keyed = keyed
+
+    def openapi(self) -> dict:
+        schema = copy.deepcopy(super().openapi())  # the routes' part is cached by FastAPI; the tasks change
+        for (path, method), body in request_bodies(self.serving).items():
+            operation = schema["paths"][path][method]
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        if self.keyed:
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"bearer": []}]
+            schema["paths"]["/health"]["get"]["security"] = []
+        return schema
+
+
+def add_offline_docs(app: FastAPI, openapi_url: str = "/openapi.json") -> None:
+    """``/docs`` and its assets, all served by ``app``."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=SWAGGER_FILES), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+                                   swagger_ui_parameters={"persistAuthorization": True})
