@@ -219,3 +219,22 @@ def test_a_kind_the_model_does_not_have_is_refused_by_type(zoo):
                       task={"template": TEMPLATES["masked"], "verbalizer": VERBALIZER})
     with pytest.raises(ConfigError, match="model type 'gpt2' cannot be P-tuned as a masked LM"):
         open_session(cfg, label_values=LABELS)
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_peft_export_of_a_masked_or_seq2seq_model_is_refused_by_kind(zoo, family, tmp_path):
+    from ptune.errors import PtuneError
+    from ptune.interop.peft import export_peft
+
+    template = {"masked": "[P*4] Tweet text : {text} Label : [MASK] .", "seq2seq": PREFIX_TEMPLATE}[kind(family)]
+    s = zoo.session(family, template=template)
+    save_inference(s, s.new_model(seed=9), tmp_path / "ckpt")
+    with pytest.raises(PtuneError, match=f"is a {kind(family)} LM; the PEFT interop supports causal LMs only"):
+        export_peft(tmp_path / "ckpt", tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()
+
+
+def test_generation_with_a_masked_lm_is_refused_before_training(zoo):
+    with pytest.raises(ConfigError, match=r"task.type generation needs a causal or seq2seq LM; .* is a masked LM "
+                                          r"\(model type 'bert'\)"):
+        zoo.session("bert", type="generation")

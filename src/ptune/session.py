@@ -119,6 +119,10 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
     if cfg.task.head == "linear" and base.kind != "causal":
         raise ConfigError(f"task.head linear needs a causal LM; {cfg.model.name_or_path} is a {base.kind} LM "
                           "(use task.head words)")
+    if cfg.task.type == "generation" and base.kind == "masked":
+        raise ConfigError(f"task.type generation needs a causal or seq2seq LM; {cfg.model.name_or_path} is a masked "
+                          f"LM (model type {base.identity.get('model_type')!r}): it fills a fixed number of [MASK] "
+                          "slots and cannot write free text (use task.type classification or probing)")
     if labels is None and cfg.task.type == "classification":
         labels = LabelSpace.build(cfg.task.verbalizer, label_values)
     renderer = Renderer(template, base.tokenizer, base.kind, min(cfg.train.max_length, model_context(base)),
