@@ -238,3 +238,18 @@ def test_generation_with_a_masked_lm_is_refused_before_training(zoo):
     with pytest.raises(ConfigError, match=r"task.type generation needs a causal or seq2seq LM; .* is a masked LM "
                                           r"\(model type 'bert'\)"):
         zoo.session("bert", type="generation")
+
+
+def test_the_attention_window_is_read_where_a_layer_uses_one():
+    """Only a window some layer applies makes the shared prefix run joined to each row (see the C and P tests)."""
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+
+    from ptune.modeling.base import attention_window
+
+    assert attention_window(LlamaConfig()) is None
+    assert attention_window(Qwen2Config(sliding_window=64)) is None  # use_sliding_window is off: all layers global
+    assert attention_window(Qwen2Config(use_sliding_window=True, sliding_window=64)) == 64
+    assert attention_window(MistralConfig(sliding_window=64)) == 64
+    assert attention_window(MistralConfig(sliding_window=None)) is None
+    assert attention_window(Phi3Config(sliding_window=64)) == 64
+    assert attention_window(Gemma3TextConfig(sliding_window=64)) == 64
