@@ -6,7 +6,7 @@ Offline, on the embedded SmolLM2-135M-Instruct and the bundled customer-messages
 test messages; complaint or not):
 
     python examples/python_api.py --out runs/python-api
-    python examples/python_api.py --out runs/tiny --model path/to/local/model --epochs 1
+    python examples/python_api.py --out runs/quick --epochs 1 --max-steps 2
 
 Writes, under the output folder: ``config.yaml`` (the same recipe for ``ptune train --config``), ``model/`` (the
 checkpoint), ``prefix-model/`` and ``prefix-peft/`` (a PEFT adapter). pandas is optional: without it the DataFrame
@@ -28,7 +28,7 @@ NEW_MESSAGES = [{"message": "The parcel never arrived and support ignores my ema
                 {"message": "What are your opening hours on Saturday?"}]
 
 
-def build_config(model: str, epochs: int) -> ptune.Config:
+def build_config(model: str, epochs: int, max_steps: int = 0) -> ptune.Config:
     """The demo's recipe: virtual tokens between the message and the question, labels read by a linear classifier
     over the middle block's pooled states."""
     return ptune.Config(
@@ -37,12 +37,13 @@ def build_config(model: str, epochs: int) -> ptune.Config:
                               verbalizer={"complaint": "yes", "no complaint": "no"}, head="linear"),
         encoder=ptune.EncoderConfig(type="lstm", hidden_size=128),
         data=ptune.DataConfig(train=TRAIN, test=TEST, dev_fraction=0.2),
-        train=ptune.TrainConfig(lr=3e-3, batch_size=8, epochs=epochs, max_length=96, seed=7, warmup_ratio=0.1),
+        train=ptune.TrainConfig(lr=3e-3, batch_size=8, epochs=epochs, max_steps=max_steps, max_length=96, seed=7,
+                                warmup_ratio=0.1),
     )
 
 
 def main(model: str = EMBEDDED_MODEL, out_dir: str | Path = "runs/python-api", epochs: int = 8, folds: int = 2,
-         show_progress: bool = True) -> dict:
+         max_steps: int = 0, show_progress: bool = True) -> dict:
     """Run every step; return what each gave.
 
     Args:
@@ -50,6 +51,7 @@ def main(model: str = EMBEDDED_MODEL, out_dir: str | Path = "runs/python-api", e
         out_dir (`str` or `Path`): a new folder for the outputs.
         epochs (`int`): training epochs, for cross-validation and training alike.
         folds (`int`): cross-validation folds.
+        max_steps (`int`): stop every training after this many steps (0: all its epochs), for a quick check.
         show_progress (`bool`): progress bars and per-epoch lines.
 
     Returns:
@@ -59,7 +61,7 @@ def main(model: str = EMBEDDED_MODEL, out_dir: str | Path = "runs/python-api", e
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = build_config(model, epochs)
+    cfg = build_config(model, epochs, max_steps)
     cfg.to_yaml(out / "config.yaml")
 
     cv = ptune.cross_validate(cfg, folds=folds, show_progress=show_progress)
@@ -87,8 +89,9 @@ def main(model: str = EMBEDDED_MODEL, out_dir: str | Path = "runs/python-api", e
     print(f"test: accuracy {test_metrics['accuracy']:.3f}, macro-F1 {test_metrics['macro_f1']:.3f}")
 
     # PEFT prepends virtual tokens and reads label words: export needs a prefix template and task.head words
+    # (this model is for the export only, so its test rows are not scored)
     prefix_cfg = cfg.replace({"task.template": "[P*8] Message : {message} Is this a complaint ? Answer : [TARGET]",
-                              "task.head": "words"})
+                              "task.head": "words", "data.test": None})
     ptune.train(prefix_cfg, out / "prefix-model", show_progress=show_progress)
     peft = ptune.export_peft(out / "prefix-model", out / "prefix-peft")
     print(f"PEFT adapter: {peft['out']} ({peft['num_virtual_tokens']} virtual tokens; input: {peft['input_format']!r})")
@@ -102,5 +105,6 @@ if __name__ == "__main__":
     parser.add_argument("--out", default="runs/python-api", help="a new output folder")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=0, help="stop every training after this many steps")
     args = parser.parse_args()
-    main(args.model, args.out, args.epochs, args.folds)
+    main(args.model, args.out, args.epochs, args.folds, args.max_steps)

@@ -43,3 +43,24 @@ def test_embedded_model_generates_text(tmp_path):
     model = session.new_model()
     out = session.predict(model, [{"q": "What is the capital of France?"}])
     assert isinstance(out[0]["prediction"], str) and out[0]["prediction"]
+
+
+def test_python_api_example_on_the_embedded_model(tmp_path):
+    """examples/python_api.py's whole path (cross-validation, training, prediction, evaluation, PEFT export) on
+    SmolLM2-135M, two training steps each, so that it stays quick on a CPU."""
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "python_api_example", Path(__file__).resolve().parents[1] / "examples" / "python_api.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(out_dir=tmp_path / "run", epochs=1, folds=2, max_steps=2, show_progress=False)
+    labels = {"complaint", "no complaint"}
+    assert result["train"]["steps"] == 2
+    assert len(result["cv"]["runs"]) == 2 and 0.0 <= result["cv"]["macro_f1"]["mean"] <= 1.0
+    assert all(p["prediction"] in labels for p in result["predictions"])
+    assert result["test"]["n"] == 35 and 0.0 <= result["test"]["accuracy"] <= 1.0
+    if result["frame"] is not None:
+        assert len(result["frame"]) == 35 and set(result["frame"]["prediction"]) <= labels
+    assert result["peft"]["num_virtual_tokens"] == 8 and result["peft"]["token_dim"] == 576
+    assert (tmp_path / "run" / "prefix-peft" / "adapter_model.safetensors").is_file()
