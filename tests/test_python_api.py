@@ -53,6 +53,16 @@ def test_example_writes_every_output(example_run, tiny_causal_dir):
     assert result["train"]["out"] == str(out / "model") and "test" in result["train"]
 
 
+def test_example_recipe_is_the_demos():
+    from ptune.demo import DEMO_CONFIG
+
+    example = load_example()
+    built = example.build_config(example.EMBEDDED_MODEL, DEMO_CONFIG["train"]["epochs"])
+    demo = ptune.Config.from_dict(DEMO_CONFIG)
+    assert (built.task, built.encoder, built.train) == (demo.task, demo.encoder, demo.train)
+    assert built.model == demo.model and built.data.dev_fraction == demo.data.dev_fraction
+
+
 def test_example_predictions_are_valid_labels_from_every_input_form(example_run):
     example, out, result = example_run
     assert [set(p) for p in result["predictions"]] == [{"prediction", "scores"}] * len(example.NEW_MESSAGES)
