@@ -5,7 +5,6 @@ Rows come from a file, a list of dicts or a pandas DataFrame (duck-typed: pandas
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .config import config_from_dict
 from .data.labels import LabelSpace
-from .data.tables import Table, read_table
+from .data.tables import Table, cell_text, read_table
 from .errors import CheckpointError, DataError, PtuneError
 from .evaluation.ensemble import ensemble_predictions
 from .evaluation.evaluator import evaluate
@@ -31,20 +30,14 @@ def is_dataframe(rows: Any) -> bool:
     return all(hasattr(rows, name) for name in ("columns", "to_dict", "notna", "assign"))
 
 
-def cell_text(value: Any) -> str | None:
-    """A value given in Python as the text a data file would hold (the tasks read text): missing values (None,
-    NaN) stay missing, booleans are ``true``/``false``, numbers their usual text, lists and mappings JSON."""
+def python_cell_text(value: Any) -> str | None:
+    """A value given in Python as the text a data file would hold: numpy scalars unwrapped and NaN missing (as a
+    DataFrame marks a missing cell), then as the file readers make text (``data.tables.cell_text``)."""
     if hasattr(value, "item") and not isinstance(value, str):  # numpy scalars from a DataFrame
         value = value.item()
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if isinstance(value, float) and math.isnan(value):
         return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return str(value)
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return cell_text(value)
 
 
 def rows_table(rows: Any) -> Table:
@@ -68,7 +61,7 @@ def rows_table(rows: Any) -> Table:
         columns = list(dict.fromkeys(str(k) for r in records for k in r))
     else:
         raise DataError(f"expected a list of dicts or a pandas DataFrame, got {type(rows).__name__}")
-    return Table(source, columns, [{str(k): cell_text(v) for k, v in r.items()} for r in records])
+    return Table(source, columns, [{str(k): python_cell_text(v) for k, v in r.items()} for r in records])
 
 
 class RowPredictor:

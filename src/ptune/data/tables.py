@@ -108,7 +108,7 @@ def _read_jsonl(path: Path, text: str) -> Table:
             raise DataError(f"{path}: line {number}: cannot read this JSON ({type(err).__name__})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}: line {number}: expected a JSON object, got {type(obj).__name__}")
-        row = {str(k): _as_text(v) for k, v in obj.items()}
+        row = {str(k): cell_text(v) for k, v in obj.items()}
         for k in row:
             if k not in columns:
                 columns.append(k)
@@ -124,7 +124,7 @@ def _read_parquet(path: Path, raw: bytes) -> Table:
         import pyarrow.parquet as pq
 
         data = pq.read_table(pa.BufferReader(raw))
-        rows = [{str(k): _as_text(v) for k, v in r.items()} for r in data.to_pylist()]
+        rows = [{str(k): cell_text(v) for k, v in r.items()} for r in data.to_pylist()]
     except Exception as err:  # pyarrow raises several types for broken files (and for values it cannot convert)
         raise DataError(f"{path}: cannot read Parquet: {' '.join(str(err).split())}") from None
     return Table(str(path), [str(c) for c in data.column_names], rows)
@@ -141,13 +141,15 @@ def _read_hf(source: str, split: str) -> Table:
         ds = datasets.load_dataset(parts[0], parts[1] if len(parts) > 1 else None, split=split)
     except Exception as err:  # network, missing split, missing dataset
         raise DataError(f"{source} (split {split!r}): cannot load: {err}") from None
-    rows = [{k: _as_text(v) for k, v in r.items()} for r in ds]
+    rows = [{k: cell_text(v) for k, v in r.items()} for r in ds]
     if not rows:
         raise DataError(f"{source} (split {split!r}): no rows")
     return Table(f"{source}[{split}]", list(ds.column_names), rows)
 
 
-def _as_text(value) -> str | None:
+def cell_text(value) -> str | None:
+    """A cell as the text the tasks read: None stays missing, booleans are ``true``/``false``, numbers their usual
+    text, anything else (lists, mappings, bytes, dates from Parquet) JSON."""
     if value is None:
         return None
     if isinstance(value, str):
