@@ -133,6 +133,16 @@ def test_malformed_and_oversized_bodies(server):
     assert client.get("/health").json()["status"] == "ok"  # still serving
 
 
+def test_numbers_python_cannot_read_are_a_400_not_a_500(server):
+    client, _ = server
+    huge = b'{"task": "complaints", "rows": [{"text": ' + b"9" * 5000 + b"}]}"  # past int()'s 4300-digit limit
+    for path in ("/v1/classify", "/v1/completions"):
+        r = client.post(path, content=huge, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not valid JSON" in r.text
+    r = client.post("/v1/classify", json={"task": "complaints", "rows": [{"text": 12345}]})
+    assert r.status_code == 200  # a number is written out
+
+
 def test_concurrent_requests_are_batched_and_answered_in_order(server):
     client, app = server
     expected = {}

@@ -164,3 +164,14 @@ def test_errors_have_openai_shape(server, path, body, status, param):
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+def test_a_client_leaving_a_stream_leaves_the_server_serving(server):
+    client, native = server
+    with native.stream("POST", "/v1/completions", json={"model": "reply", "prompt": TEXTS[0], "max_tokens": 16,
+                                                        "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert next(r.iter_lines()).startswith("data: {")
+    assert native.get("/health").json()["status"] == "ok"
+    assert client.completions.create(model="reply", prompt=TEXTS[1], max_tokens=4).choices[0].text == \
+        native_generate(native, TEXTS[1], 4)

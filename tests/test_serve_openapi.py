@@ -3,6 +3,8 @@ server accepts validate against it and requests it refuses for a reason a schema
 get a 405 naming the allowed ones."""
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from serve_helpers import make_checkpoint
 
@@ -53,7 +55,7 @@ def test_the_document_is_valid_openapi_with_task_names_and_limits(server):
     assert generate["properties"]["max_new_tokens"]["maximum"] == 6
     pairs = next(v for v in classify["oneOf"] if v["title"] == "pairs")
     assert pairs["properties"]["rows"]["items"]["required"] == ["premise", "hypothesis"]
-    assert pairs["properties"]["rows"]["items"]["properties"]["premise"]["maxLength"] == 40
+    assert pairs["properties"]["rows"]["items"]["properties"]["premise"]["oneOf"][0]["maxLength"] == 40
     assert body_schema(server, "/v1/completions")["properties"]["model"]["enum"] == ["complaints", "pairs", "reply"]
     assert set(body_schema(server, "/v1/completions")["properties"]) == COMPLETION_KEYS
     assert set(body_schema(server, "/v1/chat/completions")["properties"]) == CHAT_KEYS
@@ -127,3 +129,71 @@ def test_keys_are_declared_when_set(tiny_causal_dir, tmp_path):
         doc = httpx.get(url + "/openapi.json", headers={"Authorization": "Bearer k"}, timeout=60).json()
     assert doc["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     assert doc["security"] == [{"bearer": []}] and doc["paths"]["/health"]["get"]["security"] == []
+
+
+# random bodies: the native endpoints answer 200 exactly when the body fits the document, and no body gets a 5xx.
+# Each body is a valid one with at most one change, so that both sides of every limit are reached.
+FIELDS = {"complaints": ["text"], "pairs": ["premise", "hypothesis"], "reply": ["text"]}
+good = st.sampled_from(["hello", "the box was broken", "é", "x" * 40, "  padded  "])
+values = st.one_of(good, st.integers(-10 ** 6, 10 ** 6), st.floats(-1e6, 1e6))
+CHANGES = [None, "drop field", "blank", "whitespace", "too long", "41 chars", "dict value", "bool value",
+           "too many rows", "no rows", "rows not a list", "other task", "unknown task", "extra key", "budget 7",
+           "budget 0", "budget text", "budget 6", "not an object"]
+
+
+@st.composite
+def native_bodies(draw):
+    path = draw(st.sampled_from(["/v1/classify", "/v1/generate"]))
+    task = draw(st.sampled_from(["reply"] if path == "/v1/generate" else ["complaints", "pairs"]))
+    rows = draw(st.lists(st.fixed_dictionaries({f: values for f in FIELDS[task]}), min_size=1, max_size=3))
+    body = {"task": task, "rows": rows}
+    change = draw(st.sampled_from(CHANGES))
+    row, field = rows[0], FIELDS[task][-1]
+    edits = {"drop field": lambda: row.pop(field), "blank": lambda: row.update({field: ""}),
+             "whitespace": lambda: row.update({field: " \t\u2028"}), "too long": lambda: row.update({field: "y" * 41}),
+             "41 chars": lambda: row.update({field: "é" * 41}), "dict value": lambda: row.update({field: {"a": 1}}),
+             "bool value": lambda: row.update({field: True}), "too many rows": lambda: body.update(rows=[row] * 4),
+             "no rows": lambda: body.update(rows=[]), "rows not a list": lambda: body.update(rows=row),
+             "other task": lambda: body.update(task="complaints" if task == "reply" else "reply"),
+             "unknown task": lambda: body.update(task="nope"), "extra key": lambda: body.update(extra=1),
+             "budget 7": lambda: body.update(max_new_tokens=7), "budget 0": lambda: body.update(max_new_tokens=0),
+             "budget text": lambda: body.update(max_new_tokens="5"), "budget 6": lambda: body.update(max_new_tokens=6)}
+    if change == "not an object":
+        return path, change, [body]
+    if change is not None:
+        edits[change]()
+    return path, change, body
+
+
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@FUZZ
+@given(case=native_bodies())
+def test_native_endpoints_answer_exactly_what_the_document_allows(server, case):
+    path, change, body = case
+    status = server.post(path, json=body).status_code
+    assert status < 500
+    assert (status == 200) == valid(body_schema(server, path), body), (change, status, body)
+    if change is None:
+        assert status == 200
+
+
+openai_bodies = st.fixed_dictionaries(
+    {"model": st.sampled_from(["complaints", "pairs", "reply", "nope"])},
+    optional={"prompt": st.one_of(values, st.lists(values, max_size=4)), "max_tokens": st.integers(-1, 8),
+              "temperature": st.sampled_from([0, 0.0, 1, None, True]), "n": st.sampled_from([1, 2, None]),
+              "stream": st.sampled_from([False, None, "yes"]), "logprobs": st.sampled_from([0, 2, None, True]),
+              "stop": st.sampled_from([[], "", "\n", None]), "messages": st.one_of(values, st.lists(
+                  st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", 1])},
+                                        optional={"content": st.one_of(values, st.none())}), max_size=2))})
+
+
+@FUZZ
+@given(body=openai_bodies, path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]))
+def test_openai_endpoints_refuse_what_the_document_refuses(server, body, path):
+    status = server.post(path, json=body).status_code
+    assert status < 500
+    if not valid(body_schema(server, path), body):
+        assert status >= 400, body

@@ -205,8 +205,9 @@ def native_request_schema(tasks: dict, limits: Limits, op: str) -> dict:
         ['task', 'rows']
     """
     served = [t for t in tasks.values() if (t.type == "generation") == (op == "generate")]
-    # a value must hold more than whitespace (numbers are accepted too, and written out)
-    value = {"type": "string", "minLength": 1, "maxLength": limits.max_field_chars, "pattern": r"\S"}
+    # a value: text holding more than whitespace, or a number (written out)
+    value = {"oneOf": [{"type": "string", "minLength": 1, "maxLength": limits.max_field_chars, "pattern": r"\S"},
+                       {"type": "number"}]}
     rows = {"type": "array", "minItems": 1, "maxItems": limits.max_rows,
             "description": "rows of FIELD: VALUE (the task's template fields; other keys are ignored)",
             "items": {"type": "object", "additionalProperties": True}}
