@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import resource
 import subprocess
 import threading
@@ -19,6 +18,19 @@ def rss_mb() -> float:
 def ru_maxrss_mb() -> float:
     """This process's peak resident set size so far, in MiB (Linux reports kilobytes)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def own_peak_mb() -> float:
+    """This process's peak resident memory since its program started (``VmHWM``; ``ru_maxrss`` off Linux, which
+    also counts the parent's memory the process was forked with)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError):
+        pass
+    return ru_maxrss_mb()
 
 
 class PeakRSS:
@@ -55,26 +67,59 @@ class PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def run_measured(argv: list[str], env: dict | None = None, stdout=subprocess.DEVNULL) -> dict:
-    """Run a command to its end; return its wall seconds, exit status and peak resident memory (its own, not its
-    siblings': ``os.wait4`` reports the usage of that one child).
+def exec_peak_mb(pid: int, parent_cmdline: bytes) -> float | None:
+    """A child's peak resident memory since it exec'd its program (``VmHWM``), or None before that exec or after
+    its exit. Before the exec the child still is (or shares) this process's memory, which is not its own."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if f.read() == parent_cmdline:
+                return None
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def run_measured(argv: list[str], env: dict | None = None, stdout=subprocess.DEVNULL,
+                 interval: float = 0.02) -> dict:
+    """Run a command to its end; return its wall seconds, exit status and peak resident memory.
+
+    The peak is the high-water mark of the command's own memory (``/proc/PID/status`` ``VmHWM``), read every
+    ``interval`` seconds while it runs, so only its last ``interval`` can escape it. ``ru_maxrss`` would not do: a
+    child's counts the parent's memory it was forked with.
 
     Args:
         argv (`list[str]`): the command.
         env (`dict`, *optional*): its environment.
         stdout: where its standard output goes (``subprocess.PIPE`` to keep it, returned as ``stdout``).
+        interval (`float`, defaults to 0.02): seconds between reads of the high-water mark.
 
     Returns:
-        `dict`: ``{"wall_s": float, "returncode": int, "peak_rss_mb": float, "stdout": str | None}``.
+        `dict`: ``{"wall_s": float, "returncode": int, "peak_rss_mb": float, "stdout": str | None}``
+        (``peak_rss_mb`` 0.0 where ``/proc`` cannot be read).
 
     Example:
         >>> run_measured(["true"])["returncode"]
         0
     """
+    with open("/proc/self/cmdline", "rb") as f:
+        own = f.read()
+    peak, stop = [0.0], threading.Event()
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=stdout, text=True)
-    out = proc.stdout.read() if proc.stdout is not None else None
-    _, status, usage = os.wait4(proc.pid, 0)
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], exec_peak_mb(proc.pid, own) or 0.0)
+            stop.wait(interval)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out, _ = proc.communicate()
     wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen, so it does not wait again
-    return {"wall_s": wall, "returncode": proc.returncode, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out}
+    stop.set()
+    watcher.join()
+    return {"wall_s": wall, "returncode": proc.returncode, "peak_rss_mb": peak[0], "stdout": out}

@@ -162,7 +162,8 @@ def command_predict(args) -> dict:
     generate_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     with open(args.out, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({**row, "prediction": text}, ensure_ascii=False) + "\n" for row, text in zip(rows, texts))
+        for row, text in zip(rows, texts):
+            f.write(json.dumps({**row, "prediction": text}, ensure_ascii=False) + "\n")
     return {"command": "predict", "load_s": load_s, "rows": len(rows), "generate_s": generate_s,
             "save_s": time.perf_counter() - t0}
 

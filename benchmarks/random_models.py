@@ -134,8 +134,8 @@ def default_root() -> Path:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", required=True, choices=sorted(SHAPES), help="which shape to build")
     p.add_argument("--out-root", default=str(default_root()), help="folder holding the built models "
                    "(default: %(default)s)")

@@ -16,7 +16,7 @@ peft_recipe.py does, in float32 (its example's dtype); ptune with its defaults (
 under ``--models-root`` and reused.
 
 Measured per (size, system): training examples/s (from building the encoder to the last step), prediction rows/s,
-load seconds, resident memory after loading and the child's peak (``os.wait4``: the whole process, loading
+load seconds, resident memory after loading, after training and the child's peak (the whole process, loading
 included), and achieved training FLOP/s as a fraction of this machine's measured bf16 (and fp32) matmul rate.
 FLOPs count the work the recipe needs, the same for both systems: per example, 2 * N_body per position (its
 virtual, text and label tokens; N_body: parameters outside the embedding table) plus 2 * vocabulary * hidden per
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from machine import describe, summary_line
-from memory import rss_mb, ru_maxrss_mb, run_measured
+from memory import own_peak_mb, rss_mb, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -105,7 +105,7 @@ def run_peft(args, rows: list[dict], test: list[dict]) -> dict:
     sizes = model_sizes(model)
     model, stats = peft_recipe.train(model, tokenizer, rows, epochs=1, batch_size=BATCH, max_steps=args.steps)
     out.update(train_s=stats["train_s"], train_steps=stats["steps"], train_examples=stats["examples"],
-               ru_maxrss_after_train_mb=ru_maxrss_mb())
+               peak_rss_after_train_mb=own_peak_mb())
     longest = max(len(tokenizer(r[peft_recipe.LABEL], add_special_tokens=False)["input_ids"]) for r in rows)
     t0 = time.perf_counter()
     peft_recipe.generate_labels(model, tokenizer, test, PREDICT_BATCH, max_new_tokens=longest + 1)
@@ -128,7 +128,8 @@ def run_ptune(args, rows: list[dict], test: list[dict]) -> dict:
     t0 = time.perf_counter()
     model, progress = fit(session, table, None, None, show_progress=False)
     out.update(train_s=time.perf_counter() - t0, train_steps=progress.step,
-               train_examples=examples_in_steps(len(table.rows), progress.step), ru_maxrss_after_train_mb=ru_maxrss_mb())
+               train_examples=examples_in_steps(len(table.rows), progress.step),
+               peak_rss_after_train_mb=own_peak_mb())
     t0 = time.perf_counter()
     session.predict(model, test)
     out["predict_s"] = time.perf_counter() - t0

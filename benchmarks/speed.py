@@ -5,7 +5,8 @@ and hyperparameters; prints one JSON line.
     python benchmarks/speed.py --data ../shared/data/raft/twitter_complaints --quick    # smoke test: minutes
 
 Each system runs in its own child process (this script again, with ``--role``), one after the other, so their
-peak memory is measured apart; the parent measures the machine's bf16 matmul rate and prints the combined figures.
+peak memory is measured apart; the parent describes the machine (machine.py: CPU, flags, cores, torch, measured
+fp32 and bf16 matmul rates) and prints the combined figures as one JSON line, and a short table on stderr.
 Timings drift on a shared machine: compare the two systems from the same invocation only.
 
 What is measured, per system:
@@ -17,7 +18,7 @@ What is measured, per system:
 - prediction throughput: rows/s over the first ``--test-rows`` unlabeled test tweets, with the last fold's encoder;
 - peak resident memory: sampled every 5 ms while training (psutil), and the process's ru_maxrss at the end of
   training (which includes loading the model);
-- achieved FLOP/s while training, as a fraction of this machine's measured bf16 2048x2048 matmul rate. FLOPs are
+- achieved FLOP/s while training, as a fraction of this machine's measured bf16 matmul rate (machine.py). FLOPs are
   estimated from what each system computes: per position fed to the model (ptune: a batch's shared prefix once)
   2 * N_body (N_body: parameters outside
   the embedding table), plus 2 * V * d per position where logits are computed (PEFT: every position, ptune: the
@@ -307,7 +308,8 @@ def main(argv=None) -> None:
                  "torch": torch.__version__, "mode": "quick" if args.quick else "full",
                  "epochs": args.epochs, "cv_folds": args.cv_folds, "test_rows": args.test_rows,
                  "predict_batch": args.predict_batch, "threads": torch.get_num_threads(),
-                 "load_average_at_start": round(os.getloadavg()[0], 2), "matmul_bf16_flops": peak_bf16, "matmul_fp32_flops": peak_fp32}
+                 "load_average_at_start": round(os.getloadavg()[0], 2), "matmul_bf16_flops": peak_bf16,
+                 "matmul_fp32_flops": peak_fp32}
     results = {}
     for role in systems:
         t0 = time.perf_counter()
@@ -333,7 +335,8 @@ def main(argv=None) -> None:
 def print_table(out: dict, systems: list[str]) -> None:
     """A few lines for people, on stderr (stdout stays one JSON line)."""
     lines = [summary_line(out["machine"]),
-             f"{'system':8} {'train ex/s':>10} {'predict rows/s':>14} {'peak RSS MB':>11} {'cv acc':>6} {'MFU bf16':>8}"]
+             f"{'system':8} {'train ex/s':>10} {'predict rows/s':>14} {'peak RSS MB':>11} {'cv acc':>6} "
+             f"{'MFU bf16':>8}"]
     for role in systems:
         r = out[role]
         lines.append(f"{role:8} {r['train_examples_per_s']:10.2f} {r['predict_rows_per_s']:14.2f} "

