@@ -20,7 +20,8 @@ What comes back:
 
 - a generation task: the generated text (greedy; ``max_tokens`` / ``max_completion_tokens`` is the budget, at most
   ``Limits.max_new_tokens``; default the checkpoint's ``task.max_new_tokens``). ``finish_reason`` is ``length``
-  when the budget ran out, else ``stop``.
+  when the budget ran out, else ``stop`` (streamed: from the tokens generated; whole: from the returned text's
+  token count).
 - a classification (or probing) task: the predicted label as the text, and every label's score as a log-probability
   entry whatever ``logprobs`` asks: completions in ``choices[].logprobs`` (``tokens`` = [label],
   ``token_logprobs`` = [its score], ``top_logprobs`` = [{label: score} for all labels]); chat in
@@ -36,7 +37,7 @@ What comes back:
 Parameters this server cannot honour are refused with a 400, never ignored: sampling (``temperature`` other than 0
 or null, ``top_p`` other than 1), ``n``/``best_of`` above 1, ``stop``, penalties, ``logit_bias``, ``echo``,
 ``suffix``, tools and functions, a ``response_format`` other than text, log-probabilities for a generation task, and
-any key OpenAI's API does not define. ``seed`` and ``user`` are accepted (greedy decoding needs no seed). Errors are
+any key the OpenAPI document does not list. ``seed`` and ``user`` are accepted (greedy decoding needs no seed). Errors are
 ``{"error": {"message", "type", "param", "code"}}``.
 """
 
