@@ -41,3 +41,21 @@ def test_docs_and_every_asset_come_from_this_server(server):
         assert r.status_code == 200 and r.content, url
     script = httpx.get(urljoin(server, next(u for u in urls if u.endswith(".js"))), timeout=30).text
     assert "SwaggerUIBundle" in script and len(script) > 100_000  # the real bundle, not a stub
+
+
+def test_playground_is_one_self_contained_page(server, tmp_path):
+    import shutil
+    import subprocess
+
+    page = httpx.get(server + "/playground", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert not re.search(r"(?:src|href)\s*=", page.text)  # nothing loaded from anywhere
+    assert "http://" not in page.text and "https://" not in page.text
+    for endpoint in ("/v1/tasks", "/v1/classify", "/v1/chat/completions"):
+        assert f'"{endpoint}"' in page.text
+    script = re.search(r"<script>(.*)</script>", page.text, re.S).group(1)
+    node = shutil.which("node")
+    if node:  # the script at least parses
+        (tmp_path / "page.js").write_text(script)
+        check = subprocess.run([node, "--check", str(tmp_path / "page.js")], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr

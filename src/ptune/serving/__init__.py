@@ -7,12 +7,17 @@
     POST /v1/generate                 {"task": NAME, "rows": [...], "max_new_tokens": N}
                                       -> {"predictions": [{"text": T}]}
     GET  /v1/models, POST /v1/completions, POST /v1/chat/completions    OpenAI-compatible (see ``openai.py``)
+    POST /v1/tasks, DELETE /v1/tasks/NAME                               with --tasks-dir (see ``live.py``)
+    GET  /docs, /openapi.json, /playground                              offline Swagger UI, schema, a try-it page
 
 The base model is loaded once; every checkpoint is a ``Predictor`` over it (a prompt table of a few kilobytes).
 
+With API keys (``--api-key``), every endpoint but ``/health`` needs ``Authorization: Bearer KEY`` (``auth.py``).
+
 Modules: ``protocol`` (limits, request checks, schemas), ``tasks`` (the served checkpoints), ``batcher`` (dynamic
-batching on one model thread), ``state`` (what the routes share), ``app`` (the native routes), ``openai`` and
-``openai_routes`` (the OpenAI-compatible requests, answers and routes), ``streaming`` (generation token by token),
-``thread`` (a server on a background thread, for tests).
+batching on one model thread), ``state`` (what the routes share), ``app`` (create_app, the native routes),
+``openai`` and ``openai_routes`` (the OpenAI-compatible requests, answers and routes), ``streaming`` (generation
+token by token), ``auth`` (API keys), ``live`` (adding and removing tasks), ``openapi`` (the document, ``/docs``),
+``playground``, ``thread`` (a server on a background thread, for tests).
 Nothing is imported here, so that ``ptune.serving.protocol`` stays light: import from the modules.
 """

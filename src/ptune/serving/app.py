@@ -20,6 +20,7 @@ from .live import add_task, remove_task
 from .batcher import Batcher
 from .openai_routes import add_openai_routes
 from .openapi import ServingAPI, add_offline_docs
+from .playground import add_playground
 from .protocol import ClassifyAnswer, GenerateAnswer, Limits, RequestError, check_request
 from .state import ServingState, predict, read_json
 from .tasks import ServedTask, load_tasks
@@ -68,6 +69,7 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
     app.state.serving = state
     add_error_handlers(app)
     add_offline_docs(app)
+    add_playground(app)
     add_native_routes(app, state)
     add_openai_routes(app, state)
     add_task_routes(app, state)
