@@ -133,3 +133,10 @@ def test_without_a_tasks_dir_tasks_are_fixed(layout):
         r = httpx.post(url + "/v1/tasks", json={"name": "reply", "path": "more/reply"}, timeout=60)
         assert r.status_code == 403 and "--tasks-dir" in r.json()["error"]
         assert httpx.delete(url + "/v1/tasks/complaints", timeout=60).status_code == 403
+
+
+def test_a_missing_tasks_dir_is_said_before_any_model_loads(tmp_path):
+    from ptune.errors import PtuneError
+
+    with pytest.raises(PtuneError, match="is not a directory"):
+        create_app({"x": tmp_path / "no-checkpoint"}, tasks_dir=tmp_path / "nowhere")

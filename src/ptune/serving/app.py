@@ -48,11 +48,11 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
     limits = limits or Limits()
+    root = Path(tasks_dir).resolve() if tasks_dir is not None else None
+    if root is not None and not root.is_dir():  # said before a model loads
+        raise PtuneError(f"serve: the tasks directory {tasks_dir} is not a directory")
     if tasks is None:
         tasks = load_tasks(dict(checkpoints or {}), device=device)
-    root = Path(tasks_dir).resolve() if tasks_dir is not None else None
-    if root is not None and not root.is_dir():
-        raise PtuneError(f"serve: the tasks directory {tasks_dir} is not a directory")
     base = next(iter(tasks.values())).predictor.session.base if tasks else None
     state = ServingState(tasks, Batcher(limits), limits, tasks_dir=root, device=device, base=base)
 
