@@ -184,10 +184,16 @@ openai_bodies = st.fixed_dictionaries(
     {"model": st.sampled_from(["complaints", "pairs", "reply", "nope"])},
     optional={"prompt": st.one_of(values, st.lists(values, max_size=4)), "max_tokens": st.integers(-1, 8),
               "temperature": st.sampled_from([0, 0.0, 1, None, True]), "n": st.sampled_from([1, 2, None]),
-              "stream": st.sampled_from([False, None, "yes"]), "logprobs": st.sampled_from([0, 2, None, True]),
+              "stream": st.sampled_from([False, None, "yes", 0]),
+              "logprobs": st.sampled_from([0, 2, 9, None, True, "x"]),
+              "top_logprobs": st.sampled_from([0, 3, 21, None, "x"]), "seed": st.sampled_from([1, None, "1", 1.5]),
+              "user": st.sampled_from(["u", None, 3]), "stream_options": st.sampled_from([
+                  None, {"include_usage": True}, {"include_usage": "yes"}, {"other": 1}]),
               "stop": st.sampled_from([[], "", "\n", None]), "messages": st.one_of(values, st.lists(
-                  st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", 1])},
-                                        optional={"content": st.one_of(values, st.none())}), max_size=2))})
+                  st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "robot", 1])},
+                                        optional={"content": st.one_of(values, st.none(), st.just([
+                                            {"type": "image_url"}]), st.just([{"type": "text", "text": "hi"}]))}),
+                  max_size=2))})
 
 
 @FUZZ

@@ -37,8 +37,8 @@ What comes back:
 Parameters this server cannot honour are refused with a 400, never ignored: sampling (``temperature`` other than 0
 or null, ``top_p`` other than 1), ``n``/``best_of`` above 1, ``stop``, penalties, ``logit_bias``, ``echo``,
 ``suffix``, tools and functions, a ``response_format`` other than text, log-probabilities for a generation task, and
-any key the OpenAPI document does not list. ``seed`` and ``user`` are accepted (greedy decoding needs no seed). Errors are
-``{"error": {"message", "type", "param", "code"}}``.
+any key the OpenAPI document does not list. ``seed`` and ``user`` are accepted (greedy decoding needs no seed).
+Errors are ``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
@@ -184,23 +184,54 @@ def prompt_rows(prompt, task: ServedTask, limits: Limits) -> list[dict]:
             for i, p in enumerate(prompts)]
 
 
-def message_text(messages) -> str:
-    """The last message's text; it must be the user's."""
-    if not isinstance(messages, list) or not messages:
-        raise RequestError(400, "'messages' must be a non-empty list", param="messages")
-    last = messages[-1]
-    if not isinstance(last, dict) or last.get("role") != "user":
-        raise RequestError(400, "the last message must be the user's (role 'user'): its text is the task's input",
-                           param="messages")
-    content = last.get("content")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def content_text(content, where: str) -> str | None:
+    """A message's content as text: a string, or text parts joined by newlines (None stays None)."""
     if isinstance(content, list):
         if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                    for p in content):
-            raise RequestError(400, "only text content parts are supported", param="messages")
-        content = "\n".join(p["text"] for p in content)
-    if not isinstance(content, str):
-        raise RequestError(400, "the last message's content must be text", param="messages")
+            raise RequestError(400, f"{where}: only text content parts are supported", param="messages")
+        return "\n".join(p["text"] for p in content)
+    if content is not None and not isinstance(content, str):
+        raise RequestError(400, f"{where}: content must be text", param="messages")
     return content
+
+
+def message_text(messages) -> str:
+    """The last message's text; it must be the user's. Every message must be well formed, though only the last is
+    read."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "'messages' must be a non-empty list", param="messages")
+    texts = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise RequestError(400, f"messages[{i}] must be an object with a role in {list(ROLES)}",
+                               param="messages")
+        texts.append(content_text(message.get("content"), f"messages[{i}]"))
+    if messages[-1]["role"] != "user" or texts[-1] is None:
+        raise RequestError(400, "the last message must be the user's (role 'user'), with text: its text is the "
+                                "task's input", param="messages")
+    return texts[-1]
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_scalars(body: dict, kind: str) -> None:
+    """Keys whose value only needs the right type (or null)."""
+    rules = {"seed": (is_int, "an integer"), "user": (lambda v: isinstance(v, str), "a string"),
+             "stream": (lambda v: isinstance(v, bool), "true or false")}
+    if kind == "completion":
+        rules["logprobs"] = (lambda v: is_int(v) and 0 <= v <= 5, "an integer from 0 to 5")
+    else:
+        rules["logprobs"] = (lambda v: isinstance(v, bool), "true or false")
+        rules["top_logprobs"] = (lambda v: is_int(v) and 0 <= v <= 20, "an integer from 0 to 20")
+    for key, (ok, what) in rules.items():
+        if body.get(key) is not None and not ok(body[key]):
+            raise RequestError(400, f"'{key}' must be {what}", param=key)
 
 
 def check_common(body: dict, task: ServedTask, limits: Limits, budget_key: str) -> tuple[int, bool, bool]:
@@ -208,11 +239,10 @@ def check_common(body: dict, task: ServedTask, limits: Limits, budget_key: str) 
     max_new = min(task.default_max_new_tokens, limits.max_new_tokens)
     if body.get(budget_key) is not None:
         max_new = check_max_new_tokens(body[budget_key], limits, budget_key)
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise RequestError(400, "'stream' must be true or false", param="stream")
+    stream = bool(body.get("stream"))  # a bool or null, checked by check_scalars
     options = body.get("stream_options")
-    if options is not None and (not stream or not isinstance(options, dict) or set(options) - {"include_usage"}):
+    if options is not None and (not stream or not isinstance(options, dict) or set(options) - {"include_usage"}
+                                or not isinstance(options.get("include_usage", False), bool)):
         raise RequestError(400, "stream_options must be {\"include_usage\": bool}, and only with stream: true",
                            param="stream_options")
     include_usage = bool(options and options.get("include_usage"))
@@ -226,6 +256,7 @@ def check_common(body: dict, task: ServedTask, limits: Limits, budget_key: str) 
 def parse_completion(body, tasks: dict[str, ServedTask], limits: Limits) -> OpenAIRequest:
     """Check a ``/v1/completions`` body (see the module docstring); RequestError otherwise."""
     check_keys(body, COMPLETION_KEYS)
+    check_scalars(body, "completion")
     task = find_task(body, tasks)
     rows = prompt_rows(body.get("prompt"), task, limits)
     max_new, stream, include_usage = check_common(body, task, limits, "max_tokens")
@@ -237,6 +268,7 @@ def parse_completion(body, tasks: dict[str, ServedTask], limits: Limits) -> Open
 def parse_chat(body, tasks: dict[str, ServedTask], limits: Limits) -> OpenAIRequest:
     """Check a ``/v1/chat/completions`` body (see the module docstring); RequestError otherwise."""
     check_keys(body, CHAT_KEYS)
+    check_scalars(body, "chat")
     task = find_task(body, tasks)
     row = row_from_text(message_text(body.get("messages")), task, limits, "messages")
     budget_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
@@ -347,14 +379,16 @@ def request_schema(kind: str, tasks: dict[str, ServedTask], limits: Limits) -> d
         >>> request_schema("chat", {}, Limits())["required"]
         ['model', 'messages']
     """
-    text = {"type": "string", "minLength": 1, "maxLength": limits.max_field_chars}
+    # no maxLength: a JSON object of several fields may be longer than one field (fields are checked once parsed)
+    text = {"type": "string", "minLength": 1}
     budget = {"type": ["integer", "null"], "minimum": 1, "maximum": limits.max_new_tokens,
               "description": "generation tasks: at most this many tokens (default: the task's task.max_new_tokens)"}
     props = {"model": {"type": "string", "enum": list(tasks), "description": "a task name"} if tasks else
              {"type": "string", "description": "a task name (no task is served now)"},
              "stream": {"type": ["boolean", "null"], "default": False},
              "stream_options": {"type": ["object", "null"], "additionalProperties": False,
-                                "properties": {"include_usage": {"type": "boolean"}}},
+                                "properties": {"include_usage": {"type": "boolean"}},
+                                "description": "only with stream: true"},
              "seed": {"type": ["integer", "null"]}, "user": {"type": ["string", "null"]}, "max_tokens": budget}
     if kind == "completion":
         props["prompt"] = {"oneOf": [text, {"type": "array", "minItems": 1, "maxItems": limits.max_rows,
@@ -366,7 +400,7 @@ def request_schema(kind: str, tasks: dict[str, ServedTask], limits: Limits) -> d
         part = {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"},
                                                                               "text": {"type": "string"}}}
         message = {"type": "object", "required": ["role"], "properties": {
-            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+            "role": {"enum": list(ROLES)},
             "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": part}, {"type": "null"}]}}}
         props["messages"] = {"type": "array", "minItems": 1, "items": message,
                              "description": "the last message is the user's; its text is the task's input"}
