@@ -111,90 +111,87 @@ def finish(result: dict, sizes, positions: int, logit_positions: int, train_s: f
 # PEFT, as its P-tuning example does it
 
 
-def run_peft(args) -> dict:
+def peft_fit(model0, tok, train_rows: list[dict], epochs: int, seed: int, device):
+    """A fresh PEFT P-tuning encoder on ``model0`` trained as the recipe does; return (model, seconds, examples,
+    positions fed to the model)."""
     import torch
     from peft import PromptEncoderConfig, get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
-    from ptune.modeling.base import load_base
+    from peft_recipe import encode_train
+
+    torch.manual_seed(seed)
+    pcfg = PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=20, encoder_hidden_size=128)
+    model = get_peft_model(model0, pcfg)
+    data = [encode_train(tok, r) for r in train_rows]
+    ids, att, lab = (torch.tensor([d[j] for d in data]) for j in range(3))  # (N, 64) each
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-2)
+    sched = get_linear_schedule_with_warmup(opt, 0, math.ceil(len(data) / 8) * epochs)
+    gen = torch.Generator().manual_seed(seed)
+    positions = 0
+    t0 = time.perf_counter()
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=gen)
+        for s in range(0, len(data), 8):
+            b = order[s:s + 8]
+            out = model(input_ids=ids[b].to(device), attention_mask=att[b].to(device), labels=lab[b].to(device))
+            out.loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            positions += len(b) * (MAX_LENGTH + 20)
+    return model, time.perf_counter() - t0, len(data) * epochs, positions
+
+
+def peft_generate(model, tok, rows: list[dict], batch: int, device) -> list[str]:
+    """Greedy ``generate`` of up to 4 tokens after each row's prompt, left padded to ``MAX_LENGTH``; the texts."""
+    import torch
+
+    pad = tok.pad_token_id
+    model.eval()
+    texts = []
+    with torch.no_grad():
+        for s in range(0, len(rows), batch):
+            prompts = [tok(f"{TEXT} : {r[TEXT]} Label : ", add_special_tokens=False)["input_ids"][-MAX_LENGTH:]
+                       for r in rows[s:s + batch]]
+            ids = torch.tensor([[pad] * (MAX_LENGTH - len(i)) + i for i in prompts], device=device)  # (B, 64)
+            att = torch.tensor([[0] * (MAX_LENGTH - len(i)) + [1] * len(i) for i in prompts], device=device)
+            out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=4, do_sample=False,
+                                 eos_token_id=pad, pad_token_id=pad)
+            texts += [t.strip() for t in tok.batch_decode(out[:, MAX_LENGTH:], skip_special_tokens=True)]
+    return texts
+
+
+def run_peft(args) -> dict:
+    import torch
+
     from ptune.config import ModelConfig
+    from ptune.modeling.base import load_base
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = load_base(ModelConfig(dtype="float32"), device)  # PEFT's default: the model as loaded, float32
     model0, tok = base.model, base.tokenizer
-    pad = tok.pad_token_id
     rows = read_rows(Path(args.data) / "train.csv")
     test = read_rows(Path(args.data) / "test_unlabeled.csv")[:args.test_rows]
     labels = sorted({r[LABEL] for r in rows})
     rss_loaded = rss_mb()
-
-    def encode_train(row):
-        x = tok(f"{TEXT} : {row[TEXT]} Label : ", add_special_tokens=False)["input_ids"]
-        y = tok(row[LABEL], add_special_tokens=False)["input_ids"] + [pad]
-        ids, lab = (x + y)[-MAX_LENGTH:], ([-100] * len(x) + y)[-MAX_LENGTH:]
-        n = MAX_LENGTH - len(ids)
-        return [pad] * n + ids, [0] * n + [1] * len(ids), [-100] * n + lab
-
-    def encode_prompt(rows_):
-        ids = [tok(f"{TEXT} : {r[TEXT]} Label : ", add_special_tokens=False)["input_ids"][-MAX_LENGTH:] for r in rows_]
-        return (torch.tensor([[pad] * (MAX_LENGTH - len(i)) + i for i in ids], device=device),
-                torch.tensor([[0] * (MAX_LENGTH - len(i)) + [1] * len(i) for i in ids], device=device))
-
-    pcfg = PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=20, encoder_hidden_size=128)
     sizes = model_sizes(model0)
-
-    def train(train_rows, seed):
-        torch.manual_seed(seed)
-        model = get_peft_model(model0, pcfg)
-        data = [encode_train(r) for r in train_rows]
-        ids, att, lab = (torch.tensor([d[j] for d in data]) for j in range(3))
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-2)
-        steps = math.ceil(len(data) / 8) * args.epochs
-        sched = get_linear_schedule_with_warmup(opt, 0, steps)
-        gen = torch.Generator().manual_seed(seed)
-        positions = 0
-        t0 = time.perf_counter()
-        model.train()
-        for _ in range(args.epochs):
-            order = torch.randperm(len(data), generator=gen)
-            for s in range(0, len(data), 8):
-                b = order[s:s + 8]
-                out = model(input_ids=ids[b].to(device), attention_mask=att[b].to(device), labels=lab[b].to(device))
-                out.loss.backward()
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-                positions += len(b) * (MAX_LENGTH + 20)
-        return model, time.perf_counter() - t0, len(data) * args.epochs, positions
-
-    @torch.no_grad()
-    def predict(model, rows_):
-        model.eval()
-        texts = []
-        for s in range(0, len(rows_), args.predict_batch):
-            ids, att = encode_prompt(rows_[s:s + args.predict_batch])
-            out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=4, do_sample=False,
-                                 eos_token_id=pad, pad_token_id=pad)
-            texts += [t.strip() for t in tok.batch_decode(out[:, MAX_LENGTH:], skip_special_tokens=True)]
-        return texts
 
     train_s, examples, positions, correct, malformed, n_held = 0.0, 0, 0, 0, 0, 0
     with PeakRSS() as peak:
-        models = []
         for tr, held in fold_splits(rows, args.cv_folds):
-            model, s, n, pos = train([rows[i] for i in tr], SEED)
+            model, s, n, pos = peft_fit(model0, tok, [rows[i] for i in tr], args.epochs, SEED, device)
             train_s, examples, positions = train_s + s, examples + n, positions + pos
-            models.append((model, held))
-            texts = predict(model, [rows[i] for i in held])
+            texts = peft_generate(model, tok, [rows[i] for i in held], args.predict_batch, device)
             for i, t in zip(held, texts):
                 correct += t == rows[i][LABEL]
                 malformed += t not in labels
             n_held += len(held)
             model.train()
     maxrss = ru_maxrss_mb()
-    model = models[-1][0]
     t0 = time.perf_counter()
-    texts = predict(model, test)
+    texts = peft_generate(model, tok, test, args.predict_batch, device)  # the last fold's encoder
     pred_s = time.perf_counter() - t0
     result = {"train_examples_per_s": examples / train_s, "train_examples": examples,
               "predict_rows_per_s": len(test) / pred_s, "predict_rows": len(test),
