@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
-from .config import config_from_dict
+from .config import Config, config_from_dict
 from .data.labels import LabelSpace
 from .data.tables import Table, cell_text, read_table
 from .errors import CheckpointError, DataError, PtuneError
@@ -62,6 +62,79 @@ def rows_table(rows: Any) -> Table:
     else:
         raise DataError(f"expected a list of dicts or a pandas DataFrame, got {type(rows).__name__}")
     return Table(source, columns, [{str(k): python_cell_text(v) for k, v in r.items()} for r in records])
+
+
+@dataclass
+class SavedCheckpoint:
+    """A checkpoint directory read and checked, before anything is built from it: what ``Predictor.load`` starts
+    from (and the server, which keeps only the prompt table of each of its many tasks).
+
+    Args:
+        folder (`Path`): the checkpoint directory.
+        meta (`dict`): its manifest.
+        cfg (`Config`): the config it was trained with (``model_override`` and ``device`` applied).
+        labels (`LabelSpace` or None): its labels (classification).
+        saved_base (`dict`): the identity of the base model it was trained on.
+        encoder_state (`dict[str, torch.Tensor]`): the trained tensors by name (the encoder's, a linear head's).
+        prompts (`torch.Tensor`): (n, d) the prompt table inference splices in.
+
+    Example:
+        >>> saved = read_checkpoint("runs/complaints")
+        >>> saved.prompts.shape
+        torch.Size([8, 576])
+    """
+    folder: Path
+    meta: dict
+    cfg: Config
+    labels: LabelSpace | None
+    saved_base: dict
+    encoder_state: dict[str, torch.Tensor]
+    prompts: torch.Tensor
+
+    def check_base(self, identity: dict) -> None:
+        """Refuse a base model (``FrozenBase.identity``) other than the one this checkpoint was trained on."""
+        checkpoint.check_identity(self.saved_base, identity, f"checkpoint {self.folder}")
+
+    def label_offsets(self, names: list[str]) -> torch.Tensor | None:
+        """(labels,) the fitted offsets of ``task.calibrate: prior`` in the order of ``names``; None without."""
+        offsets = self.meta.get("label_offsets")
+        if offsets is None:
+            return None
+        if not isinstance(offsets, dict) or sorted(offsets) != sorted(names):
+            raise CheckpointError(f"{self.folder / checkpoint.MANIFEST}: label_offsets must give a number for each "
+                                  f"label {names}")
+        return torch.tensor([float(offsets[n]) for n in names])
+
+
+def read_checkpoint(folder: str | Path, *, model_override: str | None = None,
+                    device: str | None = None) -> SavedCheckpoint:
+    """Read a checkpoint directory: its manifest and tensor files, every file verified.
+
+    Args:
+        folder (`str` or `Path`): the checkpoint directory.
+        model_override (`str`, *optional*): the base model's path instead of the one recorded.
+        device (`str`, *optional*): overrides the config's ``model.device``.
+
+    Returns:
+        `SavedCheckpoint`: the parts, nothing built yet.
+
+    Example:
+        >>> read_checkpoint("runs/complaints").cfg.task.type
+        'classification'
+    """
+    folder = Path(folder)
+    meta, encoder_state, prompts = checkpoint.load_model(folder)
+    try:  # a hand-edited manifest: say which file is wrong rather than which config key
+        cfg = config_from_dict(meta["config"])
+        labels = LabelSpace(list(meta["labels"]), list(meta["labels"].values())) if meta.get("labels") else None
+        saved_base = dict(meta["base"])
+    except (PtuneError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{folder / checkpoint.MANIFEST}: unusable manifest ({err})") from None
+    if model_override:
+        cfg = cfg.replace({"model.name_or_path": model_override, "model.gguf_file": None})
+    if device:
+        cfg = cfg.replace({"model.device": device})
+    return SavedCheckpoint(folder, meta, cfg, labels, saved_base, encoder_state, prompts)
 
 
 class RowPredictor:
@@ -178,40 +251,22 @@ class Predictor(RowPredictor):
             >>> Predictor.load("runs/complaints", device="cpu").labels
             ['complaint', 'no complaint']
         """
-        folder = Path(folder)
-        meta, encoder_state, prompts = checkpoint.load_model(folder)
-        try:  # a hand-edited manifest: say which file is wrong rather than which config key
-            cfg = config_from_dict(meta["config"])
-            labels = LabelSpace(list(meta["labels"]), list(meta["labels"].values())) if meta.get("labels") else None
-            saved_base = dict(meta["base"])
-        except (PtuneError, KeyError, TypeError, ValueError, AttributeError) as err:
-            raise CheckpointError(f"{folder / checkpoint.MANIFEST}: unusable manifest ({err})") from None
-        if model_override:
-            cfg = cfg.replace({"model.name_or_path": model_override, "model.gguf_file": None})
-        if device:
-            cfg = cfg.replace({"model.device": device})
-
-        def check(identity: dict) -> None:
-            checkpoint.check_identity(saved_base, identity, f"checkpoint {folder}")
-
+        saved = read_checkpoint(folder, model_override=model_override, device=device)
         if base is not None:
-            check(base.identity)
-        session = open_session(cfg, labels=labels, base=base, check_identity=check)
+            saved.check_base(base.identity)
+        session = open_session(saved.cfg, labels=saved.labels, base=base, check_identity=saved.check_base)
         model = session.new_model()
         try:
-            model.load_trainable_state(encoder_state)
+            model.load_trainable_state(saved.encoder_state)
         except ValueError as err:
-            raise CheckpointError(f"{folder}: the encoder weights do not fit the manifest's config ({err})") from None
-        model.set_prompt_table(prompts)
-        if meta.get("label_offsets") is not None:  # task.calibrate: prior
-            offsets = meta["label_offsets"]
-            names = session.task.labels.labels if session.task.labels else []
-            if not isinstance(offsets, dict) or sorted(offsets) != sorted(names):
-                raise CheckpointError(f"{folder / checkpoint.MANIFEST}: label_offsets must give a number for each "
-                                      f"label {names}")
-            model.label_offsets = torch.tensor([float(offsets[n]) for n in names])
+            raise CheckpointError(f"{saved.folder}: the encoder weights do not fit the manifest's config "
+                                  f"({err})") from None
+        model.set_prompt_table(saved.prompts)
+        offsets = saved.label_offsets(session.task.labels.labels if session.task.labels else [])
+        if offsets is not None:  # task.calibrate: prior
+            model.label_offsets = offsets
         model.eval()
-        return cls(session, model, meta)
+        return cls(session, model, saved.meta)
 
     @property
     def name(self) -> str:
