@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..tasks.mixed import classify_mixed
+from ..tasks.mixed import MixedGroup
 from .protocol import Limits
 from .tasks import ServedTask
 
@@ -66,16 +67,35 @@ def predict_rows(task: ServedTask, rows: list[dict], max_new_tokens: int) -> lis
         >>> predict_rows(task, [{"text": "hello"}], 5)  # doctest: +SKIP
         [{'prediction': 'hi there'}]
     """
-    predictor = task.predictor
-    session = predictor.session
+    session, model = task.session, task.model
     objective = session.task
     if task.type == "generation" and max_new_tokens != objective.cfg.max_new_tokens:
         # a copy of the task with this request's budget: the served task itself is never changed
         objective = dataclasses.replace(objective, cfg=dataclasses.replace(objective.cfg,
                                                                            max_new_tokens=max_new_tokens))
-    predictor.model.eval()
     with torch.inference_mode():
-        return objective.predict(predictor.model, rows, session.cfg.train.eval_batch_size, session.device)
+        return objective.predict(model, rows, session.cfg.train.eval_batch_size, session.device)
+
+
+def predict_mixed(groups: list[tuple[ServedTask, list[dict]]]) -> list[list[dict]]:
+    """Classification rows of several tasks of one store, in shared model calls (``tasks.mixed.MixedScorer``): only
+    the tables of the tasks present are stacked, and a task's own model is built only where the shared pass cannot
+    serve it.
+
+    Args:
+        groups (list[tuple[ServedTask, list[dict]]]): each task (``mixable``) and its checked rows.
+
+    Returns:
+        list[list[dict]]: per group, one ``{"prediction", "scores"}`` per row, in order.
+
+    Example:
+        >>> predict_mixed([(topics, [{"text": "late parcel"}]), (sentiment, [{"text": "great"}])])  # doctest: +SKIP
+    """
+    first = groups[0][0]
+    parts = [MixedGroup(task.session.task, task.table, rows, functools.partial(task.store.model, task))
+             for task, rows in groups]
+    with torch.inference_mode():
+        return first.store.mixer.classify(parts, first.session.cfg.train.eval_batch_size, first.session.device)
 
 
 class Batcher:
@@ -140,17 +160,21 @@ class Batcher:
 
     def _plan(self, jobs: list[Job]) -> list[list[Job] | list[list[Job]]]:
         """Model calls for the collected jobs: one per (task, op, budget) group, and the mixable classification
-        groups of several tasks as one call (a list of groups)."""
+        groups of several tasks of one store as one call (a list of groups)."""
         groups: dict[tuple, list[Job]] = {}
         for job in jobs:
             if not job.future.done():  # a client that went away is not computed for
-                groups.setdefault((job.task.name, job.op, job.max_new_tokens), []).append(job)
+                groups.setdefault((job.task, job.op, job.max_new_tokens), []).append(job)
         calls = list(groups.values())
-        mixable = [g for g in calls if g[0].task.type == "classification"
-                   and g[0].task.predictor.model.can_score_continuations]
-        if self.limits.mix_tasks and len(mixable) > 1:
-            calls = [g for g in calls if not any(g is m for m in mixable)] + [mixable]
-        return calls
+        if not self.limits.mix_tasks:
+            return calls
+        by_store: dict[int, list[list[Job]]] = {}
+        for group in calls:
+            if group[0].task.mixable:
+                by_store.setdefault(id(group[0].task.store), []).append(group)
+        mixed = [m for m in by_store.values() if len(m) > 1]
+        in_mixed = {id(g) for m in mixed for g in m}
+        return [g for g in calls if id(g) not in in_mixed] + mixed
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -178,12 +202,9 @@ class Batcher:
     def _predict_mixed(self, groups: list[list[Job]]) -> list[dict]:
         """Classification rows of several tasks, one set of model calls; predictions in job order."""
         t0 = time.perf_counter()
-        parts = [(g[0].task.predictor.session.task, g[0].task.predictor.model, [r for j in g for r in j.rows])
-                 for g in groups]
-        session = groups[0][0].task.predictor.session
-        with torch.inference_mode():
-            out = classify_mixed(parts, session.cfg.train.eval_batch_size, session.device)
-        self._count(sum(len(rows) for _, _, rows in parts), t0)
+        parts = [(g[0].task, [r for j in g for r in j.rows]) for g in groups]
+        out = predict_mixed(parts)
+        self._count(sum(len(rows) for _, rows in parts), t0)
         with self.stats.lock:
             self.stats.mixed_batches += 1
         return [p for preds in out for p in preds]

@@ -11,11 +11,9 @@ finish after the task is removed. With API keys set, both need the key like ever
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from ..errors import PtuneError
-from ..inference import Predictor
 from .protocol import NAME_RE, RequestError
 from .state import ServingState
 from .tasks import ServedTask
@@ -70,14 +68,12 @@ async def add_task(state: ServingState, body) -> ServedTask:
     async with state.changing:  # one load at a time: two adds of one name cannot both pass the check above
         if name in state.tasks:
             raise RequestError(409, f"task {name!r} exists; delete it first to replace it")
-        load = functools.partial(Predictor.load, folder, base=state.base, device=state.device)
         try:
-            predictor = await state.batcher.run_alone(load)
+            task = await state.batcher.run_alone(state.store.load, name, folder)
         except PtuneError as err:  # another base model, a damaged manifest, ...
             raise RequestError(422, str(err)) from None
-        task = ServedTask(name, str(folder), predictor)
         state.tasks[name] = task
-        state.base = state.base or predictor.session.base
+        state.base = state.base or task.session.base
     return task
 
 

@@ -13,7 +13,7 @@ from ..errors import DataError
 from ..modeling.base import FrozenBase
 from .batcher import Batcher
 from .protocol import Limits, RequestError
-from .tasks import ServedTask
+from .tasks import ServedTask, TaskStore
 
 logger = logging.getLogger("ptune.serve")
 
@@ -29,6 +29,8 @@ class ServingState:
         tasks_dir (Path | None): where tasks may be added from while serving (None: the tasks are fixed).
         device (str | None): the device override added tasks load with.
         base (FrozenBase | None): the base model every task runs on (added tasks must match it).
+        store (TaskStore | None): what the tasks share and where added tasks are loaded (default: the first task's,
+            else a new one on ``device`` and ``base``).
     """
 
     tasks: dict[str, ServedTask]
@@ -37,8 +39,14 @@ class ServingState:
     tasks_dir: Path | None = None
     device: str | None = None
     base: FrozenBase | None = None
+    store: TaskStore | None = None
     changing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     """Held while a task is being added."""
+
+    def __post_init__(self):
+        if self.store is None:
+            first = next(iter(self.tasks.values()), None)
+            self.store = first.store if first is not None else TaskStore(self.device, self.base)
 
 
 async def read_json(request, limits: Limits):

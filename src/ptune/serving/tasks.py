@@ -1,68 +1,236 @@
-"""The tasks a server holds: each checkpoint is a ``Predictor`` over one shared frozen base model (a prompt table of
-a few kilobytes per task), named by the client in every request."""
+"""The tasks a server holds, possibly a thousand over one frozen base model, so each keeps only what answering needs:
+its prompt table (n, d), a linear head's weights or calibration offsets where it has them, and the ``Session``
+(template, renderer, labels) that it shares with every task of the same serving config. The encoder's weights are
+checked against the config and dropped (answers read the saved table only).
+
+Models over the base are built when a task is used and kept for the most recently used tasks only
+(``TaskStore.max_models``): each holds its shared-prefix KV cache (layers x 2 x P x d_kv numbers), which a rarely
+used task would otherwise keep for nothing. Classification rows of several tasks collected together need no model
+of their own (``tasks.mixed.MixedScorer`` splices the tables they bring).
+"""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import PtuneError
-from ..inference import Predictor
+import torch
+
+from ..checkpoint import MANIFEST
+from ..errors import CheckpointError, PtuneError
+from ..inference import Predictor, SavedCheckpoint, read_checkpoint
+from ..modeling.base import FrozenBase
+from ..modeling.encoders import EmbeddingEncoder
+from ..modeling.heads import LinearHead
+from ..modeling.ptuning import PTuningModel, build_ptuning_model
+from ..session import Session, head_layer, open_session
+from ..tasks.mixed import MixedScorer
 from .protocol import NAME_RE
 
+INFERENCE_TRAIN_KEYS = ("max_length", "eval_batch_size", "objective", "class_weights")
+"""The ``train`` keys that prediction reads (how rows are cut and batched, what the task is built with)."""
 
-@dataclass
+
+def serving_key(saved: SavedCheckpoint) -> str:
+    """What decides how a checkpoint answers apart from its trained tensors: the task, base model, column map,
+    the train keys prediction reads, the encoder section (its saved weights are checked against it) and the
+    labels. Checkpoints with the same key share one ``Session``.
+
+    Args:
+        saved (SavedCheckpoint): a checkpoint as read.
+
+    Returns:
+        str: a canonical JSON text.
+
+    Example:
+        >>> serving_key(read_checkpoint("runs/seed-1")) == serving_key(read_checkpoint("runs/seed-2"))  # doctest: +SKIP
+        True
+    """
+    cfg = saved.cfg.to_dict()
+    return json.dumps({"task": cfg["task"], "model": cfg["model"], "encoder": cfg["encoder"],
+                       "columns": cfg["data"]["columns"], "labels": saved.meta.get("labels"),
+                       "train": {k: cfg["train"][k] for k in INFERENCE_TRAIN_KEYS}}, sort_keys=True)
+
+
+@dataclass(eq=False)  # tasks are told apart by identity: a task removed and added again is a new one
 class ServedTask:
-    """One checkpoint being served under ``name``.
+    """One checkpoint being served under ``name``: its prompt table and whatever else it alone needs.
 
     Args:
         name (str): what clients call it (``task`` in native requests, ``model`` in OpenAI ones).
         folder (str): the checkpoint directory it was loaded from.
-        predictor (Predictor): the loaded checkpoint, over the server's base model.
+        session (Session): the config, base model, template and task, shared with every task of the same serving
+            config.
+        table (torch.Tensor): (n, d) the prompt table.
+        store (TaskStore): where its model is built and kept while it is used.
+        head (dict[str, torch.Tensor]): ``task.head: linear``'s classifier weights (``classifier.*``), else empty.
+        label_offsets (torch.Tensor | None): (labels,) ``task.calibrate: prior``'s offsets.
 
     Example:
-        >>> task = ServedTask("topics", "runs/topics", Predictor.load("runs/topics"))  # doctest: +SKIP
-        >>> task.columns  # doctest: +SKIP
-        ['text']
+        >>> task = TaskStore().load("topics", "runs/topics")  # doctest: +SKIP
+        >>> task.columns, task.table.shape  # doctest: +SKIP
+        (['text'], torch.Size([8, 576]))
     """
 
     name: str
     folder: str
-    predictor: Predictor
+    session: Session
+    table: torch.Tensor
+    store: TaskStore = field(repr=False)
+    head: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    label_offsets: torch.Tensor | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     """When it was loaded (Unix seconds; OpenAI's model ``created``)."""
 
     @property
     def type(self) -> str:
-        return self.predictor.session.cfg.task.type
+        return self.session.cfg.task.type
+
+    @property
+    def template(self) -> str:
+        return self.session.cfg.task.template
 
     @property
     def columns(self) -> list[str]:
         """Row keys the template needs (template fields mapped through data.columns)."""
-        cfg = self.predictor.session.cfg
-        return [cfg.data.columns.get(f, f) for f in self.predictor.session.template.fields]
+        columns = self.session.cfg.data.columns
+        return [columns.get(f, f) for f in self.session.template.fields]
 
     @property
     def labels(self) -> list[str] | None:
-        labels = self.predictor.session.task.labels
+        labels = self.session.task.labels
         return labels.labels if labels else None
 
     @property
     def default_max_new_tokens(self) -> int:
         """The checkpoint's ``task.max_new_tokens``: what a generation request gets when it names no budget."""
-        return self.predictor.session.cfg.task.max_new_tokens
+        return self.session.cfg.task.max_new_tokens
+
+    @property
+    def mixable(self) -> bool:
+        """Whether its rows can share model calls with other tasks' rows (classification by label words over a
+        causal base that scores continuations)."""
+        return (self.type == "classification" and self.session.cfg.task.head != "linear"
+                and self.store.scores_continuations)
+
+    @property
+    def model(self) -> PTuningModel:
+        """Its model over the base (evaluation mode), built on first use and kept while it is recently used. Use it
+        on the model thread."""
+        return self.store.model(self)
+
+    @property
+    def predictor(self) -> Predictor:
+        """A ``Predictor`` over its model (built as ``model`` says)."""
+        return Predictor(self.session, self.model, {"template": self.template})
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens of each text under the base model's tokenizer (no special tokens). Run it on the model thread:
         the tokenizer is not shared across threads."""
-        tok = self.predictor.session.tokenizer
+        tok = self.session.tokenizer
         return [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
     def describe(self) -> dict:
-        return {"name": self.name, "type": self.type, "template": self.predictor.meta["template"],
-                "fields": self.columns, "labels": self.labels,
+        return {"name": self.name, "type": self.type, "template": self.template, "fields": self.columns,
+                "labels": self.labels,
                 "max_new_tokens": self.default_max_new_tokens if self.type == "generation" else None}
+
+
+class TaskStore:
+    """The parts tasks share: one base model, one ``Session`` per serving config, the models of the most recently
+    used tasks (each with its prefix cache) and the scorer of mixed-task batches.
+
+    Args:
+        device (str | None): overrides the checkpoints' ``model.device``.
+        base (FrozenBase | None): the base model (else the first checkpoint's, loaded once).
+        max_models (int): how many tasks' models are kept at once.
+
+    Example:
+        >>> store = TaskStore(max_models=16)  # doctest: +SKIP
+        >>> tasks = {name: store.load(name, folder) for name, folder in [("a", "runs/a"), ("b", "runs/b")]}  # doctest: +SKIP
+    """
+
+    def __init__(self, device: str | None = None, base: FrozenBase | None = None, max_models: int = 32):
+        if max_models < 1:
+            raise PtuneError("serve: keep at least one task model")
+        self.device = device
+        self.base = base
+        self.max_models = max_models
+        self.sessions: dict[str, tuple[Session, dict[str, tuple]]] = {}  # key -> (session, trained tensor shapes)
+        self.models: OrderedDict[ServedTask, PTuningModel] = OrderedDict()  # least recently used first
+        self.lock = threading.Lock()
+        self.scores_continuations = False
+        self.mixer: MixedScorer | None = None
+
+    def load(self, name: str, folder: str | Path) -> ServedTask:
+        """Read the checkpoint in ``folder`` and serve it as ``name`` (its base model must be this store's).
+
+        Args:
+            name (str): the task's name.
+            folder (str | Path): the checkpoint directory.
+
+        Returns:
+            ServedTask: the task; its model is built when first used.
+        """
+        check_name(name)
+        saved = read_checkpoint(folder, device=self.device)
+        if self.base is not None:
+            saved.check_base(self.base.identity)
+        session, shapes = self.session_for(saved)
+        got = {k: tuple(v.shape) for k, v in saved.encoder_state.items()}
+        if got != shapes:  # what Predictor.load refuses (its encoder weights do not fit the manifest's config)
+            raise CheckpointError(f"{saved.folder}: the encoder weights do not fit the manifest's config "
+                                  f"(expected {sorted(shapes)})")
+        names = session.task.labels.labels if session.task.labels else []
+        head = {k: v.to(session.device) for k, v in saved.encoder_state.items() if k.startswith("classifier.")}
+        task = ServedTask(name, str(folder), session, saved.prompts.float().to(session.device), self, head,
+                          saved.label_offsets(names))
+        if self.mixer is None:  # the first task: what the base can do, and the mixed-batch scorer over it
+            self.scores_continuations = task.model.can_score_continuations
+            self.mixer = MixedScorer(self.base.model) if self.scores_continuations else None
+        return task
+
+    def session_for(self, saved: SavedCheckpoint) -> tuple[Session, dict[str, tuple]]:
+        """The session for ``saved``'s serving config (opened once, over this store's base) and the shapes of
+        the trained tensors a checkpoint of that config holds."""
+        key = serving_key(saved)
+        if key not in self.sessions:
+            session = open_session(saved.cfg, labels=saved.labels, base=self.base, check_identity=saved.check_base)
+            self.base = self.base or session.base
+            shapes = {k: tuple(v.shape) for k, v in session.new_model().trainable_state().items()}
+            self.sessions[key] = (session, shapes)
+        return self.sessions[key]
+
+    def model(self, task: ServedTask) -> PTuningModel:
+        """``task``'s model (evaluation mode): the kept one, or a new one that replaces the least recently used."""
+        with self.lock:
+            if task in self.models:
+                self.models.move_to_end(task)
+                return self.models[task]
+        model = self.build_model(task)
+        with self.lock:
+            self.models[task] = model
+            while len(self.models) > self.max_models:
+                self.models.popitem(last=False)  # its prefix cache goes with it
+        return model
+
+    def build_model(self, task: ServedTask) -> PTuningModel:
+        """A model over the base serving ``task``'s saved table (the encoder is never run)."""
+        session, table = task.session, task.table
+        dim = session.base.model.get_input_embeddings().weight.shape[1]
+        encoder = EmbeddingEncoder(len(table), dim, init=table).to(session.device)
+        classifier = None
+        if task.head:
+            classifier = LinearHead(dim, len(task.labels), head_layer(session)).to(session.device)
+        model = build_ptuning_model(session.base.model, encoder, session.base.kind, classifier)
+        model.load_trainable_state({"encoder.table": table, **task.head})
+        model.set_prompt_table(table)
+        model.label_offsets = task.label_offsets
+        return model.eval()
 
 
 def check_name(name: str) -> str:
@@ -71,12 +239,14 @@ def check_name(name: str) -> str:
     return name
 
 
-def load_tasks(checkpoints: dict[str, str | Path], device: str | None = None) -> dict[str, ServedTask]:
-    """One Predictor per checkpoint, all over the base model the first one loads (others must match it).
+def load_tasks(checkpoints: dict[str, str | Path], device: str | None = None,
+               store: TaskStore | None = None) -> dict[str, ServedTask]:
+    """Every checkpoint as a task of one store, over the base model the first one loads (others must match it).
 
     Args:
         checkpoints (dict[str, str | Path]): task name -> checkpoint directory.
         device (str | None): overrides the checkpoints' ``model.device``.
+        store (TaskStore | None): the store to load into (default: a new one).
 
     Returns:
         dict[str, ServedTask]: the loaded tasks, in the given order.
@@ -86,18 +256,30 @@ def load_tasks(checkpoints: dict[str, str | Path], device: str | None = None) ->
     """
     if not checkpoints:
         raise PtuneError("serve: give at least one checkpoint directory")
-    tasks: dict[str, ServedTask] = {}
-    base = None
-    for name, folder in checkpoints.items():
-        check_name(name)
-        predictor = Predictor.load(folder, base=base, device=device)
-        base = base or predictor.session.base
-        tasks[name] = ServedTask(name, str(folder), predictor)
-    return tasks
+    store = store or TaskStore(device)
+    return {name: store.load(name, folder) for name, folder in checkpoints.items()}
+
+
+def checkpoints_in(folder: Path) -> dict[str, str]:
+    """The checkpoints directly inside ``folder`` (subfolders holding a manifest), named after their subfolders, in
+    name order.
+
+    Args:
+        folder (Path): a folder of checkpoint directories.
+
+    Returns:
+        dict[str, str]: task name -> checkpoint directory (empty if there are none).
+
+    Example:
+        >>> checkpoints_in(Path("runs/tasks"))  # doctest: +SKIP
+        {'task-0000': 'runs/tasks/task-0000', 'task-0001': 'runs/tasks/task-0001'}
+    """
+    return {sub.name: str(sub) for sub in sorted(folder.iterdir()) if (sub / MANIFEST).is_file()}
 
 
 def parse_checkpoint_args(args: list[str]) -> dict[str, str]:
-    """``DIR`` (named after the folder) or ``NAME=DIR``; names must be unique.
+    """``DIR`` (named after the folder), ``NAME=DIR``, or a folder of checkpoint directories (each named after its
+    subfolder); names must be unique.
 
     Args:
         args (list[str]): the command line's checkpoint arguments.
@@ -113,9 +295,13 @@ def parse_checkpoint_args(args: list[str]) -> dict[str, str]:
     for arg in args:
         if "=" in arg and not Path(arg).exists():
             name, folder = arg.split("=", 1)
+            found = {name: folder}
+        elif Path(arg).is_dir() and not (Path(arg) / MANIFEST).exists() and checkpoints_in(Path(arg)):
+            found = checkpoints_in(Path(arg))
         else:
-            name, folder = Path(arg).resolve().name, arg
-        if name in out:
-            raise PtuneError(f"serve: two checkpoints are named {name!r}; name them with NAME=DIR")
-        out[name] = folder
+            found = {Path(arg).resolve().name: arg}
+        for name, folder in found.items():
+            if name in out:
+                raise PtuneError(f"serve: two checkpoints are named {name!r}; name them with NAME=DIR")
+            out[name] = folder
     return out

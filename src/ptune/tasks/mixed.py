@@ -1,9 +1,15 @@
 """Classification rows of several tasks over one causal base, scored in shared model calls (the server's mixed
-batches): the tasks' prompt tables are stacked into one and each row's virtual positions point into its own part."""
+batches): the tables of the tasks present are stacked into one and each row's virtual positions point into its own
+task's part. A task's own model is asked for only where the shared pass cannot serve it: rows whose truncation
+differs from label word to label word, calibration, a linear head."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
+from torch import nn
 
 from ..data.render import Encoded
 from ..modeling.encoders import EmbeddingEncoder
@@ -13,6 +19,27 @@ from .classification import ClassificationTask
 from .label_scoring import LabelScores, continuation_scores, label_word_ids, score_candidates, split_shared_inputs
 
 Group = tuple[ClassificationTask, PTuningModel, list[dict]]
+
+
+@dataclass
+class MixedGroup:
+    """One task's rows in a mixed batch.
+
+    Args:
+        task (ClassificationTask): the task (renderer, labels, scoring and calibration settings).
+        table (torch.Tensor): (n, d) its prompt table.
+        rows (list[dict]): its rows.
+        own_model (Callable[[], PTuningModel]): gives its own model (its table over the same base), called only
+            where the shared pass cannot serve the task.
+
+    Example:
+        >>> group = MixedGroup(task, model.prompt_table(), [{"text": "hi"}], lambda: model)
+    """
+
+    task: ClassificationTask
+    table: torch.Tensor
+    rows: list[dict]
+    own_model: Callable[[], PTuningModel]
 
 
 def stacked_model(base, tables: list[torch.Tensor]) -> PTuningModel:
@@ -31,10 +58,87 @@ def shifted(prefix: Encoded, offset: int) -> Encoded:
     return Encoded(prefix.input_ids, virtual, prefix.labels, prefix.truncated)
 
 
+class MixedScorer:
+    """Scores mixed batches over one causal base, with one model reused for every batch's stacked table (building a
+    model walks the whole base, which would cost every batch as much as a short forward pass).
+
+    Args:
+        base (torch.nn.Module): the frozen causal LM every task runs on.
+
+    Example:
+        >>> scorer = MixedScorer(base)
+        >>> a, b = scorer.classify([MixedGroup(task_a, table_a, rows_a, model_a),
+        ...                         MixedGroup(task_b, table_b, rows_b, model_b)], 32, "cpu")
+    """
+
+    def __init__(self, base: nn.Module):
+        self.base = base
+        self.model: PTuningModel | None = None
+
+    def over(self, table: torch.Tensor) -> PTuningModel:
+        """The scorer's model serving ``table`` (rows, d), in evaluation mode. Its one-row encoder is a placeholder
+        that never runs: ``set_prompt_table`` gives the rows the virtual positions read, however many there are."""
+        if self.model is None:
+            placeholder = EmbeddingEncoder(1, table.shape[1], init=table.new_zeros(1, table.shape[1]))
+            self.model = build_ptuning_model(self.base, placeholder.to(table.device), "causal").eval()
+        # templates without virtual tokens stack to no rows: one row that no position reads keeps indexing valid
+        self.model.set_prompt_table(table if len(table) else table.new_zeros(1, table.shape[1]))
+        return self.model
+
+    def classify(self, groups: list[MixedGroup], batch_size: int, device) -> list[list[dict]]:
+        """Each group's predictions, the same as its task's own ``predict`` (up to floating-point noise).
+
+        Args:
+            groups (list[MixedGroup]): the tasks and their rows.
+            batch_size (int), device: for scoring.
+
+        Returns:
+            list[list[dict]]: per group, one ``{"prediction", "scores"}`` per row.
+        """
+        alone = [g.task.linear_head for g in groups]  # no label words to share: those tasks score on their own
+        if any(alone):
+            mixed = iter(self.classify([g for g, a in zip(groups, alone) if not a], batch_size, device)
+                         if not all(alone) else [])
+            return [g.task.predict(g.own_model(), g.rows, batch_size, device) if a else next(mixed)
+                    for g, a in zip(groups, alone)]
+        targets = [label_word_ids(g.task) for g in groups]
+        scores = [LabelScores(len(g.rows), len(g.task.labels.labels), g.task.cfg.score == "mean") for g in groups]
+        items, offset = [], 0
+        for gi, g in enumerate(groups):
+            shared, candidates = split_shared_inputs(g.task, g.rows, targets[gi], can_share=True)
+            items += [(gi, ri, shifted(prefix, offset)) for ri, prefix in shared]
+            if candidates:  # rows whose truncation made the label inputs differ: their task's per-candidate path
+                score_candidates(g.task, g.own_model(), candidates, scores[gi], batch_size, device)
+            offset += len(g.table)
+        self.score_shared(torch.cat([g.table for g in groups]), groups, items, targets, scores, batch_size, device)
+        # calibration reads the task's own model (content-free rows, label offsets); "none" reads no model
+        return [g.task.finish(g.own_model() if g.task.cfg.calibrate != "none" else None, sc.values, batch_size,
+                              device) for g, sc in zip(groups, scores)]
+
+    def score_shared(self, table: torch.Tensor, groups: list[MixedGroup], items: list[tuple[int, int, Encoded]],
+                     targets: list[list[tuple[int, list[int]]]], scores: list[LabelScores], batch_size: int,
+                     device) -> None:
+        """Record every label word's score for the (group, row, target-free input) ``items``, whose virtual positions
+        point into ``table`` (the stacked tables); every word of every task is scored once per row, from one pass."""
+        words: dict[tuple, int] = {}
+        for group_targets in targets:
+            for _, ids in group_targets:
+                words.setdefault(tuple(ids), len(words))
+        word_list = [list(w) for w in words]
+        model = self.over(table)
+        pad = groups[0].task.renderer.tokenizer.pad_token_id
+        for _, chunk in sorted_batches(items, batch_size, key=lambda it: len(it[2])):
+            per_word = continuation_scores(model, [c[2] for c in chunk], word_list, pad, device)
+            totals = [logp.sum(-1).tolist() for logp in per_word]  # per word, each row's log-likelihood
+            for b, (gi, ri, _) in enumerate(chunk):
+                for li, ids in targets[gi]:
+                    scores[gi].record(ri, li, totals[words[tuple(ids)]][b], len(ids))
+
+
 def classify_mixed(groups: list[Group], batch_size: int, device) -> list[list[dict]]:
     """Rows of several classification tasks over one causal base model, scored in shared model calls: the tasks'
     prompt tables are stacked into one, each row's virtual positions point into its own task's part, and every label
-    word of every task is scored from the same pass (the server's mixed batches).
+    word of every task is scored from the same pass (the server's mixed batches; it keeps a ``MixedScorer``).
 
     Args:
         groups (`list[tuple[ClassificationTask, PTuningModel, list[dict]]]`): each task, its model and its rows.
@@ -42,37 +146,12 @@ def classify_mixed(groups: list[Group], batch_size: int, device) -> list[list[di
 
     Returns:
         `list[list[dict]]`: each group's predictions, the same as its own ``predict``.
+
+    Example:
+        >>> a_preds, b_preds = classify_mixed([(task_a, model_a, rows_a), (task_b, model_b, rows_b)], 32, "cpu")
     """
-    if any(task.linear_head for task, _, _ in groups):  # no label words to share: those tasks score on their own
-        alone = {g for g, (task, _, _) in enumerate(groups) if task.linear_head}
-        rest = [group for g, group in enumerate(groups) if g not in alone]
-        mixed = iter(classify_mixed(rest, batch_size, device) if rest else [])
-        return [task.predict(model, rows, batch_size, device) if g in alone else next(mixed)
-                for g, (task, model, rows) in enumerate(groups)]
     base = groups[0][1].base
-    if any(m.base is not base or not m.can_score_continuations for _, m, _ in groups):
+    if any(m.base is not base or not (task.linear_head or m.can_score_continuations) for task, m, _ in groups):
         raise ValueError("classify_mixed needs causal models over one shared base")
-    tables = [m.prompt_table() for _, m, _ in groups]
-    targets = [label_word_ids(task) for task, _, _ in groups]
-    words: dict[tuple, int] = {}  # every task's label words (token ids), each scored once per row
-    for group_targets in targets:
-        for _, ids in group_targets:
-            words.setdefault(tuple(ids), len(words))
-    scores = [LabelScores(len(rows), len(task.labels.labels), task.cfg.score == "mean") for task, _, rows in groups]
-    items, offset = [], 0
-    for g, ((task, model, rows), table) in enumerate(zip(groups, tables)):
-        shared, candidates = split_shared_inputs(task, rows, targets[g], can_share=True)
-        items += [(g, ri, shifted(prefix, offset)) for ri, prefix in shared]
-        # rows whose truncation made the label inputs differ take their task's own per-candidate path
-        score_candidates(task, model, candidates, scores[g], batch_size, device)
-        offset += len(table)
-    combined = stacked_model(base, tables)
-    word_list = [list(w) for w in words]
-    pad = groups[0][0].renderer.tokenizer.pad_token_id
-    for _, chunk in sorted_batches(items, batch_size, key=lambda it: len(it[2])):
-        per_word = continuation_scores(combined, [c[2] for c in chunk], word_list, pad, device)
-        totals = [logp.sum(-1).tolist() for logp in per_word]  # per word, each row's log-likelihood
-        for b, (g, ri, _) in enumerate(chunk):
-            for li, ids in targets[g]:
-                scores[g].record(ri, li, totals[words[tuple(ids)]][b], len(ids))
-    return [task.finish(model, sc.values, batch_size, device) for (task, model, _), sc in zip(groups, scores)]
+    return MixedScorer(base).classify([MixedGroup(task, model.prompt_table(), rows, lambda m=model: m)
+                                       for task, model, rows in groups], batch_size, device)
