@@ -5,7 +5,7 @@ import pytest
 from ptune.config import config_from_dict, load_config
 from ptune.data.tables import read_table
 from ptune.errors import ConfigError, DataError
-from ptune.evaluation.metrics import macro_f1
+from ptune.tasks.metrics import macro_f1
 
 
 def test_readers_for_each_format(tmp_path):

@@ -15,7 +15,7 @@ from ptune.inference import Predictor
 from ptune.evaluation.search import run_search, split_space
 from ptune.data.splits import stratified_folds
 from ptune.evaluation.cv import cross_validate
-from ptune.evaluation.evaluator import label_probabilities
+from ptune.evaluator import label_probabilities
 from ptune.training.prepare import prepare
 from ptune.training.trainer import fit
 
@@ -163,7 +163,7 @@ def test_cv_variants_leave_the_session_task_alone_and_every_fold_trains_under_it
 
 
 def test_ensemble_averages_each_members_label_probabilities():
-    from ptune.evaluation.ensemble import ensemble_predictions, mean_label_probabilities
+    from ptune.tasks.ensemble import ensemble_predictions, mean_label_probabilities
 
     # scores are log-probabilities, normalised over the labels here: member b's second row is softmax(-1, 1)
     a = [{"scores": {"x": math.log(0.9), "y": math.log(0.1)}}, {"scores": {"x": 0.0, "y": 0.0}}]

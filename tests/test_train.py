@@ -29,7 +29,7 @@ def test_base_unchanged_and_absent_from_checkpoint_and_reload_predicts_the_same(
     before = {k: v.clone() for k, v in session.base.model.state_dict().items()}
     model, _ = fit(session, tr, dev, tmp_path / "ckpt", show_progress=False)
     assert all(torch.equal(before[k], v) for k, v in session.base.model.state_dict().items())
-    summary = {"dev": __import__("ptune.evaluation.evaluator", fromlist=["evaluate"]).evaluate(model, session, dev)}
+    summary = {"dev": __import__("ptune.evaluator", fromlist=["evaluate"]).evaluate(model, session, dev)}
     meta = json.loads((tmp_path / "ckpt" / "ptune.json").read_text())
     n_encoder = sum(p.numel() for p in model.encoder.parameters())
     stored = 0
@@ -118,7 +118,7 @@ def test_without_an_output_folder_fit_returns_the_best_dev_model_not_the_last(ti
     evals = [h for h in prog.history if h["kind"] == "dev"]
     best = max(evals, key=lambda h: h["accuracy"])  # the first of equals is kept
     assert best is not evals[-1], [h["accuracy"] for h in evals]  # else this test could not tell best from last
-    from ptune.evaluation.evaluator import evaluate
+    from ptune.evaluator import evaluate
 
     assert evaluate(model, session, dev)["loss"] == pytest.approx(best["loss"], abs=1e-6)
 

@@ -17,8 +17,8 @@ import click
 from .config import config_from_dict
 from .data.tables import Table, read_table
 from .evaluation.baselines import fit_probe, manual_session
-from .evaluation.metrics import classification_metrics
 from .inference import Predictor
+from .tasks.metrics import classification_metrics
 from .training.run import train
 
 DATA = files("ptune") / "examples_data"

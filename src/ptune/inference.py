@@ -18,11 +18,11 @@ from .config import Config, config_from_dict
 from .data.labels import LabelSpace
 from .data.tables import Table, cell_text, read_table
 from .errors import CheckpointError, DataError, PtuneError
-from .evaluation.ensemble import ensemble_predictions
-from .evaluation.evaluator import evaluate
+from .evaluator import evaluate
 from .modeling.base import FrozenBase
 from .modeling.ptuning import PTuningModel
 from .session import Session, check_inputs, open_session, report_truncated
+from .tasks.ensemble import ensemble_predictions
 
 
 def is_dataframe(rows: Any) -> bool:
@@ -300,7 +300,7 @@ class Predictor(RowPredictor):
 @dataclass
 class Ensemble(RowPredictor):
     """Several checkpoints of one classification task (e.g. trained with different seeds) over one base model: each
-    row's label probabilities are averaged over the members (``evaluation.ensemble``). It costs one prediction
+    row's label probabilities are averaged over the members (``tasks.ensemble``). It costs one prediction
     pass per member.
 
     Args:

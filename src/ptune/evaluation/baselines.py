@@ -11,9 +11,9 @@ from collections import Counter
 from ..config import Config
 from ..data.tables import Table
 from ..session import Session, open_session
+from ..tasks.metrics import classification_metrics
 from ..training.prepare import prepare
 from .folds import seeded_folds
-from .metrics import classification_metrics
 from .summary import summarise
 
 

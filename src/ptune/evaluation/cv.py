@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from ..config import Config
 from ..data.tables import Table
 from ..errors import PtuneError
+from ..evaluator import evaluate, predict
 from ..modeling.ptuning import PTuningModel
 from ..session import Session
 from ..tasks import Task
+from ..tasks.ensemble import ensemble_predictions
 from ..training.prepare import fold_dev, prepare
 from ..training.trainer import fit, fit_label_offsets
-from .ensemble import ensemble_predictions
-from .evaluator import evaluate, predict
 from .folds import seeded_folds
 from .summary import summarise
 

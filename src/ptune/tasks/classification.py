@@ -9,12 +9,12 @@ import torch.nn.functional as F
 
 from ..data.render import Encoded
 from ..errors import ConfigError
-from ..evaluation.metrics import classification_metrics
 from ..modeling.ptuning import PTuningModel
 from .base import Task, sorted_batches
 from .calibration import calibrated
 from .label_scoring import label_word_scores
 from .losses import ClassifyLoss, LinearHeadLoss, WeightedLMLoss, balanced_weights
+from .metrics import classification_metrics
 
 
 class ClassificationTask(Task):

@@ -10,8 +10,8 @@ import torch
 
 from ..data.render import Renderer
 from ..errors import DataError
-from ..evaluation.metrics import precision_at_1
 from .base import Task, sorted_batches
+from .metrics import precision_at_1
 
 
 @dataclass

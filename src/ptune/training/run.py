@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import checkpoint
 from ..config import Config
 from ..errors import PtuneError
-from ..evaluation.evaluator import evaluate
+from ..evaluator import evaluate
 from ..session import check_inputs, read_split, report_truncated
 from .distributed import check_batch_split, distributed_state, on_main
 from .prepare import prepare

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from ..data.tables import Table
-from ..evaluation.evaluator import label_probabilities
+from ..evaluator import label_probabilities
 from ..modeling.ptuning import PTuningModel
 from ..session import Session
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .. import checkpoint
 from ..data.tables import Table
 from ..errors import CheckpointError, PtuneError
-from ..evaluation.evaluator import evaluate
+from ..evaluator import evaluate
 from ..modeling.ptuning import PTuningModel
 from ..session import Session
 from ..tasks.calibration import fit_prior_offsets

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data.render import Encoded
-from ..data.tables import Table
-from ..modeling.ptuning import PTuningModel
-from ..session import Session
-from ..tasks import Task
-from .ensemble import mean_label_probabilities
+from .data.render import Encoded
+from .data.tables import Table
+from .modeling.ptuning import PTuningModel
+from .session import Session
+from .tasks import Task
+from .tasks.ensemble import mean_label_probabilities
 
 
 @torch.no_grad()
