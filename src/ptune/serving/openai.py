@@ -12,9 +12,10 @@
   ``{"premise": "...", "hypothesis": "..."}``.
 - completions: ``prompt`` is a string, or a list of strings (one choice per string, up to ``Limits.max_rows``);
   token-id prompts are refused.
-- chat: the last message must be the user's; its content is a string or a list of text parts (joined by newlines).
-  Earlier messages (system, assistant, ...) are accepted but not read: the task's template is its prompt and it has
-  no conversation memory.
+- chat: the last user message is the input; its content is a string or a list of text parts (joined by newlines).
+  Every user message must be an input the task could take (checked as the last one is), so that the OpenAPI
+  document can say which conversations are accepted; the other messages (system, assistant, ...) and the earlier
+  user messages are accepted but not read: the task's template is its prompt and it has no conversation memory.
 
 What comes back:
 
@@ -50,7 +51,7 @@ from dataclasses import dataclass, field
 
 from fastapi.responses import JSONResponse
 
-from .protocol import Limits, RequestError, check_max_new_tokens, check_row
+from .protocol import NOT_BLANK, Limits, RequestError, check_max_new_tokens, check_row, field_value_schema, is_integer
 from .tasks import ServedTask
 
 OBJECT_OF = {"completion": "text_completion", "chat": "chat.completion"}
@@ -199,46 +200,49 @@ def content_text(content, where: str) -> str | None:
     return content
 
 
-def message_text(messages) -> str:
-    """The last message's text; it must be the user's. Every message must be well formed, though only the last is
-    read."""
+def user_texts(messages) -> list[tuple[str, str]]:
+    """(``messages[i]``, text) of every user message, in order. Every message must be well formed and every user
+    message must hold text; there must be one at least."""
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list", param="messages")
-    texts = []
+    users = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise RequestError(400, f"messages[{i}] must be an object with a role in {list(ROLES)}",
                                param="messages")
-        texts.append(content_text(message.get("content"), f"messages[{i}]"))
-    if messages[-1]["role"] != "user" or texts[-1] is None:
-        raise RequestError(400, "the last message must be the user's (role 'user'), with text: its text is the "
-                                "task's input", param="messages")
-    return texts[-1]
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+        text = content_text(message.get("content"), f"messages[{i}]")
+        if message["role"] == "user":
+            if text is None:
+                raise RequestError(400, f"messages[{i}]: a user message needs text content", param="messages")
+            users.append((f"messages[{i}]", text))
+    if not users:
+        raise RequestError(400, "no user message (role 'user'): the last one's text is the task's input",
+                           param="messages")
+    return users
 
 
 def check_scalars(body: dict, kind: str) -> None:
     """Keys whose value only needs the right type (or null)."""
-    rules = {"seed": (is_int, "an integer"), "user": (lambda v: isinstance(v, str), "a string"),
+    rules = {"seed": (is_integer, "an integer"), "user": (lambda v: isinstance(v, str), "a string"),
              "stream": (lambda v: isinstance(v, bool), "true or false")}
     if kind == "completion":
-        rules["logprobs"] = (lambda v: is_int(v) and 0 <= v <= 5, "an integer from 0 to 5")
+        rules["logprobs"] = (lambda v: is_integer(v) and 0 <= v <= 5, "an integer from 0 to 5")
     else:
         rules["logprobs"] = (lambda v: isinstance(v, bool), "true or false")
-        rules["top_logprobs"] = (lambda v: is_int(v) and 0 <= v <= 20, "an integer from 0 to 20")
+        rules["top_logprobs"] = (lambda v: is_integer(v) and 0 <= v <= 20, "an integer from 0 to 20")
     for key, (ok, what) in rules.items():
         if body.get(key) is not None and not ok(body[key]):
             raise RequestError(400, f"'{key}' must be {what}", param=key)
 
 
-def check_common(body: dict, task: ServedTask, limits: Limits, budget_key: str) -> tuple[int, bool, bool]:
-    """(max_new_tokens, stream, include_usage)."""
+def check_common(body: dict, task: ServedTask, limits: Limits,
+                 budget_keys: tuple[str, ...]) -> tuple[int, bool, bool]:
+    """(max_new_tokens, stream, include_usage); the first of ``budget_keys`` given is the budget, and every one given
+    must be valid."""
     max_new = min(task.default_max_new_tokens, limits.max_new_tokens)
-    if body.get(budget_key) is not None:
-        max_new = check_max_new_tokens(body[budget_key], limits, budget_key)
+    for key in reversed(budget_keys):
+        if body.get(key) is not None:
+            max_new = check_max_new_tokens(body[key], limits, key)
     stream = bool(body.get("stream"))  # a bool or null, checked by check_scalars
     options = body.get("stream_options")
     if options is not None and (not stream or not isinstance(options, dict) or set(options) - {"include_usage"}
@@ -259,7 +263,7 @@ def parse_completion(body, tasks: dict[str, ServedTask], limits: Limits) -> Open
     check_scalars(body, "completion")
     task = find_task(body, tasks)
     rows = prompt_rows(body.get("prompt"), task, limits)
-    max_new, stream, include_usage = check_common(body, task, limits, "max_tokens")
+    max_new, stream, include_usage = check_common(body, task, limits, ("max_tokens",))
     if stream and len(rows) > 1:
         raise RequestError(400, "stream one prompt per request", param="prompt")
     return OpenAIRequest("completion", task, rows, max_new, stream, include_usage)
@@ -270,9 +274,8 @@ def parse_chat(body, tasks: dict[str, ServedTask], limits: Limits) -> OpenAIRequ
     check_keys(body, CHAT_KEYS)
     check_scalars(body, "chat")
     task = find_task(body, tasks)
-    row = row_from_text(message_text(body.get("messages")), task, limits, "messages")
-    budget_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_new, stream, include_usage = check_common(body, task, limits, budget_key)
+    row = [row_from_text(text, task, limits, where) for where, text in user_texts(body.get("messages"))][-1]
+    max_new, stream, include_usage = check_common(body, task, limits, ("max_completion_tokens", "max_tokens"))
     return OpenAIRequest("chat", task, [row], max_new, stream, include_usage)
 
 
@@ -363,9 +366,55 @@ def model_entry(task: ServedTask) -> dict:
 # OpenAPI
 
 
+def input_text_schema(task: ServedTask, limits: Limits) -> dict:
+    """The JSON schema of a text the task reads (a prompt, a user message): its one field's value, or a JSON object
+    of its fields (said with ``contentSchema``, which validators and generators may not read)."""
+    if len(task.columns) == 1:
+        return {"type": "string", "minLength": 1, "maxLength": limits.max_field_chars, "pattern": NOT_BLANK}
+    fields = {c: field_value_schema(limits) for c in task.columns}
+    return {"type": "string", "contentMediaType": "application/json",
+            "contentSchema": {"type": "object", "required": task.columns, "properties": fields}}
+
+
+TEXT_PART = {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"},
+                                                                             "text": {"type": "string"}}}
+
+
+def message_schema(user_text: dict, user_part_text: dict) -> dict:
+    """A chat message: any role's content is text, text parts or null; a user message's is the task's input (text
+    parts are joined by newlines: one part at least holds more than whitespace)."""
+    part = {**TEXT_PART, "properties": {**TEXT_PART["properties"], "text": user_part_text}}
+    parts = {"type": "array", "minItems": 1, "items": part, "contains": {"properties": {"text": {
+        "pattern": NOT_BLANK}}}}
+    return {"type": "object", "required": ["role"], "properties": {
+        "role": {"enum": list(ROLES)},
+        "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART}, {"type": "null"}]}},
+        "if": {"required": ["role"], "properties": {"role": {"const": "user"}}},
+        "then": {"required": ["content"], "properties": {"content": {"oneOf": [user_text, parts]}}}}
+
+
+def model_branch(kind: str, task: ServedTask, limits: Limits) -> dict:
+    """What a request naming ``task`` as its ``model`` must hold besides the common keys."""
+    text = input_text_schema(task, limits)
+    props = {"model": {"const": task.name}}
+    if kind == "completion":
+        props["prompt"] = {"oneOf": [text, {"type": "array", "minItems": 1, "maxItems": limits.max_rows,
+                                            "items": text}]}
+    else:
+        one_field = len(task.columns) == 1
+        part_text = {"type": "string", **({"maxLength": limits.max_field_chars} if one_field else {})}
+        props["messages"] = {"items": message_schema(text, part_text)}
+    if task.type == "generation":  # log-probabilities are served for labels only
+        props["logprobs"] = {"enum": [0, None] if kind == "completion" else [False, None]}
+        if kind == "chat":
+            props["top_logprobs"] = {"enum": [0, None]}
+    return {"title": task.name, "properties": props}
+
+
 def request_schema(kind: str, tasks: dict[str, ServedTask], limits: Limits) -> dict:
     """The JSON schema of a ``/v1/completions`` (``kind="completion"``) or ``/v1/chat/completions`` (``"chat"``)
-    body: the keys this server takes, the values it honours, the tasks as ``model``.
+    body: the keys this server takes, the values it honours, the tasks as ``model`` (one ``oneOf`` entry per task
+    with what its input must be).
 
     Args:
         kind (str): ``completion`` or ``chat``.
@@ -379,8 +428,6 @@ def request_schema(kind: str, tasks: dict[str, ServedTask], limits: Limits) -> d
         >>> request_schema("chat", {}, Limits())["required"]
         ['model', 'messages']
     """
-    # no maxLength: a JSON object of several fields may be longer than one field (fields are checked once parsed)
-    text = {"type": "string", "minLength": 1}
     budget = {"type": ["integer", "null"], "minimum": 1, "maximum": limits.max_new_tokens,
               "description": "generation tasks: at most this many tokens (default: the task's task.max_new_tokens)"}
     props = {"model": {"type": "string", "enum": list(tasks), "description": "a task name"} if tasks else
@@ -390,20 +437,23 @@ def request_schema(kind: str, tasks: dict[str, ServedTask], limits: Limits) -> d
                                 "properties": {"include_usage": {"type": "boolean"}},
                                 "description": "only with stream: true"},
              "seed": {"type": ["integer", "null"]}, "user": {"type": ["string", "null"]}, "max_tokens": budget}
+    streaming = {"required": ["stream"], "properties": {"stream": {"const": True}}}
+    rules = [{"if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+              "then": streaming}]
     if kind == "completion":
+        text = {"type": "string", "minLength": 1}
         props["prompt"] = {"oneOf": [text, {"type": "array", "minItems": 1, "maxItems": limits.max_rows,
                                             "items": text}],
                            "description": "the task's field, or a JSON object of its fields"}
         props["logprobs"] = {"type": ["integer", "null"], "minimum": 0, "maximum": 5,
                              "description": "classification answers carry every label's score anyway"}
+        rules.append({"if": streaming, "then": {"properties": {"prompt": {"maxItems": 1}}},
+                      "description": "one prompt per streamed request"})
     else:
-        part = {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"},
-                                                                              "text": {"type": "string"}}}
-        message = {"type": "object", "required": ["role"], "properties": {
-            "role": {"enum": list(ROLES)},
-            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": part}, {"type": "null"}]}}}
-        props["messages"] = {"type": "array", "minItems": 1, "items": message,
-                             "description": "the last message is the user's; its text is the task's input"}
+        props["messages"] = {"type": "array", "minItems": 1,
+                             "items": message_schema({"type": "string"}, {"type": "string"}),
+                             "contains": {"required": ["role"], "properties": {"role": {"const": "user"}}},
+                             "description": "the last user message is the task's input"}
         props["max_completion_tokens"] = budget
         props["logprobs"] = {"type": ["boolean", "null"]}
         props["top_logprobs"] = {"type": ["integer", "null"], "minimum": 0, "maximum": 20}
@@ -411,8 +461,11 @@ def request_schema(kind: str, tasks: dict[str, ServedTask], limits: Limits) -> d
     for key in sorted(allowed & set(NEUTRAL)):
         values, why = NEUTRAL[key]
         props[key] = {"enum": [*values, None], "description": why}
-    return {"type": "object", "required": ["model", "prompt" if kind == "completion" else "messages"],
-            "additionalProperties": False, "properties": props}
+    schema = {"type": "object", "required": ["model", "prompt" if kind == "completion" else "messages"],
+              "additionalProperties": False, "properties": props, "allOf": rules}
+    if tasks:
+        schema["oneOf"] = [model_branch(kind, task, limits) for task in tasks.values()]
+    return schema
 
 
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {

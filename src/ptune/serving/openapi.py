@@ -16,14 +16,20 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 
+from .auth import OPEN_PATHS
 from .live import add_request_schema
-from .openai import request_schema
+from .openai import ERROR_SCHEMA, request_schema
 from .protocol import native_request_schema
 from .state import ServingState
 
 DOCS_ASSETS = "/docs-assets"
 """Where the Swagger UI's files are served."""
 SWAGGER_FILES = Path(fastapi_offline.__file__).parent / "static"
+EVENT = {"type": "object", "required": ["data"], "description": "one server-sent event (OpenAPI 3.2's event model)",
+         "properties": {"data": {"type": "string", "description": "a chunk object as JSON; the last event's: [DONE]"},
+                        "event": {"const": "message"}}}
+UNAUTHORIZED = {"description": "no valid API key (send Authorization: Bearer KEY)",
+                "content": {"application/json": {"schema": ERROR_SCHEMA}}}
 
 
 def request_bodies(state: ServingState) -> dict[tuple[str, str], dict]:
@@ -58,10 +64,16 @@ class ServingAPI(FastAPI):
         for (path, method), body in request_bodies(self.serving).items():
             operation = schema["paths"][path][method]
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        for path in ("/v1/completions", "/v1/chat/completions"):  # stream: true answers with server-sent events
+            schema["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"] = {"schema": EVENT}
         if self.keyed:
             schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             schema["security"] = [{"bearer": []}]
             schema["paths"]["/health"]["get"]["security"] = []
+            for path, operations in schema["paths"].items():
+                for operation in operations.values():
+                    if path not in OPEN_PATHS:
+                        operation["responses"]["401"] = UNAUTHORIZED
         return schema
 
 

@@ -12,6 +12,11 @@ from pydantic import BaseModel, Field
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 """Task names: safe in a URL path and a log line."""
 
+WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+"""The characters ``str.strip`` removes, as a regex character class body (``\\s`` differs between dialects)."""
+NOT_BLANK = f"[^{WHITESPACE}]"
+"""A pattern found in exactly the texts that hold more than whitespace (the request checks' "empty")."""
+
 
 @dataclass
 class Limits:
@@ -129,9 +134,21 @@ def check_max_new_tokens(value, limits: Limits, key: str = "max_new_tokens") -> 
         >>> check_max_new_tokens(5, Limits())
         5
     """
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limits.max_new_tokens:
+    if not is_integer(value) or not 1 <= value <= limits.max_new_tokens:
         raise RequestError(422, f"'{key}' must be an integer from 1 to {limits.max_new_tokens}", param=key)
-    return value
+    return int(value)
+
+
+def is_integer(value) -> bool:
+    """An integer as JSON Schema counts them: ``5`` and ``5.0``, not ``true``.
+
+    Example:
+        >>> is_integer(5.0), is_integer(5.5), is_integer(True)
+        (True, False, False)
+    """
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_request(body, tasks: dict, op: str, limits: Limits) -> tuple[object, list[dict], int]:
@@ -187,6 +204,18 @@ def check_request(body, tasks: dict, op: str, limits: Limits) -> tuple[object, l
 # OpenAPI schemas
 
 
+def field_value_schema(limits: Limits) -> dict:
+    """The JSON schema of one field's value in a row: text holding more than whitespace, within
+    ``limits.max_field_chars``, or a number (written out).
+
+    Example:
+        >>> field_value_schema(Limits(max_field_chars=9))["oneOf"][0]["maxLength"]
+        9
+    """
+    return {"oneOf": [{"type": "string", "minLength": 1, "maxLength": limits.max_field_chars, "pattern": NOT_BLANK},
+                      {"type": "number"}]}
+
+
 def native_request_schema(tasks: dict, limits: Limits, op: str) -> dict:
     """The JSON schema of a ``/v1/classify`` (``op="classify"``) or ``/v1/generate`` (``"generate"``) body for the
     tasks served now: their names as an enum, each task's required fields (one ``oneOf`` entry per task), the
@@ -205,9 +234,7 @@ def native_request_schema(tasks: dict, limits: Limits, op: str) -> dict:
         ['task', 'rows']
     """
     served = [t for t in tasks.values() if (t.type == "generation") == (op == "generate")]
-    # a value: text holding more than whitespace, or a number (written out)
-    value = {"oneOf": [{"type": "string", "minLength": 1, "maxLength": limits.max_field_chars, "pattern": r"\S"},
-                       {"type": "number"}]}
+    value = field_value_schema(limits)
     rows = {"type": "array", "minItems": 1, "maxItems": limits.max_rows,
             "description": "rows of FIELD: VALUE (the task's template fields; other keys are ignored)",
             "items": {"type": "object", "additionalProperties": True}}
