@@ -1,7 +1,9 @@
 """Loading the frozen base model and its tokenizer: local folder, hub id, GGUF file, or the embedded default.
 
 GGUF files are dequantised by transformers (about 14 s for SmolLM2-135M), so the float result is cached under
-``$PTUNE_CACHE`` (default ``~/.cache/ptune``) keyed by the file's hash, and later loads take under a second.
+``$PTUNE_CACHE`` (default ``~/.cache/ptune``) keyed by the file's hash, and later loads take under a second. The
+same folder keeps the file's hash (recomputed only when its size or modification time changes) and, per CPU model
+and torch version, whether bfloat16 matrix products run faster than float32 here (``model.dtype: auto``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +59,47 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def read_cache_table(path: Path) -> dict:
+    """A JSON object kept in the cache folder; empty where it is missing or unreadable (it is only a cache)."""
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
+def update_cache_table(path: Path, key: str, value) -> None:
+    """Set ``key`` in the JSON object at ``path``, written atomically (another process may read it meanwhile); a
+    cache folder that cannot be written is left as it is."""
+    table = read_cache_table(path)
+    table[key] = value
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(table, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def cached_file_sha256(path: Path) -> str:
+    """``file_sha256`` of a large file (a GGUF model), remembered in the cache folder by its resolved path, size and
+    modification time, so that loading the same file again does not read all of it."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    table_path = cache_dir() / "gguf" / "hashes.json"
+    known = read_cache_table(table_path).get(str(path))
+    if isinstance(known, dict) and {k: known.get(k) for k in stamp} == stamp and isinstance(known.get("sha256"), str):
+        return known["sha256"]
+    digest = file_sha256(path)
+    update_cache_table(table_path, str(path), dict(stamp, sha256=digest))
+    return digest
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: the first of CUDA, Apple's MPS and the CPU that this machine has; any other name as torch reads it.
 
@@ -79,14 +123,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, hidden_size: int = 1024) -> torch.dtype:
     """The frozen model's dtype. ``auto``: on CUDA bfloat16 where the GPU has it, else float16 (training then scales
-    the loss, ``loss_scaling``); on a CPU bfloat16 where it runs fast (AVX-512 BF16 or AMX), else float32; float32
-    elsewhere (MPS).
+    the loss, ``loss_scaling``); on a CPU bfloat16 where its matrix products measure clearly faster than float32's
+    (``cpu_dtype``), else float32; float32 elsewhere (MPS).
 
     Args:
         name (`str`): ``auto``, ``float32`` or ``bfloat16`` (``model.dtype``).
         device (`torch.device`): where the model runs.
+        hidden_size (`int`, *optional*, defaults to 1024): the model's width d, the size the CPU probe measures.
 
     Returns:
         `torch.dtype`
@@ -103,11 +148,110 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type != "cpu":
         return torch.float32
+    return cpu_dtype(hidden_size)
+
+
+BFLOAT16_MIN_SPEEDUP = 1.3  # bfloat16 only where clearly faster: it costs precision, and a step is not all matmuls
+PROBE_FLOPS = 1.5e9  # the work of one timed product at full size: a few tens of milliseconds in float32
+GATE_ROWS = 16  # rows of the first, small product, which rules bfloat16 out cheaply where it is emulated
+
+_CPU_DTYPES: dict[str, dict] = {}  # this process's probe results, by cache key: a probe runs once per process
+
+
+def matmul_seconds(dtype: torch.dtype, rows: int, hidden: int, width: int, repeats: int = 3) -> float:
+    """The fastest of ``repeats`` timed CPU matrix products (rows, hidden) x (hidden, width) in ``dtype``, after one
+    untimed product (which pays for kernels compiled on first use).
+
+    Args:
+        dtype (`torch.dtype`): float32 or bfloat16.
+        rows (`int`), hidden (`int`), width (`int`): the product's sizes.
+        repeats (`int`, *optional*, defaults to 3): timed products.
+
+    Returns:
+        `float`: seconds.
+
+    Example:
+        >>> matmul_seconds(torch.float32, 64, 576, 2304) < 1.0
+        True
+    """
+    a = torch.randn(rows, hidden).to(dtype)  # (rows, d)
+    b = torch.randn(hidden, width).to(dtype)  # (d, width)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)  # (rows, width)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def probe_cpu_dtype(hidden: int) -> dict:
+    """Time float32 against bfloat16 matrix products of a model of width ``hidden`` (a batch's tokens times the
+    feed-forward's first weight, (rows, d) x (d, 4d)) and pick bfloat16 only where it is ``BFLOAT16_MIN_SPEEDUP``
+    times faster. A small product runs first: where bfloat16 is emulated (no AVX-512 BF16, AMX or Arm BF16) it is
+    many times slower, and the full-size product alone would take seconds.
+
+    Args:
+        hidden (`int`): the model's width d.
+
+    Returns:
+        `dict`: ``dtype`` (``"float32"`` or ``"bfloat16"``), the product's ``rows`` and ``width``, and the best
+        ``float32_s`` and ``bfloat16_s`` measured.
+
+    Example:
+        >>> probe_cpu_dtype(576)["dtype"] in ("float32", "bfloat16")
+        True
+    """
+    width = min(4 * hidden, 8192)  # the (d, width) operand stays under 256 MB in float32
+    result = {"rows": GATE_ROWS, "width": width}
+    result["float32_s"] = matmul_seconds(torch.float32, GATE_ROWS, hidden, width)
+    result["bfloat16_s"] = matmul_seconds(torch.bfloat16, GATE_ROWS, hidden, width, repeats=1)
+    if result["bfloat16_s"] < 2 * result["float32_s"]:  # not emulated: measure at full size
+        rows = int(min(512, max(GATE_ROWS, PROBE_FLOPS / (2 * hidden * width))))
+        result.update(rows=rows, float32_s=matmul_seconds(torch.float32, rows, hidden, width),
+                      bfloat16_s=matmul_seconds(torch.bfloat16, rows, hidden, width))
+    fast = result["float32_s"] > BFLOAT16_MIN_SPEEDUP * result["bfloat16_s"]
+    return dict(result, dtype="bfloat16" if fast else "float32")
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` reports)."""
+    import platform
+
     try:
-        fast = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):
-        fast = False
-    return torch.bfloat16 if fast else torch.float32
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_dtype(hidden: int) -> torch.dtype:
+    """``model.dtype: auto`` on a CPU: bfloat16 where ``probe_cpu_dtype`` finds it clearly faster, else float32. The
+    probe runs once per process and its answer is kept in the cache folder (``cpu_dtype.json``) under the CPU's
+    model name, the torch version and the width, so later runs on the same kind of machine read it instead.
+
+    Args:
+        hidden (`int`): the model's width d.
+
+    Returns:
+        `torch.dtype`: ``torch.bfloat16`` or ``torch.float32``.
+
+    Example:
+        >>> cpu_dtype(576) in (torch.float32, torch.bfloat16)
+        True
+    """
+    key = f"{cpu_model_name()} | torch {torch.__version__} | hidden {hidden}"
+    if key not in _CPU_DTYPES:
+        path = cache_dir() / "cpu_dtype.json"
+        entry = read_cache_table(path).get(key)
+        if not (isinstance(entry, dict) and entry.get("dtype") in ("float32", "bfloat16")):
+            entry = probe_cpu_dtype(hidden)
+            update_cache_table(path, key, entry)
+        _CPU_DTYPES[key] = entry
+    return torch.bfloat16 if _CPU_DTYPES[key]["dtype"] == "bfloat16" else torch.float32
 
 
 def loss_scaling(dtype: torch.dtype) -> bool:
@@ -146,7 +290,7 @@ def attention_implementation(model_class: type, device: torch.device, dtype: tor
 
 def _dequantised_copy(gguf: Path) -> tuple[Path, str]:
     """Dequantise a GGUF file once into a cached float folder (written atomically); return it and the file hash."""
-    digest = file_sha256(gguf)
+    digest = cached_file_sha256(gguf)
     target = cache_dir() / "gguf" / digest[:16]
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target, digest
@@ -289,7 +433,7 @@ def load_base(cfg: ModelConfig, device: torch.device | None = None, check=None) 
         check(identity)
     kind = detect_kind(config) if cfg.kind == "auto" else cfg.kind
     auto = getattr(transformers, AUTO_CLASSES[kind][0])
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = resolve_dtype(cfg.dtype, device, identity["hidden_size"])
     attention = attention_implementation(model_class(config, kind), device, dtype)
     model_kwargs = load_kwargs if attention is None else dict(load_kwargs, attn_implementation=attention)
     from transformers.utils import logging as hf_logging
