@@ -26,7 +26,7 @@ def server(tiny_causal_dir, tmp_path_factory):
 
 
 GUARDED = [("GET", "/v1/tasks", None), ("GET", "/v1/models", None), ("GET", "/openapi.json", None),
-           ("GET", "/docs", None), ("POST", "/v1/classify", {"task": "complaints", "rows": [{"text": "hi"}]}),
+           ("POST", "/v1/classify", {"task": "complaints", "rows": [{"text": "hi"}]}),
            ("POST", "/v1/completions", {"model": "complaints", "prompt": "hi"}),
            ("POST", "/v1/chat/completions", {"model": "complaints", "messages": [{"role": "user", "content": "hi"}]}),
            ("GET", "/no/such/path", None)]
@@ -46,6 +46,26 @@ def test_every_endpoint_but_health_needs_a_key(server, method, path, body):
 
 def test_health_needs_no_key(server):
     assert httpx.get(server + "/health", timeout=60).json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("path", ["/", "/playground", "/docs", "/docs-assets/swagger-ui.css"])
+def test_pages_load_without_a_key_and_hold_no_data(server, path):
+    r = httpx.get(server + path, timeout=60)
+    assert r.status_code == 200 and "complaints" not in r.text  # no task name: the data needs the key
+
+
+def test_the_open_prefix_opens_only_static_files(server):
+    import socket
+    from urllib.parse import urlparse
+
+    host, port = urlparse(server).hostname, urlparse(server).port
+    for path in ("/docs-assets/../v1/tasks", "/docs-assets/%2e%2e/v1/tasks", "/docs-assets/../openapi.json"):
+        with socket.create_connection((host, port), timeout=30) as sock:  # sent as is, not normalised by a client
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert not answer.startswith(b"HTTP/1.1 200") and b"complaints" not in answer, (path, answer[:200])
 
 
 def test_openai_client_with_and_without_the_key(server):

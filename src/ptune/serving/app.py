@@ -15,11 +15,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from ..errors import PtuneError
-from .auth import RequireKey
+from .auth import OPEN_PATHS, PAGES, RequireKey
 from .live import add_task, remove_task
 from .batcher import Batcher
 from .openai_routes import add_openai_routes
-from .openapi import ServingAPI, add_offline_docs
+from .openapi import DOCS_ASSETS, ServingAPI, add_offline_docs
 from .playground import add_playground
 from .protocol import ClassifyAnswer, GenerateAnswer, Limits, RequestError, check_request
 from .state import ServingState, predict, read_json
@@ -35,8 +35,8 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
         tasks (dict[str, ServedTask] | None): already loaded tasks (instead of ``checkpoints``).
         limits (Limits | None): request and batching limits (default ``Limits()``).
         device (str | None): overrides the checkpoints' ``model.device``.
-        api_keys (list[str] | None): if given, every endpoint but ``/health`` needs ``Authorization: Bearer KEY``
-            with one of them.
+        api_keys (list[str] | None): if given, every endpoint but ``/health`` and the pages (the playground, the
+            ``/docs`` shell and its files) needs ``Authorization: Bearer KEY`` with one of them.
         tasks_dir (str | Path | None): if given, ``POST /v1/tasks`` adds checkpoints from inside it and
             ``DELETE /v1/tasks/NAME`` removes tasks, while serving.
 
@@ -68,13 +68,14 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
     app.state.batcher = state.batcher
     app.state.serving = state
     add_error_handlers(app)
-    add_offline_docs(app)
+    add_offline_docs(app, keyed=bool(api_keys))
     add_playground(app)
     add_native_routes(app, state)
     add_openai_routes(app, state)
     add_task_routes(app, state)
     if api_keys:
-        app.add_middleware(RequireKey, keys=list(api_keys))
+        app.add_middleware(RequireKey, keys=list(api_keys), open_paths=OPEN_PATHS | PAGES,
+                           open_prefixes=(f"{DOCS_ASSETS}/",))
     return app
 
 

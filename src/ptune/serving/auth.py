@@ -1,5 +1,6 @@
-"""API keys: with keys set, every endpoint but ``/health`` needs ``Authorization: Bearer KEY``; without keys the
-server listens on loopback only, unless told ``--insecure``."""
+"""API keys: with keys set, every endpoint that answers with data needs ``Authorization: Bearer KEY`` (``/health``
+and the pages that hold no data, ``PAGES``, do not); without keys the server listens on loopback only, unless told
+``--insecure``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from ..errors import PtuneError
 
 OPEN_PATHS = frozenset({"/health"})
 """Answered without a key (a load balancer's health check carries none)."""
+PAGES = frozenset({"/", "/playground", "/docs"})
+"""Pages that load without a key: the playground and the Swagger UI shell hold no data, and send the key typed into
+them with every call they make."""
 
 
 def api_keys_from(options: list[str] | tuple[str, ...], env: str | None) -> list[str]:
@@ -81,25 +85,33 @@ def key_matches(header: str | None, keys: list[str]) -> bool:
 
 
 class RequireKey:
-    """ASGI middleware: HTTP requests outside ``OPEN_PATHS`` without a valid bearer key get a 401 in OpenAI's error
-    shape.
+    """ASGI middleware: HTTP requests outside ``open_paths`` and ``open_prefixes`` without a valid bearer key get a
+    401 in OpenAI's error shape.
 
     Args:
         app: the ASGI app to guard.
         keys (list[str]): the accepted keys (non-empty).
+        open_paths (frozenset[str]): paths answered without a key (default: ``OPEN_PATHS``).
+        open_prefixes (tuple[str, ...]): path prefixes answered without a key (static files holding no data).
 
     Example:
-        >>> app.add_middleware(RequireKey, keys=["s3cret"])  # doctest: +SKIP
+        >>> app.add_middleware(RequireKey, keys=["s3cret"], open_paths=OPEN_PATHS | PAGES)  # doctest: +SKIP
     """
 
-    def __init__(self, app, keys: list[str]):
+    def __init__(self, app, keys: list[str], open_paths: frozenset[str] = OPEN_PATHS,
+                 open_prefixes: tuple[str, ...] = ()):
         if not keys:
             raise ValueError("RequireKey needs at least one key")
         self.app = app
         self.keys = list(keys)
+        self.open_paths = frozenset(open_paths)
+        self.open_prefixes = tuple(open_prefixes)
+
+    def is_open(self, path: str) -> bool:
+        return path in self.open_paths or path.startswith(self.open_prefixes)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or self.is_open(scope["path"]):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         header = headers.get(b"authorization", b"").decode("latin-1")

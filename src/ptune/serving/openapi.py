@@ -3,7 +3,8 @@
 The request bodies are checked by hand (``protocol``, ``openai``, ``live``: messages that name the row and field),
 so the document declares them rather than FastAPI deriving them; it is written anew on each request, so that added
 and removed tasks appear in the task-name enums. ``/docs`` is the Swagger UI with its script, stylesheet and icon
-served by this server (the files fastapi-offline ships), so it works without internet access.
+served by this server (the files fastapi-offline ships), so it works without internet access. With API keys set,
+the page and its files load without a key (they hold no data) and the page asks for the key that reads the document.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import fastapi_offline
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from .auth import OPEN_PATHS
@@ -77,14 +78,51 @@ class ServingAPI(FastAPI):
         return schema
 
 
-def add_offline_docs(app: FastAPI, openapi_url: str = "/openapi.json") -> None:
-    """``/docs`` and its assets, all served by ``app``."""
-    app.mount(DOCS_ASSETS, StaticFiles(directory=SWAGGER_FILES), name="docs-assets")
+DOCS_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>TITLE - Swagger UI</title>
+<link rel="stylesheet" href="ASSETS/swagger-ui.css"><link rel="icon" href="ASSETS/favicon.png">
+<style>#key-bar { font: 14px sans-serif; max-width: 1460px; margin: 1rem auto 0; padding: 0 20px; }
+#key-bar input { width: 20rem; } #key-bar[hidden] { display: none; }</style>
+</head><body>
+<form id="key-bar" HIDDEN>This server needs an API key to show its document:
+<label>API key <input id="key" type="password" autocomplete="off"></label> <button type="submit">Use this key</button>
+(kept in this tab, as the playground keeps it; Try it out sends it too)</form>
+<div id="swagger-ui"></div>
+<script src="ASSETS/swagger-ui-bundle.js"></script>
+<script>
+"use strict";
+const key = () => sessionStorage.getItem("ptune-key") || "";
+document.getElementById("key").value = key();
+document.getElementById("key-bar").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem("ptune-key", document.getElementById("key").value.trim());
+  location.reload();
+});
+const ui = SwaggerUIBundle({
+  url: 'OPENAPI',
+  dom_id: "#swagger-ui", layout: "BaseLayout", deepLinking: true, persistAuthorization: true,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+  // the key typed above reads the document; Try it out sends the Authorize dialog's key, else that one
+  requestInterceptor: (request) => {
+    if (key() && !request.headers.Authorization) request.headers.Authorization = "Bearer " + key();
+    return request;
+  },
+  onComplete: () => { if (key()) ui.preauthorizeApiKey("bearer", key()); },
+});
+</script>
+</body></html>
+"""
+"""The Swagger UI page: its files from this server; with keys, a key field (the one the playground uses)."""
 
-    @app.get("/docs", include_in_schema=False)
+
+def add_offline_docs(app: FastAPI, keyed: bool = False, openapi_url: str = "/openapi.json") -> None:
+    """``/docs`` and its assets, all served by ``app``; with ``keyed``, the page asks for the key that reads the
+    document."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=SWAGGER_FILES), name="docs-assets")
+    page = (DOCS_PAGE.replace("TITLE", app.title).replace("ASSETS", DOCS_ASSETS).replace("OPENAPI", openapi_url)
+            .replace(" HIDDEN", "" if keyed else " hidden"))
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
     async def docs():
-        return get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title} - Swagger UI",
-                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
-                                   swagger_ui_parameters={"persistAuthorization": True})
+        return HTMLResponse(page)
