@@ -8,11 +8,12 @@
                                       -> {"predictions": [{"text": T}]}
     GET  /v1/models, POST /v1/completions, POST /v1/chat/completions    OpenAI-compatible (see ``openai.py``)
     POST /v1/tasks, DELETE /v1/tasks/NAME                               with --tasks-dir (see ``live.py``)
-    GET  /docs, /openapi.json, /playground                              offline Swagger UI, schema, a try-it page
+    GET  /docs, /openapi.json, / (and /playground)                      offline Swagger UI, schema, a try-it page
 
 The base model is loaded once; every checkpoint is a ``Predictor`` over it (a prompt table of a few kilobytes).
 
-With API keys (``--api-key``), every endpoint but ``/health`` needs ``Authorization: Bearer KEY`` (``auth.py``).
+With API keys (``--api-key``), every endpoint but ``/health`` and the pages that hold no data (the playground, the
+``/docs`` shell) needs ``Authorization: Bearer KEY`` (``auth.py``).
 
 Modules: ``protocol`` (limits, request checks, schemas), ``tasks`` (the served checkpoints), ``batcher`` (dynamic
 batching on one model thread), ``state`` (what the routes share), ``app`` (create_app, the native routes),
