@@ -277,7 +277,8 @@ def run(args, checkpoints: dict[str, str]) -> dict:
         batches, rows = after["batches"] - before["batches"], after["rows"] - before["rows"]
         report["concurrent"] = measured | {
             "server_batches": batches, "mixed_task_batches": after["mixed_batches"] - before["mixed_batches"],
-            "mean_rows_per_batch": round(rows / batches, 2) if batches else 0}
+            "mean_rows_per_batch": round(rows / batches, 2) if batches else 0,
+            "model_seconds": round(after["model_seconds"] - before["model_seconds"], 2)}
         report["rss_mb_under_load_max"] = sampler.peak
         if args.baseline_requests:
             lat, errors, seconds = sequential(url, *payloads[names[0]], args.baseline_requests, args.time_limit)

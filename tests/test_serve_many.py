@@ -141,6 +141,26 @@ def test_kept_models_are_bounded_and_rebuilt_alike(folders):
     assert again == own  # the one-task path is the Predictor's, to the last digit
 
 
+def test_mixed_rows_share_the_anchor_text_every_template_starts_with(tiny_causal_dir, tmp_path):
+    from ptune.tasks.mixed import MixedGroup, MixedScorer, common_text_prefix
+
+    suffix = {"template": "Tweet text : {text} [P*3] Label : [TARGET]", "verbalizer": COMPLAINTS["verbalizer"]}
+    folders = write_tasks(tiny_causal_dir, tmp_path, 0, {"a": suffix, "b": suffix, "c": {**suffix, "score": "mean"}})
+    store = TaskStore()
+    tasks = {n: store.load(n, f) for n, f in folders.items()}
+    rows = {"a": [{"text": t} for t in TEXTS], "b": [{"text": TEXTS[2]}], "c": [{"text": t} for t in TEXTS[:3]]}
+    inputs = [tasks[n].session.task.renderer.encode(r) for n in rows for r in rows[n]]
+    assert common_text_prefix(inputs) >= 3  # "Tweet text :" runs once for the rows of all three tasks
+    groups = [MixedGroup(tasks[n].session.task, tasks[n].table, rows[n], lambda: None) for n in rows]
+    with torch.inference_mode():
+        mixed = MixedScorer(store.base.model).classify(groups, 4, "cpu")
+    for name, got in zip(rows, mixed):
+        want = Predictor.load(folders[name]).predict_rows(rows[name])
+        assert [g["prediction"] for g in got] == [w["prediction"] for w in want]
+        for g, w in zip(got, want):
+            assert g["scores"] == pytest.approx(w["scores"], abs=2e-3)
+
+
 def test_a_broken_checkpoint_is_refused_as_predictor_refuses_it(folders, tmp_path):
     folder = shutil.copytree(folders["task-001"], tmp_path / "wrong")
     meta = json.loads((folder / "ptune.json").read_text())

@@ -58,6 +58,18 @@ def shifted(prefix: Encoded, offset: int) -> Encoded:
     return Encoded(prefix.input_ids, virtual, prefix.labels, prefix.truncated)
 
 
+def common_text_prefix(inputs: list[Encoded]) -> int:
+    """How many leading tokens all ``inputs`` share with no virtual position among them (special tokens and anchor
+    text before the first field, where every task's template starts alike): they can run once for all the rows,
+    whatever their tasks, since no task's table reaches them."""
+    first, n = inputs[0], 0
+    limit = min(len(e) for e in inputs)
+    while n < limit and first.virtual_index[n] < 0 and all(
+            e.input_ids[n] == first.input_ids[n] and e.virtual_index[n] < 0 for e in inputs):
+        n += 1
+    return n
+
+
 class MixedScorer:
     """Scores mixed batches over one causal base, with one model reused for every batch's stacked table (building a
     model walks the whole base, which would cost every batch as much as a short forward pass).
@@ -119,7 +131,8 @@ class MixedScorer:
                      targets: list[list[tuple[int, list[int]]]], scores: list[LabelScores], batch_size: int,
                      device) -> None:
         """Record every label word's score for the (group, row, target-free input) ``items``, whose virtual positions
-        point into ``table`` (the stacked tables); every word of every task is scored once per row, from one pass."""
+        point into ``table`` (the stacked tables); every word of every task is scored once per row, from one pass,
+        and the leading tokens every row shares without a virtual position run once for all."""
         words: dict[tuple, int] = {}
         for group_targets in targets:
             for _, ids in group_targets:
@@ -128,7 +141,8 @@ class MixedScorer:
         model = self.over(table)
         pad = groups[0].task.renderer.tokenizer.pad_token_id
         for _, chunk in sorted_batches(items, batch_size, key=lambda it: len(it[2])):
-            per_word = continuation_scores(model, [c[2] for c in chunk], word_list, pad, device)
+            inputs = [c[2] for c in chunk]
+            per_word = continuation_scores(model, inputs, word_list, pad, device, common_text_prefix(inputs))
             totals = [logp.sum(-1).tolist() for logp in per_word]  # per word, each row's log-likelihood
             for b, (gi, ri, _) in enumerate(chunk):
                 for li, ids in targets[gi]:
