@@ -239,3 +239,23 @@ def test_task_requests_do_not_build_the_openapi_document(folders, monkeypatch):
             assert client.post("/v1/classify", json={"task": name, "rows": [{"text": TEXTS[0]}]}).status_code == 200
         assert client.get("/v1/tasks").status_code == 200 and not built
         assert client.get("/openapi.json").status_code == 200 and len(built) == 1
+
+
+def test_one_row_of_a_task_without_a_kept_model_builds_none(folders):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from ptune.serving.app import create_app
+    from ptune.serving.thread import ServerThread
+
+    names = ("task-010", "task-011")
+    app = create_app({n: folders[n] for n in names})
+    store, task = app.state.serving.store, app.state.tasks["task-011"]
+    with ServerThread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        one = client.post("/v1/classify", json={"task": "task-011", "rows": [{"text": TEXTS[3]}]}).json()
+        assert not store.keeps(task)  # scored by the shared scorer: no model built for one row
+        two = client.post("/v1/classify", json={"task": "task-011", "rows": [{"text": TEXTS[3]}, {"text": TEXTS[4]}]})
+        assert store.keeps(task)  # several rows: its model, whose prefix cache they share
+    want = Predictor.load(folders["task-011"]).predict_rows([{"text": TEXTS[3]}, {"text": TEXTS[4]}])
+    got = one["predictions"] + two.json()["predictions"][1:]
+    assert [g["label"] for g in got] == [w["prediction"] for w in want]
+    assert two.json()["predictions"][0]["scores"] == pytest.approx(one["predictions"][0]["scores"], abs=2e-3)

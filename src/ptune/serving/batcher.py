@@ -160,7 +160,7 @@ class Batcher:
 
     def _plan(self, jobs: list[Job]) -> list[list[Job] | list[list[Job]]]:
         """Model calls for the collected jobs: one per (task, op, budget) group, and the mixable classification
-        groups of several tasks of one store as one call (a list of groups)."""
+        groups of several tasks of one store as one call (a list of groups) through the store's scorer."""
         groups: dict[tuple, list[Job]] = {}
         for job in jobs:
             if not job.future.done():  # a client that went away is not computed for
@@ -172,7 +172,10 @@ class Batcher:
         for group in calls:
             if group[0].task.mixable:
                 by_store.setdefault(id(group[0].task.store), []).append(group)
-        mixed = [m for m in by_store.values() if len(m) > 1]
+        # one row of a task whose model is not kept goes to the shared scorer too: building the model would cost
+        # more than its prefix cache can save on one row
+        mixed = [m for m in by_store.values() if len(m) > 1 or (sum(len(j.rows) for j in m[0]) == 1
+                                                                and not m[0][0].task.store.keeps(m[0][0].task))]
         in_mixed = {id(g) for m in mixed for g in m}
         return [g for g in calls if id(g) not in in_mixed] + mixed
 
@@ -200,13 +203,13 @@ class Batcher:
                     start += len(j.rows)
 
     def _predict_mixed(self, groups: list[list[Job]]) -> list[dict]:
-        """Classification rows of several tasks, one set of model calls; predictions in job order."""
+        """Classification rows of (usually) several tasks, one set of model calls; predictions in job order."""
         t0 = time.perf_counter()
         parts = [(g[0].task, [r for j in g for r in j.rows]) for g in groups]
         out = predict_mixed(parts)
         self._count(sum(len(rows) for _, rows in parts), t0)
         with self.stats.lock:
-            self.stats.mixed_batches += 1
+            self.stats.mixed_batches += len(parts) > 1
         return [p for preds in out for p in preds]
 
     def _predict(self, job: Job, rows: list[dict]) -> list[dict]:

@@ -205,6 +205,11 @@ class TaskStore:
             self.sessions[key] = (session, shapes)
         return self.sessions[key]
 
+    def keeps(self, task: ServedTask) -> bool:
+        """Whether ``task``'s model is built and kept now."""
+        with self.lock:
+            return task in self.models
+
     def model(self, task: ServedTask) -> PTuningModel:
         """``task``'s model (evaluation mode): the kept one, or a new one that replaces the least recently used."""
         with self.lock:
