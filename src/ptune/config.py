@@ -268,6 +268,10 @@ class TrainConfig:
         objective (`str`, defaults to ``"lm"``): ``lm`` or ``classify``.
         class_weights (`str`, defaults to ``"none"``): ``none`` or ``balanced``.
         mixed_precision (`str`, defaults to ``"no"``): ``no``, ``bf16`` or ``fp16``.
+        gradient_checkpointing (`bool`, defaults to False): recompute the frozen model's blocks in the backward
+            pass instead of keeping their activations.
+        compile (`bool`, defaults to False): run the frozen model's forward pass through ``torch.compile`` in
+            training.
 
     Example:
         >>> TrainConfig(lr=3e-3, epochs=4).batch_size
@@ -318,6 +322,14 @@ class TrainConfig:
     mixed_precision: str = "no"
     """Autocast for the encoder and the loss, through Accelerate: ``no``, ``bf16`` or ``fp16`` (with loss scaling on a
     GPU). The frozen model's own dtype is ``model.dtype``."""
+    gradient_checkpointing: bool = False
+    """Keep only each block's input in the forward pass and recompute the block in the backward pass: activation
+    memory of one block instead of all of them, for about one more forward pass of compute per step. The loss and
+    gradients stay the same; causal LMs then run the shared prefix with every row (``share_prefix`` is not used)."""
+    compile: bool = False
+    """Run the frozen model's forward pass in training through ``torch.compile`` (dynamic shapes: batches of other
+    lengths reuse the compiled code); evaluation and prediction run it as it is. Compiling comes before the first
+    step and can take many minutes on a CPU (docs/speed_levers.md)."""
 
     def __post_init__(self):
         _check_fields(self)

@@ -18,10 +18,52 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .base import attention_window
 from .encoders import PromptEncoder
 from .heads import LinearHead, adapt_lm_head, block_output, float32_scoring
 from .scoring import KeysValues, PrefixCache, after_prefix, joined, new_cache, repeated, run_prefix, word_logprobs
+
+
+def checkpoint_blocks(base: nn.Module, enabled: bool) -> int:
+    """Turn activation checkpointing of ``base``'s transformer blocks on or off: with it, a block keeps only its
+    input in the forward pass and runs again in the backward pass (torch's non-reentrant checkpoint, so the gradient
+    reaches the input embeddings while every weight stays frozen).
+
+    transformers' own switch (``gradient_checkpointing_enable``) acts only on blocks in training mode, and the
+    frozen model stays in evaluation mode (training mode would turn on the dropout of families that have some), so
+    the blocks get torch's composable checkpoint instead: hooks on each block, whatever its mode, that leave its
+    weights, names and state dict as they were. Once added they stay, switched on or off here.
+
+    Args:
+        base (`torch.nn.Module`): the frozen Hugging Face model.
+        enabled (`bool`): on or off.
+
+    Returns:
+        `int`: the number of blocks (transformers' ``GradientCheckpointingLayer`` modules) switched.
+
+    Example:
+        >>> checkpoint_blocks(model.base, True)  # a 30-block model
+        30
+    """
+    try:
+        from torch.distributed._composable import checkpoint
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError as err:  # a torch built without torch.distributed
+        if enabled:
+            raise ConfigError(f"train.gradient_checkpointing: {err}") from None
+        return 0
+    blocks = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if enabled and not blocks:
+        raise ConfigError(f"train.gradient_checkpointing: {type(base).__name__} has no blocks transformers can "
+                          "checkpoint (GradientCheckpointingLayer); set it to false")
+    for block in blocks:
+        if checkpoint.state(block) is None:
+            if not enabled:
+                continue
+            checkpoint(block)
+        checkpoint.state(block).enable_hook = enabled
+    return len(blocks)
 
 
 def trainable(name: str) -> bool:
@@ -68,12 +110,24 @@ class PTuningModel(nn.Module):
         adapt_lm_head(base)
         self._table: torch.Tensor | None = None  # cached prompt table for inference
         self.label_offsets: torch.Tensor | None = None  # classification, ``task.calibrate: prior``: added to scores
+        self.checkpointing = False  # recompute the base's blocks in the backward pass (training mode only)
+        self._compiled_forward = None  # the base's forward through torch.compile, for training (``use_compiled_base``)
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.base.eval()  # the frozen model never trains: no dropout in it, ever
         if mode:
             self.clear_prompt_cache()
+        # the base may be shared with other models: its blocks follow whichever model last changed mode
+        checkpoint_blocks(self.base, mode and self.checkpointing)
+        return self
+
+    def use_gradient_checkpointing(self, enabled: bool = True) -> "PTuningModel":
+        """Recompute the frozen model's blocks in the backward pass while this model is in training mode
+        (``train.gradient_checkpointing``; see ``checkpoint_blocks``): the same loss and gradients, the activation
+        memory of one block instead of all of them, about one more forward pass of compute. Returns the model."""
+        self.checkpointing = enabled
+        checkpoint_blocks(self.base, enabled and self.training)
         return self
 
     def clear_prompt_cache(self) -> None:
@@ -91,6 +145,20 @@ class PTuningModel(nn.Module):
             raise ValueError("encoder state does not match this encoder's parameters")
         self.load_state_dict(state, strict=False)
         self.clear_prompt_cache()
+
+    def use_compiled_base(self, enabled: bool = True) -> "PTuningModel":
+        """Run the frozen model's forward pass through ``torch.compile`` while this model is in training mode
+        (``train.compile``); evaluation and prediction keep the plain forward. Shapes are dynamic, so batches of other
+        lengths reuse the compiled code; the first steps pay for compiling. Returns the model."""
+        self._compiled_forward = torch.compile(self.base.forward, dynamic=True) if enabled else None
+        return self
+
+    def run_base(self, **inputs):
+        """The frozen model's forward pass on keyword ``inputs``: the compiled one in training where
+        ``use_compiled_base`` asked for it, else the model itself."""
+        if self.training and self._compiled_forward is not None:
+            return self._compiled_forward(**inputs)
+        return self.base(**inputs)
 
     def prompt_table(self) -> torch.Tensor:
         """(n, d): run the encoder (once per step in training); at inference a fixed table, computed once."""
@@ -202,9 +270,9 @@ class CausalPTuning(PTuningModel):
         if "prefix_ids" in batch:
             inputs = self.after_shared_prefix(inputs, batch["prefix_ids"], batch["prefix_virtual"], table)
         if self.keeps_logits:
-            logits = self.base(**inputs, logits_to_keep=k + 1).logits  # (B, k+1, V)
+            logits = self.run_base(**inputs, logits_to_keep=k + 1).logits  # (B, k+1, V)
         else:
-            logits = self.base(**inputs).logits[:, -(k + 1):]
+            logits = self.run_base(**inputs).logits[:, -(k + 1):]
         return logits[:, :-1], labels[:, width - k:]  # logit at t predicts token t+1
 
     def after_shared_prefix(self, inputs: dict, ids: torch.Tensor, virtual: torch.Tensor,
@@ -288,7 +356,7 @@ class MaskedPTuning(PTuningModel):
         labels = batch["labels"]
         embeds = self.embed(batch["input_ids"], batch["virtual_index"])
         # position ids are left to the model (right padding: 0..n-1 is right, RoBERTa adds its own offset)
-        out = self.base(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+        out = self.run_base(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
         cols = (labels != -100).any(0).nonzero().squeeze(-1)  # the target columns
         return out.logits[:, cols], labels[:, cols]
 
@@ -302,8 +370,8 @@ class Seq2SeqPTuning(PTuningModel):
     def target_logits(self, batch):
         embeds = self.embed(batch["input_ids"], batch["virtual_index"])
         labels = batch["decoder_labels"]  # (B, K) right-padded: causal decoder attention keeps pads harmless
-        out = self.base(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                        decoder_input_ids=self.decoder_inputs(labels), use_cache=False)
+        out = self.run_base(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                            decoder_input_ids=self.decoder_inputs(labels), use_cache=False)
         return out.logits, labels
 
     def decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:

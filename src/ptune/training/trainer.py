@@ -146,6 +146,10 @@ class Trainer:
 
     def _setup_model(self, fit_head: bool) -> None:
         self.model = self.session.new_model(self.seed)
+        if self.tc.gradient_checkpointing:
+            self.model.use_gradient_checkpointing()
+        if self.tc.compile:
+            self.model.use_compiled_base()
         self.examples = self._training_examples()
         self.linear_head = self.model.classifier is not None
         if self.linear_head and fit_head:
@@ -181,8 +185,10 @@ class Trainer:
     def _setup_step(self) -> None:
         """Wrap the forward and loss for Accelerate (DDP, autocast) and prepare the optimizer."""
         step_module = LossStep(self.model, self.session.task.make_loss(self.examples), sharded=self.world > 1)
-        # the shared-prefix batching scores label continuations; a linear head pools every position instead
-        self.share_prefix = self.tc.share_prefix and self.model.can_score_continuations and not self.linear_head
+        # the shared-prefix batching scores label continuations; a linear head pools every position instead; a
+        # checkpointed block run again in the backward pass would append its keys to the prefix's cache a second time
+        self.share_prefix = self.tc.share_prefix and self.model.can_score_continuations and not self.linear_head \
+            and not self.tc.gradient_checkpointing
         if self.world > 1:
             # DDP syncs the encoder only: the frozen base's weights and buffers (identical on every process) are
             # never broadcast, at the start or at each forward
