@@ -274,7 +274,7 @@ class Trainer:
         if (self.metrics.last or {}).get("kind") == "train" or self.total == 0:
             self.evaluate()  # the steps since the last evaluation (max_steps inside an epoch, or eval_every)
         prog.done = True
-        self.save()
+        self.save(plot=False)  # train() draws the curves once, after the summary record
 
     def _epoch_groups(self, epoch: int) -> list[list[list[int]]]:
         """The epoch's global batches of row indices (order from (seed, epoch)), grouped grad_accum to a step."""
