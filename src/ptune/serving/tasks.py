@@ -187,8 +187,8 @@ class TaskStore:
                                   f"(expected {sorted(shapes)})")
         names = session.task.labels.labels if session.task.labels else []
         head = {k: v.to(session.device) for k, v in saved.encoder_state.items() if k.startswith("classifier.")}
-        task = ServedTask(name, str(folder), session, saved.prompts.float().to(session.device), self, head,
-                          saved.label_offsets(names))
+        table = saved.prompts.to(session.device, torch.float32, copy=True)  # its own storage, not the file's bytes
+        task = ServedTask(name, str(folder), session, table, self, head, saved.label_offsets(names))
         if self.mixer is None:  # the first task: what the base can do, and the mixed-batch scorer over it
             self.scores_continuations = task.model.can_score_continuations
             self.mixer = MixedScorer(self.base.model) if self.scores_continuations else None

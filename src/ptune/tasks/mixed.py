@@ -61,7 +61,18 @@ def shifted(prefix: Encoded, offset: int) -> Encoded:
 def common_text_prefix(inputs: list[Encoded]) -> int:
     """How many leading tokens all ``inputs`` share with no virtual position among them (special tokens and anchor
     text before the first field, where every task's template starts alike): they can run once for all the rows,
-    whatever their tasks, since no task's table reaches them."""
+    whatever their tasks, since no task's table reaches them.
+
+    Args:
+        inputs (list[Encoded]): rendered rows (unpadded).
+
+    Returns:
+        int: the length of that common prefix (0 when a row starts with a virtual token or a field).
+
+    Example:
+        >>> common_text_prefix([Encoded([5, 6, 7], [-1, -1, 0], []), Encoded([5, 6, 9], [-1, -1, -1], [])])
+        2
+    """
     first, n = inputs[0], 0
     limit = min(len(e) for e in inputs)
     while n < limit and first.virtual_index[n] < 0 and all(
