@@ -169,3 +169,18 @@ def test_sections_built_by_keyword_are_checked_like_a_file():
     # a section given as a mapping is the same as the dataclass built from it
     built = Config(train=TrainConfig(epochs=3))
     assert Config(train={"epochs": 3}) == built == config_from_dict({"train": {"epochs": 3}})
+
+
+def test_a_template_field_mapped_to_another_column_trains_and_predicts(tiny_causal_dir, tmp_path):
+    """``data.columns`` maps the template's ``{text}`` to a CSV column named otherwise: rendering the target's
+    leading space and the shared prefix reads the mapped column too (a KeyError before)."""
+    from conftest import ROWS, tiny_config, write_csv
+    from ptune.inference import Predictor
+    from ptune.training.run import train
+
+    data = {"train": str(write_csv(tmp_path / "train.csv", ROWS, header=("body", "label"))),
+            "columns": {"text": "body"}}
+    cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1})
+    train(cfg, tmp_path / "ckpt", show_progress=False)
+    predictions = Predictor.load(tmp_path / "ckpt").predict_rows([{"body": ROWS[0][0]}])
+    assert predictions[0]["prediction"] in {label for _, label in ROWS}

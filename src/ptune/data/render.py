@@ -68,10 +68,14 @@ class Renderer:
         whose target starts the decoder's text."""
         if self.kind == "seq2seq":
             return ""
-        return self.pieces({f: "" for f in self.template.fields})[1]
+        return self.pieces(self.empty_row())[1]
 
     def target_ids(self, text: str) -> list[int]:
         return self.tokenizer(self.target_prefix() + text, add_special_tokens=False)["input_ids"]
+
+    def empty_row(self) -> dict[str, str]:
+        """A row whose every field the template reads is empty, keyed by data column (``data.columns`` applied)."""
+        return {self.field_map.get(f, f): "" for f in self.template.fields}
 
     def pieces(self, row: dict[str, str]):
         """(list of (kind, payload), whitespace before the target)."""
@@ -100,7 +104,7 @@ class Renderer:
     def shared_prefix_length(self) -> int:
         """How many leading tokens every row's input shares: special tokens, virtual tokens and anchor text before
         the first data field (each piece is tokenized on its own, so these never depend on the row)."""
-        pieces, _ = self.pieces({f: "" for f in self.template.fields})
+        pieces, _ = self.pieces(self.empty_row())
         n = len(self.prefix_ids)
         for kind, payload in pieces:
             if kind in ("field", "target"):
