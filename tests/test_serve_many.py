@@ -161,6 +161,32 @@ def test_mixed_rows_share_the_anchor_text_every_template_starts_with(tiny_causal
             assert g["scores"] == pytest.approx(w["scores"], abs=2e-3)
 
 
+def test_mixed_batches_of_other_tasks_reuse_the_anchor_text_keys_and_values(tiny_causal_dir, tmp_path, monkeypatch):
+    import ptune.modeling.ptuning as ptuning
+    from ptune.tasks.mixed import MixedGroup, MixedScorer
+
+    suffix = {"template": "Tweet text : {text} [P*3] Label : [TARGET]", "verbalizer": COMPLAINTS["verbalizer"]}
+    folders = write_tasks(tiny_causal_dir, tmp_path, 0, {n: suffix for n in "abcd"})
+    store = TaskStore()
+    tasks = {n: store.load(n, f) for n, f in folders.items()}
+    runs, run_prefix = [], ptuning.run_prefix
+    scorer = MixedScorer(store.base.model)
+    # the second batch's rows open alike beyond the template's text: that longer prefix is not made either
+    batches = [{"a": TEXTS[:2], "b": TEXTS[2:4]}, {"c": [TEXTS[1]], "d": [TEXTS[1], TEXTS[1]]}, {"b": TEXTS[4:]}]
+    for batch in batches:
+        groups = [MixedGroup(tasks[n].session.task, tasks[n].table, [{"text": t} for t in texts], lambda: None)
+                  for n, texts in batch.items()]
+        with torch.inference_mode(), monkeypatch.context() as m:  # the scorer's prefix runs only
+            m.setattr(ptuning, "run_prefix", lambda *a, **k: runs.append(1) or run_prefix(*a, **k))
+            mixed = scorer.classify(groups, 8, "cpu")
+        for name, got in zip(batch, mixed):
+            want = Predictor.load(folders[name]).predict_rows([{"text": t} for t in batch[name]])
+            assert [g["prediction"] for g in got] == [w["prediction"] for w in want]
+            for g, w in zip(got, want):
+                assert g["scores"] == pytest.approx(w["scores"], abs=2e-3)
+    assert len(runs) == 1  # "Tweet text :" ran once, for three batches of other tasks' tables
+
+
 def test_a_broken_checkpoint_is_refused_as_predictor_refuses_it(folders, tmp_path):
     folder = shutil.copytree(folders["task-001"], tmp_path / "wrong")
     meta = json.loads((folder / "ptune.json").read_text())

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data.render import Encoded
 from ..modeling.encoders import EmbeddingEncoder
-from ..modeling.ptuning import PTuningModel, build_ptuning_model
+from ..modeling.ptuning import CausalPTuning, PTuningModel
 from .base import sorted_batches
 from .classification import ClassificationTask
 from .label_scoring import LabelScores, continuation_scores, label_word_ids, score_candidates, split_shared_inputs
@@ -42,14 +42,26 @@ class MixedGroup:
     own_model: Callable[[], PTuningModel]
 
 
-def stacked_model(base, tables: list[torch.Tensor]) -> PTuningModel:
-    """A causal model over ``base`` serving the tables (n_i, d) stacked into one (sum n_i, d), in evaluation mode."""
-    stacked = torch.cat(tables)
-    encoder = EmbeddingEncoder(len(stacked), stacked.shape[1]).to(stacked.device)
-    combined = build_ptuning_model(base, encoder, "causal")
-    combined.eval()  # (a new module trains by default, and would run its encoder instead of the stacked table)
-    combined.set_prompt_table(stacked)
-    return combined
+class StackedTablesModel(CausalPTuning):
+    """The mixed-batch scorer's causal model, whose table changes with every batch. A cached prefix of text alone
+    (no virtual position: the special tokens and anchor text every row opens with) does not depend on the table, so
+    a new table keeps its keys and values; computing them again would read every weight of the base, as a small
+    batch does.
+
+    Args:
+        base (torch.nn.Module): the frozen causal LM.
+        encoder (PromptEncoder): a placeholder encoder (the tables come from ``set_prompt_table``).
+
+    Example:
+        >>> model = StackedTablesModel(base, EmbeddingEncoder(1, 576)).eval()
+        >>> model.set_prompt_table(torch.cat([table_a, table_b]))  # (n_a + n_b, 576)
+    """
+
+    def clear_prompt_cache(self) -> None:
+        kept = self.prefix_cache.entry  # ((token ids, virtual indices), keys and values), or None
+        super().clear_prompt_cache()
+        if kept is not None and all(v < 0 for v in kept[0][1]):
+            self.prefix_cache.get(kept[0], lambda: kept[1])
 
 
 def shifted(prefix: Encoded, offset: int) -> Encoded:
@@ -103,7 +115,7 @@ class MixedScorer:
         that never runs: ``set_prompt_table`` gives the rows the virtual positions read, however many there are."""
         if self.model is None:
             placeholder = EmbeddingEncoder(1, table.shape[1], init=table.new_zeros(1, table.shape[1]))
-            self.model = build_ptuning_model(self.base, placeholder.to(table.device), "causal").eval()
+            self.model = StackedTablesModel(self.base, placeholder.to(table.device)).eval()
         # templates without virtual tokens stack to no rows: one row that no position reads keeps indexing valid
         self.model.set_prompt_table(table if len(table) else table.new_zeros(1, table.shape[1]))
         return self.model
@@ -124,7 +136,11 @@ class MixedScorer:
                          if not all(alone) else [])
             return [g.task.predict(g.own_model(), g.rows, batch_size, device) if a else next(mixed)
                     for g, a in zip(groups, alone)]
-        targets = [label_word_ids(g.task) for g in groups]
+        words_of: dict[int, list[tuple[int, list[int]]]] = {}  # tasks of one serving config are one object
+        for g in groups:
+            if id(g.task) not in words_of:
+                words_of[id(g.task)] = label_word_ids(g.task)
+        targets = [words_of[id(g.task)] for g in groups]
         scores = [LabelScores(len(g.rows), len(g.task.labels.labels), g.task.cfg.score == "mean") for g in groups]
         items, offset = [], 0
         for gi, g in enumerate(groups):
@@ -151,9 +167,14 @@ class MixedScorer:
         word_list = [list(w) for w in words]
         model = self.over(table)
         pad = groups[0].task.renderer.tokenizer.pad_token_id
+        # no further than the templates' own opening, which never depends on the row: rows that happen to open
+        # alike would make another prefix, whose pass costs more than the tokens it saves, and drop the kept one
+        renderers = {id(g.task.renderer): g.task.renderer for g in groups}.values()
+        opening = min(r.shared_prefix_length() for r in renderers)
         for _, chunk in sorted_batches(items, batch_size, key=lambda it: len(it[2])):
             inputs = [c[2] for c in chunk]
-            per_word = continuation_scores(model, inputs, word_list, pad, device, common_text_prefix(inputs))
+            per_word = continuation_scores(model, inputs, word_list, pad, device,
+                                           min(opening, common_text_prefix(inputs)))
             totals = [logp.sum(-1).tolist() for logp in per_word]  # per word, each row's log-likelihood
             for b, (gi, ri, _) in enumerate(chunk):
                 for li, ids in targets[gi]:
