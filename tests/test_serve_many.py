@@ -285,3 +285,23 @@ def test_one_row_of_a_task_without_a_kept_model_builds_none(folders):
     got = one["predictions"] + two.json()["predictions"][1:]
     assert [g["label"] for g in got] == [w["prediction"] for w in want]
     assert two.json()["predictions"][0]["scores"] == pytest.approx(one["predictions"][0]["scores"], abs=2e-3)
+
+
+def test_an_unknown_task_lists_ten_names_and_how_many_more(folders):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from ptune.serving.app import create_app
+    from ptune.serving.thread import ServerThread
+
+    names = sorted(n for n in folders if n.startswith("task-"))
+    app = create_app({n: folders[n] for n in names}, tasks_dir=folders[names[0]].parent)
+    shown, hidden = names[:10], names[10:]
+    with ServerThread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        native = [client.post("/v1/classify", json={"task": "nope", "rows": [{"text": "a"}]}),
+                  client.delete("/v1/tasks/nope")]
+        openai = client.post("/v1/completions", json={"model": "nope", "prompt": "a"})
+    messages = [r.json()["error"] for r in native] + [openai.json()["error"]["message"]]
+    assert [r.status_code for r in [*native, openai]] == [404] * 3
+    for message, listing in zip(messages, ["GET /v1/tasks"] * 2 + ["GET /v1/models"]):
+        assert f"{', '.join(shown)} and {len(hidden)} more ({listing} lists them all)" in message, message
+        assert not any(n in message for n in hidden)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import PtuneError
-from .protocol import NAME_RE, RequestError
+from .protocol import NAME_RE, RequestError, unknown_task
 from .state import ServingState
 from .tasks import ServedTask
 
@@ -82,7 +82,7 @@ def remove_task(state: ServingState, name: str) -> None:
     if state.tasks_dir is None:
         raise RequestError(403, "removing tasks is off: start the server with --tasks-dir DIR")
     if name not in state.tasks:
-        raise RequestError(404, f"unknown task {name[:64]!r}; known tasks: {', '.join(sorted(state.tasks))}")
+        raise unknown_task(name, state.tasks)
     del state.tasks[name]
 
 

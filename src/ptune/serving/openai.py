@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 
 from fastapi.responses import JSONResponse
 
-from .protocol import NOT_BLANK, Limits, RequestError, check_max_new_tokens, check_row, field_value_schema, is_integer
+from .protocol import (NOT_BLANK, Limits, RequestError, check_max_new_tokens, check_row, field_value_schema, is_integer,
+                       some_names)
 from .tasks import ServedTask
 
 OBJECT_OF = {"completion": "text_completion", "chat": "chat.completion"}
@@ -134,8 +135,8 @@ def find_task(body: dict, tasks: dict[str, ServedTask]) -> ServedTask:
     if not isinstance(name, str) or not name:
         raise RequestError(400, "'model' is missing: give a task name (GET /v1/models lists them)", param="model")
     if name not in tasks:
-        raise RequestError(404, f"unknown model {name[:64]!r}; the models are the tasks: {', '.join(sorted(tasks))}",
-                           param="model", code="model_not_found")
+        raise RequestError(404, f"unknown model {name[:64]!r}; the models are the tasks: "
+                           f"{some_names(tasks, 'GET /v1/models')}", param="model", code="model_not_found")
     return tasks[name]
 
 

@@ -4,6 +4,7 @@ request bodies and answers. Pure functions: no model, no server."""
 
 from __future__ import annotations
 
+import heapq
 import re
 from dataclasses import dataclass
 
@@ -40,6 +41,39 @@ class Limits:
     mix_tasks: bool = True
     """Score classification rows of different tasks in the same model calls (each row splices its own task's
     prompt table); off: one call per task, each with its task's cached prefix."""
+
+
+NAMES_SHOWN = 10
+"""How many task names an error about an unknown task lists (a server may hold a thousand)."""
+
+
+def some_names(names, listing: str) -> str:
+    """The first ``NAMES_SHOWN`` of ``names`` in name order, and how many more there are, pointing at ``listing``
+    (the endpoint that lists them all).
+
+    Args:
+        names (Iterable[str]): the task names.
+        listing (str): e.g. ``"GET /v1/tasks"``.
+
+    Returns:
+        str: a phrase for an error message.
+
+    Example:
+        >>> some_names([f"t{i:02d}" for i in range(12)], "GET /v1/tasks")
+        't00, t01, t02, t03, t04, t05, t06, t07, t08, t09 and 2 more (GET /v1/tasks lists them all)'
+        >>> some_names(["b", "a"], "GET /v1/tasks")
+        'a, b'
+    """
+    names = list(names)
+    shown = ", ".join(heapq.nsmallest(NAMES_SHOWN, names))
+    if len(names) <= NAMES_SHOWN:
+        return shown or "none"
+    return f"{shown} and {len(names) - NAMES_SHOWN} more ({listing} lists them all)"
+
+
+def unknown_task(name: str, names) -> RequestError:
+    """The 404 for a native request naming a task that is not served."""
+    return RequestError(404, f"unknown task {name[:64]!r}; known tasks: {some_names(names, 'GET /v1/tasks')}")
 
 
 class RequestError(Exception):
@@ -180,7 +214,7 @@ def check_request(body, tasks: dict, op: str, limits: Limits) -> tuple[object, l
     if not isinstance(name, str) or not name:
         raise RequestError(422, "'task' is missing or not a string")
     if name not in tasks:
-        raise RequestError(404, f"unknown task {name[:64]!r}; known tasks: {', '.join(sorted(tasks))}")
+        raise unknown_task(name, tasks)
     task = tasks[name]
     if op == "classify" and task.type == "generation":
         raise RequestError(400, f"task {name!r} is a generation task; use /v1/generate")
