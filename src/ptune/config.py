@@ -265,6 +265,7 @@ class TrainConfig:
         self_train_rows (`int`, defaults to 0): confident unlabeled rows added for self-training (0: off).
         self_train_pool (`int`, defaults to 400): unlabeled rows scored to choose them from.
         share_prefix (`bool`, defaults to True): run the rows' shared leading tokens once per batch.
+        packing (`bool`, defaults to True): causal LMs: pack a batch's rows end to end instead of padding them.
         objective (`str`, defaults to ``"lm"``): ``lm`` or ``classify``.
         class_weights (`str`, defaults to ``"none"``): ``none`` or ``balanced``.
         mixed_precision (`str`, defaults to ``"no"``): ``no``, ``bf16`` or ``fp16``.
@@ -312,6 +313,11 @@ class TrainConfig:
     share_prefix: bool = True
     """Causal LMs: run the tokens every row of a batch starts with (leading virtual tokens and anchor text) once per
     step instead of once per row; the same loss and gradients, less compute."""
+    packing: bool = True
+    """Causal LMs whose attention takes a custom mask (``modeling.base.PACKABLE_TYPES``): lay a training batch's rows
+    end to end in a few sequences, each row attending only to itself and the shared prefix, so that no pad is
+    computed; the same loss and gradients. Not used with ``compile`` or a sliding window shorter than
+    ``max_length``."""
     objective: str = "lm"
     """Classification: ``lm`` maximises the gold label word's likelihood (PEFT's loss); ``classify`` is
     cross-entropy over the labels' first tokens only, so training spends nothing on how likely the words are in

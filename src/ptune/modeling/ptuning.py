@@ -260,6 +260,8 @@ class CausalPTuning(PTuningModel):
         self.prefix_cache.clear()
 
     def target_logits(self, batch):
+        if "packed_ids" in batch:
+            return self.packed_target_logits(batch)
         labels = batch["labels"]
         table = self.prompt_table() if self.encoder.n_virtual else None  # the encoder runs once per call
         embeds = self.embed(batch["input_ids"], batch["virtual_index"], table)
@@ -274,6 +276,29 @@ class CausalPTuning(PTuningModel):
         else:
             logits = self.run_base(**inputs).logits[:, -(k + 1):]
         return logits[:, :-1], labels[:, width - k:]  # logit at t predicts token t+1
+
+    def packed_target_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``target_logits`` of a packed batch (``data.packing.pack``): its bins run once, each row seeing only itself
+        and the shared prefix, and the logits are computed at the places before target columns only.
+
+        Args:
+            batch (dict[str, torch.Tensor]): ``packed_ids``, ``packed_virtual``, ``packed_positions`` (bins, L),
+                ``packed_mask`` (bins, 1, L, L), ``target_places`` (B, K), ``labels`` (B, K).
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor]: logits (B, K, V) and labels (B, K), as ``target_logits`` gives them.
+        """
+        embeds = self.embed(batch["packed_ids"], batch["packed_virtual"])  # (bins, L, d)
+        width = embeds.shape[1]
+        places = batch["target_places"]  # (B, K) flat: bin * L + place
+        columns, which = torch.unique(places % width, return_inverse=True)  # the places' columns, (U,) and (B, K)
+        mask = batch["packed_mask"]
+        if self.base.config._attn_implementation == "eager":  # eager attention adds its mask to the scores
+            mask = torch.zeros(mask.shape, dtype=embeds.dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(embeds.dtype).min)
+        logits = self.run_base(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["packed_positions"],
+                               use_cache=False, logits_to_keep=columns).logits  # (bins, U, V)
+        return logits[places // width, which], batch["labels"]
 
     def after_shared_prefix(self, inputs: dict, ids: torch.Tensor, virtual: torch.Tensor,
                             table: torch.Tensor | None) -> dict:

@@ -9,6 +9,7 @@ import torch
 
 from ..config import TaskConfig
 from ..data.labels import LabelSpace
+from ..data.packing import pack as pack_rows
 from ..data.render import Encoded, Renderer, collate
 from ..data.tables import Table
 from ..modeling.ptuning import PTuningModel
@@ -73,22 +74,29 @@ class Task:
     def pad_side(self) -> str:
         return "left" if self.renderer.kind == "causal" else "right"
 
-    def batch(self, examples: list[Encoded], device, share_prefix: bool = False) -> dict[str, torch.Tensor]:
+    def batch(self, examples: list[Encoded], device, share_prefix: bool = False, pack: int = 0
+              ) -> dict[str, torch.Tensor]:
         """Padded tensors. ``share_prefix`` (causal LMs): the tokens every row starts with (virtual tokens and anchor
         text before the first data field) are taken out and given once, as ``prefix_ids``/``prefix_virtual``
-        (1, P), for the model to run once for the whole batch; every row keeps at least one token."""
+        (1, P), for the model to run once for the whole batch; every row keeps at least one token. ``pack`` (causal
+        LMs, training): instead of padding, the rows are packed into bins of that many places
+        (``data.packing.pack``; the shared prefix then starts every bin)."""
         pad = self.renderer.tokenizer.pad_token_id
-        if share_prefix and self.renderer.kind == "causal" and len(examples) > 1:
-            n = min([self.renderer.shared_prefix_length()] + [len(e) - 1 for e in examples])
-            if n > 0:
-                rest = [Encoded(e.input_ids[n:], e.virtual_index[n:], e.labels[n:], e.truncated, None, e.label_index)
-                        for e in examples]
-                out = collate(rest, pad, "left", device)
-                first = examples[0]
-                out["prefix_ids"] = torch.tensor([first.input_ids[:n]], device=out["input_ids"].device)
-                out["prefix_virtual"] = torch.tensor([first.virtual_index[:n]], device=out["input_ids"].device)
-                return out
-        return collate(examples, pad, self.pad_side, device)
+        causal = self.renderer.kind == "causal"
+        n = 0
+        if share_prefix and causal and len(examples) > 1:
+            n = max(0, min([self.renderer.shared_prefix_length()] + [len(e) - 1 for e in examples]))
+        rest = [Encoded(e.input_ids[n:], e.virtual_index[n:], e.labels[n:], e.truncated, None, e.label_index)
+                for e in examples] if n else examples
+        prefix = Encoded(examples[0].input_ids[:n], examples[0].virtual_index[:n], []) if n else None
+        if pack and causal:
+            return pack_rows(rest, prefix, pack, device)
+        if prefix is None:
+            return collate(examples, pad, self.pad_side, device)
+        out = collate(rest, pad, "left", device)
+        out["prefix_ids"] = torch.tensor([prefix.input_ids], device=out["input_ids"].device)
+        out["prefix_virtual"] = torch.tensor([prefix.virtual_index], device=out["input_ids"].device)
+        return out
 
     def check(self, table: Table, *, labelled: bool = True) -> None:
         """Raise a DataError naming file, row and field for anything this task cannot use."""

@@ -72,7 +72,7 @@ class ClassifyLoss:
     weights: torch.Tensor | None = None
 
     def __call__(self, model, batch):
-        logp = model.label_choice_logprobs(batch, self.candidates.to(batch["input_ids"].device))  # (B, labels)
+        logp = model.label_choice_logprobs(batch, self.candidates.to(batch["labels"].device))  # (B, labels)
         return label_nll(logp, batch["label_index"], self.weights)
 
 

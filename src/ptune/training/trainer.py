@@ -26,6 +26,7 @@ from .. import checkpoint
 from ..data.tables import Table
 from ..errors import CheckpointError, PtuneError
 from ..evaluator import evaluate
+from ..modeling.base import packable, packed_bin_tokens
 from ..modeling.ptuning import PTuningModel
 from ..session import Session
 from ..tasks.calibration import fit_prior_offsets
@@ -59,6 +60,29 @@ class Progress:
     bad_evals: int = 0
     history: list[dict] = field(default_factory=list)
     done: bool = False
+
+
+def packing_bins(model: PTuningModel, tc) -> int:
+    """Places per bin where this model's training batches are packed (``train.packing``), else 0 (padded batches):
+    causal models that score continuations, of a family ``packable`` accepts, without ``compile``, a linear head,
+    or a sliding window that ``max_length`` reaches (a custom mask leaves the window out).
+
+    Args:
+        model (PTuningModel): the model to train.
+        tc: the ``train`` section of the config.
+
+    Returns:
+        int: the bin size, or 0.
+
+    Example:
+        >>> packing_bins(session.new_model(), session.cfg.train)  # doctest: +SKIP
+        345
+    """
+    window = getattr(model, "window", None)
+    if not tc.packing or tc.compile or model.classifier is not None or not model.can_score_continuations \
+            or not packable(model.base) or (window is not None and tc.max_length >= window):
+        return 0
+    return packed_bin_tokens(model.base.config)
 
 
 class _CtrlC:
@@ -195,6 +219,9 @@ class Trainer:
             frozen = [n for n, p in step_module.named_parameters() if not p.requires_grad]
             frozen += [n for n, _ in step_module.named_buffers()]
             torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step_module, frozen)
+        self.pack = packing_bins(self.model, self.tc)
+        if self.pack and self.tc.share_prefix:  # a packed bin holds the prefix itself: no cache to checkpoint
+            self.share_prefix = True
         self.step_fn, self.opt = self.acc.prepare(step_module, self.optimizer)
 
     def resume(self) -> None:
@@ -318,7 +345,7 @@ class Trainer:
         acc, world = self.acc, self.world
         shard = rows[self.rank::world]
         batch = self.session.task.batch([self.examples[i] for i in (shard or rows[:1])], self.session.device,
-                                        self.share_prefix)
+                                        self.share_prefix, self.pack)
         with contextlib.nullcontext() if last else acc.no_sync(self.step_fn):
             nll, count = self.step_fn(batch)
             if world == 1:
