@@ -2,6 +2,7 @@
 model, only with the key; requests in flight finish."""
 
 import os
+import shutil
 import threading
 import time
 
@@ -74,7 +75,7 @@ def test_add_use_and_remove_a_task(server):
     ("missing", 404, "no checkpoint directory"),
     ("", 422, "'path' must be a non-empty string"),
     ("complaints/manifest.json", 404, "no checkpoint directory"),
-    ("more", 422, ""),  # a directory, but no checkpoint in it
+    ("more", 404, "no checkpoint at 'more' in the tasks directory: the folder holds no ptune.json"),
 ])
 def test_paths_outside_the_directory_are_refused(server, layout, path, status, message):
     _, _, outside = layout
@@ -84,9 +85,21 @@ def test_paths_outside_the_directory_are_refused(server, layout, path, status, m
     assert names(server) == ["complaints"]
 
 
-def test_a_checkpoint_for_another_base_model_is_refused_with_the_reason(server):
+def test_a_checkpoint_for_another_base_model_is_refused_with_the_reason(server, layout):
     r = server.post("/v1/tasks", json={"name": "bert", "path": "other-base"})
-    assert r.status_code == 422 and "was trained on" in r.json()["error"]
+    assert r.status_code == 422 and "checkpoint other-base was trained on" in r.json()["error"]
+    assert str(layout[0]) not in r.text and "'/" not in r.text  # the server's own paths stay out of its answers
+    assert names(server) == ["complaints"]
+
+
+def test_an_unusable_checkpoint_is_named_relative_to_the_tasks_directory(server, layout):
+    tasks_dir, served, _ = layout
+    broken = shutil.copytree(served, tasks_dir / "more" / "broken")
+    (broken / "ptune.json").write_text("{not json")
+    for path in ("more/broken", str(broken)):  # relative or absolute, the answer names it alike
+        r = server.post("/v1/tasks", json={"name": "broken", "path": path})
+        assert r.status_code == 422 and r.json()["error"].startswith("more/broken/ptune.json: corrupted manifest")
+        assert str(tasks_dir) not in r.text and str(tasks_dir.resolve()) not in r.text
     assert names(server) == ["complaints"]
 
 

@@ -5,14 +5,18 @@
     DELETE /v1/tasks/NAME                                 -> {"deleted": NAME}
 
 A new checkpoint is loaded over the server's base model (a checkpoint for another base model is refused with the
-reason), on the model thread, between batches. Requests already queued or running keep the task they named, so they
+reason), on the model thread, between batches. A path that does not exist or holds no checkpoint answers 404; a
+checkpoint that cannot be served, 422, its files named relative to DIR. Requests already queued or running keep the task they named, so they
 finish after the task is removed. With API keys set, both need the key like every other endpoint.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import re
+from pathlib import Path, PurePosixPath
 
+from ..checkpoint import MANIFEST
 from ..errors import PtuneError
 from .protocol import NAME_RE, RequestError, unknown_task
 from .state import ServingState
@@ -45,7 +49,35 @@ def resolve_under(root: Path, path) -> Path:
         raise RequestError(403, f"{path[:200]!r} is outside the tasks directory")
     if resolved is None or not resolved.is_dir():
         raise RequestError(404, f"no checkpoint directory at {path[:200]!r} in the tasks directory")
+    if not (resolved / MANIFEST).is_file():
+        raise RequestError(404, f"no checkpoint at {path[:200]!r} in the tasks directory: the folder holds no "
+                                f"{MANIFEST}")
     return resolved
+
+
+def relative_paths(message: str, root: Path, folder: Path) -> str:
+    """``message`` without the server's absolute paths (a client is not told where the server keeps its files): the
+    checkpoint directory and the tasks directory named relative to the tasks directory, as a client names them, and
+    any other quoted absolute path (a base model's folder) by its last part.
+
+    Args:
+        message (str): an error message that may name ``folder``, files in it, ``root`` or a base model's folder.
+        root (Path): the tasks directory, resolved.
+        folder (Path): the checkpoint directory, resolved, inside ``root``.
+
+    Returns:
+        str: the message as a client may read it.
+
+    Example:
+        >>> relative_paths("/srv/tasks/a/ptune.json: corrupted manifest", Path("/srv/tasks"), Path("/srv/tasks/a"))
+        'a/ptune.json: corrupted manifest'
+        >>> relative_paths("checkpoint /srv/tasks/a was trained on 'bert', not on '/srv/models/llama'",
+        ...                Path("/srv/tasks"), Path("/srv/tasks/a"))
+        "checkpoint a was trained on 'bert', not on 'llama'"
+    """
+    inside = folder.relative_to(root).as_posix()
+    message = message.replace(str(folder), inside).replace(f"{root}{os.sep}", "").replace(str(root), ".")
+    return re.sub(r"'(/[^']*)'", lambda m: repr(PurePosixPath(m[1]).name), message)
 
 
 def check_add_request(body, state: ServingState) -> tuple[str, Path]:
@@ -71,7 +103,7 @@ async def add_task(state: ServingState, body) -> ServedTask:
         try:
             task = await state.batcher.run_alone(state.store.load, name, folder)
         except PtuneError as err:  # another base model, a damaged manifest, ...
-            raise RequestError(422, str(err)) from None
+            raise RequestError(422, relative_paths(str(err), state.tasks_dir, folder)) from None
         state.tasks[name] = task
         state.base = state.base or task.session.base
     return task
