@@ -2,9 +2,11 @@
 bodies that break it one way or another, boundary values, wrong methods, missing keys) with every check on. The
 document and the server agree: no failure, no 5xx, and most bodies that fit the document reach the model.
 
-The served tasks each take one field: a task with several fields takes, on the OpenAI endpoints, a JSON object of
-them written as text, which the document says with ``contentSchema``; schemathesis does not generate from it.
-Tasks are not added or removed (no ``--tasks-dir``): the document cannot say which directories hold checkpoints.
+The tasks of the main run each take one field: a task with several fields takes, on the OpenAI endpoints, a JSON
+object of them written as text, which the document says with ``contentSchema``; schemathesis does not generate from
+it. Tasks with two fields get a run of their own on the native endpoints, whose rows the document describes field
+by field. Tasks are not added or removed (no ``--tasks-dir``): the document cannot say which directories hold
+checkpoints.
 """
 
 from collections import Counter
@@ -24,7 +26,9 @@ from ptune.serving.thread import ServerThread  # noqa: E402
 KEY = "fuzz-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LIMITS = Limits(max_rows=3, max_field_chars=40, max_new_tokens=4)
-MODEL_PATHS = ("/v1/classify", "/v1/generate", "/v1/completions", "/v1/chat/completions")
+NATIVE_PATHS = ("/v1/classify", "/v1/generate")
+MODEL_PATHS = (*NATIVE_PATHS, "/v1/completions", "/v1/chat/completions")
+PAIR = "[P*2] {premise} ? {hypothesis} : [TARGET]"
 # 413 is how this server refuses a body too large in some way: rows, characters, bytes. It is a refusal (schema-
 # breaking bodies may get it), and bodies that fit the document may get it too: the document cannot bound the bytes
 # of a body nor the joined length of a message's text parts.
@@ -62,12 +66,27 @@ def server(tiny_causal_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(server) -> Run:
-    """What ``schemathesis run URL/openapi.json --checks all`` does (every phase, every check), recorded."""
+def pair_server(tiny_causal_dir, tmp_path_factory):
+    """Tasks with two fields, one per native endpoint."""
+    root = tmp_path_factory.mktemp("schemathesis-pairs")
+    checkpoints = {
+        "entails": make_checkpoint(tiny_causal_dir, root / "entails", PAIR, verbalizer={"yes": "yes", "no": "no"}),
+        "bridge": make_checkpoint(tiny_causal_dir, root / "bridge", "[P*2] {premise} | {hypothesis} => [TARGET]",
+                                  task_type="generation", max_new_tokens=3),
+    }
+    with ServerThread(create_app(checkpoints, limits=LIMITS, api_keys=[KEY])) as url:
+        yield url
+
+
+def fuzz(url: str, paths: tuple[str, ...] | None = None) -> Run:
+    """What ``schemathesis run URL/openapi.json --checks all`` does (every phase, every check; only ``paths`` if
+    given), recorded."""
     from schemathesis.engine import Status, events, from_schema
 
-    schema = schemathesis.openapi.from_url(f"{server}/openapi.json", config=schemathesis.Config.from_dict(CONFIG),
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=schemathesis.Config.from_dict(CONFIG),
                                            headers=AUTH, timeout=60)
+    if paths:
+        schema = schema.include(path=list(paths))
     out = Run()
 
     @schema.hook("after_call")
@@ -90,6 +109,25 @@ def run(server) -> Run:
     return out
 
 
+@pytest.fixture(scope="module")
+def run(server) -> Run:
+    return fuzz(server)
+
+
+@pytest.fixture(scope="module")
+def pair_run(pair_server) -> Run:
+    return fuzz(pair_server, NATIVE_PATHS)
+
+
+def reach_the_model(run: Run, path: str) -> Counter:
+    """How the keyed requests with bodies that fit the document ended: answered, or each status."""
+    outcome = Counter()
+    for (seen_path, mode, status, keyed), n in run.seen.items():
+        if seen_path == path and mode == "positive" and keyed:
+            outcome["answered" if 200 <= status < 300 else status] += n
+    return outcome
+
+
 def test_no_check_fails(run):
     assert sum(run.seen.values()) > 100, run.seen
     assert not run.failures, "\n".join(run.failures)
@@ -102,12 +140,25 @@ def test_no_server_error(run):
 
 def test_most_bodies_that_fit_the_document_reach_the_model(run):
     for path in MODEL_PATHS:
-        outcome = Counter()
-        for (seen_path, mode, status, keyed), n in run.seen.items():
-            if seen_path == path and mode == "positive" and keyed:
-                outcome["answered" if 200 <= status < 300 else status] += n
+        outcome = reach_the_model(run, path)
         total = sum(outcome.values())
         assert total >= 5 and outcome["answered"] > total / 2, (path, outcome)
+
+
+def test_two_field_rows_on_the_native_endpoints(pair_server, pair_run):
+    assert not pair_run.failures, "\n".join(pair_run.failures)
+    assert not [key for key in pair_run.seen if key[2] >= 500], pair_run.seen
+    assert {key[0] for key in pair_run.seen} == set(NATIVE_PATHS)
+    for path in NATIVE_PATHS:
+        outcome = reach_the_model(pair_run, path)
+        total = sum(outcome.values())
+        assert total >= 5 and outcome["answered"] > total / 2, (path, outcome)
+    row = {"premise": "the parcel is late", "hypothesis": "a complaint"}
+    r = httpx.post(f"{pair_server}/v1/classify", json={"task": "entails", "rows": [row]}, headers=AUTH, timeout=60)
+    assert r.status_code == 200 and r.json()["predictions"][0]["label"] in ("yes", "no")
+    r = httpx.post(f"{pair_server}/v1/classify", json={"task": "entails", "rows": [{"premise": "x"}]}, headers=AUTH,
+                   timeout=60)
+    assert r.status_code == 422 and "lacks field 'hypothesis'" in r.json()["error"]
 
 
 def test_the_server_still_answers(server, run):
