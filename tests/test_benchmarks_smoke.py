@@ -97,7 +97,8 @@ def test_write_rows_keeps_the_header_and_the_first_rows(tmp_path):
     assert (tmp_path / "out.csv").read_text().splitlines() == ["Tweet text,ID", '"a, quoted",1', "b,2"]
 
 
-@pytest.mark.parametrize("script", ["speed.py", "cli_speed.py", "scaling.py", "peft_recipe.py", "random_models.py"])
+@pytest.mark.parametrize("script", ["speed.py", "cli_speed.py", "scaling.py", "peft_recipe.py", "random_models.py",
+                                    "packing.py"])
 def test_scripts_have_help(script):
     proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage:" in proc.stdout
@@ -131,6 +132,19 @@ def test_scaling_runs_both_systems_on_a_tiny_model(tmp_path):
         assert r["train_steps"] == 1 and r["train_examples"] == 8 and r["predict_rows"] == 2
         assert r["peak_rss_mb"] >= r["rss_loaded_mb"] > 0 and r["train_examples_per_s"] > 0
     assert "matmul_bf16_gflops" in out["machine"] and out["machine"]["cpu_model"]
+
+
+@pytest.mark.integration
+@needs_embedded
+def test_packing_benchmark_packs_fewer_places_than_padding(tmp_path):
+    data = complaints_folder(tmp_path / "data")
+    argv = [sys.executable, str(BENCH / "packing.py"), "--data", str(data), "--size", "tiny", "--rounds", "1",
+            "--batches", "1", "--models-root", str(tmp_path)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["steps_each"] == 1 and out["packed_s_per_step"] > 0 and out["padded_s_per_step"] > 0
+    assert out["bin_tokens"] >= 256 and 0 < out["packed_places_per_step"] <= out["padded_places_per_step"]
 
 
 @pytest.mark.integration
