@@ -118,15 +118,19 @@ def complaints_folder(folder: Path) -> Path:
     return folder
 
 
+def run_script(script: str, *args) -> dict:
+    """Run a benchmark script to its end; the JSON line it prints last."""
+    proc = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.integration
 @needs_embedded
 def test_scaling_runs_both_systems_on_a_tiny_model(tmp_path):
     data = complaints_folder(tmp_path / "data")
-    argv = [sys.executable, str(BENCH / "scaling.py"), "--data", str(data), "--sizes", "tiny", "--steps", "1",
-            "--predict-rows", "2", "--models-root", str(tmp_path)]
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_script("scaling.py", "--data", data, "--sizes", "tiny", "--steps", 1, "--predict-rows", 2,
+                     "--models-root", tmp_path)
     for system in ("peft", "ptune"):
         r = out["results"]["tiny"][system]
         assert r["train_steps"] == 1 and r["train_examples"] == 8 and r["predict_rows"] == 2
@@ -138,11 +142,8 @@ def test_scaling_runs_both_systems_on_a_tiny_model(tmp_path):
 @needs_embedded
 def test_packing_benchmark_packs_fewer_places_than_padding(tmp_path):
     data = complaints_folder(tmp_path / "data")
-    argv = [sys.executable, str(BENCH / "packing.py"), "--data", str(data), "--size", "tiny", "--rounds", "1",
-            "--batches", "1", "--models-root", str(tmp_path)]
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_script("packing.py", "--data", data, "--size", "tiny", "--rounds", 1, "--batches", 1,
+                     "--models-root", tmp_path)
     assert out["steps_each"] == 1 and out["packed_s_per_step"] > 0 and out["padded_s_per_step"] > 0
     assert out["bin_tokens"] >= 256 and 0 < out["packed_places_per_step"] <= out["padded_places_per_step"]
 
@@ -152,11 +153,8 @@ def test_packing_benchmark_packs_fewer_places_than_padding(tmp_path):
 def test_cli_speed_runs_all_four_commands_on_a_tiny_model(tmp_path):
     model = random_models.ensure_model("tiny", tmp_path / "models")
     data = complaints_folder(tmp_path / "data")
-    argv = [sys.executable, str(BENCH / "cli_speed.py"), "--data", str(data), "--model", str(model),
-            "--epochs", "1", "--rows", "3", "--workdir", str(tmp_path / "work")]
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_script("cli_speed.py", "--data", data, "--model", model, "--epochs", 1, "--rows", 3,
+                     "--workdir", tmp_path / "work")
     assert out["rows"] == 3 and out["peft"]["predictions"] == out["ptune"]["predictions"] == 3
     assert out["ptune"]["valid_label_fraction"] == 1.0  # labels ranked by likelihood: always one of them
     assert out["peft"]["train_inner"]["steps"] == 2  # 12 rows, batch 8
