@@ -72,7 +72,8 @@ def pack(rows: list[Encoded], prefix: Encoded | None, bin_tokens: int, device=No
         >>> batch["packed_ids"].shape, batch["target_places"].tolist()
         (torch.Size([1, 3]), [[1]])
     """
-    p_ids, p_virtual = (prefix.input_ids, prefix.virtual_index) if prefix is not None else ([], [])
+    p_ids, p_virtual = (torch.tensor(prefix.input_ids, dtype=torch.long), torch.tensor(prefix.virtual_index)) \
+        if prefix is not None else (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     n_prefix, k = len(p_ids), target_width(rows)
     bins = first_fit([len(e) for e in rows], max(bin_tokens - n_prefix, 1))
     width = n_prefix + max(sum(len(rows[i]) for i in b) for b in bins)
@@ -82,7 +83,7 @@ def pack(rows: list[Encoded], prefix: Encoded | None, bin_tokens: int, device=No
     segment = torch.full((len(bins), width), PAD, dtype=torch.long)
     places = torch.zeros(len(rows), k, dtype=torch.long)
     for j, members in enumerate(bins):
-        ids[j, :n_prefix], virtual[j, :n_prefix] = torch.tensor(p_ids, dtype=torch.long), torch.tensor(p_virtual)
+        ids[j, :n_prefix], virtual[j, :n_prefix] = p_ids, p_virtual
         positions[j, :n_prefix], segment[j, :n_prefix] = torch.arange(n_prefix), PREFIX
         start = n_prefix
         for i in members:
@@ -97,7 +98,7 @@ def pack(rows: list[Encoded], prefix: Encoded | None, bin_tokens: int, device=No
             start += n
     labels = torch.tensor([[-100] * (k - min(k, len(e))) + e.labels[-k:] for e in rows], dtype=torch.long)
     out = {"packed_ids": ids, "packed_virtual": virtual, "packed_positions": positions,
-           "packed_mask": attention_mask(segment), "target_places": places, "labels": labels.view(len(rows), k)}
+           "packed_mask": attention_mask(segment), "target_places": places, "labels": labels}
     if all(e.label_index is not None for e in rows):
         out["label_index"] = torch.tensor([e.label_index for e in rows], dtype=torch.long)
     return out if device is None else {name: t.to(device) for name, t in out.items()}

@@ -6,8 +6,9 @@
 
 A new checkpoint is loaded over the server's base model (a checkpoint for another base model is refused with the
 reason), on the model thread, between batches. A path that does not exist or holds no checkpoint answers 404; a
-checkpoint that cannot be served, 422, its files named relative to DIR. Requests already queued or running keep the task they named, so they
-finish after the task is removed. With API keys set, both need the key like every other endpoint.
+checkpoint that cannot be served, 422, its files named relative to DIR. Requests already queued or running keep the
+task they named, so they finish after the task is removed. With API keys set, both need the key like every other
+endpoint.
 """
 
 from __future__ import annotations

@@ -209,19 +209,18 @@ class Trainer:
     def _setup_step(self) -> None:
         """Wrap the forward and loss for Accelerate (DDP, autocast) and prepare the optimizer."""
         step_module = LossStep(self.model, self.session.task.make_loss(self.examples), sharded=self.world > 1)
+        self.pack = packing_bins(self.model, self.tc)
         # the shared-prefix batching scores label continuations; a linear head pools every position instead; a
-        # checkpointed block run again in the backward pass would append its keys to the prefix's cache a second time
+        # checkpointed block run again in the backward pass would append its keys to the prefix's cache a second
+        # time, unless the batch is packed (each bin then holds the prefix itself, no cache)
         self.share_prefix = self.tc.share_prefix and self.model.can_score_continuations and not self.linear_head \
-            and not self.tc.gradient_checkpointing
+            and (self.pack > 0 or not self.tc.gradient_checkpointing)
         if self.world > 1:
             # DDP syncs the encoder only: the frozen base's weights and buffers (identical on every process) are
             # never broadcast, at the start or at each forward
             frozen = [n for n, p in step_module.named_parameters() if not p.requires_grad]
             frozen += [n for n, _ in step_module.named_buffers()]
             torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step_module, frozen)
-        self.pack = packing_bins(self.model, self.tc)
-        if self.pack and self.tc.share_prefix:  # a packed bin holds the prefix itself: no cache to checkpoint
-            self.share_prefix = True
         self.step_fn, self.opt = self.acc.prepare(step_module, self.optimizer)
 
     def resume(self) -> None:
