@@ -49,10 +49,10 @@ def load_model(folder: str | Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = tokenizer.eos_token_id
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False)
     return model, tokenizer
 
 
@@ -151,8 +151,8 @@ def command_predict(args) -> dict:
 
     t0 = time.perf_counter()
     base = PeftConfig.from_pretrained(args.adapter).base_model_name_or_path
-    model = AutoPeftModelForCausalLM.from_pretrained(args.adapter, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoPeftModelForCausalLM.from_pretrained(args.adapter, dtype=torch.float32, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = tokenizer.eos_token_id
     rows = read_rows(args.data, args.rows)

@@ -115,7 +115,7 @@ def ensure_model(size: str, root: str | Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(build_config(size), dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(embedded_tokenizer_folder())
+    tokenizer = AutoTokenizer.from_pretrained(embedded_tokenizer_folder(), trust_remote_code=False)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:

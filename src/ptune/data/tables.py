@@ -138,7 +138,9 @@ def _read_hf(source: str, split: str) -> Table:
     except ImportError:
         raise DataError(f"{source}: reading hub datasets needs `pip install datasets`") from None
     try:
-        ds = datasets.load_dataset(parts[0], parts[1] if len(parts) > 1 else None, split=split)
+        # never a dataset's loading script (datasets 3 and older run one only when trusted; 4 and later refuse any)
+        ds = datasets.load_dataset(parts[0], parts[1] if len(parts) > 1 else None, split=split,
+                                   trust_remote_code=False)
     except Exception as err:  # network, missing split, missing dataset
         raise DataError(f"{source} (split {split!r}): cannot load: {err}") from None
     rows = [{k: cell_text(v) for k, v in r.items()} for r in ds]

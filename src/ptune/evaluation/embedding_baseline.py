@@ -59,8 +59,9 @@ class SentenceEncoder:
 
         self.folder = Path(folder)
         self.name = name or self.folder.name
-        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
-        self.model = AutoModel.from_pretrained(self.folder, dtype=torch.float32).to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder, trust_remote_code=False)
+        self.model = AutoModel.from_pretrained(self.folder, dtype=torch.float32,
+                                               trust_remote_code=False).to(device).eval()
         self.device = device
         self.max_length = max_length
 

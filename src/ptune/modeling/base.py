@@ -297,8 +297,9 @@ def _dequantised_copy(gguf: Path) -> tuple[Path, str]:
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                 trust_remote_code=False)
     config = model.config.to_dict()
     config.pop("quantization_config", None)  # the copy is plain float weights
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -435,7 +436,8 @@ def describe_base(cfg: ModelConfig):
 
     name = cfg.name_or_path
     identity: dict = {"name_or_path": name}
-    load_kwargs: dict = {}
+    # every from_pretrained of the base model (config, weights, tokenizer) takes these: never run a hub repo's code
+    load_kwargs: dict = {"trust_remote_code": False}
     if name == EMBEDDED_MODEL or name.endswith(".gguf") or cfg.gguf_file:
         if name == EMBEDDED_MODEL:
             gguf = embedded_gguf_path()
