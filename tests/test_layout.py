@@ -12,7 +12,7 @@ PACKAGE = ROOT / "src" / "ptune"
 
 # lowest first: a module may import from its own layer or a lower one, never a higher one
 LAYERS = [
-    {"errors", "config", "template"},
+    {"errors", "config", "template", "files"},
     {"data", "checkpoint", "plotting"},
     {"modeling"},
     {"tasks"},

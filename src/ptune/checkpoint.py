@@ -9,14 +9,17 @@
 Files are named by content and written before the manifest that names them; replacing the manifest (write to a
 temporary name, fsync, rename) is the commit. A crash at any moment leaves the previous checkpoint intact, and a
 damaged file is caught by its SHA-256 before it is used.
+
+A save removes only what ptune itself wrote and no manifest names any more: its own tensor files (the four names
+above) and its own temporary files. Anything else in the folder is never touched, and a folder holding a model's or
+an adapter's files is refused as an output folder before any work starts (``check_out_dir``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import re
 from pathlib import Path
 
 import torch
@@ -24,35 +27,72 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import CheckpointError
+from .errors import CheckpointError, PtuneError
+from .files import looks_like_model_file, temp_target, write_atomic
 
 FORMAT = "ptune-checkpoint"
 VERSION = 1
 MANIFEST = "ptune.json"
 STATE = "state.json"
+TENSOR_STEMS = ("prompts", "encoder", "last-encoder", "optimizer")  # every stem _put_tensors is given
+_OWN_TENSOR = re.compile(rf"(?:{'|'.join(TENSOR_STEMS)})-[0-9a-f]{{16}}\.safetensors")
+# what else a run writes into its folder (training/logging.py, interop/peft.py import, evaluation/search.py)
+RUN_FILES = frozenset({MANIFEST, STATE, "metrics.jsonl", "curves.png", "train.yaml", "search.json", "search.md",
+                       "search.png"})
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def is_own_tensor_file(name: str) -> bool:
+    """Whether ``name`` is a tensor file a ptune checkpoint writes (``encoder-<16 hex>.safetensors``, ...)."""
+    return _OWN_TENSOR.fullmatch(name) is not None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, rename over ``path``, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def foreign_files(folder: Path) -> list[str]:
+    """The files in ``folder`` that belong to a model, an adapter or a tokenizer, not to a ptune checkpoint
+    (``model.safetensors``, ``pytorch_model.bin``, ``config.json``, ``adapter_config.json``, ...), sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir()
+                  if looks_like_model_file(p.name) and not is_own_tensor_file(p.name) and not p.is_dir())
+
+
+def check_out_dir(folder: str | Path, *, resume: bool = False, resumable: bool = False) -> None:
+    """Refuse an output folder ptune must not write into, before any work starts (before a model loads).
+
+    A new run needs a folder that does not exist, or holds no ptune checkpoint and no model's or adapter's files;
+    ``resume`` needs one that holds the resumable state of a run (whatever else is beside it is left untouched).
+
+    Args:
+        folder (`str` or `Path`): the output folder (``--out``).
+        resume (`bool`, defaults to False): continue the run saved there (``ptune train --resume``).
+        resumable (`bool`, defaults to False): the command can resume (the message then suggests ``--resume``).
+
+    Returns:
+        None; raises `PtuneError` naming the folder, what it holds, and what to do.
+
+    Example:
+        >>> check_out_dir("models/SmolLM2-135M")  # doctest: +SKIP
+        PtuneError: models/SmolLM2-135M holds config.json, model.safetensors: ...
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PtuneError(f"{folder}: a file, not a folder; --out names the folder to write")
+    if resume:
+        if not has_state(folder):
+            raise PtuneError(f"--resume: {folder} holds no training state to resume from")
+        return
+    if (folder / MANIFEST).exists() or has_state(folder):
+        raise PtuneError(f"{folder} already holds a checkpoint; choose another --out"
+                         + (", or --resume it" if resumable else ""))
+    refuse_foreign(folder)
+
+
+def refuse_foreign(folder: Path) -> None:
+    """Raise `PtuneError` where ``folder`` holds a model's or adapter's files (``foreign_files``), naming them."""
+    found = foreign_files(folder)
+    if found:
+        shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+        raise PtuneError(f"{folder} holds {shown}: the files of a model or adapter, which ptune did not write and "
+                         "will not write beside, overwrite or delete; choose a new or empty folder for --out")
 
 
 def _put_tensors(folder: Path, stem: str, tensors: dict[str, torch.Tensor]) -> dict:
@@ -64,15 +104,24 @@ def _put_tensors(folder: Path, stem: str, tensors: dict[str, torch.Tensor]) -> d
     return {"file": name, "sha256": digest}
 
 
-def _get_tensors(folder: Path, entry: dict) -> dict[str, torch.Tensor]:
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:  # permission denied, a folder where a file should be, ...
+        raise CheckpointError(f"{path}: cannot read: {err.strerror or err}") from None
+
+
+def _get_tensors(folder: Path, entry: dict, check_file=None) -> dict[str, torch.Tensor]:
     name = entry["file"]
     # a manifest names files in its own folder only ("../x" or "/x" would read outside it)
     if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
         raise CheckpointError(f"{folder}: the manifest names {name!r}, not a tensor file of this folder")
     path = folder / name
+    if check_file is not None:
+        check_file(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (the checkpoint is incomplete)")
-    data = path.read_bytes()
+    data = _read_bytes(path)
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise CheckpointError(f"{path}: checksum mismatch (the file is truncated or corrupted)")
     try:
@@ -85,7 +134,7 @@ def _read_manifest(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; is {path.parent} a ptune checkpoint directory?")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(_read_bytes(path).decode("utf-8"))
     except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError(f"{path}: corrupted manifest: {err}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("version", 0), int):
@@ -96,26 +145,35 @@ def _read_manifest(path: Path) -> dict:
 
 
 def _collect_garbage(folder: Path) -> None:
-    """Remove tensor files that no manifest names (left by earlier saves)."""
+    """Remove ptune's own tensor files that no manifest names (left by earlier saves), and ptune's own temporary
+    files (left by a process killed mid-write; there is one writer per folder). Nothing else is touched."""
     keep = set()
     for manifest in (MANIFEST, STATE):
         if (folder / manifest).is_file():
             try:
-                meta = json.loads((folder / manifest).read_text())
+                meta = json.loads((folder / manifest).read_text(encoding="utf-8"))
                 keep |= {e["file"] for e in meta.get("files", {}).values()}
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 return  # unreadable manifest: delete nothing
-    for path in folder.glob("*.safetensors"):
-        if path.name not in keep:
+    for path in folder.iterdir():
+        name, target = path.name, temp_target(path.name)
+        stale = is_own_tensor_file(name) and name not in keep
+        own_temp = target is not None and (target in RUN_FILES or is_own_tensor_file(target))
+        if (stale or own_temp) and not path.is_dir():
             path.unlink(missing_ok=True)
-    for path in folder.glob(".*.tmp"):  # left by a process killed mid-write (there is one writer per folder)
-        path.unlink(missing_ok=True)
+
+
+def _check_first_save(folder: Path) -> None:
+    """The first save into a folder: refuse one holding a model's or adapter's files, whichever caller got here."""
+    if not ((folder / MANIFEST).exists() or has_state(folder)):
+        refuse_foreign(folder)
 
 
 def save_model(folder: Path, *, config: dict, labels: dict | None, base: dict, encoder_state: dict,
                prompts: torch.Tensor, extra: dict | None = None) -> None:
     """Write (or replace) the inference checkpoint in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
+    _check_first_save(folder)
     files = {"encoder": _put_tensors(folder, "encoder", encoder_state),
              "prompts": _put_tensors(folder, "prompts", {"prompts": prompts.float()})}
     meta = {"format": FORMAT, "version": VERSION, "config": config, "template": config["task"]["template"],
@@ -125,13 +183,16 @@ def save_model(folder: Path, *, config: dict, labels: dict | None, base: dict, e
     _collect_garbage(folder)
 
 
-def load_model(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
-    """(manifest, encoder state, prompt table), every file verified."""
+def load_model(folder: str | Path, check_file=None) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
+    """(manifest, encoder state, prompt table), every file verified; ``check_file(path)``, if given, is called on
+    each file before it is read (to refuse one, it raises)."""
     folder = Path(folder)
+    if check_file is not None:
+        check_file(folder / MANIFEST)
     meta = _read_manifest(folder / MANIFEST)
     try:
-        encoder = _get_tensors(folder, meta["files"]["encoder"])
-        prompts = _get_tensors(folder, meta["files"]["prompts"])["prompts"]
+        encoder = _get_tensors(folder, meta["files"]["encoder"], check_file)
+        prompts = _get_tensors(folder, meta["files"]["prompts"], check_file)["prompts"]
     except (KeyError, TypeError):
         raise CheckpointError(f"{folder / MANIFEST}: manifest lacks its file entries") from None
     base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
@@ -144,6 +205,7 @@ def load_model(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], torch
 def save_state(folder: Path, *, encoder_state: dict, optimizer: torch.optim.Optimizer, progress: dict) -> None:
     """Write the resumable training state: encoder, optimizer moments, progress counters and history."""
     folder.mkdir(parents=True, exist_ok=True)
+    _check_first_save(folder)
     opt = optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, st in opt["state"].items():

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .errors import PtuneError
+from .files import check_out_file, write_atomic
 
 
 class _Group(click.Group):
@@ -86,10 +87,12 @@ def cv(config, overrides, folds, seeds, ensemble, out_file, quiet):
 
     cfg = load_config(config, overrides)
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    if out_file:
+        check_out_file(out_file)  # before the folds train, not after
     summary = cross_validate(cfg, folds=folds, seeds=seed_list, show_progress=not quiet, ensemble=ensemble)
     text = json.dumps(summary, indent=2)
     if out_file:
-        Path(out_file).write_text(text)
+        write_atomic(Path(out_file).resolve(), text.encode())
     click.echo(text)
 
 
@@ -121,9 +124,9 @@ def eval_(checkpoint_dirs, data, fmt, quiet):
 def predict(checkpoint_dirs, data, out_file, fmt, quiet):
     """Write one JSON object per row: its fields plus `prediction` (and `scores` per label). Several checkpoints
     of one classification task predict as an ensemble (mean label probabilities; scores are their logs)."""
-    from .checkpoint import write_atomic
     from .inference import Ensemble
 
+    check_out_file(out_file)  # before the model loads
     predictor = Ensemble.load(list(checkpoint_dirs))
     table, preds = predictor.predict_file(data, fmt, show_progress=not quiet)
     lines = "".join(json.dumps({**row, **p}, ensure_ascii=False) + "\n" for row, p in zip(table.rows, preds))

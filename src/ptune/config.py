@@ -22,6 +22,7 @@ from typing import Any, Union
 import yaml
 
 from .errors import ConfigError, TemplateError
+from .files import write_atomic
 from .template import parse_template
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
@@ -469,7 +470,7 @@ class Config:
         """
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            write_atomic(path, text.encode("utf-8"))
         return text
 
     def replace(self, changes: dict[str, Any] | None = None, /, **sections: Any) -> "Config":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .checkpoint import write_atomic
+from .files import write_atomic
 
 
 def pyplot():

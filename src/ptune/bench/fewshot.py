@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..checkpoint import refuse_foreign
 from ..config import Config, config_from_dict
 from ..data.tables import Table
 from ..errors import PtuneError
@@ -149,6 +150,7 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
     log = log or log_to_stderr
     data_dir = require_dir(data, "shared")
     out = Path(out)
+    refuse_foreign(out)  # never a model's or adapter's folder
     out.mkdir(parents=True, exist_ok=True)
     methods = methods or list(METHODS)
     bad = [m for m in methods if m not in METHODS]

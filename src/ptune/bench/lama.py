@@ -21,10 +21,11 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from ..checkpoint import write_atomic
+from ..checkpoint import refuse_foreign
 from ..config import Config, config_from_dict
 from ..data.tables import Table
 from ..errors import PtuneError
+from ..files import write_atomic
 from ..modeling.base import FrozenBase, load_base
 from ..plotting import plot_lama
 from ..session import open_session
@@ -104,6 +105,7 @@ def run_lama(data: str | Path, out: str | Path, *, relations: list[str] | None =
     log = log or log_to_stderr
     lama_dir = require_dir(data, "LAMA")
     out = Path(out)
+    refuse_foreign(out)  # never a model's or adapter's folder
     out.mkdir(parents=True, exist_ok=True)
     cfg = cfg or base_config("embedded:SmolLM2-135M-Instruct")
     words, vocab_file = write_vocab(lama_dir, vocab, out)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..checkpoint import write_atomic
+from ..files import write_atomic
 
 
 def log_to_stderr(msg: str) -> None:

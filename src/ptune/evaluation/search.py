@@ -180,8 +180,7 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
         >>> report["candidates"][report["best"]]["settings"]  # doctest: +SKIP
     """
     out_dir = Path(out_dir)
-    if (out_dir / checkpoint.MANIFEST).exists():
-        raise PtuneError(f"{out_dir} already holds a checkpoint; choose another --out")
+    checkpoint.check_out_dir(out_dir)  # no checkpoint there yet, and no model's or adapter's files
     plan = SearchPlan.read(path, overrides)
     first, table, dev_table = prepare(plan.configs[0][1], hold_out_dev=False)  # cv takes dev rows per fold
     shared = SharedRows(first, table, dev_table)

@@ -30,6 +30,7 @@ from ..training.trainer import Progress
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 EXPORT_META = "ptune_export.json"
+EXPORT_README = "README.md"
 EXPORT_FORMAT = "ptune-peft-export"
 MAX_JSON_BYTES = 1 << 20
 PROMPT_TYPES = ("P_TUNING", "PROMPT_TUNING")
@@ -93,6 +94,7 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path) -> dict:
 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     meta, _, prompts = checkpoint.load_model(checkpoint_dir)
+    check_export_dir(out_dir)  # before the base model's tokenizer loads
     cfg = config_from_dict(meta["config"])
     template = parse_template(meta["template"])
     if cfg.task.head != "words":
@@ -104,8 +106,6 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path) -> dict:
     folder, identity, kind, hf_config, tokenizer = _base_and_tokenizer(cfg.model)
     checkpoint.check_identity(meta["base"], identity, f"checkpoint {checkpoint_dir}")
     _check_compatible(template, kind, tokenizer, f"export {checkpoint_dir}")
-    if (out_dir / checkpoint.MANIFEST).exists():
-        raise PtuneError(f"{out_dir} holds a ptune checkpoint; choose another --out for the PEFT adapter")
     text, target_space = input_format(template, tokenizer, cfg.train.max_length)
     text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     n, dim = prompts.shape
@@ -143,13 +143,48 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path) -> dict:
         "source_checkpoint": str(checkpoint_dir),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_atomic(out_dir / ADAPTER_WEIGHTS, st_save({"prompt_embeddings": prompts.float().contiguous()}))
+    # ptune_export.json first: it marks the folder as an export, so a retry after a crash may replace the rest
     checkpoint.write_atomic(out_dir / EXPORT_META, json.dumps(export_meta, indent=2, ensure_ascii=False).encode())
-    checkpoint.write_atomic(out_dir / "README.md", _readme(export_meta, adapter_config).encode())
+    checkpoint.write_atomic(out_dir / ADAPTER_WEIGHTS, st_save({"prompt_embeddings": prompts.float().contiguous()}))
+    checkpoint.write_atomic(out_dir / EXPORT_README, _readme(export_meta, adapter_config).encode())
     # the config last: a folder with it is a complete adapter
     checkpoint.write_atomic(out_dir / ADAPTER_CONFIG, json.dumps(adapter_config, indent=2).encode())
     return {"out": str(out_dir), "peft_type": "PROMPT_TUNING", "num_virtual_tokens": int(n), "token_dim": int(dim),
             "input_format": text}
+
+
+def _is_export(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier ptune export (its ``ptune_export.json``), whose files may be replaced."""
+    try:
+        return _read_json(folder / EXPORT_META).get("format") == EXPORT_FORMAT
+    except CheckpointError:
+        return False
+
+
+def check_export_dir(out_dir: Path) -> None:
+    """Refuse an adapter folder whose files ptune did not write: a ptune checkpoint, a model's or another adapter's
+    files, or a ``README.md`` or ``ptune_export.json`` of someone else's. An earlier export's folder is replaced.
+
+    Args:
+        out_dir (`Path`): the adapter folder ``export_peft`` is about to write.
+
+    Returns:
+        None; raises `PtuneError` naming the folder, the files found, and what to do.
+
+    Example:
+        >>> check_export_dir(Path("models/SmolLM2-135M"))  # doctest: +SKIP
+        PtuneError: models/SmolLM2-135M holds config.json, model.safetensors: the files of a model or adapter, ...
+    """
+    if (out_dir / checkpoint.MANIFEST).exists() or checkpoint.has_state(out_dir):
+        raise PtuneError(f"{out_dir} holds a ptune checkpoint; choose another --out for the PEFT adapter")
+    if out_dir.is_dir() and not _is_export(out_dir):
+        checkpoint.refuse_foreign(out_dir)
+        taken = [name for name in (EXPORT_META, EXPORT_README) if (out_dir / name).exists()]
+        if taken:
+            raise PtuneError(f"{out_dir} holds {', '.join(taken)}, not from a ptune export; ptune will not overwrite "
+                             "them: choose a new or empty folder for --out")
+    elif out_dir.exists() and not out_dir.is_dir():
+        raise PtuneError(f"{out_dir}: a file, not a folder; --out names the adapter folder to write")
 
 
 def _readme(meta: dict, adapter: dict) -> str:
@@ -263,10 +298,12 @@ def import_peft(peft_dir: str | Path, out_dir: str | Path, *, template: str | No
     from ..template import parse_template
 
     peft_dir, out_dir = Path(peft_dir), Path(out_dir)
+    if out_dir.resolve() == peft_dir.resolve():
+        raise PtuneError(f"--out {out_dir} is the adapter's own folder; the import writes a new checkpoint folder "
+                         "and leaves the adapter as it is: choose another --out")
     adapter, table = read_peft_adapter(peft_dir)
     n, dim = table.shape
-    if (out_dir / checkpoint.MANIFEST).exists():
-        raise PtuneError(f"{out_dir} already holds a checkpoint; choose another --out")
+    checkpoint.check_out_dir(out_dir)  # no checkpoint yet, no model's or adapter's files
 
     exported = _read_json(peft_dir / EXPORT_META) if (peft_dir / EXPORT_META).is_file() else None
     if exported is not None and exported.get("format") == EXPORT_FORMAT and isinstance(exported.get("config"), dict):

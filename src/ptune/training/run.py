@@ -6,7 +6,6 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..config import Config
-from ..errors import PtuneError
 from ..evaluator import evaluate
 from ..session import check_inputs, read_split, report_truncated
 from .distributed import check_batch_split, distributed_state, on_main
@@ -42,13 +41,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, show_progre
     if dist is not None:
         check_batch_split(cfg.train.batch_size, dist.num_processes)
 
-    def check_out():
-        if not resume and ((out_dir / checkpoint.MANIFEST).exists() or checkpoint.has_state(out_dir)):
-            raise PtuneError(f"{out_dir} already holds a checkpoint; choose another --out, or --resume it")
-        if resume and not checkpoint.has_state(out_dir):
-            raise PtuneError(f"--resume: {out_dir} holds no training state to resume from")
-
-    on_main(dist, check_out)
+    # a folder holding a checkpoint (unless resumed) or a model's or adapter's files is refused before any work
+    on_main(dist, lambda: checkpoint.check_out_dir(out_dir, resume=resume, resumable=True))
     session, train_table, dev = prepare(cfg)
     test = None
     if cfg.data.test:
