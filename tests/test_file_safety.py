@@ -113,6 +113,14 @@ def test_every_command_writing_a_folder_refuses_a_model_folder(command, tiny_cau
     assert snapshot(model_folder) == before
 
 
+@pytest.mark.parametrize("bench", ["lama", "fewshot"])
+def test_benchmarks_refuse_a_model_folder(bench, model_folder, tmp_path):
+    before = snapshot(model_folder)
+    line = error_line(*cli("bench", bench, "--data", tmp_path, "--out", model_folder, "--quiet")[::2])
+    assert f"{model_folder} holds config.json, model.safetensors" in line
+    assert snapshot(model_folder) == before
+
+
 def test_the_first_save_refuses_a_model_folder_whichever_caller(model_folder):
     before = snapshot(model_folder)
     with pytest.raises(PtuneError, match="model.safetensors"):
@@ -243,6 +251,17 @@ def test_predict_out_is_whole_or_untouched(prefix_checkpoint, tmp_path, monkeypa
                                                         "--quiet")[::2])
     assert out.read_text() == "the previous predictions\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.jsonl", "rows.csv"]  # no temporary file left
+
+
+def test_cv_out_never_replaces_a_model_file(tiny_causal_dir, model_folder, tmp_path, monkeypatch):
+    from ptune.evaluation import cv
+
+    monkeypatch.setattr(cv, "cross_validate", lambda *a, **k: pytest.fail("the folds started"))
+    before = snapshot(model_folder)
+    cfg = write_config(tmp_path, tiny_causal_dir)
+    line = error_line(*cli("cv", cfg, "--out", model_folder / "model.safetensors")[::2])
+    assert f"{model_folder / 'model.safetensors'}: a model's or adapter's file" in line
+    assert snapshot(model_folder) == before
 
 
 def test_predict_out_never_replaces_a_model_file(prefix_checkpoint, model_folder, tmp_path):
