@@ -49,6 +49,24 @@ def test_base_model_loads_with_remote_code_refused(tiny_causal_dir, monkeypatch)
     assert all(trust is False for _, trust in seen), seen
 
 
+def test_sentence_encoder_loads_with_remote_code_refused(tiny_causal_dir, monkeypatch):
+    import transformers
+
+    from ptune.evaluation.embedding_baseline import SentenceEncoder
+
+    seen = []
+    for cls in (transformers.AutoModel, transformers.AutoTokenizer):
+        real = cls.from_pretrained
+
+        def spy(*args, _real=real, **kwargs):
+            seen.append(kwargs.get("trust_remote_code"))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", spy)
+    SentenceEncoder(tiny_causal_dir)
+    assert seen == [False, False]
+
+
 # the release that fixed each known vulnerability in a range an older floor admitted
 FIXED_IN = {"torch": "2.8", "pyarrow": "14.0.1", "tqdm": "4.66.3", "starlette": "0.49.1", "h11": "0.16",
             "jinja2": "3.1.6", "pillow": "11.3"}
