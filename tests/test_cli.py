@@ -103,7 +103,9 @@ def test_several_checkpoints_predict_as_an_ensemble(tiny_causal_dir, tmp_path):
 
 def test_one_command_table():
     """Every command is defined in ptune.cli itself, and the serve defaults are the server's own."""
+    from ptune.cli import CONNECTION_OPTIONS, SERVE_DEFAULTS
     from ptune.serving.protocol import Limits
+    from ptune.serving.server import Connections
 
     assert set(main.commands) == {"train", "cv", "eval", "predict", "search", "baselines", "demo", "export", "import",
                                   "serve", "bench"}
@@ -111,7 +113,10 @@ def test_one_command_table():
     for command in [*main.commands.values(), *main.commands["bench"].commands.values()]:
         assert command.callback.__module__ == "ptune.cli", command.name
     params = {p.name: p.default for p in main.commands["serve"].params}
-    assert params["max_rows"] == Limits.max_rows and params["batch_wait_ms"] == Limits.batch_wait_ms
+    defaults = {**vars(Limits()), **vars(Connections())}
+    assert SERVE_DEFAULTS == {name: defaults[name] for name in SERVE_DEFAULTS}
+    assert {name: params[name] for name in SERVE_DEFAULTS} == SERVE_DEFAULTS
+    assert set(CONNECTION_OPTIONS) == set(vars(Connections()))
 
 
 def test_help_imports_no_command_code():

@@ -34,7 +34,8 @@ def test_search_picks_best_by_macro_f1_and_writes_a_checkpoint_that_predicts(tin
     search_config(tiny_causal_dir, tmp_path, {"space": {"train.lr": [1e-3, 3e-2], "encoder.type": ["mlp", "embedding"]}})
     report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
     f1 = [c["macro_f1"]["mean"] for c in report["candidates"]]
-    assert len(f1) == 4 and f1[report["best"]] == max(f1)
+    assert len(f1) == 5 and f1[report["best"]] == max(f1)  # the grid's 4, then the zero-shot manual prompt
+    assert report["candidates"][-1]["settings"] == {"zero_shot": "{text} Label : [TARGET]"}
     assert all(len(c["macro_f1"]) == 2 for c in report["candidates"])  # mean and spread
     saved = json.loads((tmp_path / "out" / "search.json").read_text())
     assert saved["best"] == report["best"]
@@ -82,7 +83,10 @@ def test_search_weighs_the_linear_head_and_its_probe_and_the_winner_reloads(tiny
     cfg["task"].update(head="linear", head_layer=1)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
     report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
-    assert len(report["candidates"]) == 2
+    assert len(report["candidates"]) == 2  # no label words, so no zero-shot prompt, and the search says why
+    assert report["notes"] == ["zero-shot manual prompt: skipped, no label words (task.head is linear and "
+                               "task.verbalizer is empty)"]
+    assert report["notes"][0] in (tmp_path / "out" / "search.md").read_text()
     predictor = Predictor.load(tmp_path / "out")
     best = report["candidates"][report["best"]]["settings"]["task.template"]
     assert predictor.session.cfg.task.template == best and predictor.session.cfg.task.head == "linear"
@@ -95,10 +99,13 @@ def test_search_stops_early_inside_each_fold_and_retrains_the_winner_the_same_wa
     """data.dev_fraction and train.patience: each fold model (and the final one) keeps its best epoch on dev rows
     taken from its own training rows; every row is still scored, and the winner's checkpoint records its dev
     evaluations."""
-    cfg = search_config(tiny_causal_dir, tmp_path, {"space": {"train.patience": [1, 0]}}, epochs=3)
+    cfg = search_config(tiny_causal_dir, tmp_path, {"zero_shot": False, "space": {"train.patience": [1, 0]}},
+                        epochs=3)
     cfg["data"]["dev_fraction"] = 0.25
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
     report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    assert len(report["candidates"]) == 2 and report["notes"] == [
+        "zero-shot manual prompt: left out (search.zero_shot is false)"]
     for candidate in report["candidates"]:
         assert candidate["settings"]["train.patience"] in (1, 0)
     saved = json.loads((tmp_path / "out" / "search.json").read_text())
@@ -149,3 +156,61 @@ def test_a_search_config_with_invalid_yaml_is_one_line_error_like_any_config(tmp
         assert result.output.startswith(f"ptune: error: {bad}: not valid YAML: ")
         assert result.output.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_the_zero_shot_prompt_is_a_candidate_scored_on_the_same_folds_as_the_trained_ones(tiny_causal_dir, tmp_path):
+    """Each distinct template with its virtual runs taken out, label words ranked, nothing trained: fold for fold
+    the figures ``ptune baselines`` gives the same manual prompt, paired with the best like any candidate."""
+    from ptune.config import load_config
+    from ptune.evaluation.baselines import zero_shot
+
+    cfg = search_config(tiny_causal_dir, tmp_path, {"seeds": [1, 2], "space": {"task.template": [
+        "[P*2] {text} Label : [TARGET]", "{text} [P*1] Label : [TARGET]", "{text} [P*2] Is it : [TARGET]"]}},
+        lr=3e-2)
+    cfg["task"]["verbalizer"] = {"complaint": "complaint", "no complaint": "hello"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    rows = report["candidates"]
+    assert [r["settings"] for r in rows[3:]] == [{"zero_shot": "{text} Label : [TARGET]"},
+                                                 {"zero_shot": "{text} Is it : [TARGET]"}]  # one per prompt
+    plain = {k: v for k, v in cfg.items() if k != "search"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(plain))
+    direct = zero_shot(load_config(tmp_path / "c.yaml"), "{text} Label : [TARGET]",
+                       read_rows(tmp_path / "train.csv"), 2, [1, 2])
+    assert rows[3]["fold_macro_f1"] == pytest.approx([r["macro_f1"] for r in direct["runs"]])
+    assert len(rows[3]["fold_macro_f1"]) == len(rows[0]["fold_macro_f1"]) == 4  # 2 folds x 2 seeds, paired
+    assert rows[3]["vs_best"]["mean"] == pytest.approx(rows[report["best"]]["macro_f1"]["mean"]
+                                                       - rows[3]["macro_f1"]["mean"])
+    assert "zero_shot={text} Label : [TARGET]" in (tmp_path / "out" / "search.md").read_text()
+
+
+def test_a_chosen_zero_shot_prompt_is_written_untrained_and_predicts(tiny_causal_dir, tmp_path, monkeypatch):
+    """Whatever wins, its checkpoint must load: a zero-shot winner is saved with no virtual tokens and no
+    training, and `ptune train` on its recipe refuses it, since there is nothing to train."""
+    import ptune
+    from ptune.errors import TemplateError
+    from ptune.evaluation import search as search_module
+
+    pick = search_module.pick_best
+    monkeypatch.setattr(search_module, "pick_best", lambda results: (pick(results), len(results) - 1)[1])
+    search_config(tiny_causal_dir, tmp_path, {"ensemble": 2, "space": {"train.lr": [3e-2]}})
+    report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    assert report["best"] == 1 and report["members"] == ["."]  # one model: nothing trained, no seeds to average
+    assert not (tmp_path / "out" / "members").exists()
+    manifest = json.loads((tmp_path / "out" / "ptune.json").read_text())
+    assert manifest["training"] == {"step": 0, "zero_shot": True}
+    predictor = Predictor.load(tmp_path / "out")
+    assert predictor.model.encoder.n_virtual == 0 and predictor.session.cfg.task.head == "words"
+    assert predictor.session.cfg.task.template == "{text} Label : [TARGET]"
+    held = read_rows(tmp_path / "train.csv")
+    metrics = predictor.evaluate_file(str(tmp_path / "train.csv"))
+    assert metrics["n"] == len(held)
+    assert "nothing was trained" in (tmp_path / "out" / "search.md").read_text()
+    with pytest.raises(TemplateError, match="no virtual tokens"):
+        ptune.train(predictor.session.cfg, tmp_path / "retrained")
+
+
+def read_rows(path):
+    from ptune.data.tables import read_table
+
+    return read_table(path)

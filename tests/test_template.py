@@ -43,3 +43,13 @@ def test_validate_refuses_no_virtual_unknown_column_and_target_not_last():
         parse_template("[P*2] {text} [TARGET] is it").validate(kind="causal")
     parse_template("[P*2] {text} It was [MASK] .").validate(kind="masked")  # fine for a masked LM
     parse_template("[P*2] {t} [TARGET]").validate(columns=["text"], field_map={"t": "text"})
+
+
+def test_the_manual_prompt_under_a_template_has_its_virtual_runs_and_their_extra_spaces_taken_out():
+    from ptune.template import without_virtual
+
+    assert without_virtual("[P*8] Tweet : {Tweet text} [P*8] Complaint ? [TARGET]") == \
+        "Tweet : {Tweet text} Complaint ? [TARGET]"
+    assert without_virtual("{text}[P*2]Label : [TARGET]") == "{text}Label : [TARGET]"
+    assert without_virtual("a {{b}} [P] {x} [MASK] .") == "a {{b}} {x} [TARGET] ."  # literal braces stay escaped
+    assert parse_template(without_virtual("[P*3] {sub_label} [P*3] [TARGET]")).n_virtual == 0

@@ -229,7 +229,11 @@ def import_cmd(peft_dir, out_dir, template, model, task_type, label_column, verb
 # ---------------------------------------------------------------------------------------------------------------
 # serve
 
-SERVE_DEFAULTS = {"max_rows": 64, "batch_wait_ms": 5.0}  # serving.protocol.Limits' defaults (checked by a test)
+# serving.protocol.Limits' and serving.server.Connections' defaults (checked by a test), kept here so that --help
+# imports no server code
+SERVE_DEFAULTS = {"max_rows": 64, "batch_wait_ms": 5.0, "max_queue": 1024, "body_timeout": 30.0,
+                  "limit_concurrency": 256, "keep_alive_timeout": 5.0, "header_timeout": 10.0}
+CONNECTION_OPTIONS = ("limit_concurrency", "keep_alive_timeout", "header_timeout")
 
 
 @main.command("serve")
@@ -240,6 +244,17 @@ SERVE_DEFAULTS = {"max_rows": 64, "batch_wait_ms": 5.0}  # serving.protocol.Limi
 @click.option("--max-rows", default=SERVE_DEFAULTS["max_rows"], show_default=True, type=click.IntRange(1, 100000))
 @click.option("--batch-wait-ms", default=SERVE_DEFAULTS["batch_wait_ms"], show_default=True,
               type=click.FloatRange(0, 1000))
+@click.option("--max-queue", default=SERVE_DEFAULTS["max_queue"], show_default=True, type=click.IntRange(1),
+              help="Rows waiting for the model beyond which a request gets 503 with Retry-After at once.")
+@click.option("--limit-concurrency", default=SERVE_DEFAULTS["limit_concurrency"], show_default=True,
+              type=click.IntRange(1), help="Open connections beyond which a new request gets 503 at once.")
+@click.option("--header-timeout", default=SERVE_DEFAULTS["header_timeout"], show_default=True,
+              type=click.FloatRange(0, min_open=True), help="Seconds a connection has to send complete request "
+                                                            "headers; then 408 and closed.")
+@click.option("--body-timeout", default=SERVE_DEFAULTS["body_timeout"], show_default=True,
+              type=click.FloatRange(0, min_open=True), help="Seconds a request body has to arrive; then 408.")
+@click.option("--keep-alive-timeout", default=SERVE_DEFAULTS["keep_alive_timeout"], show_default=True,
+              type=click.FloatRange(0, min_open=True), help="Seconds an idle connection stays open after an answer.")
 @click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
               help="Require 'Authorization: Bearer KEY' on every endpoint but /health (repeatable; also read from "
                    "PTUNE_API_KEY, comma-separated).")
@@ -247,7 +262,7 @@ SERVE_DEFAULTS = {"max_rows": 64, "batch_wait_ms": 5.0}  # serving.protocol.Limi
 @click.option("--tasks-dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Allow adding tasks from checkpoints inside DIR (POST /v1/tasks {\"name\", \"path\"}) and "
                    "removing them (DELETE /v1/tasks/NAME) while serving.")
-def serve_cmd(checkpoints, host, port, device, max_rows, batch_wait_ms, api_keys, insecure, tasks_dir):
+def serve_cmd(checkpoints, host, port, device, api_keys, insecure, tasks_dir, **limits):
     """Serve checkpoints (DIR or NAME=DIR, one frozen base model shared) over HTTP: native and OpenAI-compatible
     endpoints (/v1/completions, /v1/chat/completions with model = task name)."""
     import os
@@ -257,14 +272,22 @@ def serve_cmd(checkpoints, host, port, device, max_rows, batch_wait_ms, api_keys
     from .serving.app import create_app
     from .serving.auth import api_keys_from, check_bind
     from .serving.protocol import Limits
+    from .serving.server import Connections, uvicorn_config
     from .serving.tasks import parse_checkpoint_args
 
     keys = api_keys_from(api_keys, os.environ.get("PTUNE_API_KEY"))
     check_bind(host, keys, insecure)  # before the model loads
-    app = create_app(parse_checkpoint_args(list(checkpoints)), device=device,
-                     limits=Limits(max_rows=max_rows, batch_wait_ms=batch_wait_ms), api_keys=keys, tasks_dir=tasks_dir)
+    connections = Connections(**{name: limits.pop(name) for name in CONNECTION_OPTIONS})
+    app = create_app(parse_checkpoint_args(list(checkpoints)), device=device, limits=Limits(**limits),
+                     api_keys=keys, tasks_dir=tasks_dir)
     click.echo(f"serving {', '.join(app.state.tasks)} on http://{host}:{port}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    server = uvicorn.Server(uvicorn_config(app, host, port, connections))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return
+    if not server.started:  # e.g. the port is taken: uvicorn has logged why
+        raise PtuneError(f"serve: the server did not start on {host}:{port} (see the log above)")
 
 
 # ---------------------------------------------------------------------------------------------------------------

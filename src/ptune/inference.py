@@ -254,7 +254,9 @@ class Predictor(RowPredictor):
         saved = read_checkpoint(folder, model_override=model_override, device=device)
         if base is not None:
             saved.check_base(base.identity)
-        session = open_session(saved.cfg, labels=saved.labels, base=base, check_identity=saved.check_base)
+        # a checkpoint may hold no virtual tokens: the linear probe, or a zero-shot prompt chosen by `ptune search`
+        session = open_session(saved.cfg, labels=saved.labels, base=base, check_identity=saved.check_base,
+                               allow_no_virtual=True)
         model = session.new_model()
         try:
             model.load_trainable_state(saved.encoder_state)
@@ -282,7 +284,7 @@ class Predictor(RowPredictor):
         return [self.session]
 
     def check(self, table: Table, *, labelled: bool) -> None:
-        check_inputs(self.session.cfg, self.session.template, table, labelled=labelled)
+        check_inputs(self.session.cfg, self.session.template, table, labelled=labelled, allow_no_virtual=True)
         if labelled:
             self.session.task.check(table)
 

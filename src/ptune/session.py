@@ -34,10 +34,13 @@ def read_split(cfg: Config, name: str) -> Table | None:
     return read_table(source, cfg.data.format, getattr(cfg.data, f"{name}_split"))
 
 
-def check_inputs(cfg: Config, template: Template, table: Table, *, labelled: bool) -> None:
-    """Columns the template and task need, present and non-empty in every row (before any model is loaded)."""
+def check_inputs(cfg: Config, template: Template, table: Table, *, labelled: bool,
+                 allow_no_virtual: bool = False) -> None:
+    """Columns the template and task need, present and non-empty in every row (before any model is loaded);
+    ``allow_no_virtual`` where nothing is trained (a checkpoint predicting: it may be a zero-shot prompt)."""
     # a linear head may stand alone (the linear probe: a baseline, and a candidate ``ptune search`` can weigh)
-    template.validate(kind=None, needs_virtual=cfg.task.head != "linear", columns=table.columns,
+    template.validate(kind=None, needs_virtual=not allow_no_virtual and cfg.task.head != "linear",
+                      columns=table.columns,
                       field_map=cfg.data.columns,
                       where=f"task.template (checked against {table.source})")
     needed = [cfg.data.columns.get(f, f) for f in template.fields]

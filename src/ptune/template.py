@@ -155,3 +155,34 @@ def parse_template(source: str) -> Template:
         raise TemplateError(f"template {source!r} names no target; mark where the answer goes with [TARGET] "
                             "(or [MASK] for a masked LM)")
     return Template(source, tuple(s for s in segments if not (isinstance(s, Text) and s.text == "")))
+
+
+def without_virtual(source: str) -> str:
+    """The template ``source`` with its virtual runs taken out: the manual prompt it is built on, as the zero-shot
+    baseline reads it. A run's surrounding spaces collapse to one, and none is left at the start.
+
+    Args:
+        source (`str`): a template, e.g. ``"[P*8] Tweet : {Tweet text} [P*8] Complaint ? [TARGET]"``.
+
+    Returns:
+        `str`: a template without virtual tokens (literal braces still escaped).
+
+    Example:
+        >>> without_virtual("[P*8] Tweet : {Tweet text} [P*8] Complaint ? [TARGET]")
+        'Tweet : {Tweet text} Complaint ? [TARGET]'
+    """
+    pieces: list[str] = []
+    after_run = True  # at the start, as after a run: no leading space
+    for segment in parse_template(source).segments:
+        if isinstance(segment, Virtual):
+            after_run = True
+            continue
+        if isinstance(segment, Text):
+            text = segment.text.replace("{", "{{").replace("}", "}}")
+            if after_run and (not pieces or pieces[-1][-1:].isspace()):
+                text = text.lstrip()
+        else:
+            text = "{" + segment.name + "}" if isinstance(segment, Field) else "[TARGET]"
+        after_run = False
+        pieces.append(text)
+    return "".join(pieces)

@@ -22,7 +22,8 @@ from .summary import summarise
 
 def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | None = None,
                    session: Session | None = None, train_table: Table | None = None, dev_table: Table | None = None,
-                   show_progress: bool = True, variants: list[dict] | None = None, ensemble: int = 1) -> dict:
+                   show_progress: bool = True, variants: list[dict] | None = None, ensemble: int = 1,
+                   trained: bool = True) -> dict:
     """k-fold cross-validation over the training rows: held-out metrics per fold, with mean and spread.
 
     Early stopping inside each fold: with a dev file (``dev_table``) or ``data.dev_fraction``, each fold model keeps
@@ -42,6 +43,8 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
             score as well, each on the same fold models, so that they cost no extra training.
         ensemble (`int`): models per fold (training seeds ``seed``, ``seed + 100``, ...), scored by the mean of their
             label probabilities (classification only).
+        trained (`bool`): False scores each fold's model as built, nothing trained (a zero-shot manual prompt on
+            the same folds; ``task.calibrate: prior`` offsets are still fitted on the training fold).
 
     Returns:
         `dict`: ``folds``, ``seeds``, ``seconds``, ``ensemble``, ``runs`` (one metrics dict per fold and seed) and
@@ -62,7 +65,7 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
                          f"not {cfg.task.type!r}")
     k = folds or cfg.train.cv_folds
     seeds = seeds or [cfg.train.seed]
-    scorer = FoldScorer.build(cfg, session, dev_table, variants or [{}], k, show_progress)
+    scorer = FoldScorer.build(cfg, session, dev_table, variants or [{}], k, show_progress, trained)
     keys = [r[cfg.task.label_column] if cfg.task.type == "classification" else "" for r in train_table.rows]
     results: list[list[dict]] = [[] for _ in scorer.variants]
     members: list[list[dict]] = [[] for _ in scorer.variants]  # each ensemble member alone
@@ -96,22 +99,26 @@ class FoldScorer:
     folds: int
     show_progress: bool
     needs_offsets: bool  # a variant asks for prior calibration, so every fold model gets label offsets
+    trained: bool = True  # False: each fold's model is scored as built (a zero-shot prompt)
 
     @classmethod
     def build(cls, cfg: Config, session: Session, dev_table: Table | None, variants: list[dict], folds: int,
-              show_progress: bool) -> FoldScorer:
+              show_progress: bool, trained: bool = True) -> FoldScorer:
         """A scorer with one task per variant; checks that a ``calibrate: prior`` variant has unlabeled rows."""
         needs_offsets = any(v.get("calibrate") == "prior" for v in variants)
         if needs_offsets and session.unlabeled is None:
             raise PtuneError("the variant task.calibrate: prior needs unlabeled rows (data.unlabeled)")
         tasks = [variant_task(session.task, settings) for settings in variants]
-        return cls(cfg, session, dev_table, variants, tasks, folds, show_progress, needs_offsets)
+        return cls(cfg, session, dev_table, variants, tasks, folds, show_progress, needs_offsets, trained)
 
     def train(self, train: Table, seed: int) -> PTuningModel:
-        """A fold model: trained on ``train`` (with the fold's dev rule), with label offsets where a variant needs
-        them."""
-        model, _ = fit(self.session, *fold_dev(self.cfg, train, self.dev_table, seed), None,
-                       show_progress=self.show_progress, seed=seed)
+        """A fold model: trained on ``train`` (with the fold's dev rule), or as built when nothing is trained, with
+        label offsets where a variant needs them."""
+        if self.trained:
+            model, _ = fit(self.session, *fold_dev(self.cfg, train, self.dev_table, seed), None,
+                           show_progress=self.show_progress, seed=seed)
+        else:
+            model = self.session.new_model(seed).eval()
         if self.needs_offsets and model.label_offsets is None:
             fit_label_offsets(self.session, model, train, seed)
         return model

@@ -56,12 +56,17 @@ class SentenceEncoder:
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu", max_length: int = 256,
                  name: str | None = None):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         self.folder = Path(folder)
         self.name = name or self.folder.name
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder, trust_remote_code=False)
-        self.model = AutoModel.from_pretrained(self.folder, dtype=torch.float32,
-                                               trust_remote_code=False).to(device).eval()
+        hf_logging.disable_progress_bar()  # a per-tensor bar for a one-second load is noise beside the JSON
+        try:
+            self.model = AutoModel.from_pretrained(self.folder, dtype=torch.float32,
+                                                   trust_remote_code=False).to(device).eval()
+        finally:
+            hf_logging.enable_progress_bar()
         self.device = device
         self.max_length = max_length
 

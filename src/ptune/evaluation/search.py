@@ -20,6 +20,12 @@ accuracy and macro-F1; the best by mean macro-F1 is retrained on all rows and wr
 (``predict``/``eval``/``serve`` take it). With ``ensemble: N`` (classification) every candidate is scored as an
 ensemble of N seeds, and the winner's other N-1 members go to ``OUT/members/seed-S``; ``ptune predict OUT
 OUT/members/*`` predicts with the whole ensemble, as it was scored.
+
+The zero-shot manual prompt is a candidate too (``search.zero_shot: false`` leaves it out): each distinct candidate
+template with its ``[P*n]`` runs taken out, label words ranked by the frozen model, nothing trained, scored on the
+same folds (and under the same prediction-time variants) after the trained candidates, outside the time budget. A
+classification config without label words (``task.head: linear`` and an empty ``task.verbalizer``) has none, and
+the search says so. A chosen zero-shot prompt is written as a checkpoint with no virtual tokens and no training.
 """
 
 from __future__ import annotations
@@ -41,8 +47,10 @@ from ..data.tables import Table
 from ..errors import ConfigError, PtuneError
 from ..plotting import plot_search
 from ..session import Session, open_session, read_split
+from ..template import without_virtual
 from ..training.prepare import fold_dev, prepare
-from ..training.trainer import fit
+from ..training.saving import save_inference
+from ..training.trainer import fit, fit_label_offsets
 from .cv import cross_validate
 from .summary import mean_spread
 
@@ -54,12 +62,14 @@ def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict
     search = values.pop("search", None)
     if not isinstance(search, dict) or not isinstance(search.get("space"), dict) or not search["space"]:
         raise ConfigError(f"{path}: needs a `search:` section with a non-empty `space:` mapping")
-    unknown = set(search) - {"folds", "seeds", "budget_minutes", "ensemble", "space"}
+    unknown = set(search) - {"folds", "seeds", "budget_minutes", "ensemble", "space", "zero_shot"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in search: {', '.join(sorted(unknown))}")
     for key, options in search["space"].items():
         if not isinstance(options, list) or not options:
             raise ConfigError(f"{path}: search.space.{key} must be a non-empty list of values")
+    if not isinstance(search.get("zero_shot", True), bool):
+        raise ConfigError(f"{path}: search.zero_shot must be true or false, got {search['zero_shot']!r}")
     values = apply_overrides(values, list(overrides))
     values["__file__"] = str(path)
     return values, search
@@ -112,6 +122,8 @@ class SearchPlan:
     ensemble: int
     configs: list[tuple[dict, Config]]  # (grid settings, config) per candidate
     variants: list[dict]  # ``task`` field overrides, scored on every candidate's fold models
+    zero_shot: list[tuple[dict, Config]]  # (settings, config) per zero-shot manual prompt, scored untrained
+    notes: list[str]  # why a zero-shot prompt was left out
 
     @classmethod
     def read(cls, path: str | Path, overrides: list[str] = ()) -> SearchPlan:
@@ -133,7 +145,48 @@ class SearchPlan:
         for _, values in grid:
             for variant in variants:
                 build(copy.deepcopy(values) | {"task": values.get("task", {}) | variant}, source)
-        return cls(folds, seeds, budget, ensemble, configs, variants)
+        zero_shot, notes = (zero_shot_candidates(configs) if search.get("zero_shot", True)
+                            else ([], ["zero-shot manual prompt: left out (search.zero_shot is false)"]))
+        return cls(folds, seeds, budget, ensemble, configs, variants, zero_shot, notes)
+
+
+def zero_shot_candidates(configs: list[tuple[dict, Config]]) -> tuple[list[tuple[dict, Config]], list[str]]:
+    """The zero-shot manual prompts to score beside the trained candidates: each candidate's config with its
+    template's virtual runs taken out and ``task.head: words`` (label words ranked, nothing trained), once per
+    distinct prompt; and, for candidates that have none, why.
+
+    Args:
+        configs (`list[tuple[dict, Config]]`): the trained candidates' (settings, config).
+
+    Returns:
+        `tuple[list[tuple[dict, Config]], list[str]]`: ((``{"zero_shot": manual template}``, its config) per
+        distinct prompt, notes on the candidates without one).
+
+    Example:
+        >>> zero_shot_candidates([({}, cfg)])[0][0][0]  # doctest: +SKIP
+        {'zero_shot': 'Tweet : {Tweet text} Is this tweet a complaint ? Answer : [TARGET]'}
+    """
+    out, seen, notes = [], set(), []
+    for _, cfg in configs:
+        if cfg.task.type != "classification":
+            why = f"task.type is {cfg.task.type}, and only classification ranks label words"
+        elif cfg.task.head == "linear" and not cfg.task.verbalizer:
+            why = "no label words (task.head is linear and task.verbalizer is empty)"
+        else:
+            why = None
+        if why:
+            note = f"zero-shot manual prompt: skipped, {why}"
+            notes += [] if note in notes else [note]
+            continue
+        manual = without_virtual(cfg.task.template)
+        zcfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, template=manual, head="words",
+                                                                 head_layer=0))
+        key = json.dumps([zcfg.to_dict()[section] for section in ("model", "task", "data")]
+                         + [zcfg.train.max_length, zcfg.train.eval_batch_size], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(({"zero_shot": manual}, zcfg))
+    return out, notes
 
 
 @dataclass
@@ -144,10 +197,12 @@ class SharedRows:
     table: Table
     dev_table: Table | None
 
-    def session(self, cfg: Config) -> Session:
-        """A session for ``cfg`` over the shared base, with the shared label values and unlabeled rows."""
+    def session(self, cfg: Config, allow_no_virtual: bool = False) -> Session:
+        """A session for ``cfg`` over the shared base, with the shared label values and unlabeled rows;
+        ``allow_no_virtual`` for a zero-shot prompt."""
         values = self.table.column(cfg.task.label_column) if cfg.task.type == "classification" else None
-        return open_session(cfg, label_values=values, base=self.first.base, unlabeled=self.unlabeled(cfg))
+        return open_session(cfg, label_values=values, base=self.first.base, unlabeled=self.unlabeled(cfg),
+                            allow_no_virtual=allow_no_virtual)
 
     def unlabeled(self, cfg: Config) -> Table | None:
         """Read once (the first candidate's), unless a candidate names other rows."""
@@ -171,9 +226,10 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
 
     Returns:
         `dict`: the report written to ``search.json``: ``folds``, ``seeds``, ``ensemble``, ``seconds``, ``best``
-        (an index into ``candidates``), ``members`` (checkpoint folders, relative to ``out_dir``) and
-        ``candidates`` (per candidate: ``settings``, ``accuracy`` and ``macro_f1`` mean and spread,
-        ``fold_macro_f1``, ``vs_best``, ``seconds``, ``config``).
+        (an index into ``candidates``), ``members`` (checkpoint folders, relative to ``out_dir``), ``notes`` (why
+        a zero-shot prompt was left out, if any) and ``candidates`` (per candidate: ``settings``, ``accuracy`` and
+        ``macro_f1`` mean and spread, ``fold_macro_f1``, ``vs_best``, ``seconds``, ``config``; a zero-shot
+        prompt's ``settings`` hold ``zero_shot``: its template).
 
     Example:
         >>> report = run_search("examples/search_twitter_complaints.yaml", "runs/search")  # doctest: +SKIP
@@ -185,21 +241,28 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     first, table, dev_table = prepare(plan.configs[0][1], hold_out_dev=False)  # cv takes dev rows per fold
     shared = SharedRows(first, table, dev_table)
     t0 = time.perf_counter()
+    for note in plan.notes:
+        print(note)
     results, configs_run = score_candidates(plan, shared, t0, show_progress)
     best_i = pick_best(results)
     best_cfg = winner_config(configs_run[results[best_i]["config"]], results[best_i]["settings"])
-    member_dirs = retrain_winner(best_cfg, shared, out_dir, plan.ensemble, show_progress)
+    if "zero_shot" in results[best_i]["settings"]:
+        member_dirs = write_zero_shot(best_cfg, shared, out_dir)
+    else:
+        member_dirs = retrain_winner(best_cfg, shared, out_dir, plan.ensemble, show_progress)
     report = {"folds": plan.folds, "seeds": plan.seeds, "ensemble": plan.ensemble,
               "seconds": round(time.perf_counter() - t0, 1), "best": best_i,
-              "members": [str(d.relative_to(out_dir)) for d in member_dirs], "candidates": results}
+              "members": [str(d.relative_to(out_dir)) for d in member_dirs], "notes": plan.notes,
+              "candidates": results}
     write_report(out_dir, report)
     return report
 
 
 def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
                      show_progress: bool) -> tuple[list[dict], list[Config]]:
-    """Cross-validate candidates in order until the time budget (counted from ``t0``) is spent: (one result row
-    per candidate and prediction variant, the configs that ran)."""
+    """Cross-validate candidates in order until the time budget (counted from ``t0``) is spent, then score the
+    zero-shot prompts (seconds, so outside the budget): (one result row per candidate and prediction variant, the
+    configs that ran)."""
     results, configs_run = [], []
     bar = tqdm(total=len(plan.configs), desc="search", unit="candidate", disable=not show_progress)
     for settings, cfg in plan.configs:
@@ -215,6 +278,12 @@ def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
         bar.update(1)
         bar.set_postfix(best_f1=f"{max(r.get('macro_f1', {}).get('mean', 0) for r in results):.3f}")
     bar.close()
+    for settings, cfg in plan.zero_shot:  # nothing trained: each fold's model is scored as built
+        summary = cross_validate(cfg, folds=plan.folds, seeds=plan.seeds, session=shared.session(cfg, True),
+                                 train_table=shared.table, show_progress=False, variants=plan.variants,
+                                 trained=False)
+        results += candidate_rows(summary, settings, len(configs_run))
+        configs_run.append(cfg)
     if not results:
         raise PtuneError("no candidate finished within the time budget")
     return results, configs_run
@@ -265,11 +334,26 @@ def retrain_winner(cfg: Config, shared: SharedRows, out_dir: Path, ensemble: int
     return member_dirs
 
 
+def write_zero_shot(cfg: Config, shared: SharedRows, out_dir: Path) -> list[Path]:
+    """Write the chosen zero-shot prompt as a normal checkpoint, nothing trained: no virtual tokens, the label words
+    ranked (with prior offsets fitted on every labelled row where ``task.calibrate`` is ``prior``); returns
+    ``[out_dir]``."""
+    session = shared.session(cfg, allow_no_virtual=True)
+    model = session.new_model().eval()
+    if cfg.task.calibrate == "prior":
+        fit_label_offsets(session, model, shared.table, cfg.train.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_inference(session, model, out_dir, extra={"training": {"step": 0, "zero_shot": True}})
+    return [out_dir]
+
+
 def write_report(out_dir: Path, report: dict) -> None:
     """``search.json``, ``search.md`` (the table and how to predict) and ``search.png``."""
     results, best_i = report["candidates"], report["best"]
     checkpoint.write_atomic(out_dir / "search.json", json.dumps(report, indent=2).encode())
-    checkpoint.write_atomic(out_dir / "search.md", (render_table(results, best_i) + usage(report, out_dir)).encode())
+    notes = "".join(f"\n{note}\n" for note in report.get("notes", []))
+    checkpoint.write_atomic(out_dir / "search.md",
+                            (render_table(results, best_i) + notes + usage(report, out_dir)).encode())
     plot_search(results, best_i, out_dir / "search.png")
 
 
@@ -280,6 +364,9 @@ def _short(settings: dict) -> str:
 def usage(report: dict, out_dir: Path) -> str:
     """How to predict with what the search wrote: one checkpoint, or the ensemble it scored."""
     dirs = " ".join(str(out_dir / m) for m in report["members"])
+    if "zero_shot" in report["candidates"][report["best"]]["settings"]:
+        return (f"\nThe chosen recipe is the zero-shot manual prompt: nothing was trained, and `{out_dir}` holds it "
+                f"with no virtual tokens. Predict with it: `ptune predict {dirs} --data ROWS.csv`\n")
     if report.get("ensemble", 1) == 1:
         return f"\nPredict with the chosen recipe: `ptune predict {dirs} --data ROWS.csv`\n"
     return (f"\nEvery candidate was scored as an ensemble of {report['ensemble']} training seeds; predict with all "

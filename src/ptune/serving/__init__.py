@@ -19,6 +19,7 @@ Modules: ``protocol`` (limits, request checks, schemas), ``tasks`` (the served c
 batching on one model thread), ``state`` (what the routes share), ``app`` (create_app, the native routes),
 ``openai`` and ``openai_routes`` (the OpenAI-compatible requests, answers and routes), ``streaming`` (generation
 token by token), ``auth`` (API keys), ``live`` (adding and removing tasks), ``openapi`` (the document, ``/docs``),
-``playground``, ``thread`` (a server on a background thread, for tests).
+``playground``, ``server`` (the uvicorn config: connection limits and the header deadline), ``thread`` (a server
+on a background thread, for tests).
 Nothing is imported here, so that ``ptune.serving.protocol`` stays light: import from the modules.
 """

@@ -79,8 +79,8 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
     return app
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -116,7 +116,7 @@ async def answer_native(state: ServingState, request: Request, op: str):
         task, rows, max_new = check_request(body, state.tasks, op, state.limits)
         preds = await predict(state, task, op, rows, max_new)
     except RequestError as err:
-        return error_response(err.status, err.message)
+        return error_response(err.status, err.message, err.headers)
     if op == "classify":
         return {"predictions": [{"label": p["prediction"], "scores": p.get("scores", {})} for p in preds]}
     return {"predictions": [{"text": p["prediction"]} for p in preds]}
@@ -124,14 +124,15 @@ async def answer_native(state: ServingState, request: Request, op: str):
 
 ERRORS = {400: "invalid JSON or wrong endpoint for the task", 403: "adding or removing tasks is off, or the path is "
           "outside the tasks directory", 404: "unknown task or path", 409: "the task exists",
-          413: "too many rows or too large", 422: "missing, empty or invalid field"}
+          413: "too many rows or too large", 422: "missing, empty or invalid field",
+          408: "the body did not arrive in time", 503: "the queue is full; retry after Retry-After seconds"}
 
 
 def native_error_docs(*extra: int) -> dict:
     """The error answers of a native endpoint, for the OpenAPI document."""
     return {code: {"description": ERRORS[code], "content": {"application/json": {"schema": {
         "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}}
-        for code in (400, 404, 413, 422, *extra)}
+        for code in sorted({400, 404, 413, 422, *extra})}
 
 
 def add_native_routes(app: FastAPI, state: ServingState) -> None:
@@ -146,11 +147,11 @@ def add_native_routes(app: FastAPI, state: ServingState) -> None:
         return {"tasks": [t.describe() for t in state.tasks.values()]}
 
     # the bodies are declared in the document by ServingAPI.openapi (they are checked by hand, not bound)
-    @app.post("/v1/classify", response_model=ClassifyAnswer, responses=native_error_docs())
+    @app.post("/v1/classify", response_model=ClassifyAnswer, responses=native_error_docs(408, 503))
     async def classify(request: Request):
         return await answer_native(state, request, "classify")
 
-    @app.post("/v1/generate", response_model=GenerateAnswer, responses=native_error_docs())
+    @app.post("/v1/generate", response_model=GenerateAnswer, responses=native_error_docs(408, 503))
     async def generate(request: Request):
         return await answer_native(state, request, "generate")
 
@@ -158,12 +159,12 @@ def add_native_routes(app: FastAPI, state: ServingState) -> None:
 def add_task_routes(app: FastAPI, state: ServingState) -> None:
     """``POST /v1/tasks`` and ``DELETE /v1/tasks/{name}`` (see ``live.py``)."""
 
-    @app.post("/v1/tasks", status_code=201, responses=native_error_docs(403, 409))
+    @app.post("/v1/tasks", status_code=201, responses=native_error_docs(403, 408, 409))
     async def add(request: Request):
         try:
             task = await add_task(state, await read_json(request, state.limits))
         except RequestError as err:
-            return error_response(err.status, err.message)
+            return error_response(err.status, err.message, err.headers)
         return {"task": task.describe()}
 
     @app.delete("/v1/tasks/{name}", responses=native_error_docs(403))
@@ -171,5 +172,5 @@ def add_task_routes(app: FastAPI, state: ServingState) -> None:
         try:
             remove_task(state, name)
         except RequestError as err:
-            return error_response(err.status, err.message)
+            return error_response(err.status, err.message, err.headers)
         return {"deleted": name}

@@ -21,6 +21,14 @@ from .protocol import Limits
 from .tasks import ServedTask
 
 
+class QueueFull(Exception):
+    """``Batcher.submit`` refused rows: the queue holds ``Limits.max_queue`` rows already (``queued`` of them)."""
+
+    def __init__(self, queued: int):
+        super().__init__(f"{queued} rows are waiting for the model")
+        self.queued = queued
+
+
 @dataclass
 class Job:
     """One request's rows, waiting for a batch; ``future`` gets their predictions in row order."""
@@ -102,7 +110,7 @@ class Batcher:
     """Collects queued jobs into model calls on one worker thread.
 
     Args:
-        limits (Limits): ``batch_wait_ms``, ``max_batch_rows`` and ``mix_tasks`` are read.
+        limits (Limits): ``batch_wait_ms``, ``max_batch_rows``, ``mix_tasks`` and ``max_queue`` are read.
 
     Example:
         >>> batcher = Batcher(Limits())  # doctest: +SKIP
@@ -113,6 +121,8 @@ class Batcher:
     def __init__(self, limits: Limits):
         self.limits = limits
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.queued_rows = 0
+        """Rows submitted and not yet collected into a batch (bounded by ``limits.max_queue``)."""
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptune-model")
         self.stats = Stats()
         self._runner: asyncio.Task | None = None
@@ -130,9 +140,13 @@ class Batcher:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     async def submit(self, task: ServedTask, op: str, rows: list[dict], max_new_tokens: int) -> list[dict]:
-        """Queue rows for the next batch; returns their predictions in row order."""
+        """Queue rows for the next batch; returns their predictions in row order. Raises QueueFull at once when
+        the rows would take the queue past ``limits.max_queue`` (a request at an empty queue is always taken)."""
+        if self.queued_rows and self.queued_rows + len(rows) > self.limits.max_queue:
+            raise QueueFull(self.queued_rows)
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(Job(task, op, rows, max_new_tokens, future))
+        self.queued_rows += len(rows)
+        self.queue.put_nowait(Job(task, op, rows, max_new_tokens, future))
         return await future
 
     async def run_alone(self, fn, *args):
@@ -182,7 +196,9 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            for call in self._plan(await self._collect()):
+            jobs = await self._collect()
+            self.queued_rows -= sum(len(j.rows) for j in jobs)
+            for call in self._plan(jobs):
                 mixed = isinstance(call[0], list)
                 jobs_in = [j for g in call for j in g] if mixed else call
                 try:

@@ -92,7 +92,8 @@ CHAT_KEYS = COMMON_KEYS | {"messages", "max_completion_tokens", "top_logprobs"} 
                                                                                                    "suffix"})
 
 
-def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> JSONResponse:
     """An error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 
     Args:
@@ -100,6 +101,7 @@ def openai_error(status: int, message: str, param: str | None = None, code: str 
         message (str): what is wrong.
         param (str | None): the request key at fault.
         code (str | None): a short reason, e.g. ``model_not_found``.
+        headers (dict[str, str] | None): headers the answer carries, e.g. ``Retry-After``.
 
     Returns:
         JSONResponse: the response.
@@ -111,7 +113,7 @@ def openai_error(status: int, message: str, param: str | None = None, code: str 
     kind = ("authentication_error" if status == 401 else "server_error" if status >= 500 else
             "invalid_request_error")
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status)
+                        status_code=status, headers=headers)
 
 
 @dataclass

@@ -18,7 +18,12 @@ from .streaming import stream_generation
 logger = logging.getLogger("ptune.serve")
 OPENAI_ERRORS = {code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
                  for code, text in ((400, "invalid or unsupported parameter"), (404, "unknown model (task)"),
-                                    (413, "too many prompts or too long"), (422, "invalid field value"))}
+                                    (413, "too many prompts or too long"), (422, "invalid field value"),
+                                    (408, "the body did not arrive in time"),
+                                    (503, "the queue is full; retry after Retry-After seconds"))}
+"""The error answers of the OpenAI routes, for the OpenAPI document (408 and 503: only the routes that read a
+body and queue rows)."""
+MODEL_ERRORS = {code: OPENAI_ERRORS[code] for code in (400, 404, 413, 422)}
 
 
 def op_of(req: OpenAIRequest) -> str:
@@ -100,7 +105,7 @@ async def respond(state: ServingState, request: Request, parse):
                                      headers={"Cache-Control": "no-cache"})
         return await answer(state, req)
     except RequestError as err:
-        return openai_error(err.status, err.message, err.param, err.code)
+        return openai_error(err.status, err.message, err.param, err.code, err.headers)
 
 
 def add_openai_routes(app: FastAPI, state: ServingState) -> None:
@@ -110,7 +115,7 @@ def add_openai_routes(app: FastAPI, state: ServingState) -> None:
     async def list_models():
         return models_body(state.tasks)
 
-    @app.get("/v1/models/{name}", responses=OPENAI_ERRORS)
+    @app.get("/v1/models/{name}", responses=MODEL_ERRORS)
     async def get_model(name: str):
         if name not in state.tasks:
             return openai_error(404, f"unknown model {name[:64]!r}", "model", "model_not_found")

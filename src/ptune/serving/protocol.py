@@ -41,6 +41,11 @@ class Limits:
     mix_tasks: bool = True
     """Score classification rows of different tasks in the same model calls (each row splices its own task's
     prompt table); off: one call per task, each with its task's cached prefix."""
+    max_queue: int = 1024
+    """Rows waiting for the model, beyond which a request is refused at once (503 with ``Retry-After``) rather than
+    queued: 16 requests of 64 rows; a request arriving at an empty queue is always taken."""
+    body_timeout: float = 30.0
+    """Seconds a request's body has to arrive, from when the route starts reading it; then 408."""
 
 
 NAMES_SHOWN = 10
@@ -77,25 +82,29 @@ def unknown_task(name: str, names) -> RequestError:
 
 
 class RequestError(Exception):
-    """A request the server refuses: ``status`` is the HTTP status (4xx), ``message`` says what to change.
+    """A request the server refuses: ``status`` is the HTTP status (4xx, or 5xx when the server cannot take it
+    now), ``message`` says what to change.
 
     Args:
         status (int): the HTTP status.
         message (str): one line naming the key, row or field at fault.
         param (str | None): the request key at fault, where one is (OpenAI-shaped errors carry it).
         code (str | None): a short machine-readable reason, e.g. ``model_not_found``.
+        headers (dict[str, str] | None): headers the answer carries, e.g. ``Retry-After``.
 
     Example:
         >>> RequestError(422, "'rows' is empty").status
         422
     """
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers
 
 
 def as_text(value, where: str) -> str:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
 from ..modeling.base import FrozenBase
-from .batcher import Batcher
+from .batcher import Batcher, QueueFull
 from .protocol import Limits, RequestError
 from .tasks import ServedTask, TaskStore
 
@@ -51,16 +52,22 @@ class ServingState:
 
 async def read_json(request, limits: Limits):
     """The body of a starlette ``Request`` as JSON, read no further than ``limits.max_body_bytes`` (with or without
-    a content-length); RequestError 413 or 400 otherwise."""
+    a content-length) and for no longer than ``limits.body_timeout`` seconds; RequestError 413, 408 (with
+    ``Connection: close``: the rest of the body is not waited for) or 400 otherwise."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
         raise RequestError(413, f"the body is larger than {limits.max_body_bytes} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limits.max_body_bytes:
-            raise RequestError(413, f"the body is larger than {limits.max_body_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise RequestError(413, f"the body is larger than {limits.max_body_bytes} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(408, f"the body did not arrive within {limits.body_timeout:g} s ({size} bytes came)",
+                           headers={"Connection": "close"}) from None
     try:
         return json.loads(b"".join(chunks))
     except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, an integer of over 4300 digits, deep nesting
@@ -73,8 +80,25 @@ async def predict(state: ServingState, task: ServedTask, op: str, rows: list[dic
     state.batcher.stats.requests += 1
     try:
         return await state.batcher.submit(task, op, rows, max_new)
+    except QueueFull as err:
+        raise RequestError(503, f"the server is busy: {err.queued} rows are waiting for the model (the limit is "
+                                f"{state.limits.max_queue}); retry later", code="server_busy",
+                           headers={"Retry-After": str(retry_after(state.batcher, err.queued))}) from None
     except DataError as err:
         raise RequestError(422, str(err)) from None
     except Exception as err:
         logger.exception("prediction for task %r failed", task.name)
         raise RequestError(500, f"prediction failed ({type(err).__name__}); the server is still running") from None
+
+
+def retry_after(batcher: Batcher, queued: int) -> int:
+    """Seconds a refused client should wait: the queued rows at the model's mean seconds per row so far, from 1 to
+    60.
+
+    Example:
+        >>> retry_after(Batcher(Limits()), 1000)  # nothing measured yet
+        1
+    """
+    stats = batcher.stats
+    per_row = stats.model_seconds / stats.rows if stats.rows else 0.0
+    return max(1, min(60, math.ceil(queued * per_row)))

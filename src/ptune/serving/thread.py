@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from .server import Connections, uvicorn_config
+
 
 class ServerThread:
     """Run an ASGI app with uvicorn on a background thread until the ``with`` block ends.
@@ -14,6 +16,7 @@ class ServerThread:
         host (str): the address to bind.
         port (int): 0 picks a free port.
         timeout (float): seconds to wait for the server to start, and to stop.
+        connections (Connections | None): the connection limits (default ``Connections()``, as ``ptune serve``).
 
     Example:
         >>> with ServerThread(create_app({"topics": "runs/topics"})) as url:  # doctest: +SKIP
@@ -21,10 +24,11 @@ class ServerThread:
         'ok'
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0,
+                 connections: Connections | None = None):
         import uvicorn
 
-        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        self.config = uvicorn_config(app, host, port, connections, log_level="warning")
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.timeout = timeout
