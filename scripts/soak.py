@@ -444,7 +444,10 @@ def soak(args, work: Path) -> dict:
     refused = Counter()
     for statuses in rec.statuses.values():
         refused.update({s: n for s, n in statuses.items() if int(s) in {**REFUSALS, **ADD_REFUSALS}})
+    from ptune.modeling.base import cpu_model_name
+
     summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model_name(),
         "model": model, "clients": args.clients, "seconds": traffic["seconds"], "warmup_seconds": args.warmup,
         "prepare_seconds": round(prepare_s, 1), "server_start_seconds": round(start_s, 1),
         "requests": rec.requests, "answers": {k: dict(v) for k, v in sorted(rec.statuses.items())},
