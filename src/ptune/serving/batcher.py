@@ -2,7 +2,9 @@
 rows by task (and ``max_new_tokens``), and runs each group as one prediction call on a single worker thread, so the
 model is never used by two threads at once and concurrent requests share batches. Classification rows of different
 tasks collected together share model calls too (``Limits.mix_tasks``): each row splices its own task's prompt
-table."""
+table. Streamed generations (``stream_jobs.StreamJob``) are decoded on the same thread a slice at a time, one stream
+per turn in arrival order, with the batches collected meanwhile run between turns (no wait for more rows while a
+stream is open)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import dataclasses
 import functools
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -18,6 +21,8 @@ import torch
 
 from ..tasks.mixed import MixedGroup
 from .protocol import Limits
+from .stream_jobs import StreamJob, StreamSlots
+from .streaming import StreamResult
 from .tasks import ServedTask
 
 
@@ -51,13 +56,17 @@ class Stats:
     largest_batch: int = 0
     mixed_batches: int = 0
     """Model calls that held rows of more than one task."""
+    stream_tokens: int = 0
+    """Tokens decoded for streamed generations (their model time is ``stream_seconds``, not ``model_seconds``)."""
+    stream_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_dict(self) -> dict:
         return {"requests": self.requests, "rows": self.rows, "batches": self.batches,
                 "mean_rows_per_batch": round(self.rows / self.batches, 2) if self.batches else 0.0,
                 "largest_batch": self.largest_batch, "mixed_batches": self.mixed_batches,
-                "model_seconds": round(self.model_seconds, 3)}
+                "model_seconds": round(self.model_seconds, 3), "stream_tokens": self.stream_tokens,
+                "stream_seconds": round(self.stream_seconds, 3)}
 
 
 def predict_rows(task: ServedTask, rows: list[dict], max_new_tokens: int) -> list[dict]:
@@ -126,6 +135,11 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptune-model")
         self.stats = Stats()
         self._runner: asyncio.Task | None = None
+        self.streams: deque[StreamJob] = deque()
+        """Streamed generations being decoded, the next one to advance first."""
+        self.stream_slots = StreamSlots(limits.max_streams)
+        """Streams open (taken by the routes, up to ``limits.max_streams``)."""
+        self._stream_arrived = asyncio.Event()
 
     def start(self) -> None:
         self._runner = asyncio.get_running_loop().create_task(self._run())
@@ -137,6 +151,10 @@ class Batcher:
                 await self._runner
             except asyncio.CancelledError:
                 pass
+        for job in self.streams:
+            job.stop.set()
+            if job.future and not job.future.done():
+                job.future.cancel()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     async def submit(self, task: ServedTask, op: str, rows: list[dict], max_new_tokens: int) -> list[dict]:
@@ -149,13 +167,43 @@ class Batcher:
         self.queue.put_nowait(Job(task, op, rows, max_new_tokens, future))
         return await future
 
+    async def stream(self, job: StreamJob) -> StreamResult:
+        """Decode ``job`` a slice per turn between batches, its text going out through its ``emit``; returns its
+        result once it is over (its ``stop`` set ends it at the next turn)."""
+        job.future = asyncio.get_running_loop().create_future()
+        self.streams.append(job)
+        self._stream_arrived.set()
+        return await job.future
+
     async def run_alone(self, fn, *args):
         """Run ``fn(*args)`` on the model thread, between batches (streaming generation, loading a task)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    async def _first_job(self) -> Job | None:
+        """The next queued job: while streams are open, only one already queued (else None); otherwise the first to
+        arrive, or None when a stream arrives first."""
+        if self.streams:
+            try:
+                return self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+        self._stream_arrived.clear()
+        get = asyncio.ensure_future(self.queue.get())
+        arrived = asyncio.ensure_future(self._stream_arrived.wait())
+        try:
+            await asyncio.wait((get, arrived), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrived.cancel()
+            if not get.done():
+                get.cancel()  # nothing taken: a cancelled get leaves the queue as it was
+        return get.result() if get.done() and not get.cancelled() else None
+
     async def _collect(self) -> list[Job]:
         loop = asyncio.get_running_loop()
-        jobs = [await self.queue.get()]
+        first = await self._first_job()
+        if first is None:
+            return []
+        jobs = [first]
         deadline = loop.time() + self.limits.batch_wait_ms / 1000
         while sum(len(j.rows) for j in jobs) < self.limits.max_batch_rows:
             try:
@@ -217,6 +265,30 @@ class Batcher:
                     if not j.future.done():
                         j.future.set_result(preds[start:start + len(j.rows)])
                     start += len(j.rows)
+            if self.streams:
+                await self._stream_turn()
+
+    async def _stream_turn(self) -> None:
+        """One slice of the stream whose turn it is; it goes to the back of the line unless it is over."""
+        job = self.streams.popleft()
+        try:
+            over = await asyncio.get_running_loop().run_in_executor(self.executor, self._advance, job)
+        except Exception as err:  # this stream fails, the others and the server go on
+            over = True
+            if not job.future.done():
+                job.future.set_exception(err)
+        if not over:
+            self.streams.append(job)
+        elif not job.future.done():
+            job.future.set_result(job.result)
+
+    def _advance(self, job: StreamJob) -> bool:
+        t0, before = time.perf_counter(), len(job.pieces.ids)
+        over = job.advance(self.limits.stream_slice_tokens)
+        with self.stats.lock:
+            self.stats.stream_tokens += len(job.pieces.ids) - before
+            self.stats.stream_seconds += time.perf_counter() - t0
+        return over
 
     def _predict_mixed(self, groups: list[list[Job]]) -> list[dict]:
         """Classification rows of (usually) several tasks, one set of model calls; predictions in job order."""

@@ -1,10 +1,12 @@
 """The OpenAI-compatible routes (request and answer shapes in ``openai.py``): decode -> predict through the batcher
-(or stream on the model thread) -> encode."""
+(or stream: the batcher decodes a slice per turn, ``stream_jobs.py``) -> encode. At most ``Limits.max_streams``
+streamed generations are open at once; one more is answered 429 with ``Retry-After``."""
 
 # (no `from __future__ import annotations`: FastAPI reads the handlers' annotations)
 import asyncio
 import logging
 import threading
+import weakref
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -13,13 +15,15 @@ from .openai import (ERROR_SCHEMA, OpenAIRequest, answer_body, chunk_body, label
                      openai_error, parse_chat, parse_completion, sse, usage_chunk)
 from .protocol import RequestError
 from .state import ServingState, predict, read_json
-from .streaming import stream_generation
+from .stream_jobs import StreamJob
 
 logger = logging.getLogger("ptune.serve")
 OPENAI_ERRORS = {code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
                  for code, text in ((400, "invalid or unsupported parameter"), (404, "unknown model (task)"),
                                     (413, "too many prompts or too long"), (422, "invalid field value"),
                                     (408, "the body did not arrive in time"),
+                                    (429, "as many streamed generations as the server allows are open; retry after "
+                                          "Retry-After seconds"),
                                     (503, "the queue is full; retry after Retry-After seconds"))}
 """The error answers of the OpenAI routes, for the OpenAPI document (408 and 503: only the routes that read a
 body and queue rows)."""
@@ -51,8 +55,8 @@ async def stream_label(state: ServingState, req: OpenAIRequest):
 
 
 async def stream_text(state: ServingState, req: OpenAIRequest):
-    """A generation task's stream: pieces of text as the model thread decodes them; the client leaving stops
-    generation at the next token."""
+    """A generation task's stream: pieces of text as the batcher decodes them, a slice per turn; the client leaving
+    stops generation before the next token."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()
@@ -61,8 +65,8 @@ async def stream_text(state: ServingState, req: OpenAIRequest):
     def emit(piece: str) -> None:  # on the model thread
         loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
-    job = asyncio.ensure_future(state.batcher.run_alone(stream_generation, req.task, req.rows[0],
-                                                        req.max_new_tokens, emit, stop))
+    job = asyncio.ensure_future(state.batcher.stream(StreamJob(req.task, req.rows[0], req.max_new_tokens, emit,
+                                                               stop)))
     # queued after every piece (both come from the model thread, in order)
     job.add_done_callback(lambda _: pieces.put_nowait(None))
     try:
@@ -79,8 +83,9 @@ async def stream_text(state: ServingState, req: OpenAIRequest):
         stop.set()
 
 
-async def stream_events(state: ServingState, req: OpenAIRequest):
-    """Server-sent events ending with ``[DONE]``; a failure after the first event is an error event."""
+async def stream_events(state: ServingState, req: OpenAIRequest, release_slot=None):
+    """Server-sent events ending with ``[DONE]``; a failure after the first event is an error event.
+    ``release_slot`` (a stream slot's release) is called when the events end, however they end."""
     events = stream_text(state, req) if req.task.type == "generation" else stream_label(state, req)
     try:
         async for event in events:
@@ -94,15 +99,33 @@ async def stream_events(state: ServingState, req: OpenAIRequest):
         yield sse({"error": {"message": f"generation failed ({type(err).__name__})", "type": "server_error",
                              "param": None, "code": None}})
         return
+    finally:
+        if release_slot is not None:
+            release_slot()
     yield sse("[DONE]")
+
+
+def open_stream(state: ServingState, req: OpenAIRequest) -> StreamingResponse:
+    """The streamed answer; a generation takes one of ``Limits.max_streams`` slots (RequestError 429 when none is
+    free), given back when its events end, or when they are dropped without ever being sent."""
+    release = None
+    if req.task.type == "generation":
+        release = state.batcher.stream_slots.take()
+        if release is None:
+            raise RequestError(429, f"{state.limits.max_streams} streamed generations are open, as many as this "
+                                    "server allows; retry shortly, or ask without stream", code="rate_limit_exceeded",
+                               headers={"Retry-After": "1"})
+    events = stream_events(state, req, release)
+    if release is not None:
+        weakref.finalize(events, release)  # an answer never started still gives its slot back
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def respond(state: ServingState, request: Request, parse):
     try:
         req = parse(await read_json(request, state.limits), state.tasks, state.limits)
         if req.stream:
-            return StreamingResponse(stream_events(state, req), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return open_stream(state, req)
         return await answer(state, req)
     except RequestError as err:
         return openai_error(err.status, err.message, err.param, err.code, err.headers)

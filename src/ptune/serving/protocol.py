@@ -10,8 +10,11 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-"""Task names: safe in a URL path and a log line."""
+NAME_RE = re.compile(r"^(?!\.+$)[A-Za-z0-9_.\-]{1,64}$")
+"""Task names: safe in a URL path and a log line, and never ``.`` or ``..`` (dots only). Match it with
+``valid_name``: ``NAME_RE.match`` alone would take a name ending in a newline (``$`` matches before one)."""
+NAME_RULE = "1-64 letters, digits, '.', '_' or '-', not dots only"
+"""``NAME_RE`` in words, for error messages."""
 
 WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 """The characters ``str.strip`` removes, as a regex character class body (``\\s`` differs between dialects)."""
@@ -41,11 +44,34 @@ class Limits:
     mix_tasks: bool = True
     """Score classification rows of different tasks in the same model calls (each row splices its own task's
     prompt table); off: one call per task, each with its task's cached prefix."""
+    max_tasks: int = 1000
+    """Tasks served at once: ``POST /v1/tasks`` is refused (409) when this many are served (tasks loaded at start
+    count, and are never refused)."""
     max_queue: int = 1024
     """Rows waiting for the model, beyond which a request is refused at once (503 with ``Retry-After``) rather than
     queued: 16 requests of 64 rows; a request arriving at an empty queue is always taken."""
     body_timeout: float = 30.0
     """Seconds a request's body has to arrive, from when the route starts reading it; then 408."""
+    max_streams: int = 8
+    """Streamed generations open at once; one more is refused (429 with ``Retry-After``)."""
+    stream_slice_tokens: int = 4
+    """Tokens a streamed generation decodes per turn before queued batches get the model."""
+
+
+def valid_name(name) -> bool:
+    """Whether ``name`` is a task name: a string that ``NAME_RE`` matches in full.
+
+    Args:
+        name: what a client or the command line gave.
+
+    Returns:
+        bool: True for a usable name.
+
+    Example:
+        >>> [valid_name(n) for n in ("topics", "v1.2", ".", "..", "a\\n", "a b")]
+        [True, True, False, False, False, False]
+    """
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
 
 
 NAMES_SHOWN = 10

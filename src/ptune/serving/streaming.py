@@ -42,7 +42,11 @@ class TextPieces(BaseStreamer):
         if self.prompt_pending:
             self.prompt_pending = False
             return
-        self.ids.extend(value.reshape(-1).tolist())
+        self.add(value.reshape(-1).tolist())
+
+    def add(self, ids: list[int]) -> None:
+        """New token ids, in order: emits the text they complete."""
+        self.ids.extend(ids)
         self._flush(final=False)
 
     def end(self) -> None:
@@ -109,6 +113,25 @@ def stream_generation(task: ServedTask, row: dict, max_new_tokens: int, emit: Ca
                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
                             pad_token_id=tok.pad_token_id, streamer=pieces,
                             stopping_criteria=StoppingCriteriaList([StopWhenSet(stop or threading.Event())]))
-    ended = bool(pieces.ids) and pieces.ids[-1] == tok.eos_token_id
+    return stream_result(pieces, tok.eos_token_id, max_new_tokens)
+
+
+def stream_result(pieces: TextPieces, eos_token_id: int | None, max_new_tokens: int) -> StreamResult:
+    """What a finished generation streamed: its text, its token count and why it ended (``length`` when the budget
+    ran out before the end-of-sequence token, else ``stop``).
+
+    Args:
+        pieces (TextPieces): the streamer, after ``end()``.
+        eos_token_id (int | None): the end-of-sequence token.
+        max_new_tokens (int): the budget.
+
+    Returns:
+        StreamResult: the result.
+
+    Example:
+        >>> stream_result(pieces, tok.eos_token_id, 16).finish_reason  # doctest: +SKIP
+        'length'
+    """
+    ended = bool(pieces.ids) and pieces.ids[-1] == eos_token_id
     reason = "length" if len(pieces.ids) >= max_new_tokens and not ended else "stop"
     return StreamResult(pieces.sent, len(pieces.ids), reason)
