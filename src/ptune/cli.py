@@ -232,7 +232,7 @@ def import_cmd(peft_dir, out_dir, template, model, task_type, label_column, verb
 # serving.protocol.Limits' and serving.server.Connections' defaults (checked by a test), kept here so that --help
 # imports no server code
 SERVE_DEFAULTS = {"max_rows": 64, "batch_wait_ms": 5.0, "max_queue": 1024, "body_timeout": 30.0,
-                  "limit_concurrency": 256, "keep_alive_timeout": 5.0, "header_timeout": 10.0}
+                  "limit_concurrency": 256, "keep_alive_timeout": 5.0, "header_timeout": 10.0, "max_tasks": 1000}
 CONNECTION_OPTIONS = ("limit_concurrency", "keep_alive_timeout", "header_timeout")
 
 
@@ -262,6 +262,8 @@ CONNECTION_OPTIONS = ("limit_concurrency", "keep_alive_timeout", "header_timeout
 @click.option("--tasks-dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Allow adding tasks from checkpoints inside DIR (POST /v1/tasks {\"name\", \"path\"}) and "
                    "removing them (DELETE /v1/tasks/NAME) while serving.")
+@click.option("--max-tasks", default=SERVE_DEFAULTS["max_tasks"], show_default=True, type=click.IntRange(1),
+              help="Tasks served at once, beyond which POST /v1/tasks gets 409 (tasks given at start count).")
 def serve_cmd(checkpoints, host, port, device, api_keys, insecure, tasks_dir, **limits):
     """Serve checkpoints (DIR or NAME=DIR, one frozen base model shared) over HTTP: native and OpenAI-compatible
     endpoints (/v1/completions, /v1/chat/completions with model = task name)."""

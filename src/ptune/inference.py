@@ -100,20 +100,38 @@ class SavedCheckpoint:
         offsets = self.meta.get("label_offsets")
         if offsets is None:
             return None
-        if not isinstance(offsets, dict) or sorted(offsets) != sorted(names):
-            raise CheckpointError(f"{self.folder / checkpoint.MANIFEST}: label_offsets must give a number for each "
-                                  f"label {names}")
+        values = list(offsets.values()) if isinstance(offsets, dict) else []
+        if (not isinstance(offsets, dict) or sorted(offsets) != sorted(names)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in values)):
+            raise CheckpointError(f"{self.folder / checkpoint.MANIFEST}: the manifest's label_offsets is invalid: it "
+                                  f"must give a finite number for each label {names}")
         return torch.tensor([float(offsets[n]) for n in names])
 
 
-def read_checkpoint(folder: str | Path, *, model_override: str | None = None,
-                    device: str | None = None) -> SavedCheckpoint:
+def _saved_labels(saved, folder: Path) -> LabelSpace | None:
+    """The manifest's ``labels`` (label -> its words, as ``LabelSpace.to_dict`` writes them), checked: a hand-edited
+    value would otherwise fail only when a row is scored."""
+    if not saved:
+        return None
+    if not isinstance(saved, dict) or not all(
+            isinstance(words, list) and words and all(isinstance(w, str) and w.strip() for w in words)
+            for words in saved.values()):
+        raise CheckpointError(f"{folder / checkpoint.MANIFEST}: the manifest's labels is invalid: it must map each "
+                              "label to a list of words")
+    return LabelSpace(list(saved), list(saved.values()))
+
+
+def read_checkpoint(folder: str | Path, *, model_override: str | None = None, device: str | None = None,
+                    check_file=None) -> SavedCheckpoint:
     """Read a checkpoint directory: its manifest and tensor files, every file verified.
 
     Args:
         folder (`str` or `Path`): the checkpoint directory.
         model_override (`str`, *optional*): the base model's path instead of the one recorded.
         device (`str`, *optional*): overrides the config's ``model.device``.
+        check_file (`Callable[[Path], None]`, *optional*): called on each file before it is read; raises to refuse
+            it (the server refuses files outside its tasks directory).
 
     Returns:
         `SavedCheckpoint`: the parts, nothing built yet.
@@ -123,10 +141,10 @@ def read_checkpoint(folder: str | Path, *, model_override: str | None = None,
         'classification'
     """
     folder = Path(folder)
-    meta, encoder_state, prompts = checkpoint.load_model(folder)
+    meta, encoder_state, prompts = checkpoint.load_model(folder, check_file)
     try:  # a hand-edited manifest: say which file is wrong rather than which config key
         cfg = config_from_dict(meta["config"])
-        labels = LabelSpace(list(meta["labels"]), list(meta["labels"].values())) if meta.get("labels") else None
+        labels = _saved_labels(meta.get("labels"), folder)
         saved_base = dict(meta["base"])
     except (PtuneError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{folder / checkpoint.MANIFEST}: unusable manifest ({err})") from None

@@ -123,7 +123,8 @@ async def answer_native(state: ServingState, request: Request, op: str):
 
 
 ERRORS = {400: "invalid JSON or wrong endpoint for the task", 403: "adding or removing tasks is off, or the path is "
-          "outside the tasks directory", 404: "unknown task or path", 409: "the task exists",
+          "outside the tasks directory", 404: "unknown task or path",
+          409: "the task exists, or --max-tasks tasks are served",
           413: "too many rows or too large", 422: "missing, empty or invalid field",
           408: "the body did not arrive in time", 503: "the queue is full; retry after Retry-After seconds"}
 

@@ -5,80 +5,33 @@
     DELETE /v1/tasks/NAME                                 -> {"deleted": NAME}
 
 A new checkpoint is loaded over the server's base model (a checkpoint for another base model is refused with the
-reason), on the model thread, between batches. A path that does not exist or holds no checkpoint answers 404; a
-checkpoint that cannot be served, 422, its files named relative to DIR. Requests already queued or running keep the
-task they named, so they finish after the task is removed. With API keys set, both need the key like every other
-endpoint.
+reason): its files are read and verified on a worker thread, and only the device work (its prompt table, shared with
+tasks of the same prompts file) runs on the model thread, between batches. A path outside DIR answers 403 before
+anything on disk is read; one that does not exist, leads outside through a symlink, or holds no checkpoint, 404; a
+checkpoint that cannot be served (a file it names leads outside DIR, a file the server cannot read, a damaged or
+crafted manifest), 422, its files named relative to DIR; no answer holds an absolute path of the server
+(``paths.public_message``). At most ``Limits.max_tasks`` tasks are served (409 beyond). Requests already queued or
+running keep the task they named, so they finish after the task is removed. With API keys set, both need the key
+like every other endpoint.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path, PurePosixPath
+import asyncio
+import logging
+from pathlib import Path
 
 from ..checkpoint import MANIFEST
 from ..errors import PtuneError
-from .protocol import NAME_RE, RequestError, unknown_task
+from .paths import checkpoint_dir, public_message
+from .protocol import NAME_RE, NAME_RULE, RequestError, unknown_task, valid_name
 from .state import ServingState
 from .tasks import ServedTask
 
+logger = logging.getLogger("ptune.serve")
 
-def resolve_under(root: Path, path) -> Path:
-    """``path`` (relative to ``root``, or absolute) with every symlink resolved; it must exist inside ``root``.
-
-    Args:
-        root (Path): the tasks directory, already resolved.
-        path: what the client sent.
-
-    Returns:
-        Path: the resolved checkpoint directory.
-
-    Example:
-        >>> resolve_under(Path("/srv/tasks"), "../etc")  # doctest: +SKIP
-        Traceback (most recent call last):
-        ...
-        ptune.serving.protocol.RequestError: '../etc' is outside the tasks directory
-    """
-    if not isinstance(path, str) or not path or "\x00" in path:
-        raise RequestError(422, "'path' must be a non-empty string: a checkpoint directory inside the tasks directory")
-    try:
-        resolved = (root / path).resolve(strict=True)
-    except (OSError, RuntimeError):  # missing, a symlink loop, unreadable
-        resolved = None
-    if resolved is not None and not resolved.is_relative_to(root):
-        raise RequestError(403, f"{path[:200]!r} is outside the tasks directory")
-    if resolved is None or not resolved.is_dir():
-        raise RequestError(404, f"no checkpoint directory at {path[:200]!r} in the tasks directory")
-    if not (resolved / MANIFEST).is_file():
-        raise RequestError(404, f"no checkpoint at {path[:200]!r} in the tasks directory: the folder holds no "
-                                f"{MANIFEST}")
-    return resolved
-
-
-def relative_paths(message: str, root: Path, folder: Path) -> str:
-    """``message`` without the server's absolute paths (a client is not told where the server keeps its files): the
-    checkpoint directory and the tasks directory named relative to the tasks directory, as a client names them, and
-    any other quoted absolute path (a base model's folder) by its last part.
-
-    Args:
-        message (str): an error message that may name ``folder``, files in it, ``root`` or a base model's folder.
-        root (Path): the tasks directory, resolved.
-        folder (Path): the checkpoint directory, resolved, inside ``root``.
-
-    Returns:
-        str: the message as a client may read it.
-
-    Example:
-        >>> relative_paths("/srv/tasks/a/ptune.json: corrupted manifest", Path("/srv/tasks"), Path("/srv/tasks/a"))
-        'a/ptune.json: corrupted manifest'
-        >>> relative_paths("checkpoint /srv/tasks/a was trained on 'bert', not on '/srv/models/llama'",
-        ...                Path("/srv/tasks"), Path("/srv/tasks/a"))
-        "checkpoint a was trained on 'bert', not on 'llama'"
-    """
-    inside = folder.relative_to(root).as_posix()
-    message = message.replace(str(folder), inside).replace(f"{root}{os.sep}", "").replace(str(root), ".")
-    return re.sub(r"'(/[^']*)'", lambda m: repr(PurePosixPath(m[1]).name), message)
+MANIFEST_ERRORS = (ValueError, TypeError, LookupError, AttributeError)
+"""What a crafted manifest's values can raise on their way into a task (a label that is not text, ...)."""
 
 
 def check_add_request(body, state: ServingState) -> tuple[str, Path]:
@@ -88,24 +41,54 @@ def check_add_request(body, state: ServingState) -> tuple[str, Path]:
     if not isinstance(body, dict) or set(body) != {"name", "path"}:
         raise RequestError(422, "the body must be {\"name\": NAME, \"path\": PATH}")
     name = body["name"]
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise RequestError(422, "'name' must be 1-64 letters, digits, '.', '_' or '-'")
+    if not valid_name(name):
+        raise RequestError(422, f"'name' must be {NAME_RULE}")
+    check_room(state, name)
+    try:
+        return name, checkpoint_dir(state.tasks_dir, body["path"])
+    except RequestError as err:  # an absolute path the client sent is said by its last part, like any other
+        raise RequestError(err.status, public_message(err.message, state.tasks_dir)) from None
+
+
+def check_room(state: ServingState, name: str) -> None:
+    """A RequestError 409 if ``name`` is served, or if the server serves its limit of tasks."""
     if name in state.tasks:
         raise RequestError(409, f"task {name!r} exists; delete it first to replace it")
-    return name, resolve_under(state.tasks_dir, body["path"])
+    limit = state.limits.max_tasks
+    if len(state.tasks) >= limit:
+        raise RequestError(409, f"the server serves {len(state.tasks)} tasks, its limit (--max-tasks {limit}); delete "
+                                "a task first, or restart the server with a larger --max-tasks")
+
+
+def add_error(err: Exception, state: ServingState, name: str, folder: Path) -> RequestError:
+    """The answer to a live add that failed with ``err``: what the client can act on, as JSON, without the server's
+    paths; anything unforeseen is logged and answered as a 500 that names its kind."""
+    root = state.tasks_dir
+    if isinstance(err, PtuneError):  # another base model, a damaged manifest, a file outside the directory, ...
+        return RequestError(422, public_message(str(err), root))
+    if isinstance(err, OSError):  # a file the server may not read
+        where = err.filename if err.filename is not None else folder
+        return RequestError(422, public_message(f"cannot read {where}: {err.strerror or err}", root))
+    if isinstance(err, MANIFEST_ERRORS):
+        return RequestError(422, public_message(f"{folder / MANIFEST}: the manifest holds an invalid value "
+                                                f"({type(err).__name__}: {str(err)[:200]})", root))
+    logger.error("adding task %r from %s failed", name, folder, exc_info=err)
+    return RequestError(500, f"adding task {name!r} failed ({type(err).__name__}); the server is still running and "
+                             "serves its other tasks")
 
 
 async def add_task(state: ServingState, body) -> ServedTask:
-    """Load the checkpoint a ``POST /v1/tasks`` body names and serve it."""
+    """Load the checkpoint a ``POST /v1/tasks`` body names and serve it: files read on a worker thread, the task
+    built on the model thread."""
     name, folder = check_add_request(body, state)
     async with state.changing:  # one load at a time: two adds of one name cannot both pass the check above
-        if name in state.tasks:
-            raise RequestError(409, f"task {name!r} exists; delete it first to replace it")
+        check_room(state, name)
         try:
-            task = await state.batcher.run_alone(state.store.load, name, folder)
-        except PtuneError as err:  # another base model, a damaged manifest, ...
-            raise RequestError(422, relative_paths(str(err), state.tasks_dir, folder)) from None
-        state.tasks[name] = task
+            saved = await asyncio.to_thread(state.store.read, folder, state.tasks_dir)
+            task = await state.batcher.run_alone(state.store.serve, name, saved)
+        except Exception as err:  # noqa: BLE001 (every failure is answered as JSON: add_error)
+            raise add_error(err, state, name, folder) from None
+        state.add(name, task)
         state.base = state.base or task.session.base
     return task
 
@@ -116,7 +99,7 @@ def remove_task(state: ServingState, name: str) -> None:
         raise RequestError(403, "removing tasks is off: start the server with --tasks-dir DIR")
     if name not in state.tasks:
         raise unknown_task(name, state.tasks)
-    del state.tasks[name]
+    state.remove(name)
 
 
 def add_request_schema() -> dict:

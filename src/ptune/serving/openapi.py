@@ -1,8 +1,9 @@
 """The OpenAPI document and the offline ``/docs`` page.
 
 The request bodies are checked by hand (``protocol``, ``openai``, ``live``: messages that name the row and field),
-so the document declares them rather than FastAPI deriving them; it is written anew on each request, so that added
-and removed tasks appear in the task-name enums. ``/docs`` is the Swagger UI with its script, stylesheet and icon
+so the document declares them rather than FastAPI deriving them; it is written once per version of the task set
+(``ServingState.tasks_version``), so that added and removed tasks appear in the task-name enums and a request for
+it does not rebuild a schema of a thousand tasks. ``/docs`` is the Swagger UI with its script, stylesheet and icon
 served by this server (the files fastapi-offline ships), so it works without internet access. With API keys set,
 the page and its files load without a key (they hold no data) and the page asks for the key that reads the document.
 """
@@ -59,8 +60,17 @@ class ServingAPI(FastAPI):
         super().__init__(**kwargs)
         self.serving = serving
         self.keyed = keyed
+        self.document: tuple[int, dict] | None = None  # (the tasks_version it was built for, the document)
 
     def openapi(self) -> dict:
+        """The document for the tasks served now: the cached one, unless a task was added or removed since."""
+        version = self.serving.tasks_version
+        if self.document is None or self.document[0] != version:
+            self.document = (version, self.build_openapi())
+        return self.document[1]
+
+    def build_openapi(self) -> dict:
+        """The document written anew: FastAPI's routes with the request bodies for the tasks served now."""
         schema = copy.deepcopy(super().openapi())  # the routes' part is cached by FastAPI; the tasks change
         for (path, method), body in request_bodies(self.serving).items():
             operation = schema["paths"][path][method]

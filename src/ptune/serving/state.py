@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..modeling.base import FrozenBase
 from .batcher import Batcher, QueueFull
+from .paths import public_message
 from .protocol import Limits, RequestError
 from .tasks import ServedTask, TaskStore
 
@@ -43,11 +44,23 @@ class ServingState:
     store: TaskStore | None = None
     changing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     """Held while a task is being added."""
+    tasks_version: int = 0
+    """Bumped whenever a task is added or removed (what the cached OpenAPI document was built for)."""
 
     def __post_init__(self):
         if self.store is None:
             first = next(iter(self.tasks.values()), None)
             self.store = first.store if first is not None else TaskStore(self.device, self.base)
+
+    def add(self, name: str, task: ServedTask) -> None:
+        """Serve ``task`` as ``name`` from now on."""
+        self.tasks[name] = task
+        self.tasks_version += 1
+
+    def remove(self, name: str) -> None:
+        """Stop serving ``name`` (requests that already hold it finish)."""
+        del self.tasks[name]
+        self.tasks_version += 1
 
 
 async def read_json(request, limits: Limits):
@@ -84,8 +97,8 @@ async def predict(state: ServingState, task: ServedTask, op: str, rows: list[dic
         raise RequestError(503, f"the server is busy: {err.queued} rows are waiting for the model (the limit is "
                                 f"{state.limits.max_queue}); retry later", code="server_busy",
                            headers={"Retry-After": str(retry_after(state.batcher, err.queued))}) from None
-    except DataError as err:
-        raise RequestError(422, str(err)) from None
+    except DataError as err:  # its message may name a file of the server: said by name only
+        raise RequestError(422, public_message(str(err), state.tasks_dir)) from None
     except Exception as err:
         logger.exception("prediction for task %r failed", task.name)
         raise RequestError(500, f"prediction failed ({type(err).__name__}); the server is still running") from None

@@ -3,7 +3,8 @@ its prompt table (n, d), a linear head's weights or calibration offsets where it
 (template, renderer, labels) that it shares with every task of the same serving config. The encoder's weights are
 checked against the config and dropped (answers read the saved table only).
 
-Models over the base are built when a task is used and kept for the most recently used tasks only
+Tasks that load the same checkpoint (the same prompt table, by its file's SHA-256) share one copy of the table on
+the device. Models over the base are built when a task is used and kept for the most recently used tasks only
 (``TaskStore.max_models``): each holds its shared-prefix KV cache (layers x 2 x P x d_kv numbers), which a rarely
 used task would otherwise keep for nothing. Classification rows of several tasks collected together need no model
 of their own (``tasks.mixed.MixedScorer`` splices the tables they bring).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,8 @@ from ..modeling.heads import LinearHead
 from ..modeling.ptuning import PTuningModel, build_ptuning_model
 from ..session import Session, head_layer, open_session
 from ..tasks.mixed import MixedScorer
-from .protocol import NAME_RE
+from .paths import check_inside, confined_vocab
+from .protocol import NAME_RULE, valid_name
 
 INFERENCE_TRAIN_KEYS = ("max_length", "eval_batch_size", "objective", "class_weights")
 """The ``train`` keys that prediction reads (how rows are cut and batched, what the task is built with)."""
@@ -161,23 +164,60 @@ class TaskStore:
         self.base = base
         self.max_models = max_models
         self.sessions: dict[str, tuple[Session, dict[str, tuple]]] = {}  # key -> (session, trained tensor shapes)
+        # "sha256@device" of a prompts file -> its table on the device, while some task holds it
+        self.tables: weakref.WeakValueDictionary[str, torch.Tensor] = weakref.WeakValueDictionary()
         self.models: OrderedDict[ServedTask, PTuningModel] = OrderedDict()  # least recently used first
         self.lock = threading.Lock()
         self.scores_continuations = False
         self.mixer: MixedScorer | None = None
 
-    def load(self, name: str, folder: str | Path) -> ServedTask:
-        """Read the checkpoint in ``folder`` and serve it as ``name`` (its base model must be this store's).
+    def load(self, name: str, folder: str | Path, root: Path | None = None) -> ServedTask:
+        """Read the checkpoint in ``folder`` and serve it as ``name`` (its base model must be this store's):
+        ``read`` then ``serve``.
 
         Args:
             name (str): the task's name.
             folder (str | Path): the checkpoint directory.
+            root (Path | None): if given (resolved), every file of the checkpoint must lie inside it.
 
         Returns:
             ServedTask: the task; its model is built when first used.
         """
         check_name(name)
-        saved = read_checkpoint(folder, device=self.device)
+        return self.serve(name, self.read(folder, root))
+
+    def read(self, folder: str | Path, root: Path | None = None) -> SavedCheckpoint:
+        """The checkpoint in ``folder``, read and verified: files only, no model and no device, so it may run on any
+        thread (the server reads added tasks off its model thread).
+
+        Args:
+            folder (str | Path): the checkpoint directory.
+            root (Path | None): if given (resolved), the manifest, tensor files and vocabulary file must lie inside
+                it, symlinks resolved (CheckpointError naming the file otherwise).
+
+        Returns:
+            SavedCheckpoint: its parts, for ``serve``.
+
+        Example:
+            >>> saved = TaskStore().read("runs/tasks/topics", root=Path("runs/tasks").resolve())  # doctest: +SKIP
+        """
+        if root is None:
+            return read_checkpoint(folder, device=self.device)
+        saved = read_checkpoint(folder, device=self.device, check_file=lambda path: check_inside(root, path))
+        saved.cfg = confined_vocab(saved.cfg, Path(folder), root)
+        return saved
+
+    def serve(self, name: str, saved: SavedCheckpoint) -> ServedTask:
+        """``saved`` as the task ``name``, over this store's base model: its session (opened once per serving
+        config) and its prompt table on the device (one copy per prompts file). Run it on the model thread.
+
+        Args:
+            name (str): the task's name.
+            saved (SavedCheckpoint): from ``read``.
+
+        Returns:
+            ServedTask: the task; its model is built when first used.
+        """
         if self.base is not None:
             saved.check_base(self.base.identity)
         session, shapes = self.session_for(saved)
@@ -187,12 +227,22 @@ class TaskStore:
                                   f"(expected {sorted(shapes)})")
         names = session.task.labels.labels if session.task.labels else []
         head = {k: v.to(session.device) for k, v in saved.encoder_state.items() if k.startswith("classifier.")}
-        table = saved.prompts.to(session.device, torch.float32, copy=True)  # its own storage, not the file's bytes
-        task = ServedTask(name, str(folder), session, table, self, head, saved.label_offsets(names))
+        task = ServedTask(name, str(saved.folder), session, self.shared_table(saved, session.device), self, head,
+                          saved.label_offsets(names))
         if self.mixer is None:  # the first task: what the base can do, and the mixed-batch scorer over it
             self.scores_continuations = task.model.can_score_continuations
             self.mixer = MixedScorer(self.base.model) if self.scores_continuations else None
         return task
+
+    def shared_table(self, saved: SavedCheckpoint, device: torch.device) -> torch.Tensor:
+        """``saved``'s prompt table on ``device`` in float32: the copy another task of the same prompts file holds,
+        else a new one (its own storage, not the file's bytes). Nothing writes into a served table."""
+        key = f"{saved.meta['files']['prompts']['sha256']}@{device}"  # verified against the file by the reader
+        table = self.tables.get(key)
+        if table is None:
+            table = saved.prompts.to(device, torch.float32, copy=True)
+            self.tables[key] = table
+        return table
 
     def session_for(self, saved: SavedCheckpoint) -> tuple[Session, dict[str, tuple]]:
         """The session for ``saved``'s serving config (opened once, over this store's base) and the shapes of
@@ -239,8 +289,9 @@ class TaskStore:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise PtuneError(f"serve: task name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    """``name`` if it is a task name (``protocol.valid_name``), else a PtuneError saying what a name may hold."""
+    if not valid_name(name):
+        raise PtuneError(f"serve: task name {name!r} must be {NAME_RULE} (name a checkpoint with NAME=DIR)")
     return name
 
 
@@ -306,6 +357,7 @@ def parse_checkpoint_args(args: list[str]) -> dict[str, str]:
         else:
             found = {Path(arg).resolve().name: arg}
         for name, folder in found.items():
+            check_name(name)  # before any model loads
             if name in out:
                 raise PtuneError(f"serve: two checkpoints are named {name!r}; name them with NAME=DIR")
             out[name] = folder
