@@ -117,17 +117,18 @@ def test_malformed_and_oversized_bodies(server):
     client, _ = server
     r = client.post("/v1/classify", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
-    r = client.post("/v1/classify", content=b"[" * 5000 + b"]" * 5000)  # deep nesting
+    as_json = {"content-type": "application/json"}
+    r = client.post("/v1/classify", content=b"[" * 5000 + b"]" * 5000, headers=as_json)  # deep nesting
     assert r.status_code in (400, 422)
     big = json.dumps({"task": "complaints", "rows": [{"text": "a" * 30_000}]})
-    r = client.post("/v1/classify", content=big)
+    r = client.post("/v1/classify", content=big, headers=as_json)
     assert r.status_code == 413 and "larger than" in r.json()["error"]
 
     def chunks():  # no content-length: the limit is enforced while reading
         for _ in range(30):
             yield b" " * 1000
 
-    r = client.post("/v1/classify", content=chunks())
+    r = client.post("/v1/classify", content=chunks(), headers=as_json)
     assert r.status_code == 413
     assert client.get("/nope").status_code == 404
     assert client.get("/health").json()["status"] == "ok"  # still serving

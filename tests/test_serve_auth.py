@@ -83,7 +83,7 @@ def test_key_matching():
 
 
 def test_keys_from_options_and_environment():
-    assert api_keys_from(("a",), "b, c,,a") == ["a", "b", "c"]
+    assert api_keys_from(("key-a-00",), "key-b-00, key-c-00,,key-a-00") == ["key-a-00", "key-b-00", "key-c-00"]
     assert api_keys_from((), None) == [] and api_keys_from((), " , ") == []
 
 
@@ -105,7 +105,7 @@ def test_serve_command_refuses_before_loading_anything(tmp_path):
     res = CliRunner().invoke(main, ["serve", missing, "--host", "0.0.0.0"])
     assert res.exit_code == 2 and "refusing to listen on 0.0.0.0 without an API key" in res.output
     # with a key (from the environment) it goes on, and fails only at the missing checkpoint
-    res = CliRunner(env={"PTUNE_API_KEY": "k1,k2"}).invoke(main, ["serve", missing, "--host", "0.0.0.0"])
+    res = CliRunner(env={"PTUNE_API_KEY": "key-one-1,key-two-2"}).invoke(main, ["serve", missing, "--host", "0.0.0.0"])
     assert res.exit_code == 2 and "refusing" not in res.output and "no-checkpoint" in res.output
     res = CliRunner().invoke(main, ["serve", missing, "--host", "0.0.0.0", "--insecure"])
     assert res.exit_code == 2 and "refusing" not in res.output

@@ -125,8 +125,8 @@ def test_wrong_methods_get_405_with_allow(server, method, path, allow):
 def test_keys_are_declared_when_set(tiny_causal_dir, tmp_path):
     checkpoint = make_checkpoint(tiny_causal_dir, tmp_path / "c", "[P*2] {text} Label : [TARGET]",
                                  verbalizer={"a": "yes", "b": "no"})
-    with ServerThread(create_app({"c": checkpoint}, api_keys=["k"])) as url:
-        doc = httpx.get(url + "/openapi.json", headers={"Authorization": "Bearer k"}, timeout=60).json()
+    with ServerThread(create_app({"c": checkpoint}, api_keys=["openapi-key"])) as url:
+        doc = httpx.get(url + "/openapi.json", headers={"Authorization": "Bearer openapi-key"}, timeout=60).json()
     assert doc["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     assert doc["security"] == [{"bearer": []}] and doc["paths"]["/health"]["get"]["security"] == []
 

@@ -237,7 +237,7 @@ CONNECTION_OPTIONS = ("limit_concurrency", "keep_alive_timeout", "header_timeout
 
 
 @main.command("serve")
-@click.argument("checkpoints", nargs=-1, required=True)
+@click.argument("checkpoints", nargs=-1)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--device", default=None, help="Override the checkpoints' model.device.")
@@ -257,32 +257,46 @@ CONNECTION_OPTIONS = ("limit_concurrency", "keep_alive_timeout", "header_timeout
               type=click.FloatRange(0, min_open=True), help="Seconds an idle connection stays open after an answer.")
 @click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
               help="Require 'Authorization: Bearer KEY' on every endpoint but /health (repeatable; also read from "
-                   "PTUNE_API_KEY, comma-separated).")
+                   "PTUNE_API_KEY, comma-separated). Visible to every user of the machine in ps: prefer "
+                   "--api-key-file or PTUNE_API_KEY.")
+@click.option("--api-key-file", default=None, type=click.Path(dir_okay=False), metavar="PATH",
+              help="Read the keys from PATH, one per line (blank lines and lines starting with # skipped).")
 @click.option("--insecure", is_flag=True, help="Allow listening beyond 127.0.0.1 without an API key.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="HOST",
+              help="Without a key, also answer requests whose Host header is HOST, a name or address (repeatable; "
+                   "loopback names always; 0.0.0.0 or :: any address; * any host). With --insecure, the --host "
+                   "address is added.")
 @click.option("--tasks-dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Allow adding tasks from checkpoints inside DIR (POST /v1/tasks {\"name\", \"path\"}) and "
-                   "removing them (DELETE /v1/tasks/NAME) while serving.")
+                   "removing them (DELETE /v1/tasks/NAME) while serving. Given no CHECKPOINTS, serve those "
+                   "directly inside DIR, by subfolder name (none: start empty).")
 @click.option("--max-tasks", default=SERVE_DEFAULTS["max_tasks"], show_default=True, type=click.IntRange(1),
               help="Tasks served at once, beyond which POST /v1/tasks gets 409 (tasks given at start count).")
-def serve_cmd(checkpoints, host, port, device, api_keys, insecure, tasks_dir, **limits):
+def serve_cmd(checkpoints, host, port, device, api_keys, api_key_file, insecure, allowed_hosts, tasks_dir, **limits):
     """Serve checkpoints (DIR or NAME=DIR, one frozen base model shared) over HTTP: native and OpenAI-compatible
-    endpoints (/v1/completions, /v1/chat/completions with model = task name)."""
+    endpoints (/v1/completions, /v1/chat/completions with model = task name). With no CHECKPOINTS, serve those in
+    --tasks-dir DIR."""
     import os
 
     import uvicorn
 
     from .serving.app import create_app
-    from .serving.auth import api_keys_from, check_bind
+    from .serving.auth import api_keys_from, check_bind, is_loopback
     from .serving.protocol import Limits
     from .serving.server import Connections, uvicorn_config
-    from .serving.tasks import parse_checkpoint_args
 
-    keys = api_keys_from(api_keys, os.environ.get("PTUNE_API_KEY"))
+    if api_keys:
+        click.echo("ptune: warning: a key given with --api-key can be read by every user of this machine (ps); "
+                   "use --api-key-file PATH or PTUNE_API_KEY instead", err=True)
+    keys = api_keys_from(api_keys, os.environ.get("PTUNE_API_KEY"), api_key_file)
     check_bind(host, keys, insecure)  # before the model loads
+    if insecure and not is_loopback(host):  # clients reach it by this address (0.0.0.0 or ::: by any address)
+        allowed_hosts = (*allowed_hosts, host)
     connections = Connections(**{name: limits.pop(name) for name in CONNECTION_OPTIONS})
-    app = create_app(parse_checkpoint_args(list(checkpoints)), device=device, limits=Limits(**limits),
-                     api_keys=keys, tasks_dir=tasks_dir)
-    click.echo(f"serving {', '.join(app.state.tasks)} on http://{host}:{port}", err=True)
+    app = create_app(_serve_checkpoints(checkpoints, tasks_dir), device=device, limits=Limits(**limits),
+                     api_keys=keys, tasks_dir=tasks_dir, allowed_hosts=allowed_hosts)
+    served = ", ".join(app.state.tasks) or f"no task yet (add them with POST /v1/tasks from {tasks_dir})"
+    click.echo(f"serving {served} on http://{host}:{port}", err=True)
     server = uvicorn.Server(uvicorn_config(app, host, port, connections))
     try:
         server.run()
@@ -290,6 +304,21 @@ def serve_cmd(checkpoints, host, port, device, api_keys, insecure, tasks_dir, **
         return
     if not server.started:  # e.g. the port is taken: uvicorn has logged why
         raise PtuneError(f"serve: the server did not start on {host}:{port} (see the log above)")
+
+
+def _serve_checkpoints(checkpoints: tuple[str, ...], tasks_dir: str | None) -> dict[str, str]:
+    """The checkpoints named on the command line, else those inside --tasks-dir (the folders skipped are said)."""
+    from .serving.tasks import checkpoints_to_serve, parse_checkpoint_args
+
+    if checkpoints:
+        return parse_checkpoint_args(list(checkpoints))
+    if tasks_dir is None:
+        raise PtuneError("serve: give checkpoint directories (DIR or NAME=DIR), or --tasks-dir DIR to serve the "
+                         "checkpoints inside DIR and add more while serving")
+    found, skipped = checkpoints_to_serve(Path(tasks_dir))
+    for line in skipped:
+        click.echo(f"ptune: warning: not served: {line}", err=True)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,14 +12,16 @@
 
 The base model is loaded once; every checkpoint is a ``Predictor`` over it (a prompt table of a few kilobytes).
 
-With API keys (``--api-key``), every endpoint but ``/health`` and the pages that hold no data (the playground, the
-``/docs`` shell) needs ``Authorization: Bearer KEY`` (``auth.py``).
+With API keys (``--api-key-file``), every endpoint but ``/health`` and the pages that hold no data (the playground,
+the ``/docs`` shell) needs ``Authorization: Bearer KEY`` (``auth.py``). Every body must be sent as
+``application/json``, and without keys only loopback ``Host`` names and the server's own ``Origin`` are served, so
+that web pages of other sites cannot use it (``guard.py``).
 
 Modules: ``protocol`` (limits, request checks, schemas), ``tasks`` (the served checkpoints), ``batcher`` (dynamic
 batching on one model thread), ``state`` (what the routes share), ``app`` (create_app, the native routes),
 ``openai`` and ``openai_routes`` (the OpenAI-compatible requests, answers and routes), ``streaming`` (generation
-token by token), ``auth`` (API keys), ``live`` (adding and removing tasks), ``openapi`` (the document, ``/docs``),
-``playground``, ``server`` (the uvicorn config: connection limits and the header deadline), ``thread`` (a server
-on a background thread, for tests).
+token by token), ``auth`` (API keys), ``guard`` (what other sites' pages cannot do), ``live`` (adding and removing
+tasks), ``openapi`` (the document, ``/docs``), ``playground``, ``server`` (the uvicorn config: connection limits
+and the header deadline), ``thread`` (a server on a background thread, for tests).
 Nothing is imported here, so that ``ptune.serving.protocol`` stays light: import from the modules.
 """

@@ -15,7 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from ..errors import PtuneError
-from .auth import OPEN_PATHS, PAGES, RequireKey
+from .auth import KEY_VALID, OPEN_PATHS, PAGES, RequireKey, check_key
+from .guard import BrowserGuard, parse_allowed_hosts
 from .live import add_task, remove_task
 from .batcher import Batcher
 from .openai_routes import add_openai_routes
@@ -27,8 +28,9 @@ from .tasks import ServedTask, load_tasks
 
 def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[str, ServedTask] | None = None,
                limits: Limits | None = None, device: str | None = None, api_keys: list[str] | None = None,
-               tasks_dir: str | Path | None = None) -> FastAPI:
-    """A FastAPI app serving ``checkpoints`` (name -> directory), or already loaded ``tasks``.
+               tasks_dir: str | Path | None = None, allowed_hosts: list[str] | tuple[str, ...] = ()) -> FastAPI:
+    """A FastAPI app serving ``checkpoints`` (name -> directory), or already loaded ``tasks``; with ``tasks_dir``,
+    none at all to begin with (the base model then loads with the first task added).
 
     Args:
         checkpoints (dict[str, str | Path] | None): task name -> checkpoint directory; loaded over one base model.
@@ -39,6 +41,8 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
             ``/docs`` shell and its files) needs ``Authorization: Bearer KEY`` with one of them.
         tasks_dir (str | Path | None): if given, ``POST /v1/tasks`` adds checkpoints from inside it and
             ``DELETE /v1/tasks/NAME`` removes tasks, while serving.
+        allowed_hosts (list[str] | tuple[str, ...]): without keys, the ``Host`` names served besides loopback ones
+            (names or addresses; ``0.0.0.0`` or ``::``: any address; ``*``: any host; see ``guard.py``).
 
     Returns:
         FastAPI: the app; ``app.state.tasks`` holds the tasks, ``app.state.batcher`` the batcher.
@@ -48,11 +52,14 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
     limits = limits or Limits()
+    for i, key in enumerate(api_keys or []):  # said before a model loads
+        check_key(key, f"api_keys[{i}]")
+    hosts = parse_allowed_hosts(allowed_hosts)
     root = Path(tasks_dir).resolve() if tasks_dir is not None else None
     if root is not None and not root.is_dir():  # said before a model loads
         raise PtuneError(f"serve: the tasks directory {tasks_dir} is not a directory")
     if tasks is None:
-        tasks = load_tasks(dict(checkpoints or {}), device=device)
+        tasks = load_tasks(dict(checkpoints or {}), device=device) if checkpoints or root is None else {}
     base = next(iter(tasks.values())).predictor.session.base if tasks else None
     state = ServingState(tasks, Batcher(limits), limits, tasks_dir=root, device=device, base=base)
 
@@ -73,10 +80,18 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
     add_native_routes(app, state)
     add_openai_routes(app, state)
     add_task_routes(app, state)
+    add_guards(app, api_keys, hosts)
+    return app
+
+
+def add_guards(app: FastAPI, api_keys: list[str] | None, allowed_hosts: frozenset[str]) -> None:
+    """With keys, the key check (``auth.py``); without, the checks that keep other sites' pages out (``guard.py``):
+    a page of another site never holds the key, so a keyed server needs no more."""
     if api_keys:
         app.add_middleware(RequireKey, keys=list(api_keys), open_paths=OPEN_PATHS | PAGES,
                            open_prefixes=(f"{DOCS_ASSETS}/",))
-    return app
+    else:
+        app.add_middleware(BrowserGuard, allowed_hosts=allowed_hosts)
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -140,7 +155,9 @@ def add_native_routes(app: FastAPI, state: ServingState) -> None:
     """``/health``, ``/v1/tasks``, ``/v1/classify``, ``/v1/generate``."""
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        if not getattr(request.state, KEY_VALID, True):  # keys are set and none was sent: no traffic figures
+            return {"status": "ok"}
         return {"status": "ok", "tasks": len(state.tasks), "stats": state.batcher.stats.as_dict()}
 
     @app.get("/v1/tasks")

@@ -30,6 +30,7 @@ SWAGGER_FILES = Path(fastapi_offline.__file__).parent / "static"
 EVENT = {"type": "object", "required": ["data"], "description": "one server-sent event (OpenAPI 3.2's event model)",
          "properties": {"data": {"type": "string", "description": "a chunk object as JSON; the last event's: [DONE]"},
                         "event": {"const": "message"}}}
+UNSUPPORTED = "the body is not sent as Content-Type: application/json"
 UNAUTHORIZED = {"description": "no valid API key (send Authorization: Bearer KEY)",
                 "content": {"application/json": {"schema": ERROR_SCHEMA}}}
 
@@ -75,6 +76,8 @@ class ServingAPI(FastAPI):
         for (path, method), body in request_bodies(self.serving).items():
             operation = schema["paths"][path][method]
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+            # 415 in the route's own error shape (its 400's): every body is read by state.read_json
+            operation["responses"]["415"] = {**operation["responses"]["400"], "description": UNSUPPORTED}
         for path in ("/v1/completions", "/v1/chat/completions"):  # stream: true answers with server-sent events
             schema["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"] = {"schema": EVENT}
         if self.keyed:

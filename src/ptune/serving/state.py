@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..modeling.base import FrozenBase
 from .batcher import Batcher, QueueFull
+from .guard import require_json
 from .paths import public_message
 from .protocol import Limits, RequestError
 from .tasks import ServedTask, TaskStore
@@ -67,6 +68,7 @@ async def read_json(request, limits: Limits):
     """The body of a starlette ``Request`` as JSON, read no further than ``limits.max_body_bytes`` (with or without
     a content-length) and for no longer than ``limits.body_timeout`` seconds; RequestError 413, 408 (with
     ``Connection: close``: the rest of the body is not waited for) or 400 otherwise."""
+    require_json(request.headers)  # 415 before a byte is read: what a page of another site could send is refused
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
         raise RequestError(413, f"the body is larger than {limits.max_body_bytes} bytes")

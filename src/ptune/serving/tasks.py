@@ -333,6 +333,37 @@ def checkpoints_in(folder: Path) -> dict[str, str]:
     return {sub.name: str(sub) for sub in sorted(folder.iterdir()) if (sub / MANIFEST).is_file()}
 
 
+def checkpoints_to_serve(root: Path) -> tuple[dict[str, str], list[str]]:
+    """What ``ptune serve --tasks-dir DIR`` serves when given no checkpoint: the checkpoints directly inside ``root``,
+    each named after its subfolder. A subfolder whose name is not a task name, or a symlink that leads outside
+    ``root``, is skipped (and said why), not fatal: the other tasks are served.
+
+    Args:
+        root (Path): the tasks directory.
+
+    Returns:
+        tuple[dict[str, str], list[str]]: task name -> checkpoint directory in name order (empty if there are
+        none), and one line per subfolder skipped.
+
+    Example:
+        >>> checkpoints_to_serve(Path("runs/tasks"))  # doctest: +SKIP
+        ({'topics': 'runs/tasks/topics'}, ["runs/tasks/my topics: task name 'my topics' must be ..."])
+    """
+    if not root.is_dir():
+        raise PtuneError(f"serve: the tasks directory {root} is not a directory")
+    found: dict[str, str] = {}
+    skipped: list[str] = []
+    for name, folder in checkpoints_in(root).items():
+        if not Path(folder).resolve().is_relative_to(root.resolve()):
+            skipped.append(f"{folder}: a symlink that leads outside the tasks directory")
+            continue
+        try:
+            found[check_name(name)] = folder
+        except PtuneError as err:
+            skipped.append(f"{folder}: {str(err).removeprefix('serve: ')}")
+    return found, skipped
+
+
 def parse_checkpoint_args(args: list[str]) -> dict[str, str]:
     """``DIR`` (named after the folder), ``NAME=DIR``, or a folder of checkpoint directories (each named after its
     subfolder); names must be unique.
