@@ -104,6 +104,25 @@ def test_a_kept_alive_connection_that_stalls_in_its_next_headers_is_closed(check
         assert status == 408
 
 
+def test_a_body_answered_unread_has_the_header_deadline_to_end(checkpoint):
+    """A route that reads no body (or refuses before reading it) answers at once; the client then has the header
+    deadline to finish sending the body, else the connection is closed."""
+    _, thread = serve(checkpoint)
+    with thread as url, connect(url) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500\r\n\r\n{")
+        assert read_answer(sock)[0] == 200
+        start = time.monotonic()
+        try:
+            while time.monotonic() - start < DEADLINE + SLACK:
+                sock.sendall(b" ")  # one byte every 0.1 s
+                if select.select([sock], [], [], 0.1)[0]:
+                    break
+        except OSError:  # closed while sending
+            pass
+        assert read_until_closed(sock, SLACK) == b""
+        assert DEADLINE * 0.8 <= time.monotonic() - start <= DEADLINE + SLACK
+
+
 def test_idle_sockets_beyond_the_concurrency_limit_are_cut_and_health_answers_again(checkpoint):
     _, thread = serve(checkpoint, limit_concurrency=3)
     with thread as url:

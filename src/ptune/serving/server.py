@@ -5,7 +5,9 @@ Without the deadline, a socket that opens and never finishes its headers stays o
 the process's file descriptors and then ``/health`` fails too. ``HeaderDeadlineProtocol`` is uvicorn's h11
 protocol with a timer: armed when a connection opens (and when a kept-alive connection receives the first bytes of
 its next request), cancelled once the request's headers are in; when it fires, the connection gets a 408 and is
-closed. The request body has its own deadline, in the app (``state.read_json``, ``Limits.body_timeout``).
+closed. The same timer covers the rest of a body the app answered without reading (a 401, 404 or 413, or a route
+that takes no body): the client has as long to finish sending it, else the connection is closed. The body a route
+reads has its own deadline, in the app (``state.read_json``, ``Limits.body_timeout``).
 """
 
 from __future__ import annotations
@@ -41,12 +43,12 @@ class Connections:
 
 
 class HeaderDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol, with a deadline on request headers.
+    """uvicorn's h11 protocol, with a deadline on request headers and on the rest of a body left unread.
 
     Args:
         *args: uvicorn's protocol arguments (``config``, ``server_state``, ``app_state``).
         header_timeout (float): seconds from the connection opening (or, on a kept-alive connection, from the next
-            request's first byte) to its complete headers.
+            request's first byte) to its complete headers; and from an answer to the end of a body it did not read.
         **kwargs: uvicorn's protocol arguments.
 
     Example:
@@ -61,7 +63,7 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self.header_timer = self.loop.call_later(self.header_timeout, self.headers_late)
+        self.header_timer = self.loop.call_later(self.header_timeout, self.deadline_passed)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -76,11 +78,15 @@ class HeaderDeadlineProtocol(H11Protocol):
         super().connection_lost(exc)
 
     def watch_headers(self) -> None:
-        """Keep the deadline while part of a request's headers is in; drop it once they are complete (or between
-        requests on a kept-alive connection, which uvicorn's keep-alive timeout covers)."""
-        if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+        """Keep the deadline while part of a request's headers is in, or while the client is still sending a body
+        that was answered unread; drop it otherwise (between requests on a kept-alive connection uvicorn's
+        keep-alive timeout governs, and a body a route reads has the app's deadline)."""
+        conn = self.conn
+        headers_coming = conn.their_state is h11.IDLE and conn.trailing_data[0]
+        answered_unread = conn.our_state is h11.DONE and conn.their_state is h11.SEND_BODY
+        if headers_coming or answered_unread:
             if self.header_timer is None:
-                self.header_timer = self.loop.call_later(self.header_timeout, self.headers_late)
+                self.header_timer = self.loop.call_later(self.header_timeout, self.deadline_passed)
         else:
             self.stop_header_timer()
 
@@ -89,10 +95,16 @@ class HeaderDeadlineProtocol(H11Protocol):
             self.header_timer.cancel()
             self.header_timer = None
 
-    def headers_late(self) -> None:
-        """408 and close: written as bytes, since h11 sends no answer before it has a request."""
+    def deadline_passed(self) -> None:
+        """Headers late: 408 and close (written as bytes: h11 sends no answer before it has a request). A body
+        answered unread still coming: close."""
         self.header_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        if self.transport.is_closing():
+            return
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.SEND_BODY:
+            self.transport.close()
+            return
+        if self.conn.their_state is not h11.IDLE:
             return
         body = json.dumps({"error": f"the request headers did not arrive within {self.header_timeout:g} s"})
         self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
