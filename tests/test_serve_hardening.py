@@ -139,6 +139,36 @@ def test_no_answer_holds_an_absolute_path_of_the_server(server, layout, tiny_cau
         assert not ABSOLUTE.search(r.json()["error"]), r.text
 
 
+def test_an_unforeseen_fault_while_adding_is_a_json_500_naming_its_kind(server, layout, monkeypatch):
+    store = server.app.state.serving.store
+    secret = layout[1] / "complaints"
+
+    def fault(*args):
+        raise RuntimeError(f"device fault near {secret}")
+
+    monkeypatch.setattr(store, "serve", fault)
+    error = refused(add(server, "faulty", "complaints"), 500, "RuntimeError", "still running")
+    assert "complaints" not in error  # the fault's own text (and the path in it) stays in the log
+    monkeypatch.undo()
+    assert add(server, "faulty", "complaints").status_code == 201  # nothing was left half added
+    assert server.delete("/v1/tasks/faulty").status_code == 200
+
+
+def test_prediction_errors_name_no_absolute_path(server, layout, monkeypatch):
+    from ptune.errors import DataError
+
+    batcher = server.app.state.serving.batcher
+    words = layout[1].resolve() / "probe" / "words.json"
+
+    async def submit(*args):
+        raise DataError(f"{words}: cannot read the vocabulary file (and /opt/models/llama is not it)")
+
+    monkeypatch.setattr(batcher, "submit", submit)
+    r = server.post("/v1/classify", json={"task": "complaints", "rows": [{"text": "hello"}]})
+    assert r.status_code == 422 and r.json()["error"] == \
+        "probe/words.json: cannot read the vocabulary file (and llama is not it)"
+
+
 def test_public_messages_name_files_by_their_last_part_only():
     from ptune.serving.paths import public_message
 
