@@ -115,7 +115,8 @@ class TaskConfig:
     label_column: str = "label"
     """Column holding the target (label, free text, or object for probing)."""
     verbalizer: dict[str, Any] = field(default_factory=dict)
-    """Label value -> word(s) the model should produce; a list gives alternatives. Empty: the label values themselves."""
+    """Label value -> word(s) the model should produce; a list gives alternatives. Empty: the training labels' names,
+    underscores and hyphens read as spaces (``card_arrival`` -> ``card arrival``, ``data.labels.words_from_name``)."""
     score: str = "sum"
     """How a multi-token label word is scored: ``sum`` or ``mean`` of its token log-probabilities."""
     vocab_file: str | None = None

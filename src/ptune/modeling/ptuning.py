@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import attention_window
+from .base import attention_window, packable
 from .encoders import PromptEncoder
 from .heads import LinearHead, adapt_lm_head, block_output, float32_scoring
 from .scoring import KeysValues, PrefixCache, after_prefix, joined, new_cache, repeated, run_prefix, word_logprobs
@@ -248,6 +248,7 @@ class CausalPTuning(PTuningModel):
         self.cache_arg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
         self.window = attention_window(base.config)
         self.use_prefix_cache = True  # label scoring runs the prefix every row shares once
+        self.use_prefix_tree = True  # label words that open alike run their shared tokens once per row
         self.prefix_cache = PrefixCache()
 
     @property
@@ -337,8 +338,9 @@ class CausalPTuning(PTuningModel):
                               ) -> list[torch.Tensor]:
         """Log-probabilities of several continuations of the same (left-padded, target-free) inputs, the inputs run
         once: their last position scores every word's first token, and the KV cache is reused to score the rest of
-        a longer word. Returns, per word, a (B, len(word)) tensor; the same numbers as appending each word to every
-        input and reading ``token_logprobs`` (up to floating-point noise).
+        a longer word, each prefix that words share once per row (``scores_by_tree``). Returns, per word, a
+        (B, len(word)) tensor; the same numbers as appending each word to every input and reading ``token_logprobs``
+        (up to floating-point noise).
 
         ``prefix`` (token ids, virtual indices): tokens that come before every input of ``batch``, which then holds
         only what follows them. Their keys and values come from ``prefix_keys_values`` (computed once) instead of
@@ -355,7 +357,14 @@ class CausalPTuning(PTuningModel):
             elif prefix is not None:
                 cache = repeated(self.prefix_keys_values(*prefix), embeds.shape[0])
                 mask, positions = after_prefix(mask, positions, len(prefix[0]))
-            return word_logprobs(self.base, self.cache_arg, embeds, mask, positions, cache, words)
+            by_tree = self.scores_by_tree(mask.shape[1] + max(len(w) for w in words) - 1)
+            return word_logprobs(self.base, self.cache_arg, embeds, mask, positions, cache, words, by_tree)
+
+    def scores_by_tree(self, places: int) -> bool:
+        """Whether label words up to ``places`` places long with their inputs score by their prefix tree (each
+        shared prefix once per row, ``scoring.PrefixTree``) rather than word by word: yes where ``use_prefix_tree``
+        and the base takes a custom 4D mask (``packable``) that no sliding window would have cut."""
+        return self.use_prefix_tree and packable(self.base) and self.prefix_fits(places)
 
     def pooled_states(self, batch) -> torch.Tensor:
         """(B, d): the output of block ``classifier.layer``, averaged over each row's positions (pads left out).

@@ -4,11 +4,18 @@ for a batch (``repeated``, ``after_prefix``) or, where a sliding window could cu
 (``word_logprobs``).
 
     inputs (B, T) run once, left-padded      their last position scores every word's first token
-    each longer word, its tokens but the last run on the cached inputs, then cropped off again
+    the words' longer prefixes, as a tree    each prefix (``PrefixTree``) runs once per row on the cached inputs, a
+                                             few hundred places per call, seeing only the inputs and its own
+                                             shorter prefixes (a 4D mask); then cropped off again
+    or, word by word                         each longer word's tokens but the last run on the cached inputs (models
+                                             that take no custom mask, or that a sliding window could cut)
+
+Words that share leading tokens (``card arrival``, ``card linking``) share their nodes: ``card`` runs once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -85,30 +92,155 @@ class PrefixCache:
         self.entry = None
 
 
+# rows x prefix-tree nodes per model call: enough places for efficient matrix products, few enough that the call's
+# logits (places x vocabulary, float32) stay near a hundred megabytes for a 50k vocabulary
+TREE_PLACES = 512
+
+
+@dataclass
+class PrefixTree:
+    """The proper prefixes of several words (a word's first k tokens, 1 <= k < its length), each once: a node is a
+    prefix, run as its last token; its parent is the prefix one token shorter (-1: none, the inputs' last position
+    precedes it). Scoring a word's k+1-th token needs the logits after its k-token prefix, so every word's tokens
+    but the first are scored from the nodes, and words that open alike share those nodes.
+
+    Example:
+        >>> tree = PrefixTree.of([[5, 6, 7], [5, 6, 8], [5, 9], [4]])
+        >>> tree.tokens, tree.parents, tree.paths
+        ([5, 6], [-1, 0], [[0, 1], [0, 1], [0], []])
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    """Each node's token (its prefix's last)."""
+    parents: list[int] = field(default_factory=list)
+    """Each node's parent node, -1 for a one-token prefix; a parent always comes before its children."""
+    depths: list[int] = field(default_factory=list)
+    """Each node's prefix length: its place after the inputs' last position."""
+    paths: list[list[int]] = field(default_factory=list)
+    """Per word, the nodes of its proper prefixes, shortest first (``len(word) - 1`` of them)."""
+
+    @classmethod
+    def of(cls, words: list[list[int]]) -> "PrefixTree":
+        """The tree of ``words``' proper prefixes (token ids), nodes in the order the words first reach them."""
+        tree, index = cls(), {}
+        for word in words:
+            path = []
+            for k in range(1, len(word)):
+                key = tuple(word[:k])
+                if key not in index:
+                    index[key] = len(tree.tokens)
+                    tree.tokens.append(word[k - 1])
+                    tree.parents.append(path[-1] if path else -1)
+                    tree.depths.append(k)
+                path.append(index[key])
+            tree.paths.append(path)
+        return tree
+
+    def groups(self, limit: int) -> list[list[int]]:
+        """The nodes in runs of whole subtrees under the root, so that a node's ancestors run with it: each run at
+        most ``limit`` nodes, unless one subtree alone is larger."""
+        subtrees: dict[int, list[int]] = {}  # first-token node -> its subtree's nodes, parents first
+        top = []
+        for node, parent in enumerate(self.parents):
+            top.append(node if parent < 0 else top[parent])
+            subtrees.setdefault(top[node], []).append(node)
+        runs: list[list[int]] = []
+        for nodes in subtrees.values():
+            if runs and len(runs[-1]) + len(nodes) <= limit:
+                runs[-1] += nodes
+            else:
+                runs.append(list(nodes))
+        return runs
+
+    def sees(self, nodes: list[int]) -> torch.Tensor:
+        """(n, n) bool: whether each of ``nodes`` attends to each other one (itself and its ancestors, which are
+        among ``nodes`` when they come from ``groups``)."""
+        place = {node: i for i, node in enumerate(nodes)}
+        out = torch.zeros(len(nodes), len(nodes), dtype=torch.bool)
+        for i, node in enumerate(nodes):
+            while node >= 0:
+                out[i, place[node]] = True
+                node = self.parents[node]
+        return out
+
+
+def attention_bias(base: nn.Module, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A custom 4D mask (B, 1, Q, K) of allowed pairs as ``base``'s attention takes it: as is for SDPA, and as an
+    additive bias (0 or the dtype's lowest) for eager attention, which adds its mask to the scores."""
+    if getattr(base.config, "_attn_implementation", None) != "eager":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed,
+                                                                                     torch.finfo(dtype).min)
+
+
+def node_logprobs(base: nn.Module, cache_arg: str, mask: torch.Tensor, positions: torch.Tensor, cache,
+                  tree: PrefixTree, nodes: list[int], scored: torch.Tensor) -> torch.Tensor:
+    """Run ``nodes`` of ``tree`` after every row held in ``cache`` (``mask`` (B, K) covers what it holds, the rows'
+    last ``positions`` (B, T) place the nodes), each node seeing the rows and its own ancestors only; the cache is
+    cropped back afterwards. Returns the log-probabilities of the tokens ``scored`` (S,) after each node: (B, n, S).
+    """
+    rows, n = mask.shape[0], len(nodes)
+    ids = torch.tensor([[tree.tokens[i] for i in nodes]], device=mask.device).expand(rows, n)  # (B, n)
+    depth = torch.tensor([tree.depths[i] for i in nodes], device=mask.device)
+    step_pos = positions[:, -1:] + depth  # (B, n): a node of depth k sits k places after the row's last token
+    allowed = torch.cat([mask.bool()[:, None, None, :].expand(rows, 1, n, mask.shape[1]),
+                         tree.sees(nodes).to(mask.device).expand(rows, 1, n, n)], dim=-1)  # (B, 1, n, K+n)
+    embeds = base.get_input_embeddings()(ids)
+    logits = base(inputs_embeds=embeds, attention_mask=attention_bias(base, allowed, embeds.dtype),
+                  position_ids=step_pos, use_cache=True, **{cache_arg: cache}).logits  # (B, n, V)
+    cache.crop(-n)  # back to the rows alone for the next run of nodes
+    return logits[..., scored].float() - logits.float().logsumexp(-1, keepdim=True)
+
+
+def later_tokens_by_tree(base: nn.Module, cache_arg: str, mask: torch.Tensor, positions: torch.Tensor, cache,
+                         words: list[list[int]]) -> list[torch.Tensor]:
+    """Each word's log-probabilities of its tokens after the first, (B, len(word) - 1), from the words'
+    ``PrefixTree``: every prefix runs once per row, ``TREE_PLACES`` places per call."""
+    tree, rows = PrefixTree.of(words), mask.shape[0]
+    scored = sorted({t for word in words for t in word[1:]})
+    column = {t: i for i, t in enumerate(scored)}
+    logp = torch.zeros(rows, len(tree.tokens), len(scored), device=mask.device)  # (B, nodes, S)
+    scored_ids = torch.tensor(scored, dtype=torch.long, device=mask.device)
+    for nodes in tree.groups(max(1, TREE_PLACES // rows)):
+        logp[:, nodes] = node_logprobs(base, cache_arg, mask, positions, cache, tree, nodes, scored_ids)
+    return [logp[:, path, [column[t] for t in word[1:]]] for word, path in zip(words, tree.paths)]
+
+
+def later_tokens_by_word(base: nn.Module, cache_arg: str, mask: torch.Tensor, positions: torch.Tensor, cache,
+                         words: list[list[int]]) -> list[torch.Tensor]:
+    """``later_tokens_by_tree``'s numbers, one call per longer word: its tokens but the last run on the cached rows,
+    which are cropped back afterwards (no custom mask: for every causal model)."""
+    rows = mask.shape[0]
+    result = []
+    for word in words:
+        n = len(word) - 1
+        if n == 0:
+            result.append(torch.zeros(rows, 0, device=mask.device))
+            continue
+        ids = torch.tensor([word[:-1]], device=mask.device).expand(rows, n)  # (B, n)
+        step_mask = torch.cat([mask, mask.new_ones(rows, n)], dim=1)
+        step_pos = positions[:, -1:] + 1 + torch.arange(n, device=positions.device)  # (B, n)
+        logits = base(inputs_embeds=base.get_input_embeddings()(ids), attention_mask=step_mask,
+                      position_ids=step_pos, use_cache=True, **{cache_arg: cache}).logits  # (B, n, V)
+        logp = F.log_softmax(logits.float(), dim=-1)
+        rest = torch.tensor(word[1:], device=logp.device)
+        result.append(logp.gather(-1, rest.expand(rows, n).unsqueeze(-1)).squeeze(-1))  # (B, n)
+        cache.crop(-n)  # drop this word's n positions: back to the shared inputs for the next word
+    return result
+
+
 def word_logprobs(base: nn.Module, cache_arg: str, embeds: torch.Tensor, mask: torch.Tensor,
-                  positions: torch.Tensor, cache, words: list[list[int]]) -> list[torch.Tensor]:
+                  positions: torch.Tensor, cache, words: list[list[int]], by_tree: bool = True
+                  ) -> list[torch.Tensor]:
     """Each word's token log-probabilities after every row of ``embeds`` (B, T, d), left-padded, with ``mask`` and
     ``positions`` (the mask also covers whatever ``cache`` holds before the rows). The rows run once: their last
-    position scores every word's first token, and a longer word's other tokens run on the cached rows, which are
-    cropped back afterwards. Returns, per word, (B, len(word))."""
+    position scores every word's first token, and the words' other tokens run on the cached rows, every shared
+    prefix once per row (``by_tree``: the base must take a custom 4D mask, and no sliding window reach the words)
+    or word by word. Returns, per word, (B, len(word))."""
     out = base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
                logits_to_keep=1, **{cache_arg: cache})
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
     first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
-    rows = mask.shape[0]
-    result = []
-    for word in words:
-        scores = [first[:, word[0]]]
-        if len(word) > 1:
-            n = len(word) - 1
-            ids = torch.tensor([word[:-1]], device=mask.device).expand(rows, n)  # (B, n)
-            step_mask = torch.cat([mask, mask.new_ones(rows, n)], dim=1)
-            step_pos = positions[:, -1:] + 1 + torch.arange(n, device=positions.device)  # (B, n)
-            logits = base(inputs_embeds=base.get_input_embeddings()(ids), attention_mask=step_mask,
-                          position_ids=step_pos, use_cache=True, **{cache_arg: cache}).logits  # (B, n, V)
-            logp = F.log_softmax(logits.float(), dim=-1)
-            rest = torch.tensor(word[1:], device=logp.device)
-            scores += list(logp.gather(-1, rest.expand(rows, n).unsqueeze(-1)).squeeze(-1).unbind(1))
-            cache.crop(-n)  # drop this word's n positions: back to the shared inputs for the next word
-        result.append(torch.stack(scores, dim=1))  # (B, len(word))
-    return result
+    later = (later_tokens_by_tree if by_tree else later_tokens_by_word)(base, cache_arg, mask, positions, cache,
+                                                                          words)
+    return [torch.cat([first[:, word[:1]], rest.to(first.device)], dim=1) for word, rest in zip(words, later)]

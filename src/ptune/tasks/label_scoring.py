@@ -4,8 +4,9 @@ log-likelihood after the row's input (``task.score: mean``: divided by the word'
 Two paths give the same numbers (up to floating-point noise):
 
     shared inputs   (causal LMs) a row whose rendering is the same whatever the word is run once, left-padded with
-                    other rows: its last position scores every word's first token and the KV cache the rest
-                    (``PTuningModel.continuation_logprobs``); the prefix every row shares may run once for all
+                    other rows: its last position scores every word's first token and the KV cache the rest, each
+                    prefix that words share once per row (``PTuningModel.continuation_logprobs``); the prefix every
+                    row shares may run once for all
     per candidate   one full input per (row, word), scored by ``token_logprobs``: other model kinds, and rows whose
                     truncation differs from word to word
 
