@@ -165,3 +165,32 @@ def test_a_client_leaving_mid_stream_gives_its_slot_back(server, slow_model):
     text, reason, _ = read_stream(native, stream_body(TEXTS[0], 5))
     assert reason in ("stop", "length") and text == client.completions.create(
         model="reply", prompt=TEXTS[0], max_tokens=5).choices[0].text
+
+
+def test_open_streams_advance_together_one_model_call_per_token(server, monkeypatch):
+    """Streams over one base decode as one left-padded batch: a token for each of them costs one forward pass, and
+    each one's text is still the whole answer's."""
+    from ptune.serving.batcher import predict_rows
+    from ptune.serving.stream_jobs import StreamDecoder, StreamJob
+
+    task = server[0].state.tasks["reply"]
+    base = task.store.base.model
+    calls = []
+    forward = base.forward
+    monkeypatch.setattr(base, "forward", functools.wraps(forward)(lambda *a, **k: calls.append(1) or forward(*a, **k)))
+    budgets = [30, 9, 20]
+    texts: list[list[str]] = [[] for _ in budgets]
+    jobs = [StreamJob(task, {"text": TEXTS[i]}, budget, texts[i].append, threading.Event())
+            for i, budget in enumerate(budgets)]
+    decoder = StreamDecoder()
+    for job in jobs:  # a turn starts one stream: its prompt and first token
+        assert decoder.turn([job], 4) == []
+    assert len(decoder.groups) == 1 and decoder.groups[0].jobs == jobs
+    calls.clear()
+    ended = []
+    while len(ended) < len(jobs):
+        ended += decoder.turn([], 4)
+    assert decoder.idle and len(calls) == max(budgets) - 1  # not sum(budgets) - 3: one call per step for all
+    for job, budget, pieces in zip(jobs, budgets, texts):
+        assert job.result.text == "".join(pieces) == predict_rows(task, [job.row], budget)[0]["prediction"]
+        assert job.result.new_tokens == budget and job.result.finish_reason == "length"

@@ -2,9 +2,9 @@
 rows by task (and ``max_new_tokens``), and runs each group as one prediction call on a single worker thread, so the
 model is never used by two threads at once and concurrent requests share batches. Classification rows of different
 tasks collected together share model calls too (``Limits.mix_tasks``): each row splices its own task's prompt
-table. Streamed generations (``stream_jobs.StreamJob``) are decoded on the same thread a slice at a time, one stream
-per turn in arrival order, with the batches collected meanwhile run between turns (no wait for more rows while a
-stream is open)."""
+table. Streamed generations are decoded on the same thread a few tokens per turn (``stream_jobs``: the open streams
+over one base model advance together, one model call per token), with the batches collected meanwhile run between
+turns (and no wait for more rows while a stream is open)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ import torch
 
 from ..tasks.mixed import MixedGroup
 from .protocol import Limits
-from .stream_jobs import StreamJob, StreamSlots
+from .stream_jobs import StreamDecoder, StreamJob, StreamSlots
 from .streaming import StreamResult
 from .tasks import ServedTask
 
@@ -135,8 +134,10 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptune-model")
         self.stats = Stats()
         self._runner: asyncio.Task | None = None
-        self.streams: deque[StreamJob] = deque()
-        """Streamed generations being decoded, the next one to advance first."""
+        self.streams: set[StreamJob] = set()
+        """Streamed generations open in the batcher (``decoder`` holds them on the model thread)."""
+        self.decoder = StreamDecoder()
+        self._arrived: list[StreamJob] = []  # streams not yet handed to the decoder
         self.stream_slots = StreamSlots(limits.max_streams)
         """Streams open (taken by the routes, up to ``limits.max_streams``)."""
         self._stream_arrived = asyncio.Event()
@@ -171,9 +172,13 @@ class Batcher:
         """Decode ``job`` a slice per turn between batches, its text going out through its ``emit``; returns its
         result once it is over (its ``stop`` set ends it at the next turn)."""
         job.future = asyncio.get_running_loop().create_future()
-        self.streams.append(job)
+        self.streams.add(job)
+        self._arrived.append(job)
         self._stream_arrived.set()
-        return await job.future
+        try:
+            return await job.future
+        finally:
+            job.stop.set()  # the caller gone (cancelled): the job ends at its next turn
 
     async def run_alone(self, fn, *args):
         """Run ``fn(*args)`` on the model thread, between batches (streaming generation, loading a task)."""
@@ -269,26 +274,24 @@ class Batcher:
                 await self._stream_turn()
 
     async def _stream_turn(self) -> None:
-        """One slice of the stream whose turn it is; it goes to the back of the line unless it is over."""
-        job = self.streams.popleft()
-        try:
-            over = await asyncio.get_running_loop().run_in_executor(self.executor, self._advance, job)
-        except Exception as err:  # this stream fails, the others and the server go on
-            over = True
+        """One turn of the streams (``StreamDecoder.turn``); the jobs that ended get their result or error."""
+        arrived, self._arrived = self._arrived, []
+        ended = await asyncio.get_running_loop().run_in_executor(self.executor, self._turn, arrived)
+        for job in ended:
+            self.streams.discard(job)
             if not job.future.done():
-                job.future.set_exception(err)
-        if not over:
-            self.streams.append(job)
-        elif not job.future.done():
-            job.future.set_result(job.result)
+                if job.error is not None:
+                    job.future.set_exception(job.error)
+                else:
+                    job.future.set_result(job.result)
 
-    def _advance(self, job: StreamJob) -> bool:
-        t0, before = time.perf_counter(), len(job.pieces.ids)
-        over = job.advance(self.limits.stream_slice_tokens)
+    def _turn(self, arrived: list[StreamJob]) -> list[StreamJob]:
+        t0, before = time.perf_counter(), self.decoder.tokens
+        ended = self.decoder.turn(arrived, self.limits.stream_slice_tokens)
         with self.stats.lock:
-            self.stats.stream_tokens += len(job.pieces.ids) - before
+            self.stats.stream_tokens += self.decoder.tokens - before
             self.stats.stream_seconds += time.perf_counter() - t0
-        return over
+        return ended
 
     def _predict_mixed(self, groups: list[list[Job]]) -> list[dict]:
         """Classification rows of (usually) several tasks, one set of model calls; predictions in job order."""
