@@ -20,8 +20,9 @@ that web pages of other sites cannot use it (``guard.py``).
 Modules: ``protocol`` (limits, request checks, schemas), ``tasks`` (the served checkpoints), ``batcher`` (dynamic
 batching on one model thread), ``state`` (what the routes share), ``app`` (create_app, the native routes),
 ``openai`` and ``openai_routes`` (the OpenAI-compatible requests, answers and routes), ``streaming`` (generation
-token by token), ``auth`` (API keys), ``guard`` (what other sites' pages cannot do), ``live`` (adding and removing
-tasks), ``openapi`` (the document, ``/docs``), ``playground``, ``server`` (the uvicorn config: connection limits
-and the header deadline), ``thread`` (a server on a background thread, for tests).
+token by token), ``stream_jobs`` (streams decoded a slice per turn between batches, and their cap), ``auth`` (API
+keys), ``guard`` (what other sites' pages cannot do), ``live`` (adding and removing tasks), ``openapi`` (the
+document, ``/docs``), ``playground``, ``server`` (the uvicorn config: connection limits and the header deadline),
+``thread`` (a server on a background thread, for tests).
 Nothing is imported here, so that ``ptune.serving.protocol`` stays light: import from the modules.
 """
