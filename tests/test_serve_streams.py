@@ -167,9 +167,11 @@ def test_a_client_leaving_mid_stream_gives_its_slot_back(server, slow_model):
         model="reply", prompt=TEXTS[0], max_tokens=5).choices[0].text
 
 
-def test_open_streams_advance_together_one_model_call_per_token(server, monkeypatch):
-    """Streams over one base decode as one left-padded batch: a token for each of them costs one forward pass, and
-    each one's text is still the whole answer's."""
+@pytest.mark.parametrize("batch", [False, True])
+def test_open_streams_take_turns_or_advance_together(server, monkeypatch, batch):
+    """By default each stream decodes alone, the streams taking turns; with ``stream_batch`` the streams over one
+    base decode as one left-padded batch, a token for all of them costing one forward pass. Either way each one's
+    text is the whole answer's here (float32: no near tie turned)."""
     from ptune.serving.batcher import predict_rows
     from ptune.serving.stream_jobs import StreamDecoder, StreamJob
 
@@ -182,15 +184,20 @@ def test_open_streams_advance_together_one_model_call_per_token(server, monkeypa
     texts: list[list[str]] = [[] for _ in budgets]
     jobs = [StreamJob(task, {"text": TEXTS[i]}, budget, texts[i].append, threading.Event())
             for i, budget in enumerate(budgets)]
-    decoder = StreamDecoder()
+    decoder = StreamDecoder(batch=batch)
     for job in jobs:  # a turn starts one stream: its prompt and first token
         assert decoder.turn([job], 4) == []
-    assert len(decoder.groups) == 1 and decoder.groups[0].jobs == jobs
+    assert [g.jobs for g in decoder.groups] == ([jobs] if batch else [[job] for job in jobs])
     calls.clear()
-    ended = []
+    ended, turns = [], 0
     while len(ended) < len(jobs):
         ended += decoder.turn([], 4)
-    assert decoder.idle and len(calls) == max(budgets) - 1  # not sum(budgets) - 3: one call per step for all
+        turns += 1
+    assert decoder.idle
+    if batch:  # one call per step for all, not one per stream and step
+        assert len(calls) == max(budgets) - 1
+    else:  # a turn is one stream's slice of 4 tokens at most
+        assert len(calls) == sum(budgets) - len(jobs) and turns == sum(-(-(b - 1) // 4) for b in budgets)
     for job, budget, pieces in zip(jobs, budgets, texts):
         assert job.result.text == "".join(pieces) == predict_rows(task, [job.row], budget)[0]["prediction"]
         assert job.result.new_tokens == budget and job.result.finish_reason == "length"

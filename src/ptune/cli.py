@@ -232,6 +232,7 @@ def import_cmd(peft_dir, out_dir, template, model, task_type, label_column, verb
 # serving.protocol.Limits' and serving.server.Connections' defaults (checked by a test), kept here so that --help
 # imports no server code
 SERVE_DEFAULTS = {"max_rows": 64, "batch_wait_ms": 5.0, "max_queue": 1024, "body_timeout": 30.0, "max_streams": 8,
+                  "stream_batch": False,
                   "limit_concurrency": 256, "keep_alive_timeout": 5.0, "header_timeout": 10.0, "max_tasks": 1000}
 CONNECTION_OPTIONS = ("limit_concurrency", "keep_alive_timeout", "header_timeout")
 
@@ -248,6 +249,9 @@ CONNECTION_OPTIONS = ("limit_concurrency", "keep_alive_timeout", "header_timeout
               help="Rows waiting for the model beyond which a request gets 503 with Retry-After at once.")
 @click.option("--max-streams", default=SERVE_DEFAULTS["max_streams"], show_default=True, type=click.IntRange(1),
               help="Streamed generations open at once; one more gets 429 with Retry-After.")
+@click.option("--stream-batch", is_flag=True, default=SERVE_DEFAULTS["stream_batch"],
+              help="Decode the open streams together, one model call per token for all: faster with several "
+                   "streams, but a stream's text may differ from the whole answer where rounding turns a near tie.")
 @click.option("--limit-concurrency", default=SERVE_DEFAULTS["limit_concurrency"], show_default=True,
               type=click.IntRange(1), help="Open connections beyond which a new request gets 503 at once.")
 @click.option("--header-timeout", default=SERVE_DEFAULTS["header_timeout"], show_default=True,

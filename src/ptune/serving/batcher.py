@@ -3,8 +3,8 @@ rows by task (and ``max_new_tokens``), and runs each group as one prediction cal
 model is never used by two threads at once and concurrent requests share batches. Classification rows of different
 tasks collected together share model calls too (``Limits.mix_tasks``): each row splices its own task's prompt
 table. Streamed generations are decoded on the same thread a few tokens per turn (``stream_jobs``: the open streams
-over one base model advance together, one model call per token), with the batches collected meanwhile run between
-turns (and no wait for more rows while a stream is open)."""
+take turns, or with ``Limits.stream_batch`` advance together, one model call per token), with the batches collected
+meanwhile run between turns (and no wait for more rows while a stream is open)."""
 
 from __future__ import annotations
 
@@ -118,7 +118,8 @@ class Batcher:
     """Collects queued jobs into model calls on one worker thread.
 
     Args:
-        limits (Limits): ``batch_wait_ms``, ``max_batch_rows``, ``mix_tasks`` and ``max_queue`` are read.
+        limits (Limits): ``batch_wait_ms``, ``max_batch_rows``, ``mix_tasks``, ``max_queue`` and the streams'
+            ``max_streams``, ``stream_slice_tokens`` and ``stream_batch`` are read.
 
     Example:
         >>> batcher = Batcher(Limits())  # doctest: +SKIP
@@ -136,7 +137,7 @@ class Batcher:
         self._runner: asyncio.Task | None = None
         self.streams: set[StreamJob] = set()
         """Streamed generations open in the batcher (``decoder`` holds them on the model thread)."""
-        self.decoder = StreamDecoder()
+        self.decoder = StreamDecoder(limits.stream_batch)
         self._arrived: list[StreamJob] = []  # streams not yet handed to the decoder
         self.stream_slots = StreamSlots(limits.max_streams)
         """Streams open (taken by the routes, up to ``limits.max_streams``)."""
@@ -181,7 +182,7 @@ class Batcher:
             job.stop.set()  # the caller gone (cancelled): the job ends at its next turn
 
     async def run_alone(self, fn, *args):
-        """Run ``fn(*args)`` on the model thread, between batches (streaming generation, loading a task)."""
+        """Run ``fn(*args)`` on the model thread, between batches (counting tokens, loading a task)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def _first_job(self) -> Job | None:

@@ -56,6 +56,10 @@ class Limits:
     """Streamed generations open at once; one more is refused (429 with ``Retry-After``)."""
     stream_slice_tokens: int = 4
     """Tokens a streamed generation decodes per turn before queued batches get the model."""
+    stream_batch: bool = False
+    """Decode the open streams together, one model call per token for all of them (faster with several streams);
+    off, they take turns, and each stream's text is exactly the whole answer's, which a batch's rounding can change
+    where the top two tokens nearly tie (bfloat16)."""
 
 
 def valid_name(name) -> bool:

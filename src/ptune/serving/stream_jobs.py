@@ -1,27 +1,30 @@
 """Streamed generations decoded a few tokens per turn, between the batcher's ordinary batches.
 
 A ``StreamJob`` is one ``stream: true`` generation. Its first turn runs the prompt (the task's prompt table spliced
-into its embeddings) once into a KV cache and picks the first token; it then joins the ``StreamGroup`` of the streams
-over the same base model, whose caches are held as one left-padded batch: every later turn decodes at most
-``Limits.stream_slice_tokens`` tokens for all of them, one model call per token, and hands each its new text. The
-batcher gives the model to queued batches between turns, so a request behind long streams waits about one turn,
-not the streams' whole length.
+into its embeddings) once into a KV cache and picks the first token; it then decodes in a ``StreamGroup``, at most
+``Limits.stream_slice_tokens`` tokens per turn, and hands out its new text. The batcher gives the model to queued
+batches between turns, so a request behind long streams waits about one turn, not the streams' whole length.
 
     a stream's first turn     prompt (1, T) -> its own cache, first token
-    a group's turn            last tokens (B, 1) + the group's cache (B, ..., L) -> next tokens, B streams at once
+    a group's turn            last tokens (B, 1) + the group's cache (B, ..., L) -> next tokens
     a stream ends             end of sequence, its budget spent, or its client gone (checked before every token)
 
+By default every stream is a group of its own and the groups take turns: each stream's forward calls are the ones
+it makes alone. With ``Limits.stream_batch`` the streams over one base share a group, their caches held as one
+left-padded batch, so a token for all of them costs one model call; a batch's rounding can then turn a near tie
+(bfloat16 does), so a stream's text may differ from the one it has alone.
+
 The loop is ``generate``'s greedy search written out (the same forward calls: the prompt alone, positions counted
-from the attention mask, then one token at a time on the cache with ``logits_to_keep=1``; several streams decoded
-together are a left-padded batch as ``generate`` makes one), so the text is the one ``generate`` gives. Where
-``generate`` would do more than that, the whole generation is one turn through ``generate`` itself
-(``streaming.stream_generation``), as before: a seq2seq or cache-less base, or a generation config that changes
-greedy search (beams, penalties, forced or suppressed tokens, a static cache). A base whose cache is not one plain
-tensor per layer (sliding-window layers keep their window only) decodes each stream in a group of its own.
+from the attention mask, then one token at a time on the cache with ``logits_to_keep=1``), so a stream's text is
+the one ``generate`` gives. Where ``generate`` would do more than that, the whole generation is one turn through
+``generate`` itself (``streaming.stream_generation``), as before: a seq2seq or cache-less base, or a generation
+config that changes greedy search (beams, penalties, forced or suppressed tokens, a static cache). A base whose cache
+is not one plain tensor per layer (sliding-window layers keep their window only) never shares a group.
 
 ``StreamDecoder`` holds the streams and plans the turns; ``StreamSlots`` counts the streams open at once against
 ``Limits.max_streams``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -255,13 +258,20 @@ class StreamDecoder:
     """The open streams and their turns. A turn starts one new stream (its prompt, or its whole generation through
     ``generate``), or else decodes one slice for one group; groups take turns in order. Use it on the model thread.
 
+    Args:
+        batch (bool): decode the streams over one base as one group (``Limits.stream_batch``): one model call per
+            token for all of them, but a stream's text may then differ from the one it has alone wherever the
+            batch's rounding turns a near tie (bfloat16 does); off, each stream is a group of its own and its text
+            is exactly the whole answer's.
+
     Example:
         >>> decoder = StreamDecoder()  # doctest: +SKIP
         >>> ended = decoder.turn([job], 4)  # job's prompt runs  # doctest: +SKIP
         >>> ended = decoder.turn([], 4)  # its group decodes 4 tokens  # doctest: +SKIP
     """
 
-    def __init__(self):
+    def __init__(self, batch: bool = False):
+        self.batch = batch
         self.new: deque[StreamJob] = deque()
         self.groups: deque[StreamGroup] = deque()
         self.tokens = 0
@@ -306,7 +316,7 @@ class StreamDecoder:
             job.error = err
         if job.over:
             return [job]
-        shared = batchable(job)
+        shared = self.batch and batchable(job)
         group = next((g for g in self.groups if shared and g.shared and g.model.base is job.model.base), None)
         if group is None:
             group = StreamGroup(job.model, shared)
