@@ -172,7 +172,7 @@ class StreamGroup:
             as the prompt left it.
 
     Example:
-        >>> group = StreamGroup(job.model)  # doctest: +SKIP
+        >>> group = StreamGroup(job.model, shared=True)  # doctest: +SKIP
         >>> group.join(job)  # a started job  # doctest: +SKIP
         >>> finished = group.decode(4)  # doctest: +SKIP
     """
