@@ -293,3 +293,50 @@ def test_files_are_read_off_the_model_thread(server, monkeypatch):
     assert add(server, "off-thread", "complaints").status_code == 201
     server.delete("/v1/tasks/off-thread")
     assert len(readers) == 1 and not readers[0].startswith("ptune-model"), readers
+
+
+def test_checkpoints_served_from_the_tasks_directory_at_start_keep_their_files_inside(layout):
+    """The checkpoints a server finds in --tasks-dir at start pass the same file checks as tasks added later."""
+    from ptune.errors import PtuneError
+    from ptune.serving.tasks import checkpoints_to_serve
+
+    root, tasks, _ = layout
+    start = root / "start"
+    shutil.copytree(tasks / "complaints", start / "complaints", symlinks=True)
+    prompts = prompts_file(start / "complaints")
+    prompts.unlink()
+    os.symlink(prompts_file(root / "elsewhere"), prompts)  # the right bytes, behind a link out of the directory
+    found, _ = checkpoints_to_serve(start)
+    with pytest.raises(PtuneError, match="outside the tasks directory"):
+        create_app(found, tasks_dir=start)
+
+
+def test_a_zero_shot_checkpoint_is_served(tiny_causal_dir, tmp_path):
+    """A search may choose the manual prompt itself and save it with no virtual token: it serves like the rest."""
+    from serve_helpers import tiny_config
+
+    from ptune.session import open_session
+    from ptune.training.saving import save_inference
+
+    task = {"type": "classification", "template": "Tweet text : {text} Label : [TARGET]", "verbalizer": VERBALIZER}
+    session = open_session(tiny_config(tiny_causal_dir, task=task), allow_no_virtual=True)
+    save_inference(session, session.new_model(seed=3), tmp_path / "manual")
+    trained = make_checkpoint(tiny_causal_dir, tmp_path / "trained", CLASSIFY, verbalizer=VERBALIZER)
+    app = create_app({"manual": tmp_path / "manual", "trained": trained})
+    rows = [{"text": "my parcel is late"}, {"text": "thanks, all good"}]
+    with ServerThread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        alone = client.post("/v1/classify", json={"task": "manual", "rows": rows})
+        assert alone.status_code == 200, alone.text
+        answer = alone.json()["predictions"]
+        assert [p["label"] for p in answer] == [p["prediction"] for p in app.state.tasks["manual"].predictor
+                                                .predict(rows)]
+        assert all(set(p["scores"]) == set(VERBALIZER) for p in answer)
+    # rows of the manual prompt and of a trained task in one model call score as each task alone does
+    from ptune.serving.batcher import predict_mixed
+
+    tasks = app.state.tasks
+    mixed = predict_mixed([(tasks["manual"], rows), (tasks["trained"], rows)])
+    for name, got in zip(("manual", "trained"), mixed):
+        for mine, alone in zip(got, tasks[name].predictor.predict(rows)):
+            assert mine["prediction"] == alone["prediction"]
+            assert mine["scores"] == pytest.approx(alone["scores"], abs=1e-4)

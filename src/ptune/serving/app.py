@@ -59,7 +59,7 @@ def create_app(checkpoints: dict[str, str | Path] | None = None, *, tasks: dict[
     if root is not None and not root.is_dir():  # said before a model loads
         raise PtuneError(f"serve: the tasks directory {tasks_dir} is not a directory")
     if tasks is None:
-        tasks = load_tasks(dict(checkpoints or {}), device=device) if checkpoints or root is None else {}
+        tasks = load_tasks(dict(checkpoints or {}), device=device, root=root) if checkpoints or root is None else {}
     base = next(iter(tasks.values())).predictor.session.base if tasks else None
     state = ServingState(tasks, Batcher(limits), limits, tasks_dir=root, device=device, base=base)
 

@@ -249,7 +249,9 @@ class TaskStore:
         the trained tensors a checkpoint of that config holds."""
         key = serving_key(saved)
         if key not in self.sessions:
-            session = open_session(saved.cfg, labels=saved.labels, base=self.base, check_identity=saved.check_base)
+            # a search may save the zero-shot manual prompt as its choice: a checkpoint with no virtual token
+            session = open_session(saved.cfg, labels=saved.labels, base=self.base, check_identity=saved.check_base,
+                                   allow_no_virtual=True)
             self.base = self.base or session.base
             shapes = {k: tuple(v.shape) for k, v in session.new_model().trainable_state().items()}
             self.sessions[key] = (session, shapes)
@@ -296,13 +298,15 @@ def check_name(name: str) -> str:
 
 
 def load_tasks(checkpoints: dict[str, str | Path], device: str | None = None,
-               store: TaskStore | None = None) -> dict[str, ServedTask]:
+               store: TaskStore | None = None, root: Path | None = None) -> dict[str, ServedTask]:
     """Every checkpoint as a task of one store, over the base model the first one loads (others must match it).
 
     Args:
         checkpoints (dict[str, str | Path]): task name -> checkpoint directory.
         device (str | None): overrides the checkpoints' ``model.device``.
         store (TaskStore | None): the store to load into (default: a new one).
+        root (Path | None): the tasks directory, resolved: a checkpoint inside it must keep every file inside it,
+            as a task added while serving must (checkpoints elsewhere were named by the operator and load as they are).
 
     Returns:
         dict[str, ServedTask]: the loaded tasks, in the given order.
@@ -313,7 +317,10 @@ def load_tasks(checkpoints: dict[str, str | Path], device: str | None = None,
     if not checkpoints:
         raise PtuneError("serve: give at least one checkpoint directory")
     store = store or TaskStore(device)
-    return {name: store.load(name, folder) for name, folder in checkpoints.items()}
+    def confined_to(folder) -> Path | None:
+        return root if root is not None and Path(folder).resolve().is_relative_to(root) else None
+
+    return {name: store.load(name, folder, confined_to(folder)) for name, folder in checkpoints.items()}
 
 
 def checkpoints_in(folder: Path) -> dict[str, str]:
