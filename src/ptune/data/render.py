@@ -23,9 +23,40 @@ class Encoded:
     decoder_labels: list[int] | None = None
     label_index: int | None = None
     """Classification training rows: the gold label's index (for the ``classify`` objective and class weights)."""
+    weight: float | None = None
+    """The row's weight in the loss (a soft-labelled row's label probability times ``train.distill_weight``);
+    None: 1, a labelled row."""
 
     def __len__(self):
         return len(self.input_ids)
+
+
+def split_shared_prefix(rows: list[Encoded], length: int) -> tuple[Encoded | None, list[Encoded]]:
+    """The leading tokens every one of ``rows`` has alike, taken out once, and each row's rest: the one place a
+    shared prefix is cut off (training batches, label scoring, mixed batches). At most ``length`` tokens go, and
+    every row keeps at least one token of its own.
+
+    Args:
+        rows (list[Encoded]): rendered rows, unpadded; the caller vouches that their first ``length`` tokens match
+            (``Renderer.shared_prefix_length``, ``tasks.mixed.common_text_prefix``).
+        length (int): the most tokens to take out.
+
+    Returns:
+        tuple[Encoded | None, list[Encoded]]: the prefix (its ids and virtual indices, no labels) and the rows
+        after it; ``(None, rows)`` where nothing is taken out.
+
+    Example:
+        >>> prefix, rest = split_shared_prefix([Encoded([1, 2, 3], [0, -1, -1], [-100] * 3)], 2)
+        >>> prefix.input_ids, rest[0].input_ids
+        ([1, 2], [3])
+    """
+    n = min([length] + [len(e) - 1 for e in rows])
+    if n <= 0:
+        return None, rows
+    prefix = Encoded(rows[0].input_ids[:n], rows[0].virtual_index[:n], [])
+    rest = [Encoded(e.input_ids[n:], e.virtual_index[n:], e.labels[n:], e.truncated, None, e.label_index, e.weight)
+            for e in rows]
+    return prefix, rest
 
 
 @dataclass
@@ -199,7 +230,14 @@ def collate(examples: list[Encoded], pad_id: int, side: str = "left", device=Non
                                               for e in examples], dtype=torch.long).reshape(len(examples), k)
     if all(e.label_index is not None for e in examples):
         out["label_index"] = torch.tensor([e.label_index for e in examples], dtype=torch.long)
+    if any(e.weight is not None for e in examples):
+        out["row_weight"] = row_weight_tensor(examples)
     return out if device is None else to_device(out, device)
+
+
+def row_weight_tensor(examples: list[Encoded]) -> torch.Tensor:
+    """(B,) float: each row's ``weight`` (1 where it has none), for batches holding soft-labelled rows."""
+    return torch.tensor([1.0 if e.weight is None else e.weight for e in examples], dtype=torch.float32)
 
 
 def to_device(tensors: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:

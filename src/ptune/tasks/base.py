@@ -10,7 +10,7 @@ import torch
 from ..config import TaskConfig
 from ..data.labels import LabelSpace
 from ..data.packing import pack as pack_rows
-from ..data.render import Encoded, Renderer, collate
+from ..data.render import Encoded, Renderer, collate, split_shared_prefix
 from ..data.tables import Table
 from ..modeling.ptuning import PTuningModel
 from .losses import lm_loss
@@ -83,12 +83,8 @@ class Task:
         (``data.packing.pack``; the shared prefix then starts every bin)."""
         pad = self.renderer.tokenizer.pad_token_id
         causal = self.renderer.kind == "causal"
-        n = 0
-        if share_prefix and causal and len(examples) > 1:
-            n = max(0, min([self.renderer.shared_prefix_length()] + [len(e) - 1 for e in examples]))
-        rest = [Encoded(e.input_ids[n:], e.virtual_index[n:], e.labels[n:], e.truncated, None, e.label_index)
-                for e in examples] if n else examples
-        prefix = Encoded(examples[0].input_ids[:n], examples[0].virtual_index[:n], []) if n else None
+        length = self.renderer.shared_prefix_length() if share_prefix and causal and len(examples) > 1 else 0
+        prefix, rest = split_shared_prefix(examples, length)
         if pack and causal:
             return pack_rows(rest, prefix, pack, device)
         if prefix is None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..data.render import Encoded, collate
+from ..data.render import Encoded, collate, split_shared_prefix
 from .base import shared_input, sorted_batches
 
 if TYPE_CHECKING:  # (classification imports this module)
@@ -71,12 +71,11 @@ def continuation_scores(model, inputs: list[Encoded], words: list[list[int]], pa
     """Every word's token log-probabilities after each of ``inputs`` (target-free, run left-padded in one batch).
     The first ``prefix_length`` tokens, where every input has them alike, run once for all (their keys and values
     cached by the model); each input keeps at least one token of its own. Returns, per word, (B, len(word))."""
-    n = min([prefix_length] + [len(e) - 1 for e in inputs])
-    if n <= 0:
+    prefix, rest = split_shared_prefix(inputs, prefix_length)
+    if prefix is None:
         return model.continuation_logprobs(collate(inputs, pad_id, "left", device), words)
-    prefix = (inputs[0].input_ids[:n], inputs[0].virtual_index[:n])
-    rest = [Encoded(e.input_ids[n:], e.virtual_index[n:], e.labels[n:], e.truncated) for e in inputs]
-    return model.continuation_logprobs(collate(rest, pad_id, "left", device), words, prefix=prefix)
+    return model.continuation_logprobs(collate(rest, pad_id, "left", device), words,
+                                       prefix=(prefix.input_ids, prefix.virtual_index))
 
 
 def score_shared_inputs(task: ClassificationTask, model, shared: list[tuple[int, Encoded]], scores: LabelScores,
