@@ -178,3 +178,31 @@ def test_a_linear_head_without_virtual_tokens_is_the_probe_and_checkpoints_like_
     assert [r["macro_f1"] for r in cv["runs"]] == pytest.approx([r["macro_f1"] for r in base["runs"]])
     with pytest.raises(TemplateError, match="no virtual tokens"):  # the words head still needs a prompt to train
         prepare(tiny_config(tiny_causal_dir, tiny_data, task={"template": probe["template"]}))
+
+
+def test_last_pooling_reads_the_state_at_each_rows_last_real_position(tiny_causal_dir, tiny_data):
+    """``task.head_pooling: last``: the block's output at the row's last real token, wherever the pads are; the
+    default stays the mean."""
+    assert tiny_config(tiny_causal_dir, tiny_data, task=HEAD).task.head_pooling == "mean"
+    session, tr, _ = prepare(tiny_config(tiny_causal_dir, tiny_data, task=HEAD | {"head_pooling": "last"}))
+    model = session.new_model().eval()
+    assert model.classifier.pooling == "last"
+    examples, _ = session.task.train_examples(tr)
+    batch = session.task.batch(examples[:3], "cpu")
+    mask = batch["attention_mask"]
+    assert (mask == 0).any()
+    with torch.no_grad():
+        pooled = model.pooled_states(batch)
+        embeds = model.embed(batch["input_ids"], batch["virtual_index"])
+        hidden = session.base.model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"],
+                                    output_hidden_states=True).hidden_states[1]
+    for row in range(3):
+        last = mask[row].nonzero().max().item()
+        assert torch.allclose(pooled[row], hidden[row, last], atol=1e-5)
+    averaged = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+    assert not torch.allclose(pooled, averaged, atol=1e-3)
+    head = LinearHead(4, 2, layer=1, pooling="last")  # pads on the right are skipped too
+    states = torch.arange(24.0).reshape(2, 3, 4)
+    assert torch.equal(head.pool(states, torch.tensor([[1, 1, 0], [0, 1, 1]])), states[[0, 1], [1, 2]])
+    with pytest.raises(ConfigError, match="task.head_pooling"):
+        tiny_config(tiny_causal_dir, tiny_data, task=HEAD | {"head_pooling": "max"})

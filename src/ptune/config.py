@@ -102,6 +102,8 @@ class TaskConfig:
         prior_rows (`int`, defaults to 300): unlabeled rows the ``prior`` offsets are fitted on.
         head (`str`, defaults to ``"words"``): ``words`` (rank label words) or ``linear`` (a linear classifier).
         head_layer (`int`, defaults to 0): the layer a linear head reads (0: the middle one).
+        head_pooling (`str`, defaults to ``"mean"``): how a linear head pools that layer's states: ``mean`` or
+            ``last``.
 
     Example:
         >>> TaskConfig(template="[P*4] Review : {review} Sentiment : [TARGET]",
@@ -134,11 +136,15 @@ class TaskConfig:
     head: str = "words"
     """Classification only: how a row's label is read off the model. ``words`` ranks the label words (the verbalizer)
     by the LM head's log-likelihood, the paper's way. ``linear``: a linear classifier over the hidden states of
-    layer ``head_layer``, averaged over the row's positions (the classification head of P-tuning v2 and of PEFT's
-    SEQ_CLS task type); it is fitted by L2-regularised logistic regression before and after the prompt is trained,
+    layer ``head_layer``, pooled over the row's positions as ``head_pooling`` says (the classification head of
+    P-tuning v2 and of PEFT's SEQ_CLS task type); it is fitted by L2-regularised logistic regression before and after the prompt is trained,
     and saved with the encoder. Causal LMs only."""
     head_layer: int = 0
     """``head: linear``: which layer's output is pooled (1 = the first block's); 0 = the middle of the model."""
+    head_pooling: str = "mean"
+    """``head: linear``: how the row's states at ``head_layer`` become one vector: ``mean`` over its real positions
+    (pads left out), or ``last``, the state at its last real position, the only one that has read the whole row in
+    a causal model (the last token of the template before ``[TARGET]``)."""
 
     def __post_init__(self):
         _check_fields(self)
@@ -156,6 +162,7 @@ class TaskConfig:
         if self.head != "words" and self.type != "classification":
             raise ConfigError(f"task.head is {self.head!r} but applies to classification only "
                               f"(task.type is {self.type!r})")
+        _choice("task.head_pooling", self.head_pooling, ("mean", "last"))
         if self.head_layer < 0:
             raise ConfigError(f"task.head_layer must be >= 0 (0: the middle layer), got {self.head_layer}")
 

@@ -98,7 +98,8 @@ class Session:
         encoder = (build_encoder(self.cfg.encoder, n, dim, init) if n else EmbeddingEncoder(0, dim)).to(self.device)
         classifier = None
         if self.cfg.task.head == "linear":
-            classifier = LinearHead(dim, len(self.task.labels.labels), head_layer(self)).to(self.device)
+            classifier = LinearHead(dim, len(self.task.labels.labels), head_layer(self),
+                                    self.cfg.task.head_pooling).to(self.device)
         return build_ptuning_model(self.base.model, encoder, self.base.kind, classifier)
 
     def predict(self, model: PTuningModel, rows: list[dict], progress=None) -> list[dict]:

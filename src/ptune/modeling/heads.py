@@ -115,6 +115,9 @@ def float32_scoring(base: nn.Module, token_ids: list[int]):
         head._ptune_scored_ids = None
 
 
+POOLINGS = ("mean", "last")  # task.head_pooling: how a row's states at one layer become one vector
+
+
 class LinearHead(nn.Module):
     """``task.head: linear``: the pooled hidden state of one layer, standardised with the training rows' mean and
     spread (the middle layers of a decoder have a few dimensions hundreds of times larger than the rest), then a
@@ -125,6 +128,8 @@ class LinearHead(nn.Module):
         dim (`int`): the width d of the pooled hidden states.
         n_labels (`int`): the number of labels.
         layer (`int`): which block's output is pooled (1-based; ``task.head_layer``).
+        pooling (`str`, defaults to ``"mean"``): ``mean`` of the row's real positions, or the ``last`` real
+            position's state (``task.head_pooling``).
 
     Inputs:
         features (`torch.Tensor`): (B, d) pooled hidden states (``PTuningModel.pooled_states``).
@@ -139,12 +144,25 @@ class LinearHead(nn.Module):
         torch.Size([N, 2])
     """
 
-    def __init__(self, dim: int, n_labels: int, layer: int):
+    def __init__(self, dim: int, n_labels: int, layer: int, pooling: str = "mean"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.layer = layer  # 1-based: the output of the layer-th block is pooled
+        self.pooling = pooling
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
         self.linear = nn.Linear(dim, n_labels)
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) states and (B, T) attention mask -> (B, d): the mean over real positions, or the state at the
+        last real one (where a causal model has read the whole row; pads on either side are skipped)."""
+        keep = mask.unsqueeze(-1).float()
+        if self.pooling == "mean":
+            return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)
+        places = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+        last = (mask.long() * places).argmax(1)  # (B,): the highest real position
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, labels)
         return self.linear((features.float() - self.mean) / self.scale)

@@ -367,14 +367,14 @@ class CausalPTuning(PTuningModel):
         return self.use_prefix_tree and packable(self.base) and self.prefix_fits(places)
 
     def pooled_states(self, batch) -> torch.Tensor:
-        """(B, d): the output of block ``classifier.layer``, averaged over each row's positions (pads left out).
-        The forward pass stops there: the blocks above it and the LM head never run."""
+        """(B, d): the output of block ``classifier.layer``, pooled over each row's real positions as the
+        classifier says (``LinearHead.pool``: their mean, or the last one's). The forward pass stops there: the
+        blocks above it and the LM head never run."""
         embeds = self.embed(batch["input_ids"], batch["virtual_index"])
         mask = batch["attention_mask"]
         hidden = block_output(self.base, self.classifier.layer, inputs_embeds=embeds, attention_mask=mask,
                               position_ids=batch["position_ids"], use_cache=False).float()  # (B, T, d)
-        keep = mask.unsqueeze(-1).float()
-        return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)
+        return self.classifier.pool(hidden, mask)
 
     def class_logits(self, batch) -> torch.Tensor:
         """(B, labels): ``task.head: linear``'s scores."""
