@@ -282,7 +282,8 @@ class TaskStore:
         encoder = EmbeddingEncoder(len(table), dim, init=table).to(session.device)
         classifier = None
         if task.head:
-            classifier = LinearHead(dim, len(task.labels), head_layer(session)).to(session.device)
+            classifier = LinearHead(dim, len(task.labels), head_layer(session),
+                                    session.cfg.task.head_pooling).to(session.device)
         model = build_ptuning_model(session.base.model, encoder, session.base.kind, classifier)
         model.load_trainable_state({"encoder.table": table, **task.head})
         model.set_prompt_table(table)
