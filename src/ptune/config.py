@@ -177,6 +177,8 @@ class EncoderConfig:
         num_layers (`int`, defaults to 2): LSTM layers, or hidden layers of the MLP.
         init (`str`, defaults to ``"random"``): ``random``, ``words`` or ``text``.
         init_text (`str`, defaults to ``""``): the words or text whose embeddings start the table.
+        residual (`bool`, defaults to False): the prompt is the init embeddings plus the encoder's output, whose
+            last layer starts at zero: at step 0 the virtual tokens are exactly ``init_text``'s embeddings.
 
     Example:
         >>> EncoderConfig(type="mlp", hidden_size=64).num_layers
@@ -192,6 +194,9 @@ class EncoderConfig:
     """Input table initialisation: ``random``, ``words`` (embeddings of ``init_text``'s tokens, cycled) or ``text``."""
     init_text: str = ""
     """Words or text whose token embeddings start the input table when ``init`` is ``words`` or ``text``."""
+    residual: bool = False
+    """Prompt = the init embeddings (fixed, saved with the encoder) + the encoder's output, its last layer zeroed:
+    training starts exactly at ``init_text`` (a manual prompt's words) and moves only where the gradient leads."""
 
     def __post_init__(self):
         _check_fields(self)
@@ -203,6 +208,9 @@ class EncoderConfig:
             raise ConfigError(f"encoder.num_layers must be >= 1, got {self.num_layers}")
         if self.init != "random" and not self.init_text.strip():
             raise ConfigError(f"encoder.init is {self.init!r} but encoder.init_text is empty")
+        if self.residual and self.init == "random":
+            raise ConfigError("encoder.residual adds the encoder's output to the embeddings of encoder.init_text: "
+                              "set encoder.init to words or text (it is random)")
 
 
 @dataclass

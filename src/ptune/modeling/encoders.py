@@ -18,26 +18,41 @@ class PromptEncoder(nn.Module):
     """Base of the prompt encoders: owns ``table`` (n_virtual, d), the trainable input that the subclasses
     transform into the virtual-token embeddings. Takes no input: the prompt does not depend on the row.
 
+    Residual (``encoder.residual``): the output is ``start + transform()``, ``start`` a fixed copy of ``init`` (a
+    buffer, saved with the encoder) and the transform's last layer zero, so at step 0 the prompt is exactly the
+    init words' embeddings and training moves it only as far as the gradient pushes.
+
     Args:
         n_virtual (`int`): the number of virtual tokens n.
         dim (`int`): the base model's embedding width d.
         init (`torch.Tensor`, *optional*): (n, d) the table's starting value (``init_table``); default N(0, 1).
+        residual (`bool`, defaults to False): add the transform to a fixed ``start`` (``init``, required).
 
     Returns (``forward()``):
         `torch.Tensor`: (n, d) the virtual-token embeddings.
     """
 
-    def __init__(self, n_virtual: int, dim: int, init: torch.Tensor | None = None):
+    def __init__(self, n_virtual: int, dim: int, init: torch.Tensor | None = None, residual: bool = False):
         super().__init__()
+        if residual and init is None:
+            raise ValueError("a residual prompt encoder needs the start table (init)")
         table = init.detach().clone().float() if init is not None else torch.randn(n_virtual, dim)
         self.table = nn.Parameter(table)  # (n, d)
+        self.residual = residual
+        if residual:
+            self.register_buffer("start", table.clone())  # (n, d), persistent: checkpoints carry it
 
     @property
     def n_virtual(self) -> int:
         return self.table.shape[0]
 
-    def forward(self) -> torch.Tensor:  # -> (n, d)
+    def transform(self) -> torch.Tensor:  # -> (n, d)
+        """The subclass's map from the input table to the prompt (its last layer zero when residual)."""
         raise NotImplementedError
+
+    def forward(self) -> torch.Tensor:  # -> (n, d)
+        out = self.transform()
+        return self.start + out if self.residual else out
 
 
 class EmbeddingEncoder(PromptEncoder):
@@ -52,7 +67,13 @@ class EmbeddingEncoder(PromptEncoder):
         torch.Size([4, 576])
     """
 
-    def forward(self) -> torch.Tensor:
+    def __init__(self, n_virtual: int, dim: int, init: torch.Tensor | None = None, residual: bool = False):
+        super().__init__(n_virtual, dim, init, residual)
+        if residual:  # the table is the offset from the start: zero, and weight decay pulls it back there
+            with torch.no_grad():
+                self.table.zero_()
+
+    def transform(self) -> torch.Tensor:
         return self.table
 
 
@@ -70,8 +91,8 @@ class MLPEncoder(PromptEncoder):
         torch.Size([20, 576])
     """
 
-    def __init__(self, n_virtual: int, dim: int, hidden_size: int, num_layers: int, init=None):
-        super().__init__(n_virtual, dim, init)
+    def __init__(self, n_virtual: int, dim: int, hidden_size: int, num_layers: int, init=None, residual=False):
+        super().__init__(n_virtual, dim, init, residual)
         layers: list[nn.Module] = []
         width = dim
         for _ in range(num_layers):
@@ -79,8 +100,10 @@ class MLPEncoder(PromptEncoder):
             width = hidden_size
         layers.append(nn.Linear(width, dim))
         self.mlp = nn.Sequential(*layers)
+        if residual:
+            zero_layer(layers[-1])
 
-    def forward(self) -> torch.Tensor:
+    def transform(self) -> torch.Tensor:
         return self.mlp(self.table)  # (n, d)
 
 
@@ -99,13 +122,15 @@ class LSTMEncoder(PromptEncoder):
         torch.Size([20, 576])
     """
 
-    def __init__(self, n_virtual: int, dim: int, hidden_size: int, num_layers: int, init=None):
-        super().__init__(n_virtual, dim, init)
+    def __init__(self, n_virtual: int, dim: int, hidden_size: int, num_layers: int, init=None, residual=False):
+        super().__init__(n_virtual, dim, init, residual)
         self.lstm = nn.LSTM(dim, hidden_size, num_layers=num_layers, bidirectional=True, batch_first=True)
         self.head = nn.Sequential(nn.Linear(2 * hidden_size, 2 * hidden_size), nn.ReLU(),
                                   nn.Linear(2 * hidden_size, dim))
+        if residual:
+            zero_layer(self.head[-1])
 
-    def forward(self) -> torch.Tensor:
+    def transform(self) -> torch.Tensor:
         # the LSTM runs in float32 even under autocast: it is a few thousand multiply-adds per step, and oneDNN has
         # no bfloat16 LSTM on CPUs without AVX-512 (it fails to build one there)
         with torch.autocast(self.table.device.type, enabled=False):
@@ -113,10 +138,18 @@ class LSTMEncoder(PromptEncoder):
         return self.head(out.squeeze(0))  # (n, d)
 
 
+def zero_layer(layer: nn.Linear) -> None:
+    """Zero a linear layer's weight and bias: its output is 0 until training moves it (the residual start). The
+    gradient still reaches it (its input is not zero), so the layers before it start learning one step later."""
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.zero_()
+
+
 ENCODERS: dict[str, Callable[..., PromptEncoder]] = {
-    "embedding": lambda n, d, cfg, init: EmbeddingEncoder(n, d, init),
-    "mlp": lambda n, d, cfg, init: MLPEncoder(n, d, cfg.hidden_size, cfg.num_layers, init),
-    "lstm": lambda n, d, cfg, init: LSTMEncoder(n, d, cfg.hidden_size, cfg.num_layers, init),
+    "embedding": lambda n, d, cfg, init: EmbeddingEncoder(n, d, init, cfg.residual),
+    "mlp": lambda n, d, cfg, init: MLPEncoder(n, d, cfg.hidden_size, cfg.num_layers, init, cfg.residual),
+    "lstm": lambda n, d, cfg, init: LSTMEncoder(n, d, cfg.hidden_size, cfg.num_layers, init, cfg.residual),
 }
 
 
@@ -124,7 +157,7 @@ def build_encoder(cfg: EncoderConfig, n_virtual: int, dim: int, init: torch.Tens
     """The prompt encoder ``cfg.type`` names (``embedding``, ``mlp`` or ``lstm``).
 
     Args:
-        cfg (`EncoderConfig`): the ``encoder`` section (type, hidden_size, num_layers).
+        cfg (`EncoderConfig`): the ``encoder`` section (type, hidden_size, num_layers, residual).
         n_virtual (`int`): the number of virtual tokens.
         dim (`int`): the base model's embedding width.
         init (`torch.Tensor`, *optional*): (n_virtual, dim) the starting table.
