@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -15,6 +16,7 @@ from .data.render import Renderer
 from .data.tables import Table, check_table, read_table
 from .errors import ConfigError, DataError
 from .modeling.base import FrozenBase, load_base
+from .modeling.components import Head, Prompt, Supports, build_head, build_prompt, supports_of
 from .modeling.encoders import EmbeddingEncoder, build_encoder, init_table
 from .modeling.heads import LinearHead, decoder_layers
 from .modeling.ptuning import PTuningModel, build_ptuning_model
@@ -39,7 +41,7 @@ def check_inputs(cfg: Config, template: Template, table: Table, *, labelled: boo
     """Columns the template and task need, present and non-empty in every row (before any model is loaded);
     ``allow_no_virtual`` where nothing is trained (a checkpoint predicting: it may be a zero-shot prompt)."""
     # a linear head may stand alone (the linear probe: a baseline, and a candidate ``ptune search`` can weigh)
-    template.validate(kind=None, needs_virtual=not allow_no_virtual and cfg.task.head != "linear",
+    template.validate(kind=None, needs_virtual=not allow_no_virtual and build_head(cfg.task.head).needs_virtual,
                       columns=table.columns,
                       field_map=cfg.data.columns,
                       where=f"task.template (checked against {table.source})")
@@ -52,7 +54,9 @@ def check_inputs(cfg: Config, template: Template, table: Table, *, labelled: boo
 @dataclass
 class Session:
     """Everything a run needs, built once from a config by ``open_session``: the frozen base model, the template,
-    the task (with its renderer and labels) and the device; models over the base come from ``new_model``.
+    the task (with its renderer, labels and head), the prompt and the device; models over the base come from
+    ``new_model``. What the head and prompt allow (packing, a shared prefix, mixed batches, PEFT export) is
+    ``supports``: callers ask it rather than comparing config strings.
 
     Args:
         cfg (`Config`): the run's configuration.
@@ -61,9 +65,12 @@ class Session:
         task (`Task`): the task object for ``task.type``.
         device (`torch.device`): where the base model's weights are.
         unlabeled (`Table`, *optional*): see below.
+        prompt (`Prompt`, *optional*): where the trained vectors enter the model (default: ``build_prompt``'s).
 
     Example:
         >>> session = open_session(cfg, label_values=["complaint", "no complaint"])
+        >>> session.supports.mixing, session.head.fits_classifier
+        (True, False)
         >>> model = session.new_model(seed=1)
         >>> session.predict(model, [{"text": "my order arrived late"}])[0]["prediction"]
     """
@@ -75,10 +82,25 @@ class Session:
     unlabeled: Table | None = None
     """Unlabeled rows for self-training and prior calibration (``data.unlabeled``), read and checked by
     ``training.prepare``."""
+    prompt: Prompt | None = None
+
+    def __post_init__(self):
+        if self.prompt is None:
+            self.prompt = build_prompt(self.template, self.base.kind, self.base.model)
 
     @property
     def tokenizer(self):
         return self.base.tokenizer
+
+    @property
+    def head(self) -> Head:
+        """The task's head (``task.head``): label words or a linear classifier."""
+        return self.task.head
+
+    @cached_property
+    def supports(self) -> Supports:
+        """What this run's head and prompt allow over its base model (``modeling.components.Supports``)."""
+        return supports_of(self.head, self.prompt, labels=self.task.labels is not None)
 
     def new_model(self, seed: int | None = None) -> PTuningModel:
         """A fresh P-tuning model over the shared frozen base: a new prompt encoder (and, with ``task.head:
@@ -97,7 +119,7 @@ class Session:
         # a template without virtual tokens (a manual-prompt baseline) gets an empty table
         encoder = (build_encoder(self.cfg.encoder, n, dim, init) if n else EmbeddingEncoder(0, dim)).to(self.device)
         classifier = None
-        if self.cfg.task.head == "linear":
+        if self.head.fits_classifier:
             classifier = LinearHead(dim, len(self.task.labels.labels), head_layer(self),
                                     self.cfg.task.head_pooling).to(self.device)
         return build_ptuning_model(self.base.model, encoder, self.base.kind, classifier)
@@ -119,10 +141,11 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
     template = parse_template(cfg.task.template)
     if base is None:
         base = load_base(cfg.model, device=device, check=check_identity)
-    template.validate(kind=base.kind, needs_virtual=not allow_no_virtual and cfg.task.head != "linear")
-    if cfg.task.head == "linear" and base.kind != "causal":
-        raise ConfigError(f"task.head linear needs a causal LM; {cfg.model.name_or_path} is a {base.kind} LM "
-                          "(use task.head words)")
+    head = build_head(cfg.task.head)
+    template.validate(kind=base.kind, needs_virtual=not allow_no_virtual and head.needs_virtual)
+    problem = head.check_kind(base.kind, cfg.model.name_or_path)
+    if problem:
+        raise ConfigError(problem)
     if cfg.task.type == "generation" and base.kind == "masked":
         raise ConfigError(f"task.type generation needs a causal or seq2seq LM; {cfg.model.name_or_path} is a masked "
                           f"LM (model type {base.identity.get('model_type')!r}): it fills a fixed number of [MASK] "
@@ -131,9 +154,10 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
         labels = LabelSpace.build(cfg.task.verbalizer, label_values)
     renderer = Renderer(template, base.tokenizer, base.kind, min(cfg.train.max_length, model_context(base)),
                         dict(cfg.data.columns))
-    task = build_task(cfg.task, renderer, labels, objective=cfg.train.objective, class_weights=cfg.train.class_weights)
+    task = build_task(cfg.task, renderer, labels, objective=cfg.train.objective, class_weights=cfg.train.class_weights,
+                      head=head)
     device = next(base.model.parameters()).device
-    return Session(cfg, base, template, task, device, unlabeled)
+    return Session(cfg, base, template, task, device, unlabeled, build_prompt(template, base.kind, base.model))
 
 
 def head_layer(session: Session) -> int:

@@ -109,6 +109,6 @@ def baselines(cfg: Config, manual_template: str, folds: int | None = None, seeds
     out = {"majority": majority_baseline(cfg, table, folds, seeds),
            "zero_shot": zero_shot(cfg, manual_template, table, folds, seeds, base=session.base),
            "sentence_embedding": sentence_embedding(cfg, table, folds, seeds, session.device)}
-    if cfg.task.head == "linear":
+    if session.head.fits_classifier:  # the configured classifier's own baseline: it alone, no prompt
         out["linear_probe"] = linear_probe(cfg, manual_template, table, folds, seeds, base=session.base)
     return out

@@ -25,6 +25,7 @@ import torch
 from .. import checkpoint
 from ..data.labels import LabelSpace
 from ..errors import CheckpointError, PtuneError
+from ..modeling.components import build_head, build_prompt
 from ..training.trainer import Progress
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -55,14 +56,13 @@ def _base_and_tokenizer(model_cfg):
 
 
 def _check_compatible(template, kind: str, tokenizer, where: str) -> None:
-    """Refuse what PEFT's prompt learning cannot reproduce exactly, saying why."""
-    if not template.is_prefix:
-        raise PtuneError(f"{where}: template {template.source!r} has virtual tokens after other text; PEFT's prompt "
-                         "learning only prepends them, so it could not reproduce this template (use a template whose "
-                         "[P*n] runs all come first)")
-    if kind != "causal":
-        raise PtuneError(f"{where}: the base model is a {kind} LM; the PEFT interop supports causal LMs only "
-                         "(PEFT's prompt learning has no masked-LM task type)")
+    """Refuse what PEFT's prompt learning cannot reproduce exactly, saying why (the prompt's own answer first:
+    ``Prompt.peft_problem``)."""
+    problem = build_prompt(template, kind).peft_problem()
+    if problem:
+        raise PtuneError(f"{where}: {problem}")
+    if tokenizer is None:
+        return
     with_special = tokenizer("a")["input_ids"]
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     if list(with_special) != list(plain):
@@ -97,7 +97,7 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path) -> dict:
     check_export_dir(out_dir)  # before the base model's tokenizer loads
     cfg = config_from_dict(meta["config"])
     template = parse_template(meta["template"])
-    if cfg.task.head != "words":
+    if not build_head(cfg.task.head).peft_export:
         raise PtuneError(f"export {checkpoint_dir}: this model reads labels with a linear classifier (task.head "
                          f"{cfg.task.head}); a PEFT CAUSAL_LM prompt adapter holds the prompt only and would answer "
                          "with label words instead")

@@ -115,10 +115,10 @@ class ServedTask:
 
     @property
     def mixable(self) -> bool:
-        """Whether its rows can share model calls with other tasks' rows (classification by label words over a
-        causal base that scores continuations)."""
-        return (self.type == "classification" and self.session.cfg.task.head != "linear"
-                and self.store.scores_continuations)
+        """Whether its rows can share model calls with other tasks' rows: its session allows it (classification by
+        label words through an input prompt over a causal base, ``Session.supports``) and the base scores
+        continuations."""
+        return self.session.supports.mixing and self.store.scores_continuations
 
     @property
     def model(self) -> PTuningModel:

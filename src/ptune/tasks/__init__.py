@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..config import TaskConfig
 from ..data.labels import LabelSpace
 from ..data.render import Renderer
+from ..modeling.components import Head, build_head
 from .base import Task
 from .classification import ClassificationTask
 from .generation import GenerationTask
@@ -18,8 +19,8 @@ TASKS = {"classification": ClassificationTask, "generation": GenerationTask, "pr
 
 
 def build_task(cfg: TaskConfig, renderer: Renderer, labels: LabelSpace | None, *, objective: str = "lm",
-               class_weights: str = "none") -> Task:
+               class_weights: str = "none", head: Head | None = None) -> Task:
     """The task object for ``cfg.type``; ``objective`` and ``class_weights`` are the training config's
-    (``train.objective``, ``train.class_weights``)."""
+    (``train.objective``, ``train.class_weights``); ``head``: the session's (default: ``cfg.head``'s)."""
     vocab = load_vocab_ids(cfg.vocab_file, renderer) if cfg.type == "probing" and cfg.vocab_file else None
-    return TASKS[cfg.type](cfg, renderer, labels, vocab, objective, class_weights)
+    return TASKS[cfg.type](cfg, renderer, labels, vocab, objective, class_weights, head or build_head(cfg.head))

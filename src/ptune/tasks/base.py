@@ -12,6 +12,7 @@ from ..data.labels import LabelSpace
 from ..data.packing import pack as pack_rows
 from ..data.render import Encoded, Renderer, collate, split_shared_prefix
 from ..data.tables import Table
+from ..modeling.components import Head, build_head
 from ..modeling.ptuning import PTuningModel
 from .losses import lm_loss
 
@@ -52,6 +53,7 @@ class Task:
         vocab_ids (`list[int]`, *optional*): probing's candidate tokens (None: the whole vocabulary).
         objective (`str`): ``train.objective`` (``lm`` or ``classify``).
         class_weights (`str`): ``train.class_weights`` (``none`` or ``balanced``).
+        head (`Head`, *optional*): what is scored and trained (default: ``cfg.head``'s).
 
     Example:
         >>> task = build_task(cfg.task, renderer, labels)  # the subclass for cfg.task.type
@@ -65,6 +67,11 @@ class Task:
     vocab_ids: list[int] | None = None
     objective: str = "lm"
     class_weights: str = "none"
+    head: Head | None = None
+
+    def __post_init__(self):
+        if self.head is None:
+            self.head = build_head(self.cfg.head)
 
     @property
     def label_column(self) -> str:

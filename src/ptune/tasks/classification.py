@@ -42,15 +42,16 @@ class ClassificationTask(Task):
 
     @property
     def linear_head(self) -> bool:
-        return self.cfg.head == "linear"
+        """Whether its head is a classifier of its own (``task.head: linear``), as the session chose it."""
+        return self.head.fits_classifier
 
     def train_examples(self, table):
         out = []
         for i, row in enumerate(table.rows, 1):
             label = self.labels.index(row[self.label_column], where=f"{table.source}: row {i}: ")
             # a linear head reads the input alone: the label word must not be in it
-            enc = self.renderer.encode(row, None if self.linear_head else
-                                       self.renderer.target_ids(self.labels.words[label][0]))
+            enc = self.renderer.encode(row, self.renderer.target_ids(self.labels.words[label][0])
+                                       if self.head.target_in_input else None)
             enc.label_index = label
             out.append(enc)
         return out, 0
@@ -88,7 +89,7 @@ class ClassificationTask(Task):
 
     def make_loss(self, examples):
         weights = self.label_weights(examples)
-        if self.linear_head:
+        if self.head.fits_classifier:
             return LinearHeadLoss(weights)
         if self.objective == "lm":
             return super().make_loss(examples) if weights is None else WeightedLMLoss(weights)
@@ -97,7 +98,7 @@ class ClassificationTask(Task):
     def scores(self, model: PTuningModel, rows: list[dict], batch_size: int, device, progress=None) -> torch.Tensor:
         """(rows, labels): each label's score, the best over its alternative words of the words' log-likelihood
         (``head: linear``: the classifier's log-probabilities)."""
-        if self.linear_head:
+        if self.head.fits_classifier:
             return self.head_scores(model, rows, batch_size, device, progress)
         return label_word_scores(self, model, rows, batch_size, device, progress)
 

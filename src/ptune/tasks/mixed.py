@@ -130,7 +130,7 @@ class MixedScorer:
         Returns:
             list[list[dict]]: per group, one ``{"prediction", "scores"}`` per row.
         """
-        alone = [g.task.linear_head for g in groups]  # no label words to share: those tasks score on their own
+        alone = [not g.task.head.mixing for g in groups]  # no label words to share: those tasks score on their own
         if any(alone):
             mixed = iter(self.classify([g for g, a in zip(groups, alone) if not a], batch_size, device)
                          if not all(alone) else [])
@@ -197,7 +197,7 @@ def classify_mixed(groups: list[Group], batch_size: int, device) -> list[list[di
         >>> a_preds, b_preds = classify_mixed([(task_a, model_a, rows_a), (task_b, model_b, rows_b)], 32, "cpu")
     """
     base = groups[0][1].base
-    if any(m.base is not base or not (task.linear_head or m.can_score_continuations) for task, m, _ in groups):
+    if any(m.base is not base or not (m.can_score_continuations or not task.head.mixing) for task, m, _ in groups):
         raise ValueError("classify_mixed needs causal models over one shared base")
     return MixedScorer(base).classify([MixedGroup(task, model.prompt_table(), rows, lambda m=model: m)
                                        for task, model, rows in groups], batch_size, device)

@@ -31,6 +31,7 @@ class ProbingTask(Task):
     vocab_set: frozenset[int] = field(init=False, repr=False)  # vocab_ids as a set, for training's membership test
 
     def __post_init__(self):
+        super().__post_init__()
         self.vocab_set = frozenset(self.vocab_ids or [])
 
     def _target(self, obj: str) -> list[int] | None:

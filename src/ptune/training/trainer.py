@@ -26,7 +26,8 @@ from .. import checkpoint
 from ..data.tables import Table
 from ..errors import CheckpointError, PtuneError
 from ..evaluator import evaluate
-from ..modeling.base import packable, packed_bin_tokens
+from ..modeling.base import packed_bin_tokens
+from ..modeling.components import Supports
 from ..modeling.ptuning import PTuningModel
 from ..session import Session
 from ..tasks.calibration import fit_prior_offsets
@@ -62,25 +63,27 @@ class Progress:
     done: bool = False
 
 
-def packing_bins(model: PTuningModel, tc) -> int:
+def packing_bins(model: PTuningModel, tc, supports: Supports) -> int:
     """Places per bin where this model's training batches are packed (``train.packing``), else 0 (padded batches):
-    causal models that score continuations, of a family ``packable`` accepts, without ``compile``, a linear head,
-    or a sliding window that ``max_length`` reaches (a custom mask leaves the window out).
+    where the session's head and prompt allow it (``supports.packing``: label words, a causal model of a family
+    ``modeling.base.packable`` accepts), for a model that scores continuations, without ``compile`` or a sliding
+    window that ``max_length`` reaches (a custom mask leaves the window out).
 
     Args:
         model (PTuningModel): the model to train.
         tc: the ``train`` section of the config.
+        supports (Supports): what the session's head and prompt allow (``Session.supports``).
 
     Returns:
         int: the bin size, or 0.
 
     Example:
-        >>> packing_bins(session.new_model(), session.cfg.train)  # doctest: +SKIP
+        >>> packing_bins(session.new_model(), session.cfg.train, session.supports)  # doctest: +SKIP
         345
     """
     window = getattr(model, "window", None)
-    if not tc.packing or tc.compile or model.classifier is not None or not model.can_score_continuations \
-            or not packable(model.base) or (window is not None and tc.max_length >= window):
+    if not tc.packing or tc.compile or not supports.packing or not model.can_score_continuations \
+            or (window is not None and tc.max_length >= window):
         return 0
     return packed_bin_tokens(model.base.config)
 
@@ -175,7 +178,7 @@ class Trainer:
         if self.tc.compile:
             self.model.use_compiled_base()
         self.examples = self._training_examples()
-        self.linear_head = self.model.classifier is not None
+        self.linear_head = self.session.head.fits_classifier
         if self.linear_head and fit_head:
             # the prompt is trained against a classifier already fitted to the untrained prompt's states, and the
             # classifier is fitted again to the trained prompt's states at the end (_finish); only the encoder steps
@@ -209,11 +212,12 @@ class Trainer:
     def _setup_step(self) -> None:
         """Wrap the forward and loss for Accelerate (DDP, autocast) and prepare the optimizer."""
         step_module = LossStep(self.model, self.session.task.make_loss(self.examples), sharded=self.world > 1)
-        self.pack = packing_bins(self.model, self.tc)
-        # the shared-prefix batching scores label continuations; a linear head pools every position instead; a
+        supports = self.session.supports
+        self.pack = packing_bins(self.model, self.tc, supports)
+        # the shared-prefix batching scores label continuations (a linear head pools every position instead); a
         # checkpointed block run again in the backward pass would append its keys to the prefix's cache a second
         # time, unless the batch is packed (each bin then holds the prefix itself, no cache)
-        self.share_prefix = self.tc.share_prefix and self.model.can_score_continuations and not self.linear_head \
+        self.share_prefix = self.tc.share_prefix and supports.prefix_sharing and self.model.can_score_continuations \
             and (self.pack > 0 or not self.tc.gradient_checkpointing)
         if self.world > 1:
             # DDP syncs the encoder only: the frozen base's weights and buffers (identical on every process) are
