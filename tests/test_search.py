@@ -214,3 +214,109 @@ def read_rows(path):
     from ptune.data.tables import read_table
 
     return read_table(path)
+
+
+def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_path):
+    """No ``search.space``: the probe (middle and late layer, mean and last pooling), then the prompts (the template,
+    its runs halved, another placement) under each head, encoder and learning rate, searched by halving."""
+    from ptune.evaluation.search import SearchPlan
+
+    cfg = search_config(tiny_causal_dir, tmp_path, {}, lr=1e-2)
+    del cfg["search"]  # no section at all: the built-in space and the defaults
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    plan = SearchPlan.read(tmp_path / "s.yaml")
+    assert plan.builtin and plan.halving and plan.folds == 5
+    settings = [s for s, _ in plan.configs]
+    assert len(settings) == 40 and len({json.dumps(s, sort_keys=True) for s in settings}) == 40
+    probes = [s for s in settings if "[P" not in s["task.template"]]
+    assert [(s["task.head_layer"], s["task.head_pooling"]) for s in probes] == [
+        (1, "mean"), (1, "last"), (2, "mean"), (2, "last")]  # the tiny model has 2 blocks: middle 1, late 2
+    assert {s["task.template"] for s in settings} == {
+        "{text} Label : [TARGET]", "[P*2] {text} Label : [TARGET]", "[P*1] {text} Label : [TARGET]",
+        "{text} Label : [P*2] [TARGET]"}
+    prompted = settings[4:]
+    assert {s["encoder.type"] for s in prompted} == {"lstm", "mlp"} and {s["train.lr"] for s in prompted} == {
+        1e-2, 3e-3}
+    assert {(s["task.head"], s.get("task.head_layer"), s.get("task.head_pooling")) for s in prompted} == {
+        ("words", None, None), ("linear", 1, "mean"), ("linear", 2, "last")}
+    assert [s for s, _ in plan.zero_shot] == [{"zero_shot": "{text} Label : [TARGET]"}] and plan.notes == []
+    explicit = search_config(tiny_causal_dir, tmp_path, {"space": {"train.lr": [1e-2]}})
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(explicit))
+    given = SearchPlan.read(tmp_path / "e.yaml")
+    assert not given.builtin and not given.halving and len(given.configs) == 1  # a given space: as before
+
+
+def test_successive_halving_promotes_the_best_third_and_stays_within_its_budget():
+    from ptune.evaluation.halving import rung_fractions, successive_halving
+
+    assert rung_fractions(40, 10) == [1 / 9, 1 / 3, 1.0] and rung_fractions(40, 1) == [1.0]
+    now, calls = [0.0], []
+
+    def score(i, rung, fraction):  # candidate 7 is best at every rung; a score costs its epochs in seconds
+        calls.append((i, rung))
+        now[0] += 9 * fraction
+        return -abs(i - 7) + (1.5 if i == 3 else 0) * (rung == 0)  # 3 looks better on the cheap rung
+
+    reached = successive_halving(20, rung_fractions(20, 9), score, budget=0, clock=lambda: now[0])
+    assert [len([c for c in calls if c[1] == rung]) for rung in range(3)] == [20, 7, 3]
+    assert {i for i, r in reached.items() if r.rung == 2} == {6, 7, 8} and reached[7].score == 0
+    assert reached[0].rung == 0 and reached[3].rung == 1  # where each stopped
+    now[0], calls[:] = 0.0, []
+    reached = successive_halving(20, rung_fractions(20, 9), score, budget=30, clock=lambda: now[0])
+    # rung 1 may start scores until 10 s, rung 2 until 20, rung 3 until 30: never more than one score over
+    assert now[0] <= 30 + 9 and [c[1] for c in calls].count(0) == 10
+    assert max(r.rung for r in reached.values()) == 2 and len(reached) == 10
+
+
+def test_halving_scores_every_rung_on_the_same_folds_and_its_recipe_trains(tiny_causal_dir, tmp_path, monkeypatch):
+    """Four candidates, 3 epochs: all on the first rung with 1 epoch, the best two with 3, each fold the same rows;
+    the winner comes from the last rung, and `recipe.yaml` is a config `ptune train` takes."""
+    from click.testing import CliRunner
+
+    from ptune.cli import main
+    from ptune.evaluation import cv
+
+    held_rows, epochs = [], []
+    folds = cv.seeded_folds
+
+    def spy(table, keys, k, seeds):
+        for seed, fold, train, held in folds(table, keys, k, seeds):
+            held_rows[-1].append(tuple(r["text"] for r in held.rows))
+            yield seed, fold, train, held
+
+    scorer = cv.FoldScorer.build
+
+    def build(cfg, *args, **kwargs):
+        held_rows.append([])
+        epochs.append(cfg.train.epochs)
+        return scorer(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(cv, "seeded_folds", spy)
+    monkeypatch.setattr(cv.FoldScorer, "build", build)
+    search_config(tiny_causal_dir, tmp_path, {"halving": True, "zero_shot": False, "space": {
+        "train.lr": [1e-3, 3e-2], "encoder.type": ["mlp", "embedding"]}}, epochs=3)
+    report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    assert epochs == [1, 1, 1, 1, 3, 3] and report["halving"]
+    assert all(rows == held_rows[0] for rows in held_rows) and len(held_rows[0]) == 2
+    rows = report["candidates"]
+    assert sorted(r["rung"] for r in rows) == [0, 0, 1, 1] and all(r["epochs"] == [1, 3][r["rung"]] for r in rows)
+    assert rows[report["best"]]["rung"] == 1
+    assert rows[report["best"]]["macro_f1"]["mean"] == max(r["macro_f1"]["mean"] for r in rows if r["rung"] == 1)
+    assert "rung 2, 3 epochs" in (tmp_path / "out" / "search.md").read_text()
+    recipe = yaml.safe_load((tmp_path / "out" / "recipe.yaml").read_text())
+    assert report["recipe"] == "recipe.yaml" and recipe["train"]["epochs"] == 3
+    assert recipe["encoder"]["type"] == rows[report["best"]]["settings"]["encoder.type"]
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "out" / "recipe.yaml"), "--out",
+                                       str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    assert Predictor.load(tmp_path / "again").session.cfg.to_dict() == Predictor.load(
+        tmp_path / "out").session.cfg.to_dict()
+
+
+def test_the_built_in_search_stops_within_its_budget_and_writes_a_checkpoint(tiny_causal_dir, tmp_path):
+    cfg = search_config(tiny_causal_dir, tmp_path, {"budget_minutes": 0.02, "zero_shot": False}, epochs=3)
+    report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    assert report["space"] == "built-in" and 0 < len(report["candidates"]) < 40
+    assert report["seconds"] < 1.2 * 60 * cfg["search"]["budget_minutes"] + 10  # one score over at most, then retraining
+    assert Predictor.load(tmp_path / "out").predict_rows([{"text": "thanks"}])[0]["prediction"] in (
+        "complaint", "no complaint")

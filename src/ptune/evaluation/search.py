@@ -45,6 +45,7 @@ from .. import checkpoint
 from ..config import Config, apply_overrides, config_from_dict, read_config_file, resolve_paths
 from ..data.tables import Table
 from ..errors import ConfigError, PtuneError
+from ..modeling.base import describe_base, detect_kind
 from ..plotting import plot_search
 from ..session import Session, open_session, read_split
 from ..template import without_virtual
@@ -52,6 +53,8 @@ from ..training.prepare import fold_dev, prepare
 from ..training.saving import save_inference
 from ..training.trainer import fit, fit_label_offsets
 from .cv import cross_validate
+from .halving import rung_epochs, rung_fractions, successive_halving
+from .space import builtin_space
 from .summary import mean_spread
 
 
@@ -60,16 +63,20 @@ def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict
     path = Path(path)
     values = read_config_file(path)
     search = values.pop("search", None)
-    if not isinstance(search, dict) or not isinstance(search.get("space"), dict) or not search["space"]:
-        raise ConfigError(f"{path}: needs a `search:` section with a non-empty `space:` mapping")
-    unknown = set(search) - {"folds", "seeds", "budget_minutes", "ensemble", "space", "zero_shot"}
+    search = {} if search is None else search  # no section: the built-in space, with the defaults
+    if not isinstance(search, dict) or ("space" in search and (not isinstance(search["space"], dict)
+                                                             or not search["space"])):
+        raise ConfigError(f"{path}: `search:` must be a mapping, and its `space:` (leave it out for the built-in "
+                          "space) a non-empty mapping")
+    unknown = set(search) - {"folds", "seeds", "budget_minutes", "ensemble", "space", "zero_shot", "halving"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in search: {', '.join(sorted(unknown))}")
-    for key, options in search["space"].items():
+    for key, options in search.get("space", {}).items():
         if not isinstance(options, list) or not options:
             raise ConfigError(f"{path}: search.space.{key} must be a non-empty list of values")
-    if not isinstance(search.get("zero_shot", True), bool):
-        raise ConfigError(f"{path}: search.zero_shot must be true or false, got {search['zero_shot']!r}")
+    for key in ("zero_shot", "halving"):
+        if not isinstance(search.get(key, True), bool):
+            raise ConfigError(f"{path}: search.{key} must be true or false, got {search[key]!r}")
     values = apply_overrides(values, list(overrides))
     values["__file__"] = str(path)
     return values, search
@@ -81,16 +88,23 @@ def candidates(base: dict, space: dict) -> list[tuple[dict, dict]]:
     out = []
     for combo in itertools.product(*(space[k] for k in keys)):
         settings = dict(zip(keys, combo))
-        values = copy.deepcopy({k: v for k, v in base.items() if k != "__file__"})
-        for key, value in settings.items():
-            node = values
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        out.append((settings, values))
+        out.append((settings, apply_settings(base, settings)))
     return out
 
+
+def apply_settings(base: dict, settings: dict) -> dict:
+    """A copy of the config values ``base`` with a candidate's dotted ``settings`` set."""
+    values = copy.deepcopy({k: v for k, v in base.items() if k != "__file__"})
+    for key, value in settings.items():
+        node = values
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return values
+
+
+RECIPE = "recipe.yaml"  # the chosen recipe as a config file, written beside its checkpoint
 
 # settings used only when predicting: each is scored on the same fold models, at no extra training
 PREDICT_ONLY = ("task.calibrate", "task.score")
@@ -124,6 +138,8 @@ class SearchPlan:
     variants: list[dict]  # ``task`` field overrides, scored on every candidate's fold models
     zero_shot: list[tuple[dict, Config]]  # (settings, config) per zero-shot manual prompt, scored untrained
     notes: list[str]  # why a zero-shot prompt was left out
+    halving: bool = False  # successive halving over the epochs (``halving.py``), not every candidate in full
+    builtin: bool = False  # the candidates are the built-in space's (``space.py``)
 
     @classmethod
     def read(cls, path: str | Path, overrides: list[str] = ()) -> SearchPlan:
@@ -136,8 +152,14 @@ class SearchPlan:
         ensemble = int(search.get("ensemble", 1))
         if ensemble < 1:
             raise ConfigError(f"{path}: search.ensemble must be at least 1, got {ensemble}")
-        train_space, variants = split_space(search["space"])
-        grid = candidates(base_values, train_space) if train_space else [({}, copy.deepcopy(base_values))]
+        builtin = "space" not in search
+        train_space, variants = split_space(search.get("space", {}))
+        if builtin:
+            grid = [(settings, apply_settings(base_values, settings))
+                    for settings in builtin_space(base_values, linear_depth(build(copy.deepcopy(base_values),
+                                                                                  source)))]
+        else:
+            grid = candidates(base_values, train_space) if train_space else [({}, copy.deepcopy(base_values))]
         configs = [(settings, build(values, source)) for settings, values in grid]
         if ensemble > 1 and any(cfg.task.type != "classification" for _, cfg in configs):
             raise ConfigError(f"{path}: search.ensemble averages label probabilities, so it needs a classification "
@@ -147,7 +169,19 @@ class SearchPlan:
                 build(copy.deepcopy(values) | {"task": values.get("task", {}) | variant}, source)
         zero_shot, notes = (zero_shot_candidates(configs) if search.get("zero_shot", True)
                             else ([], ["zero-shot manual prompt: left out (search.zero_shot is false)"]))
-        return cls(folds, seeds, budget, ensemble, configs, variants, zero_shot, notes)
+        return cls(folds, seeds, budget, ensemble, configs, variants, zero_shot, notes,
+                   halving=bool(search.get("halving", builtin)), builtin=builtin)
+
+
+def linear_depth(cfg: Config) -> int | None:
+    """The base model's number of blocks, read from its config alone, where a linear head can read them (a causal
+    LM of a classification task); None otherwise."""
+    if cfg.task.type != "classification":
+        return None
+    _, _, _, model_config = describe_base(cfg.model)
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    depth = getattr(text_config, "num_hidden_layers", None) or getattr(text_config, "n_layer", None)
+    return depth if detect_kind(model_config) == "causal" and depth else None
 
 
 def zero_shot_candidates(configs: list[tuple[dict, Config]]) -> tuple[list[tuple[dict, Config]], list[str]]:
@@ -160,7 +194,7 @@ def zero_shot_candidates(configs: list[tuple[dict, Config]]) -> tuple[list[tuple
 
     Returns:
         `tuple[list[tuple[dict, Config]], list[str]]`: ((``{"zero_shot": manual template}``, its config) per
-        distinct prompt, notes on the candidates without one).
+        distinct prompt, and where there is none, notes on why).
 
     Example:
         >>> zero_shot_candidates([({}, cfg)])[0][0][0]  # doctest: +SKIP
@@ -186,7 +220,7 @@ def zero_shot_candidates(configs: list[tuple[dict, Config]]) -> tuple[list[tuple
         if key not in seen:
             seen.add(key)
             out.append(({"zero_shot": manual}, zcfg))
-    return out, notes
+    return out, [] if out else notes  # a probe among word-reading candidates (the built-in space) needs no note
 
 
 @dataclass
@@ -214,11 +248,12 @@ class SharedRows:
 
 
 def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (), show_progress: bool = True) -> dict:
-    """Cross-validate every candidate of the config's ``search.space`` on the same folds, retrain the best (by mean
-    macro-F1) on every labelled row, and write its checkpoint with the search report.
+    """Cross-validate the candidates of the config's ``search.space`` (or, without one, of the built-in space, by
+    successive halving) on the same folds, retrain the best (by mean macro-F1, among those on the last rung
+    reached) on every labelled row, and write its checkpoint, its recipe and the search report.
 
     Args:
-        path (`str` or `Path`): a ptune config with a ``search:`` section (see the module docstring).
+        path (`str` or `Path`): a ptune config, with or without a ``search:`` section (see the module docstring).
         out_dir (`str` or `Path`): where the checkpoint (and ``members/`` for an ensemble), ``search.json``,
             ``search.md`` and ``search.png`` go; must not hold a checkpoint already.
         overrides (`list[str]`): ``key=value`` overrides applied to the config, as ``--set`` gives them.
@@ -227,9 +262,11 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     Returns:
         `dict`: the report written to ``search.json``: ``folds``, ``seeds``, ``ensemble``, ``seconds``, ``best``
         (an index into ``candidates``), ``members`` (checkpoint folders, relative to ``out_dir``), ``notes`` (why
-        a zero-shot prompt was left out, if any) and ``candidates`` (per candidate: ``settings``, ``accuracy`` and
-        ``macro_f1`` mean and spread, ``fold_macro_f1``, ``vs_best``, ``seconds``, ``config``; a zero-shot
-        prompt's ``settings`` hold ``zero_shot``: its template).
+        a zero-shot prompt was left out, if any), ``space`` (``built-in`` or ``search.space``), ``halving``,
+        ``recipe`` (the chosen recipe's config file in ``out_dir``, which ``ptune train`` takes; None for a zero-shot
+        prompt) and ``candidates`` (per candidate: ``settings``, ``accuracy`` and ``macro_f1`` mean and spread,
+        ``fold_macro_f1``, ``vs_best``, ``seconds``, ``config``, and with halving ``rung`` (0 first) and
+        ``epochs``, where it stopped; a zero-shot prompt's ``settings`` hold ``zero_shot``: its template).
 
     Example:
         >>> report = run_search("examples/search_twitter_complaints.yaml", "runs/search")  # doctest: +SKIP
@@ -250,34 +287,32 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
         member_dirs = write_zero_shot(best_cfg, shared, out_dir)
     else:
         member_dirs = retrain_winner(best_cfg, shared, out_dir, plan.ensemble, show_progress)
+        best_cfg.to_yaml(out_dir / RECIPE)  # what `ptune train` takes to train the chosen recipe again
     report = {"folds": plan.folds, "seeds": plan.seeds, "ensemble": plan.ensemble,
               "seconds": round(time.perf_counter() - t0, 1), "best": best_i,
               "members": [str(d.relative_to(out_dir)) for d in member_dirs], "notes": plan.notes,
-              "candidates": results}
+              "space": "built-in" if plan.builtin else "search.space", "halving": plan.halving,
+              "recipe": None if "zero_shot" in results[best_i]["settings"] else RECIPE, "candidates": results}
     write_report(out_dir, report)
     return report
 
 
 def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
                      show_progress: bool) -> tuple[list[dict], list[Config]]:
-    """Cross-validate candidates in order until the time budget (counted from ``t0``) is spent, then score the
-    zero-shot prompts (seconds, so outside the budget): (one result row per candidate and prediction variant, the
-    configs that ran)."""
+    """Cross-validate the candidates within the time budget (counted from ``t0``): each in full, in order, or by
+    successive halving; then score the zero-shot prompts (seconds, so outside the budget): (one result row per
+    candidate and prediction variant, in candidate order, each at the last rung it reached; the configs that ran,
+    each with the epochs it was scored with)."""
+    left = max(plan.budget - (time.perf_counter() - t0), 1e-9) if plan.budget else 0.0
+    scored = (score_by_halving(plan, shared, left, show_progress) if plan.halving
+              else score_in_order(plan, shared, left, show_progress))
     results, configs_run = [], []
-    bar = tqdm(total=len(plan.configs), desc="search", unit="candidate", disable=not show_progress)
-    for settings, cfg in plan.configs:
-        if plan.budget and time.perf_counter() - t0 > plan.budget:
-            print(f"time budget of {plan.budget / 60:.0f} min reached: "
-                  f"{len(plan.configs) - len(configs_run)} candidates not run")
-            break
-        summary = cross_validate(cfg, folds=plan.folds, seeds=plan.seeds, session=shared.session(cfg),
-                                 train_table=shared.table, dev_table=shared.dev_table, show_progress=False,
-                                 variants=plan.variants, ensemble=plan.ensemble)
-        results += candidate_rows(summary, settings, len(configs_run))
+    for settings, cfg, summary, rung in scored:
+        rows = candidate_rows(summary, settings, len(configs_run))
+        for row in rows if rung is not None else []:
+            row |= {"rung": rung, "epochs": cfg.train.epochs}
+        results += rows
         configs_run.append(cfg)
-        bar.update(1)
-        bar.set_postfix(best_f1=f"{max(r.get('macro_f1', {}).get('mean', 0) for r in results):.3f}")
-    bar.close()
     for settings, cfg in plan.zero_shot:  # nothing trained: each fold's model is scored as built
         summary = cross_validate(cfg, folds=plan.folds, seeds=plan.seeds, session=shared.session(cfg, True),
                                  train_table=shared.table, show_progress=False, variants=plan.variants,
@@ -287,6 +322,65 @@ def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
     if not results:
         raise PtuneError("no candidate finished within the time budget")
     return results, configs_run
+
+
+def run_candidate(plan: SearchPlan, shared: SharedRows, cfg: Config) -> dict:
+    """One candidate's cross-validation on the search's folds (its summary)."""
+    return cross_validate(cfg, folds=plan.folds, seeds=plan.seeds, session=shared.session(cfg),
+                          train_table=shared.table, dev_table=shared.dev_table, show_progress=False,
+                          variants=plan.variants, ensemble=plan.ensemble)
+
+
+def best_f1(summary: dict) -> float:
+    """A summary's mean macro-F1, under its best prediction-time variant (-1 without one)."""
+    return max(part.get("macro_f1", {}).get("mean", -1) for part in summary.get("variants", [summary]))
+
+
+def score_in_order(plan: SearchPlan, shared: SharedRows, budget: float,
+                   show_progress: bool) -> list[tuple[dict, Config, dict, None]]:
+    """Every candidate in full, in order, until ``budget`` seconds (0: no limit) are spent: (settings, config,
+    summary, None) per candidate run."""
+    out, start = [], time.perf_counter()
+    bar = tqdm(total=len(plan.configs), desc="search", unit="candidate", disable=not show_progress)
+    for settings, cfg in plan.configs:
+        if budget and time.perf_counter() - start > budget:
+            print(f"time budget of {plan.budget / 60:.0f} min reached: "
+                  f"{len(plan.configs) - len(out)} candidates not run")
+            break
+        summary = run_candidate(plan, shared, cfg)
+        out.append((settings, cfg, summary, None))
+        bar.update(1)
+        bar.set_postfix(best_f1=f"{max(best_f1(s) for *_, s, _ in out):.3f}")
+    bar.close()
+    return out
+
+
+def score_by_halving(plan: SearchPlan, shared: SharedRows, budget: float,
+                     show_progress: bool) -> list[tuple[dict, Config, dict, int]]:
+    """Successive halving over the epochs: every candidate on the first rung, the best third on each next one, the
+    last with each candidate's own ``train.epochs``; always the same folds. (settings, config at the epochs it was
+    last scored with, that summary, that rung) per candidate scored, in candidate order."""
+    fractions = rung_fractions(len(plan.configs), max(cfg.train.epochs for _, cfg in plan.configs))
+    last: dict[int, tuple[dict, Config, dict, int]] = {}
+    bar = tqdm(desc=f"search ({len(fractions)} rungs)", unit="score", disable=not show_progress)
+
+    def score(i: int, rung: int, fraction: float) -> float:
+        settings, cfg = plan.configs[i]
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+            cfg.train, epochs=rung_epochs(cfg.train.epochs, fraction)))
+        summary = run_candidate(plan, shared, cfg)
+        last[i] = (settings, cfg, summary, rung)
+        bar.update(1)
+        bar.set_postfix(rung=rung + 1, epochs=cfg.train.epochs, f1=f"{best_f1(summary):.3f}")
+        return best_f1(summary)
+
+    reached = successive_halving(len(plan.configs), fractions, score, budget)
+    bar.close()
+    top = max((r.rung for r in reached.values()), default=0)
+    if len(reached) < len(plan.configs) or top < len(fractions) - 1:
+        print(f"time budget of {plan.budget / 60:.0f} min reached: {len(plan.configs) - len(reached)} candidates "
+              f"not run; the last rung reached is {top + 1} of {len(fractions)}")
+    return [last[i] for i in sorted(last)]
 
 
 def candidate_rows(summary: dict, settings: dict, config: int) -> list[dict]:
@@ -306,8 +400,12 @@ def candidate_rows(summary: dict, settings: dict, config: int) -> list[dict]:
 
 
 def pick_best(results: list[dict]) -> int:
-    """The index of the best row by mean macro-F1; every row gets ``vs_best``, its paired gap to the best."""
-    best_i = max(range(len(results)), key=lambda i: results[i].get("macro_f1", {}).get("mean", -1))
+    """The index of the best row by mean macro-F1 among those that reached the last rung any row reached (rows of
+    a search without halving, and zero-shot prompts, have no rung and always compete); every row gets
+    ``vs_best``, its paired gap to the best."""
+    top = max((r["rung"] for r in results if "rung" in r), default=None)
+    eligible = [i for i, r in enumerate(results) if r.get("rung", top) == top]
+    best_i = max(eligible, key=lambda i: results[i].get("macro_f1", {}).get("mean", -1))
     for row in results:
         row["vs_best"] = paired_difference(results[best_i].get("fold_macro_f1", []), row.get("fold_macro_f1", []))
     return best_i
@@ -362,6 +460,20 @@ def _short(settings: dict) -> str:
 
 
 def usage(report: dict, out_dir: Path) -> str:
+    """How the search chose (with halving) and how to predict with what it wrote (one checkpoint, or the ensemble it
+    scored), and train its recipe again."""
+    text = ""
+    if report.get("halving"):
+        text = ("\nSuccessive halving: every candidate on the first rung (a fraction of its epochs), the best third "
+                "promoted to the next rung, the last with the full epochs, all on the same folds; the best is "
+                "chosen among the candidates on the last rung reached, and each row shows where it stopped.\n")
+    if report.get("recipe"):
+        text += (f"\nThe chosen recipe, as a config: `{out_dir / report['recipe']}`; train it again with `ptune "
+                 f"train {out_dir / report['recipe']} --out DIR`.\n")
+    return text + predict_usage(report, out_dir)
+
+
+def predict_usage(report: dict, out_dir: Path) -> str:
     """How to predict with what the search wrote: one checkpoint, or the ensemble it scored."""
     dirs = " ".join(str(out_dir / m) for m in report["members"])
     if "zero_shot" in report["candidates"][report["best"]]["settings"]:
@@ -395,7 +507,8 @@ def render_table(results: list[dict], best: int) -> str:
         mark = " **best**" if i == best else ""
         lead_text = "" if i == best or not lead else (f"{lead['mean']:+.3f} ± {lead['sem']:.3f}; "
                                                       f"{lead['ahead']}/{lead['level']}/{lead['behind']}")
-        lines.append(f"| {i}{mark} | {_short(r['settings'])} | {acc.get('mean', 0):.3f} ± {acc.get('std', 0):.3f} | "
+        rung = f"; rung {r['rung'] + 1}, {r['epochs']} epochs" if "rung" in r else ""
+        lines.append(f"| {i}{mark} | {_short(r['settings'])}{rung} | {acc.get('mean', 0):.3f} ± {acc.get('std', 0):.3f} | "
                      f"{f1.get('mean', 0):.3f} ± {f1.get('std', 0):.3f} | {lead_text} | {r['seconds']} |")
     return "\n".join(lines) + "\n" + how_sure(results, best)
 

@@ -1,0 +1,102 @@
+"""The built-in search space: what ``ptune search`` tries when the config has no ``search.space``.
+
+Every candidate is a dict of dotted config keys to values, applied over the config itself. The space, in full:
+
+- the linear probe (no virtual tokens, nothing trained but the classifier): ``PROBE_LAYERS`` x ``POOLINGS``;
+- input-layer prompts: ``template_candidates`` (the template as written, its runs halved, and the same count of
+  virtual tokens placed elsewhere) x ``HEADS`` x ``ENCODERS`` x ``LR_FACTORS`` (times the config's ``train.lr``);
+- deep prompts (virtual tokens at every layer): not in ptune yet; ``DEEP_PROMPTS`` is where they will go.
+
+``train.epochs`` is not a key of the space: successive halving (``halving.py``) spends epochs as its resource, the
+config's own ``train.epochs`` on the last rung. The linear head's layers exist on causal LMs only, so on other
+models (and for tasks other than classification) the space keeps the prompts and the label words alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from ..template import parse_template, without_virtual
+
+# the linear head's layers, by name: "middle" is task.head_layer 0 (depth // 2), "late" three quarters down
+PROBE_LAYERS = ("middle", "late")
+POOLINGS = ("mean", "last")
+# how a prompted candidate reads its label: the label words, or a linear head at the middle or a late layer
+HEADS = ({"task.head": "words"},
+         {"task.head": "linear", "task.head_layer": "middle", "task.head_pooling": "mean"},
+         {"task.head": "linear", "task.head_layer": "late", "task.head_pooling": "last"})
+ENCODERS = ("lstm", "mlp")
+LR_FACTORS = (1.0, 0.3)  # times the config's train.lr
+DERIVED_RUN = 8  # virtual tokens placed when the template has none
+DEEP_PROMPTS: tuple = ()  # virtual tokens at every layer (P-tuning v2): a place kept for them, none yet
+
+_RUN = re.compile(r"\[P(?:\*([0-9]+))?\]")
+_TARGET = re.compile(r"\[(?:TARGET|MASK)\]")
+
+
+def layer_number(name: str, depth: int) -> int:
+    """``task.head_layer`` for a named layer of a model with ``depth`` blocks (valid layers: 1 to depth)."""
+    middle = max(1, depth // 2)
+    return middle if name == "middle" else min(depth, max(middle + 1, round(depth * 3 / 4)))
+
+
+def template_candidates(template: str) -> list[str]:
+    """The prompted templates to try: the template as written, with each ``[P*n]`` run halved (at least one token),
+    and the same number of virtual tokens in one run elsewhere (before the manual prompt, or before the target if
+    the template starts with its virtual tokens). A template without virtual tokens gets ``DERIVED_RUN`` of them
+    before it and before its target.
+
+    Args:
+        template (`str`): the config's ``task.template``.
+
+    Returns:
+        `list[str]`: distinct templates, the one written first when it has virtual tokens.
+
+    Example:
+        >>> template_candidates("{text} [P*8] Label : [TARGET]")
+        ['{text} [P*8] Label : [TARGET]', '{text} [P*4] Label : [TARGET]', '[P*8] {text} Label : [TARGET]']
+    """
+    manual = without_virtual(template)
+    n = parse_template(template).n_virtual
+    before_target = _TARGET.sub(lambda m: f"[P*{n or DERIVED_RUN}] {m.group(0)}", manual, count=1)
+    if not n:
+        out = [f"[P*{DERIVED_RUN}] {manual}", before_target]
+    else:
+        halved = _RUN.sub(lambda m: f"[P*{max(1, int(m.group(1) or 1) // 2)}]", template)
+        prefix = f"[P*{n}] {manual}"
+        out = [template, halved, before_target if parse_template(template).is_prefix else prefix]
+    return list(dict.fromkeys(out))
+
+
+def builtin_space(values: dict, depth: int | None) -> list[dict]:
+    """Every candidate of the built-in space for a config, probes first.
+
+    Args:
+        values (`dict`): the config's values (``{section: {key: value}}``), before the candidates' changes.
+        depth (`int`, *optional*): the model's number of blocks where a linear head can read them (a causal LM);
+            None: no linear head and no probe.
+
+    Returns:
+        `list[dict]`: one dict of dotted config keys -> values per candidate.
+
+    Example:
+        >>> len(builtin_space({"task": {"template": "{text} [P*8] Label : [TARGET]"}}, depth=30))
+        40
+    """
+    task, lr = values.get("task", {}), float(values.get("train", {}).get("lr", 3e-2))
+    template = task.get("template", "[P*8] {text} [TARGET]")
+    classify = task.get("type", "classification") == "classification"
+    heads = [h for h in HEADS if depth or h["task.head"] == "words"] if classify else [{}]
+    out = []
+    if classify and depth:
+        manual = without_virtual(template)
+        for layer, pooling in itertools.product(PROBE_LAYERS, POOLINGS):
+            out.append({"task.template": manual, "task.head": "linear",
+                        "task.head_layer": layer_number(layer, depth), "task.head_pooling": pooling})
+    for text, head, encoder, factor in itertools.product(template_candidates(template), heads, ENCODERS,
+                                                         LR_FACTORS):
+        head = {k: layer_number(v, depth) if k == "task.head_layer" else v for k, v in head.items()}
+        out.append({"task.template": text, **head, "encoder.type": encoder, "train.lr": float(f"{lr * factor:.3g}")})
+    out += [dict(candidate) for candidate in DEEP_PROMPTS]
+    return [dict(c) for c in {repr(sorted(c.items())): c for c in out}.values()]  # distinct (tiny depths repeat)
