@@ -281,6 +281,12 @@ class TrainConfig:
         grad_accum (`int`, defaults to 1): batches per optimizer step.
         self_train_rows (`int`, defaults to 0): confident unlabeled rows added for self-training (0: off).
         self_train_pool (`int`, defaults to 400): unlabeled rows scored to choose them from.
+        distill_teachers (`int`, defaults to 0): teachers per template whose averaged label probabilities label
+            unlabeled rows for the final model (0: off).
+        distill_templates (`list[str]`, defaults to ``[]``): the teachers' templates (empty: ``task.template``).
+        distill_rows (`int`, defaults to 400): unlabeled rows (a seeded sample) the teachers label.
+        distill_rounds (`int`, defaults to 1): rounds of labelling; each round's students teach the next.
+        distill_weight (`float`, defaults to 1.0): a soft-labelled row's weight in the loss (a labelled row's: 1).
         share_prefix (`bool`, defaults to True): run the rows' shared leading tokens once per batch.
         packing (`bool`, defaults to True): causal LMs: pack a batch's rows end to end instead of padding them.
         objective (`str`, defaults to ``"lm"``): ``lm`` or ``classify``.
@@ -327,6 +333,21 @@ class TrainConfig:
     its share of the training rows), then train afresh on both (0: off)."""
     self_train_pool: int = 400
     """How many unlabeled rows (a seeded sample) are scored to choose from."""
+    distill_teachers: int = 0
+    """Classification: distillation from an ensemble on ``data.unlabeled`` (PET-style). This many teachers per
+    template (seeds ``seed``, ``seed + 1``, ...) are trained on the labelled rows; their averaged label
+    probabilities label ``distill_rows`` unlabeled rows, and the final model trains on the labelled rows plus those
+    soft-labelled rows, with the cross-entropy against each row's distribution (0: off)."""
+    distill_templates: list[str] = field(default_factory=list)
+    """The teachers' templates, each with every seed of ``distill_teachers`` (different wordings make the ensemble's
+    errors differ); empty: ``task.template`` alone. The final model keeps ``task.template``."""
+    distill_rows: int = 400
+    """How many unlabeled rows (a seeded sample of ``data.unlabeled``) the teachers label."""
+    distill_rounds: int = 1
+    """Rounds of labelling: in round r + 1 the teachers are retrained on the labelled rows plus round r's
+    soft-labelled rows (the students of round r teach round r + 1), then label the same rows again."""
+    distill_weight: float = 1.0
+    """Each soft-labelled row's weight in the loss, against 1 for a labelled row."""
     share_prefix: bool = True
     """Causal LMs: run the tokens every row of a batch starts with (leading virtual tokens and anchor text) once per
     step instead of once per row; the same loss and gradients, less compute."""
@@ -364,9 +385,26 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size", "epochs", "max_length", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every", "save_every", "patience", "self_train_rows", "self_train_pool"):
+        for name in ("max_steps", "eval_every", "save_every", "patience", "self_train_rows", "self_train_pool",
+                     "distill_teachers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("distill_rows", "distill_rounds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.distill_weight > 0 and math.isfinite(self.distill_weight)):
+            raise ConfigError(f"train.distill_weight must be > 0 and finite, got {self.distill_weight}")
+        if self.distill_templates and not self.distill_teachers:
+            raise ConfigError("train.distill_templates is set but train.distill_teachers is 0: give the teachers "
+                              "per template")
+        if self.distill_teachers and self.self_train_rows:
+            raise ConfigError("train.distill_teachers and train.self_train_rows both label unlabeled rows: choose "
+                              "one (self-training is distillation from one teacher with hard labels)")
+        for i, template in enumerate(self.distill_templates):
+            try:
+                parse_template(template)
+            except TemplateError as err:
+                raise ConfigError(f"train.distill_templates[{i}]: {err}") from None
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.cv_folds < 2:
@@ -405,12 +443,13 @@ class Config:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             setattr(self, f.name, _section(f.name, getattr(self, f.name)))
-        if self.train.self_train_rows and not self.data.unlabeled:
-            raise ConfigError("train.self_train_rows is set but data.unlabeled is not: give the unlabeled rows")
+        for name in ("self_train_rows", "distill_teachers"):
+            if getattr(self.train, name) and not self.data.unlabeled:
+                raise ConfigError(f"train.{name} is set but data.unlabeled is not: give the unlabeled rows")
         if self.task.calibrate == "prior" and not self.data.unlabeled:
             raise ConfigError("task.calibrate is 'prior' but data.unlabeled is not: the offsets are fitted on "
                               "unlabeled rows of the task")
-        for name in ("objective", "class_weights", "self_train_rows"):
+        for name in ("objective", "class_weights", "self_train_rows", "distill_teachers"):
             if getattr(self.train, name) != TrainConfig.__dataclass_fields__[name].default \
                     and self.task.type != "classification":
                 raise ConfigError(f"train.{name} is {getattr(self.train, name)!r} but applies to classification "

@@ -111,12 +111,13 @@ class FoldScorer:
         tasks = [variant_task(session.task, settings) for settings in variants]
         return cls(cfg, session, dev_table, variants, tasks, folds, show_progress, needs_offsets, trained)
 
-    def train(self, train: Table, seed: int) -> PTuningModel:
+    def train(self, train: Table, seed: int, held: Table | None = None) -> PTuningModel:
         """A fold model: trained on ``train`` (with the fold's dev rule), or as built when nothing is trained, with
-        label offsets where a variant needs them."""
+        label offsets where a variant needs them; unlabeled rows equal to ``held`` rows (the fold's held-out ones)
+        get no teacher's label."""
         if self.trained:
             model, _ = fit(self.session, *fold_dev(self.cfg, train, self.dev_table, seed), None,
-                           show_progress=self.show_progress, seed=seed)
+                           show_progress=self.show_progress, seed=seed, held_out=held)
         else:
             model = self.session.new_model(seed).eval()
         if self.needs_offsets and model.label_offsets is None:
@@ -132,7 +133,7 @@ class FoldScorer:
 
     def single(self, train: Table, held: Table, seed: int, fold: int) -> list[dict]:
         """One model per fold: each variant's held-out metrics (with the loss)."""
-        model = self.train(train, seed)
+        model = self.train(train, seed, held)
         out = []
         for settings, task in zip(self.variants, self.tasks):
             metrics = evaluate(model, self.session, held, task=task) | {"fold": fold, "seed": seed}
@@ -146,7 +147,7 @@ class FoldScorer:
         member_preds: list[list[list[dict]]] = [[] for _ in self.variants]
         member_metrics: list[list[dict]] = [[] for _ in self.variants]
         for m in range(size):
-            model = self.train(train, seed + 100 * m)
+            model = self.train(train, seed + 100 * m, held)
             for v, (settings, task) in enumerate(zip(self.variants, self.tasks)):
                 preds = predict(model, self.session, held.rows, task)
                 metrics = task.metrics(held.rows, preds) | {"fold": fold, "seed": seed, "member": m + 1}

@@ -56,6 +56,36 @@ class ClassificationTask(Task):
             out.append(enc)
         return out, 0
 
+    def soft_examples(self, rows: list[dict], probs: torch.Tensor, weight: float) -> list[Encoded]:
+        """Training examples for soft-labelled rows: each row once per label it has probability for, that label as
+        its target, weighing ``weight * p(label)``; so the loss over them is ``weight`` times each row's
+        cross-entropy against its distribution, over the same label scores the objective trains (label words, the
+        labels' first tokens, or the linear head).
+
+        Args:
+            rows (`list[dict]`): the unlabeled rows (no label column needed).
+            probs (`torch.Tensor`): (rows, labels) each row's label distribution, in ``labels.labels`` order.
+            weight (`float`): a soft row's weight against a labelled row's 1 (``train.distill_weight``).
+
+        Returns:
+            `list[Encoded]`: the examples, row by row, label by label; labels of probability 0 are left out.
+
+        Example:
+            >>> examples = task.soft_examples([{"text": "late again"}], torch.tensor([[0.9, 0.1]]), 0.5)
+            >>> [round(e.weight, 2) for e in examples]
+            [0.45, 0.05]
+        """
+        out = []
+        for row, dist in zip(rows, probs.tolist()):
+            for label, p in enumerate(dist):
+                if p <= 0:
+                    continue
+                enc = self.renderer.encode(row, None if self.linear_head else
+                                           self.renderer.target_ids(self.labels.words[label][0]))
+                enc.label_index, enc.weight = label, weight * p
+                out.append(enc)
+        return out
+
     def label_tokens(self) -> list[int]:
         """Each label's first token (of its first word): what the ``classify`` objective chooses between."""
         firsts = [self.renderer.target_ids(words[0])[0] for words in self.labels.words]
@@ -70,13 +100,16 @@ class ClassificationTask(Task):
         return firsts
 
     def label_weights(self, examples: list[Encoded]) -> torch.Tensor | None:
-        """(labels,) per-label loss weights: None, or ``balanced`` (inverse label frequency, mean 1 over rows)."""
+        """(labels,) per-label loss weights: None, or ``balanced`` (inverse label frequency, mean 1 over rows), the
+        frequencies those of the labelled rows (soft-labelled ones, which carry a ``weight``, are not counted)."""
         if self.class_weights != "balanced":
             return None
-        return balanced_weights([e.label_index for e in examples], len(self.labels.labels))
+        return balanced_weights([e.label_index for e in examples if e.weight is None], len(self.labels.labels))
 
     def fit_head(self, model: PTuningModel, examples: list[Encoded], batch_size: int, device) -> None:
-        """``head: linear``: fit the classifier to these rows' pooled states under the current prompt."""
+        """``head: linear``: fit the classifier to these rows' pooled states under the current prompt (the labelled
+        rows only: soft-labelled ones, which carry a ``weight``, train the prompt, not the classifier's fit)."""
+        examples = [e for e in examples if e.weight is None]
         was_training = model.training
         model.eval()
         with torch.no_grad():

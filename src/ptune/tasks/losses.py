@@ -7,6 +7,9 @@ kept apart so that data-parallel processes can sum both before dividing.
     LinearHeadLoss   cross-entropy of ``task.head: linear``'s classifier
 
 The two label-level losses share ``label_nll``, and every weighted loss takes its rows' weights from ``row_weights``.
+A batch holding soft-labelled rows (``training.distillation``) carries ``row_weight`` (B,): each row counts that
+much in every loss, so a soft row given once per label with weight ``w * p(label)`` adds ``w`` times the
+cross-entropy against the distribution ``p`` (``-sum_l p(l) * log q(l)``, over the label scores the loss uses).
 """
 
 from __future__ import annotations
@@ -24,23 +27,32 @@ def balanced_weights(label_indices: list[int], n_labels: int) -> torch.Tensor:
     return len(label_indices) / (n_labels * counts.clamp(min=1).float())
 
 
-def row_weights(weights: torch.Tensor | None, gold: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,): each row's weight, its gold label's in ``weights`` (labels,), or 1 for every row without weights.
-    ``like`` (B,) gives the dtype and device of the ones."""
-    return weights.to(like.device)[gold] if weights is not None else torch.ones_like(like)
+def row_weights(weights: torch.Tensor | None, gold: torch.Tensor, like: torch.Tensor,
+                row_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,): each row's weight, its gold label's in ``weights`` (labels,), or 1 for every row without weights,
+    times ``row_weight`` (B,) where the batch has one (soft-labelled rows). ``like`` (B,) gives the dtype and device
+    of the ones."""
+    w = weights.to(like.device)[gold] if weights is not None else torch.ones_like(like)
+    return w if row_weight is None else w * row_weight.to(w)
 
 
-def label_nll(logp: torch.Tensor, gold: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def label_nll(logp: torch.Tensor, gold: torch.Tensor, weights: torch.Tensor | None,
+              row_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted negative log-likelihood of the gold labels. ``logp`` (B, labels) log-probabilities, ``gold`` (B,)
-    label indices, ``weights`` (labels,) or None. Returns the weighted sum and the sum of the weights."""
+    label indices, ``weights`` (labels,) or None, ``row_weight`` (B,) or None. Returns the weighted sum and the sum
+    of the weights."""
     nll = -logp.gather(1, gold.unsqueeze(1)).squeeze(1)  # (B,)
-    w = row_weights(weights, gold, nll)
+    w = row_weights(weights, gold, nll, row_weight)
     return (nll * w).sum(), w.sum()
 
 
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed negative log-likelihood of every target token, and the number of target tokens."""
+    """Summed negative log-likelihood of every target token, and the number of target tokens (each token weighted
+    by its row's ``row_weight`` where the batch has one)."""
     logp, mask = model.token_logprobs(batch)  # (B, K), (B, K)
+    if "row_weight" in batch:
+        w = batch["row_weight"].to(logp).unsqueeze(1) * mask  # (B, K)
+        return -(logp * w).sum(), w.sum()
     return -logp.sum(), mask.sum()
 
 
@@ -55,7 +67,7 @@ class WeightedLMLoss:
 
     def __call__(self, model, batch):
         logp, mask = model.token_logprobs(batch)  # (B, K)
-        w = row_weights(self.weights, batch["label_index"], logp).unsqueeze(1) * mask  # (B, K)
+        w = row_weights(self.weights, batch["label_index"], logp[:, 0], batch.get("row_weight")).unsqueeze(1) * mask
         return -(logp * w).sum(), w.sum()
 
 
@@ -73,7 +85,7 @@ class ClassifyLoss:
 
     def __call__(self, model, batch):
         logp = model.label_choice_logprobs(batch, self.candidates.to(batch["labels"].device))  # (B, labels)
-        return label_nll(logp, batch["label_index"], self.weights)
+        return label_nll(logp, batch["label_index"], self.weights, batch.get("row_weight"))
 
 
 @dataclass
@@ -87,4 +99,4 @@ class LinearHeadLoss:
 
     def __call__(self, model, batch):
         logp = F.log_softmax(model.class_logits(batch), dim=-1)  # (B, labels)
-        return label_nll(logp, batch["label_index"], self.weights)
+        return label_nll(logp, batch["label_index"], self.weights, batch.get("row_weight"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import Config
 from ..data.labels import LabelSpace
 from ..data.splits import split_dev
-from ..data.tables import Table
+from ..data.tables import Table, check_table
 from ..session import Session, check_inputs, load_training_tables, open_session, read_split
 from ..template import parse_template
 from .distributed import process_device
@@ -30,6 +30,13 @@ def prepare(cfg: Config, hold_out_dev: bool = True) -> tuple[Session, Table, Tab
     unlabeled = read_split(cfg, "unlabeled")
     if unlabeled is not None:
         check_inputs(cfg, template, unlabeled, labelled=False)
+    for i, text in enumerate(cfg.train.distill_templates):  # the teachers read these rows too
+        teacher = parse_template(text)
+        for table in (train, unlabeled):
+            teacher.validate(kind=None, needs_virtual=cfg.task.head != "linear", columns=table.columns,
+                             field_map=cfg.data.columns,
+                             where=f"train.distill_templates[{i}] (checked against {table.source})")
+            check_table(table, [cfg.data.columns.get(f, f) for f in teacher.fields])
     session = open_session(cfg, labels=labels, device=process_device(cfg), unlabeled=unlabeled)
     session.task.check(train)
     if dev is not None:

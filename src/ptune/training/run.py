@@ -54,7 +54,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, show_progre
         if table is not None and (dist is None or dist.is_main_process):
             report_truncated(session, table, what)
     # no mkdir here: the folder appears with the first checkpoint, so a run that fails on its data writes nothing
-    model, prog = fit(session, train_table, dev, out_dir, resume=resume, show_progress=show_progress)
+    model, prog = fit(session, train_table, dev, out_dir, resume=resume, show_progress=show_progress, held_out=test)
 
     def summarise() -> dict:
         summary = {"out": str(out_dir), "steps": prog.step, "best_" + cfg.metric: prog.best}

@@ -1,17 +1,18 @@
 """Self-training: the unlabeled rows a first model (the teacher) is surest of join the training rows, each label
-taking its share. The teacher is trained by the caller (``trainer.with_pseudo_labels``); this module only chooses."""
+taking its share: distillation (``distillation``) from one teacher with hard labels. The teacher is trained by the
+caller (``trainer.with_pseudo_labels``); this module only chooses, from the same seeded, fold-safe sample."""
 
 from __future__ import annotations
-
-import random
 
 from ..data.tables import Table
 from ..evaluator import label_probabilities
 from ..modeling.ptuning import PTuningModel
 from ..session import Session
+from .distillation import unlabeled_pool
 
 
-def pseudo_labelled(session: Session, train: Table, teacher: PTuningModel, seed: int) -> Table:
+def pseudo_labelled(session: Session, train: Table, teacher: PTuningModel, seed: int,
+                    exclude: list[Table | None] = ()) -> Table:
     """``train`` plus the unlabeled rows ``teacher`` is surest of, labelled with its predictions.
 
     From a seeded sample of ``train.self_train_pool`` unlabeled rows, each label takes the
@@ -23,6 +24,7 @@ def pseudo_labelled(session: Session, train: Table, teacher: PTuningModel, seed:
         train (Table): the labelled training rows.
         teacher (PTuningModel): a model trained on ``train``.
         seed (int): seeds the sample of unlabeled rows.
+        exclude (list[Table | None]): rows (held-out, dev) whose inputs are kept out of the sample.
 
     Returns:
         Table: the rows of ``train`` followed by the chosen rows, label by label, surest first.
@@ -34,9 +36,7 @@ def pseudo_labelled(session: Session, train: Table, teacher: PTuningModel, seed:
     """
     tc = session.cfg.train
     label_column = session.cfg.task.label_column
-    pool = list(session.unlabeled.rows)
-    random.Random(seed).shuffle(pool)
-    pool = pool[:tc.self_train_pool]
+    pool = unlabeled_pool(session, tc.self_train_pool, seed, exclude)
     preds = session.predict(teacher, pool)
     labels = session.task.labels.labels
     probs = label_probabilities(session, preds)

@@ -11,6 +11,7 @@ encoder has none either.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import sys
@@ -34,6 +35,7 @@ from ..tasks.calibration import fit_prior_offsets
 from .distributed import LossStep, check_batch_split, clip_gradients, make_accelerator, on_main
 from .logging import MetricLogger
 from .saving import save_inference
+from .distillation import SoftRows, distil
 from .self_training import pseudo_labelled
 
 
@@ -130,6 +132,7 @@ class Trainer:
             ``metrics.jsonl`` and ``curves.png`` go; None writes nothing (the best encoder is kept in memory).
         seed (int | None): the seed of the encoder's initialisation and the data order; None: ``train.seed``.
         show_progress (bool): a progress bar on the main process.
+        soft (SoftRows | None): soft-labelled rows trained on beside ``train`` (``distillation``).
 
     Example:
         >>> trainer = Trainer(session, train, dev, Path("run"))
@@ -139,9 +142,10 @@ class Trainer:
     """
 
     def __init__(self, session: Session, train: Table, dev: Table | None, out_dir: Path | None = None, *,
-                 seed: int | None = None, show_progress: bool = True):
+                 seed: int | None = None, show_progress: bool = True, soft: SoftRows | None = None):
         self.session = session
         self.train_table = train
+        self.soft = soft
         self.dev = dev
         self.out_dir = out_dir
         self.tc = session.cfg.train
@@ -189,6 +193,8 @@ class Trainer:
         examples, skipped = task.train_examples(train)
         if not examples:
             raise PtuneError(f"{train.source}: no usable training rows ({skipped} skipped)")
+        if self.soft is not None:
+            examples = examples + task.soft_examples(self.soft.rows, self.soft.probs, self.soft.weight)
         if skipped and self.main:
             print(f"note: {skipped} of {len(train)} training rows skipped (target is not a single token)",
                   file=sys.stderr)
@@ -483,11 +489,15 @@ class Trainer:
 
 
 def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None = None, *, resume: bool = False,
-        show_progress: bool = True, seed: int | None = None, self_train: bool = True) -> tuple[PTuningModel, Progress]:
+        show_progress: bool = True, seed: int | None = None, self_train: bool = True,
+        held_out: Table | None = None) -> tuple[PTuningModel, Progress]:
     """Train a fresh (or resumed) encoder on ``train``; keep the best on ``dev`` (the last one without dev).
 
     With ``train.self_train_rows`` (and ``self_train``), a teacher is trained on ``train`` first and the unlabeled
-    rows it is surest of join the training rows (``with_pseudo_labels``); deterministic, so a resume redoes it alike.
+    rows it is surest of join the training rows (``with_pseudo_labels``); with ``train.distill_teachers``, an
+    ensemble of teachers trained on ``train`` labels unlabeled rows with probabilities, which the model trains on
+    beside ``train`` (``distillation.distil``). Teachers see ``train`` only, and unlabeled rows equal to ``dev`` or
+    ``held_out`` rows are left out. Deterministic, so a resume redoes it alike.
 
     Args:
         session (Session): the config, frozen base model and task (and the unlabeled rows, where read).
@@ -498,7 +508,9 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
         resume (bool): continue from the state saved in ``out_dir``.
         show_progress (bool): a progress bar (main process).
         seed (int | None): overrides ``train.seed`` (encoder initialisation, data order, samples).
-        self_train (bool): False skips self-training even where the config asks for it.
+        self_train (bool): False skips self-training and distillation even where the config asks for them.
+        held_out (Table | None): rows the model is judged on (a cross-validation fold's, a test file's): no
+            unlabeled row equal to one of them is labelled by a teacher.
 
     Returns:
         tuple[PTuningModel, Progress]: the kept model (eval mode) and the run's progress, whose ``history`` holds a
@@ -510,14 +522,42 @@ def fit(session: Session, train: Table, dev: Table | None, out_dir: Path | None 
         >>> [h["loss"] for h in progress.history if h["kind"] == "train"][-1]
     """
     seed = session.cfg.train.seed if seed is None else seed
-    if self_train and session.cfg.train.self_train_rows:
-        train = with_pseudo_labels(session, train, seed, show_progress)
-    trainer = Trainer(session, train, dev, out_dir, seed=seed, show_progress=show_progress)
+    tc, soft = session.cfg.train, None
+    if self_train and tc.self_train_rows:
+        train = with_pseudo_labels(session, train, seed, show_progress, exclude=[dev, held_out])
+    if self_train and tc.distill_teachers:
+        soft = distil(session, train, seed, functools.partial(train_teacher, show_progress=show_progress),
+                      exclude=[dev, held_out])
+    trainer = Trainer(session, train, dev, out_dir, seed=seed, show_progress=show_progress, soft=soft)
     trainer.setup(resume=resume)
     return trainer.train()
 
 
-def with_pseudo_labels(session: Session, train: Table, seed: int, show_progress: bool = False) -> Table:
+def train_teacher(session: Session, train: Table, soft: SoftRows | None, seed: int,
+                  show_progress: bool = False) -> PTuningModel:
+    """A teacher: trained by the same loop on ``train`` (and ``soft`` rows, where given), without dev, nothing
+    written; its last model, in eval mode.
+
+    Args:
+        session (Session): the teacher's session (its template may differ from the run's).
+        train (Table): the labelled rows.
+        soft (SoftRows | None): soft-labelled rows from a previous round of teachers.
+        seed (int): the teacher's seed.
+        show_progress (bool): a progress bar while it trains.
+
+    Returns:
+        PTuningModel: the trained teacher.
+
+    Example:
+        >>> teacher = train_teacher(session, train, None, seed=1)
+    """
+    trainer = Trainer(session, train, None, None, seed=seed, show_progress=show_progress, soft=soft)
+    trainer.setup()
+    return trainer.train()[0]
+
+
+def with_pseudo_labels(session: Session, train: Table, seed: int, show_progress: bool = False,
+                       exclude: list[Table | None] = ()) -> Table:
     """Self-training: ``train`` plus the unlabeled rows a teacher trained on it is surest of.
 
     The teacher is trained by the same loop (no dev, nothing written), then ``self_training.pseudo_labelled``
@@ -528,6 +568,7 @@ def with_pseudo_labels(session: Session, train: Table, seed: int, show_progress:
         train (Table): the labelled training rows.
         seed (int): the teacher's seed and the seed of the unlabeled sample.
         show_progress (bool): a progress bar while the teacher trains.
+        exclude (list[Table | None]): rows (held-out, dev) whose inputs are kept out of the unlabeled sample.
 
     Returns:
         Table: ``train``'s rows followed by the chosen, self-labelled rows (the same rows, in the same order, for
@@ -540,10 +581,7 @@ def with_pseudo_labels(session: Session, train: Table, seed: int, show_progress:
     """
     if session.unlabeled is None:
         raise PtuneError("train.self_train_rows is set but no unlabeled rows were read (data.unlabeled)")
-    teacher = Trainer(session, train, None, None, seed=seed, show_progress=show_progress)
-    teacher.setup()
-    model, _ = teacher.train()
-    return pseudo_labelled(session, train, model, seed)
+    return pseudo_labelled(session, train, train_teacher(session, train, None, seed, show_progress), seed, exclude)
 
 
 def fit_label_offsets(session: Session, model: PTuningModel, train: Table, seed: int) -> None:

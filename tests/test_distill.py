@@ -1,0 +1,187 @@
+"""Distillation from an ensemble on unlabeled rows (train.distill_*): the soft-target loss, the teachers' averaged
+probabilities, what the final model and each round's teachers train on, and that a cross-validation fold's held-out
+rows never teach or get taught."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ROWS, tiny_config, write_csv
+from ptune.errors import ConfigError, PtuneError
+from ptune.evaluation import cv
+from ptune.evaluation.cv import cross_validate
+from ptune.modeling.base import packed_bin_tokens
+from ptune.tasks.ensemble import mean_label_probabilities
+from ptune.training import distillation, trainer
+from ptune.training.prepare import prepare
+
+UNLABELED = [("where is my parcel",), ("love it",), ("broken again",), ("thanks a lot",), ("app crashed",),
+             ("great",), ("refund please",), ("hello",)]
+TEACHER_TEMPLATE = "[P*2] Message : {text} [P*1] Answer : [TARGET]"
+
+
+def _data(tmp_path, unlabeled=UNLABELED) -> dict:
+    return {"train": str(write_csv(tmp_path / "t.csv", ROWS)),
+            "unlabeled": str(write_csv(tmp_path / "u.csv", unlabeled, header=("text",)))}
+
+
+def _row_logp(session, model, examples) -> torch.Tensor:
+    """(rows, labels): the log-probabilities over the labels that the objective trains, one labelled row at a time."""
+    task = session.task
+    if task.linear_head:
+        return torch.cat([F.log_softmax(model.class_logits(task.batch([e], "cpu")), -1) for e in examples])
+    firsts = torch.tensor(task.label_tokens())
+    return torch.cat([model.label_choice_logprobs(task.batch([e], "cpu"), firsts) for e in examples])
+
+
+@pytest.mark.parametrize("settings", [{"train": {"objective": "lm"}}, {"train": {"objective": "classify"}},
+                                      {"task": {"head": "linear"}}], ids=["lm", "classify", "linear"])
+def test_soft_loss_is_cross_entropy_against_the_distribution_and_one_hot_gives_the_hard_loss(
+        tiny_causal_dir, tmp_path, settings):
+    cfg = tiny_config(tiny_causal_dir, _data(tmp_path), **settings)
+    session, tr, _ = prepare(cfg, hold_out_dev=False)
+    task, model = session.task, session.new_model(0).eval()
+    hard, _ = task.train_examples(tr)
+    loss = task.make_loss(hard)
+    rows = [{"text": r["text"]} for r in tr.rows]
+    one_hot = F.one_hot(torch.tensor([e.label_index for e in hard]), 2).float()
+    with torch.no_grad():
+        total, weight = loss(model, task.batch(hard, "cpu"))
+        soft_total, soft_weight = loss(model, task.batch(task.soft_examples(rows, one_hot, 0.5), "cpu"))
+        assert torch.allclose(soft_total / soft_weight, total / weight, atol=1e-5)
+        assert torch.isclose(soft_weight, 0.5 * weight)
+        if task.objective == "lm" and not task.linear_head:  # packed batches carry the weights too
+            packed = task.batch(task.soft_examples(rows, one_hot, 0.5), "cpu", pack=packed_bin_tokens(
+                session.base.model.config))
+            assert torch.allclose(packed["row_weight"], torch.full((len(rows),), 0.5))
+            assert torch.allclose(loss(model, packed)[0] / loss(model, packed)[1], total / weight, atol=1e-4)
+            return
+        # any distribution: weight w times each row's cross-entropy against it, over the labels' scores
+        probs = torch.softmax(torch.randn(len(rows), 2, generator=torch.Generator().manual_seed(0)), -1)
+        soft_total, soft_weight = loss(model, task.batch(task.soft_examples(rows, probs, 0.5), "cpu"))
+        expected = -(probs * _row_logp(session, model, hard)).sum(-1)  # (rows,)
+    assert torch.isclose(soft_total, 0.5 * expected.sum(), atol=1e-4)
+    assert torch.isclose(soft_weight, torch.tensor(0.5 * len(rows)))
+
+
+def test_the_ensembles_probabilities_are_the_mean_of_the_teachers(tiny_causal_dir, tmp_path):
+    cfg = tiny_config(tiny_causal_dir, _data(tmp_path), train={"distill_teachers": 2})
+    session, _, _ = prepare(cfg, hold_out_dev=False)
+    pool = [{"text": u[0]} for u in UNLABELED]
+    teachers = [(session, session.new_model(seed).eval()) for seed in (1, 2)]
+    got = distillation.soft_labels(teachers, pool)
+    with torch.no_grad():
+        each = [torch.softmax(session.task.scores(m, pool, 8, "cpu"), -1) for _, m in teachers]
+    assert got.shape == (len(pool), 2)
+    assert torch.allclose(got, (each[0] + each[1]) / 2, atol=1e-3)  # scores are rounded to 4 places
+    assert torch.allclose(got.sum(-1), torch.ones(len(pool)))
+    assert torch.equal(got, mean_label_probabilities([s.predict(m, pool) for s, m in teachers], ["complaint",
+                                                                                                 "no complaint"]))
+
+
+def test_teachers_label_soft_rows_in_rounds_and_the_final_model_trains_on_both(tiny_causal_dir, tmp_path,
+                                                                               monkeypatch):
+    cfg = tiny_config(tiny_causal_dir, _data(tmp_path), train={
+        "epochs": 1, "distill_teachers": 2, "distill_rounds": 2, "distill_rows": 3, "distill_weight": 0.5,
+        "distill_templates": [TEACHER_TEMPLATE, "[P*2] Tweet text : {text} [P*2] Label : [TARGET]"]})
+    session, tr, _ = prepare(cfg, hold_out_dev=False)
+    built = []
+
+    class Spy(trainer.Trainer):
+        def setup(self, resume=False):
+            super().setup(resume)
+            built.append({"template": self.session.cfg.task.template, "seed": self.seed,
+                          "train": [r["text"] for r in self.train_table.rows], "soft": self.soft,
+                          "examples": len(self.examples)})
+
+    monkeypatch.setattr(trainer, "Trainer", Spy)
+    trainer.fit(session, tr, None, show_progress=False)
+    assert len(built) == 2 * 2 * 2 + 1  # 2 rounds of 2 templates x 2 seeds, then the final model
+    teachers, final = built[:-1], built[-1]
+    assert [(t["template"], t["seed"]) for t in teachers[:4]] == [
+        (TEACHER_TEMPLATE, 0), (TEACHER_TEMPLATE, 1), (cfg.task.template, 0), (cfg.task.template, 1)]
+    assert all(t["soft"] is None for t in teachers[:4])  # round 1: the labelled rows only
+    assert all(t["soft"] is not None and len(t["soft"].rows) == 3 for t in teachers[4:])  # round 2: + round 1's
+    assert all(t["train"] == [r[0] for r in ROWS] for t in built)
+    soft = final["soft"]
+    assert final["template"] == cfg.task.template and final["seed"] == cfg.train.seed
+    assert len(soft.rows) == 3 and {r["text"] for r in soft.rows} <= {u[0] for u in UNLABELED}
+    assert soft.weight == 0.5 and torch.allclose(soft.probs.sum(-1), torch.ones(3))
+    assert not torch.equal(soft.probs, teachers[4]["soft"].probs)  # round 2's teachers relabelled the rows
+    assert final["examples"] == len(ROWS) + 3 * 2  # each soft row once per label, weighted by its probability
+
+
+def test_in_cv_held_out_rows_never_teach_nor_are_labelled(tiny_causal_dir, tmp_path, monkeypatch):
+    # data.unlabeled is the training file itself: its held-out rows must be taken out of every fold's pool
+    data = {"train": str(write_csv(tmp_path / "t.csv", ROWS))}
+    data["unlabeled"] = data["train"]
+    events = []
+    folds = cv.seeded_folds
+
+    def seeded_folds(*args):
+        for seed, fold, train, held in folds(*args):
+            events.append(("fold", {r["text"] for r in held.rows}, {r["text"] for r in train.rows}))
+            yield seed, fold, train, held
+
+    def train_teacher(session, train, soft, seed, show_progress=False):
+        events.append(("teach", {r["text"] for r in train.rows}, None))
+        return teach(session, train, soft, seed, show_progress)
+
+    def soft_labels(teachers, pool):
+        events.append(("label", {r["text"] for r in pool}, None))
+        return label(teachers, pool)
+
+    teach, label = trainer.train_teacher, distillation.soft_labels
+    monkeypatch.setattr(cv, "seeded_folds", seeded_folds)
+    monkeypatch.setattr(trainer, "train_teacher", train_teacher)
+    monkeypatch.setattr(distillation, "soft_labels", soft_labels)
+    for settings in ({"distill_teachers": 1, "distill_rows": 100}, {"self_train_rows": 2, "self_train_pool": 100}):
+        events.clear()
+        cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1, **settings})
+        cross_validate(cfg, folds=2, seeds=[3], show_progress=False)
+        held = fold_train = None
+        assert [e[0] for e in events].count("fold") == 2
+        for kind, texts, train_texts in events:
+            if kind == "fold":
+                held, fold_train = texts, train_texts
+            elif kind == "teach":
+                assert texts == fold_train  # the fold's training rows only
+            else:
+                assert texts == fold_train and not texts & held  # every other row is labelled, no held-out one
+        assert [e[0] for e in events].count("teach") == 2
+        assert [e[0] for e in events].count("label") == (2 if "distill_teachers" in settings else 0)
+
+
+def test_a_pool_of_held_out_rows_only_is_an_error_naming_the_key(tiny_causal_dir, tmp_path):
+    data = {"train": str(write_csv(tmp_path / "t.csv", ROWS)),
+            "unlabeled": str(write_csv(tmp_path / "u.csv", ROWS[:2]))}
+    cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1, "distill_teachers": 1})
+    session, tr, _ = prepare(cfg, hold_out_dev=False)
+    with pytest.raises(PtuneError, match="train.distill_teachers.*data.unlabeled"):
+        trainer.fit(session, tr, None, show_progress=False, held_out=tr)
+
+
+@pytest.mark.parametrize("train, data, match", [
+    ({"distill_teachers": 2}, {}, "train.distill_teachers is set but data.unlabeled"),
+    ({"distill_teachers": -1}, None, "train.distill_teachers must be >= 0"),
+    ({"distill_teachers": 1, "distill_rows": 0}, None, "train.distill_rows must be >= 1"),
+    ({"distill_teachers": 1, "distill_rounds": 0}, None, "train.distill_rounds must be >= 1"),
+    ({"distill_teachers": 1, "distill_weight": 0}, None, "train.distill_weight must be > 0"),
+    ({"distill_templates": [TEACHER_TEMPLATE]}, None, "train.distill_templates is set but train.distill_teachers"),
+    ({"distill_teachers": 1, "distill_templates": ["[P*2] {text"]}, None, r"train.distill_templates\[0\]"),
+    ({"distill_teachers": 1, "distill_templates": "one"}, None, "train.distill_templates: expected"),
+    ({"distill_teachers": 1, "self_train_rows": 4}, None, "choose one"),
+])
+def test_config_errors_name_the_key(tiny_causal_dir, tmp_path, train, data, match):
+    data = _data(tmp_path) if data is None else {"train": _data(tmp_path)["train"]}
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(tiny_causal_dir, data, train=train)
+
+
+def test_a_teacher_template_reading_a_missing_column_is_refused_before_the_model_loads(tiny_causal_dir, tmp_path):
+    cfg = tiny_config(tiny_causal_dir, _data(tmp_path),
+                      train={"distill_teachers": 1, "distill_templates": ["[P*2] {title} : [TARGET]"]})
+    with pytest.raises(Exception, match=r"train.distill_templates\[0\].*title"):
+        prepare(cfg)
+    with pytest.raises(ConfigError, match="classification only"):
+        tiny_config(tiny_causal_dir, _data(tmp_path), task={"type": "generation"}, train={"distill_teachers": 1})
