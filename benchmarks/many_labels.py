@@ -1,0 +1,128 @@
+"""Many labels: prediction speed of label words scored by their prefix tree (each prefix that words share run once
+per row, in a few large model calls) against word by word (one model call per multi-token word), on RAFT
+banking_77's 77 intents, the two interleaved batch by batch in one process so that both meet the same machine.
+Also the zero-shot accuracy of the label words on the 50 labelled rows by both paths, which must agree.
+
+    python benchmarks/many_labels.py --data ../shared/data/raft/banking_77                 # embedded model
+    python benchmarks/many_labels.py --data ../shared/data/raft/banking_77 --rows 32 --today
+    python benchmarks/many_labels.py --data ../shared/data/raft/banking_77 --size tiny     # seconds
+
+No verbalizer is given: the label words come from the label names (``card_arrival`` -> ``card arrival``).
+``--today`` times a third kind as well: the raw names as words, word by word (what a config without a verbalizer
+ran before label names were spoken as words). ``--size`` takes a random-weight model shaped as a real one
+(random_models.py) instead of the embedded SmolLM2-135M-Instruct. Prints the machine and date on stderr and one JSON
+line: rows/s of each kind, the ratios, the places (rows x tokens) each runs per row, and the accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from machine import describe, summary_line
+
+TEMPLATE = "Query : {Query} Label : [TARGET]"  # the manual prompt of docs/results.md's RAFT runs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--data", required=True, help="the banking_77 folder (task.json, train.csv, test_unlabeled.csv)")
+    p.add_argument("--rows", type=int, default=96, help="rows of test_unlabeled.csv timed per kind and round")
+    p.add_argument("--rounds", type=int, default=2, help="passes over the rows, the kinds taking turns per batch")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per prediction batch (train.eval_batch_size)")
+    p.add_argument("--today", action="store_true", help="also time the raw label names, word by word")
+    p.add_argument("--size", help="a random-weight model of this shape (tiny, 135m, 0.5b, 1.5b)")
+    p.add_argument("--models-root", help="where random-weight models are built and kept")
+    return p.parse_args(argv)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def open_kinds(args) -> tuple[dict, dict]:
+    """The sessions (label words from the names; raw names with ``--today``) and the model of each kind."""
+    from ptune.config import Config, ModelConfig, TaskConfig
+    from ptune.data.labels import LabelSpace
+    from ptune.session import open_session
+
+    names = json.loads((Path(args.data) / "task.json").read_text())["label_columns"]["Label"]
+    model_name = "embedded:SmolLM2-135M-Instruct"
+    if args.size:
+        from random_models import default_root, ensure_model
+        model_name = str(ensure_model(args.size, args.models_root or default_root()))
+    cfg = Config(model=ModelConfig(name_or_path=model_name),
+                 task=TaskConfig(template=TEMPLATE, label_column="Label"))
+    spoken = open_session(cfg, label_values=names, allow_no_virtual=True)
+    sessions = {"word_by_word": spoken, "tree": spoken}
+    if args.today:
+        raw = LabelSpace(sorted(set(names)), [[n] for n in sorted(set(names))])
+        sessions["today"] = open_session(cfg, labels=raw, base=spoken.base, allow_no_virtual=True)
+    models = {}
+    for kind, session in sessions.items():
+        models[kind] = session.new_model().eval()
+        models[kind].use_prefix_tree = kind == "tree"
+    return sessions, models
+
+
+def places_per_row(session) -> int:
+    """Tokens each row runs through the model for its label words after its own: word by word, every word's tokens
+    but the last; by the tree, every distinct proper prefix once."""
+    words = [session.task.renderer.target_ids(w) for ws in session.task.labels.words for w in ws]
+    return sum(len(w) - 1 for w in words), len({tuple(w[:k]) for w in words for k in range(1, len(w))})
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    data = Path(args.data)
+    sessions, models = open_kinds(args)
+    rows = read_csv(data / "test_unlabeled.csv")[:args.rows]
+    batches = [rows[i:i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
+    seconds = dict.fromkeys(sessions, 0.0)
+    kinds = list(sessions)
+    with torch.inference_mode():
+        for r in range(args.rounds):
+            for b, batch in enumerate(batches):
+                turn = (r * len(batches) + b) % len(kinds)
+                for kind in kinds[turn:] + kinds[:turn]:  # each kind goes first in turn
+                    start = time.perf_counter()
+                    sessions[kind].task.predict(models[kind], batch, args.batch_size, "cpu")
+                    seconds[kind] += time.perf_counter() - start
+        labelled = read_csv(data / "train.csv")
+        accuracy, agree = {}, None
+        for kind in kinds:
+            preds = sessions[kind].task.predict(models[kind], labelled, args.batch_size, "cpu")
+            accuracy[kind] = sum(p["prediction"] == row["Label"] for p, row in zip(preds, labelled)) / len(labelled)
+            if kind == "word_by_word":
+                reference = [p["prediction"] for p in preds]
+            elif kind == "tree":
+                agree = sum(p["prediction"] == q for p, q in zip(preds, reference))
+    machine = describe(measure=False)
+    print(summary_line(machine), file=sys.stderr)
+    timed = args.rounds * len(rows)
+    rate = {kind: round(timed / seconds[kind], 3) for kind in kinds}
+    by_word, tree = places_per_row(sessions["tree"])
+    out = {"model": sessions["tree"].cfg.model.name_or_path, "dtype": str(sessions["tree"].base.model.dtype),
+           "labels": len(sessions["tree"].task.labels.labels), "rows_timed_each": timed,
+           "batch_size": args.batch_size, "rows_per_s": rate,
+           "tree_vs_word_by_word": round(rate["tree"] / rate["word_by_word"], 2),
+           "word_places_per_row": {"word_by_word": by_word, "tree": tree},
+           "accuracy_50_labelled": accuracy, "tree_agrees_with_word_by_word": f"{agree}/{len(labelled)}",
+           "cpu": machine.get("cpu_model"), "torch_threads": torch.get_num_threads(), "date": machine.get("date")}
+    if "today" in rate:
+        out["tree_vs_today"] = round(rate["tree"] / rate["today"], 2)
+        out["word_places_per_row"]["today"] = places_per_row(sessions["today"])[0]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
