@@ -306,14 +306,27 @@ class CausalPTuning(PTuningModel):
         """The base's inputs for rows that follow a shared prefix ``ids``/``virtual`` (1, P): the prefix runs once
         and its keys and values are repeated for every row (gradients flow through them), or, where a sliding
         window could cut in, it is joined to every row."""
-        embeds, mask, positions = inputs["inputs_embeds"], inputs["attention_mask"], inputs["position_ids"]
         prefix = self.embed(ids, virtual, table)  # (1, P, d)
-        if not self.prefix_fits(ids.shape[1] + mask.shape[1]):
-            embeds, mask, positions = joined(prefix, embeds, mask, positions)  # (B, P+T, d), (B, P+T), (B, P+T)
-            return dict(inputs, inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
-        cache = repeated(run_prefix(self.base, self.cache_arg, prefix), embeds.shape[0])
-        mask, positions = after_prefix(mask, positions, ids.shape[1])
-        return dict(inputs, attention_mask=mask, position_ids=positions, use_cache=True, **{self.cache_arg: cache})
+        embeds, mask, positions, cache = self.behind_prefix(
+            inputs["inputs_embeds"], inputs["attention_mask"], inputs["position_ids"], ids.shape[1],
+            lambda: prefix, lambda: run_prefix(self.base, self.cache_arg, prefix))
+        inputs = dict(inputs, inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+        return inputs if cache is None else dict(inputs, use_cache=True, **{self.cache_arg: cache})
+
+    def behind_prefix(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, length: int,
+                      prefix_embeds, prefix_keys_values) -> tuple:
+        """Left-padded rows (B, T) placed behind a shared prefix of ``length`` tokens: the one place that chooses
+        how. The prefix's keys and values (``prefix_keys_values()``) repeated for every row in a fresh cache, or,
+        where a sliding window could cut in, its embeddings (``prefix_embeds()``, (1, P, d)) joined to every row.
+
+        Returns:
+            tuple: embeds, attention mask, position ids (with the prefix: (B, P+T) places of mask, or of all three
+            where joined), and the KV cache (None where joined).
+        """
+        if not self.prefix_fits(length + mask.shape[1]):
+            return (*joined(prefix_embeds(), embeds, mask, positions), None)  # (B, P+T, d), (B, P+T), (B, P+T)
+        mask, positions = after_prefix(mask, positions, length)
+        return embeds, mask, positions, repeated(prefix_keys_values(), embeds.shape[0])
 
     def prefix_fits(self, length: int) -> bool:
         """Whether a shared prefix can run apart from rows ``length`` places long with it (their pads then sit between
@@ -350,13 +363,13 @@ class CausalPTuning(PTuningModel):
         with self.scoring_head([t for word in words for t in word]):
             embeds = self.embed(batch["input_ids"], batch["virtual_index"])  # (B, T, d)
             mask, positions = batch["attention_mask"], batch["position_ids"]
-            cache = new_cache()
-            if prefix is not None and not self.prefix_fits(len(prefix[0]) + mask.shape[1]):
-                ids, virtual = (torch.tensor([p], device=mask.device) for p in prefix)
-                embeds, mask, positions = joined(self.embed(ids, virtual), embeds, mask, positions)  # (B, P+T, ...)
-            elif prefix is not None:
-                cache = repeated(self.prefix_keys_values(*prefix), embeds.shape[0])
-                mask, positions = after_prefix(mask, positions, len(prefix[0]))
+            cache = None
+            if prefix is not None:
+                embeds, mask, positions, cache = self.behind_prefix(
+                    embeds, mask, positions, len(prefix[0]),
+                    lambda: self.embed(*(torch.tensor([p], device=mask.device) for p in prefix)),
+                    lambda: self.prefix_keys_values(*prefix))
+            cache = new_cache() if cache is None else cache
             by_tree = self.scores_by_tree(mask.shape[1] + max(len(w) for w in words) - 1)
             return word_logprobs(self.base, self.cache_arg, embeds, mask, positions, cache, words, by_tree)
 
