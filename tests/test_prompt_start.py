@@ -138,3 +138,23 @@ def test_training_warms_up_over_the_configured_share_of_steps(tiny_causal_dir, t
     train(tiny_config(tiny_causal_dir, tiny_data, train={"epochs": 4, "warmup_ratio": 0.5}), tmp_path / "run",
           show_progress=False)
     assert [s for s, _, _ in seen] == list(range(8)) and {(t, w) for _, t, w in seen} == {(8, 4)}
+
+
+def test_the_benchmark_draws_balanced_seeded_rows(tmp_path):
+    import csv
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from prompt_start import balanced_sample
+
+    source = tmp_path / "train.tsv"
+    source.write_text("sentence\tlabel\n" + "".join(f"row {i} \t{i % 2}\n" for i in range(40)), encoding="utf-8")
+
+    def draw(seed):
+        with open(balanced_sample(source, 4, seed, tmp_path / f"{seed}.csv"), newline="", encoding="utf-8") as f:
+            return [(r["sentence"], r["label"]) for r in csv.DictReader(f)]
+
+    rows = draw(1)
+    assert len(rows) == 8 and sorted(label for _, label in rows) == ["0"] * 4 + ["1"] * 4
+    assert draw(1) == rows and draw(2) != rows
