@@ -5,15 +5,17 @@ rows never teach or get taught."""
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from conftest import ROWS, tiny_config, write_csv
 from ptune.errors import ConfigError, PtuneError
-from ptune.evaluation import cv
+from ptune.evaluation import cv, search
 from ptune.evaluation.cv import cross_validate
 from ptune.modeling.base import packed_bin_tokens
 from ptune.tasks.ensemble import mean_label_probabilities
 from ptune.training import distillation, trainer
 from ptune.training.prepare import prepare
+from ptune.training.run import train
 
 UNLABELED = [("where is my parcel",), ("love it",), ("broken again",), ("thanks a lot",), ("app crashed",),
              ("great",), ("refund please",), ("hello",)]
@@ -111,12 +113,13 @@ def test_teachers_label_soft_rows_in_rounds_and_the_final_model_trains_on_both(t
     assert final["examples"] == len(ROWS) + 3 * 2  # each soft row once per label, weighted by its probability
 
 
-def test_in_cv_held_out_rows_never_teach_nor_are_labelled(tiny_causal_dir, tmp_path, monkeypatch):
-    # data.unlabeled is the training file itself: its held-out rows must be taken out of every fold's pool
-    data = {"train": str(write_csv(tmp_path / "t.csv", ROWS))}
-    data["unlabeled"] = data["train"]
+def _spy_on_folds_teachers_and_labels(monkeypatch) -> list[tuple]:
+    """Events in order: ("fold", held-out texts, training texts) as each fold starts, ("teach", texts) for each
+    teacher's training rows, ("label", texts) for each pool the teachers label, ("retrain",) before a search
+    retrains its winner on every row."""
     events = []
-    folds = cv.seeded_folds
+    folds, teach, label, retrain = cv.seeded_folds, trainer.train_teacher, distillation.soft_labels, \
+        search.retrain_winner
 
     def seeded_folds(*args):
         for seed, fold, train, held in folds(*args):
@@ -124,41 +127,73 @@ def test_in_cv_held_out_rows_never_teach_nor_are_labelled(tiny_causal_dir, tmp_p
             yield seed, fold, train, held
 
     def train_teacher(session, train, soft, seed, show_progress=False):
-        events.append(("teach", {r["text"] for r in train.rows}, None))
+        events.append(("teach", {r["text"] for r in train.rows}))
         return teach(session, train, soft, seed, show_progress)
 
     def soft_labels(teachers, pool):
-        events.append(("label", {r["text"] for r in pool}, None))
+        events.append(("label", {r["text"] for r in pool}))
         return label(teachers, pool)
 
-    teach, label = trainer.train_teacher, distillation.soft_labels
+    def retrain_winner(*args, **kwargs):
+        events.append(("retrain",))
+        return retrain(*args, **kwargs)
+
     monkeypatch.setattr(cv, "seeded_folds", seeded_folds)
     monkeypatch.setattr(trainer, "train_teacher", train_teacher)
     monkeypatch.setattr(distillation, "soft_labels", soft_labels)
-    for settings in ({"distill_teachers": 1, "distill_rows": 100}, {"self_train_rows": 2, "self_train_pool": 100}):
-        events.clear()
-        cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1, **settings})
-        cross_validate(cfg, folds=2, seeds=[3], show_progress=False)
-        held = fold_train = None
-        assert [e[0] for e in events].count("fold") == 2
-        for kind, texts, train_texts in events:
-            if kind == "fold":
-                held, fold_train = texts, train_texts
-            elif kind == "teach":
-                assert texts == fold_train  # the fold's training rows only
-            else:
-                assert texts == fold_train and not texts & held  # every other row is labelled, no held-out one
-        assert [e[0] for e in events].count("teach") == 2
-        assert [e[0] for e in events].count("label") == (2 if "distill_teachers" in settings else 0)
+    monkeypatch.setattr(search, "retrain_winner", retrain_winner)
+    return events
+
+
+def _check_no_held_out_row_teaches_or_is_labelled(events: list[tuple], labelled: bool, folds: int = 2) -> None:
+    if ("retrain",) in events:
+        events = events[:events.index(("retrain",))]
+    held = fold_train = None
+    for kind, *texts in events:
+        if kind == "fold":
+            held, fold_train = texts
+        elif kind == "teach":
+            assert texts[0] == fold_train  # the fold's training rows only
+        else:  # every training row of the fold is labelled, no held-out one
+            assert texts[0] == fold_train and not texts[0] & held
+    kinds = [e[0] for e in events]
+    assert kinds.count("fold") == folds and kinds.count("teach") == 2
+    assert kinds.count("label") == (2 if labelled else 0)
+
+
+@pytest.mark.parametrize("settings", [{"distill_teachers": 1, "distill_rows": 100},
+                                      {"self_train_rows": 2, "self_train_pool": 100}], ids=["distill", "self_train"])
+def test_in_cv_held_out_rows_never_teach_nor_are_labelled(tiny_causal_dir, tmp_path, monkeypatch, settings):
+    # data.unlabeled is the training file itself: its held-out rows must be taken out of every fold's pool
+    data = {"train": str(write_csv(tmp_path / "t.csv", ROWS))}
+    data["unlabeled"] = data["train"]
+    events = _spy_on_folds_teachers_and_labels(monkeypatch)
+    cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1, **settings})
+    cross_validate(cfg, folds=2, seeds=[3], show_progress=False)
+    _check_no_held_out_row_teaches_or_is_labelled(events, "distill_teachers" in settings)
+
+
+def test_in_search_held_out_rows_never_teach_nor_are_labelled(tiny_causal_dir, tmp_path, monkeypatch):
+    write_csv(tmp_path / "train.csv", ROWS)
+    cfg = tiny_config(tiny_causal_dir, {"train": "train.csv", "unlabeled": "train.csv"},
+                      train={"epochs": 1, "distill_teachers": 1, "distill_rows": 100}).to_dict()
+    cfg["search"] = {"folds": 2, "seeds": [3], "space": {"train.lr": [3e-2]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    events = _spy_on_folds_teachers_and_labels(monkeypatch)
+    search.run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    assert ("retrain",) in events
+    # 2 folds of the trained candidate, then the same 2 for the zero-shot prompt (nothing trained, no teacher)
+    _check_no_held_out_row_teaches_or_is_labelled(events, True, folds=4)
 
 
 def test_a_pool_of_held_out_rows_only_is_an_error_naming_the_key(tiny_causal_dir, tmp_path):
-    data = {"train": str(write_csv(tmp_path / "t.csv", ROWS)),
-            "unlabeled": str(write_csv(tmp_path / "u.csv", ROWS[:2]))}
+    # ptune train with data.test: no test row is labelled, so a pool of test rows only leaves nothing
+    data = {"train": str(write_csv(tmp_path / "t.csv", ROWS)), "test": str(write_csv(tmp_path / "u.csv", ROWS[:2]))}
+    data["unlabeled"] = data["test"]
     cfg = tiny_config(tiny_causal_dir, data, train={"epochs": 1, "distill_teachers": 1})
-    session, tr, _ = prepare(cfg, hold_out_dev=False)
     with pytest.raises(PtuneError, match="train.distill_teachers.*data.unlabeled"):
-        trainer.fit(session, tr, None, show_progress=False, held_out=tr)
+        train(cfg, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("train, data, match", [
