@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import ROWS, tiny_config, write_csv
+from ptune.data.tables import Table
 from ptune.errors import ConfigError, PtuneError
 from ptune.evaluation import cv, search
 from ptune.evaluation.cv import cross_validate
@@ -184,6 +185,19 @@ def test_in_search_held_out_rows_never_teach_nor_are_labelled(tiny_causal_dir, t
     assert ("retrain",) in events
     # 2 folds of the trained candidate, then the same 2 for the zero-shot prompt (nothing trained, no teacher)
     _check_no_held_out_row_teaches_or_is_labelled(events, True, folds=4)
+
+
+def test_the_pool_is_the_seeded_sample_self_training_always_drew_when_nothing_is_excluded(tiny_causal_dir, tmp_path):
+    import random
+
+    cfg = tiny_config(tiny_causal_dir, _data(tmp_path), train={"self_train_rows": 2})
+    session, tr, _ = prepare(cfg, hold_out_dev=False)
+    before = list(session.unlabeled.rows)
+    random.Random(5).shuffle(before)
+    assert distillation.unlabeled_pool(session, 6, 5) == before[:6]  # so self-training's choices are unchanged
+    assert distillation.unlabeled_pool(session, 6, 5, [None, tr]) == before[:6]  # no overlap, nothing taken out
+    held = Table("held", ["text", "label"], [{"text": "love it", "label": "no complaint"}])
+    assert {"text": "love it"} not in distillation.unlabeled_pool(session, 100, 5, [held])
 
 
 def test_a_pool_of_held_out_rows_only_is_an_error_naming_the_key(tiny_causal_dir, tmp_path):
