@@ -39,7 +39,7 @@ class SoftRows:
     weight: float
 
 
-TrainModel = Callable[[Session, Table, "SoftRows | None", int], PTuningModel]
+TrainModel = Callable[[Session, Table, SoftRows | None, int], PTuningModel]
 """``train_model(session, labelled rows, soft rows or None, seed) -> model``: one teacher trained, nothing written."""
 
 

@@ -5,7 +5,8 @@ On the CPU a run is repeatable: data order comes from (seed, epoch), the frozen 
 encoder has none either.
 
 ``Trainer`` is the loop, one method a step of it (``setup``, ``resume``, ``step``, ``evaluate``, ``save``,
-``train``); ``fit`` builds one and runs it, after self-training has grown the training rows where the config asks.
+``train``); ``fit`` builds one and runs it, after self-training has grown the training rows or distillation has
+labelled unlabeled rows where the config asks.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from ..modeling.components import Supports
 from ..modeling.ptuning import PTuningModel
 from ..session import Session
 from ..tasks.calibration import fit_prior_offsets
+from .distillation import SoftRows, distil
 from .distributed import LossStep, check_batch_split, clip_gradients, make_accelerator, on_main
 from .logging import MetricLogger
 from .saving import save_inference
-from .distillation import SoftRows, distil
 from .self_training import pseudo_labelled
 
 
