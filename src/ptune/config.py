@@ -225,7 +225,7 @@ class DataConfig:
         format (`str`, defaults to ``"auto"``): ``auto``, ``csv``, ``tsv``, ``jsonl`` or ``parquet``.
         columns (`dict[str, str]`, *optional*): template field -> column name, where they differ.
         dev_fraction (`float`, defaults to 0.0): share of the training rows held out as dev without a dev file.
-        unlabeled (`str`, *optional*): rows without labels, for self-training and ``calibrate: prior``.
+        unlabeled (`str`, *optional*): rows without labels, for self-training, distillation and ``calibrate: prior``.
         train_split, dev_split, test_split, unlabeled_split (`str`): ``hf:`` dataset splits.
 
     Example:
@@ -245,7 +245,8 @@ class DataConfig:
     dev_fraction: float = 0.0
     """Share of the training rows held out as dev when no dev file is given (stratified for classification)."""
     unlabeled: str | None = None
-    """Rows without labels (e.g. RAFT's test_unlabeled.csv) for self-training (``train.self_train_rows``)."""
+    """Rows without labels (e.g. RAFT's test_unlabeled.csv) for self-training (``train.self_train_rows``),
+    distillation (``train.distill_teachers``) and ``task.calibrate: prior``."""
     train_split: str = "train"
     dev_split: str = "validation"
     test_split: str = "test"
