@@ -114,14 +114,17 @@ def test_example_configs_are_valid():
     from pathlib import Path
 
     from ptune.config import load_config
-    from ptune.evaluation.search import build, candidates, load_search
+    from ptune.evaluation.search import apply_settings, build, candidates, load_search
+    from ptune.evaluation.space import builtin_space
 
     examples = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
     assert len(examples) >= 3
     for path in examples:  # every key known, every value in range (the data is not read here)
         if "search:" in path.read_text():
             base, search = load_search(path)
-            for _, values in candidates(base, search["space"]):
+            grid = (candidates(base, search["space"]) if "space" in search  # else the built-in space, 30 blocks
+                    else [(c, apply_settings(base, c)) for c in builtin_space(base, 30)])
+            for _, values in grid:
                 assert build(values, str(path)).task.template
         else:
             assert load_config(str(path)).task.template

@@ -187,8 +187,8 @@ def test_search_from_python_with_relative_paths(tiny_causal_dir, tiny_data, tmp_
     best = ptune.load(tmp_path / "search")
     assert best.session.cfg.train.lr == report["candidates"][report["best"]]["settings"]["train.lr"]
     assert best.session.cfg.data.train == str(Path(tiny_data["train"]).resolve())
-    with pytest.raises(ptune.ConfigError, match="give space"):
-        ptune.search(cfg, tmp_path / "again")
+    builtin = ptune.search(cfg, tmp_path / "builtin", folds=2, seeds=[0], budget_minutes=0.01, show_progress=False)
+    assert builtin["space"] == "built-in" and (tmp_path / "builtin" / "search.json").is_file()  # no space given
     with pytest.raises(ptune.ConfigError, match="search space 'train.lr': expected a non-empty list"):
         ptune.search(cfg, tmp_path / "again", space={"train.lr": []})
 

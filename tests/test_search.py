@@ -223,6 +223,7 @@ def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_
 
     cfg = search_config(tiny_causal_dir, tmp_path, {}, lr=1e-2)
     del cfg["search"]  # no section at all: the built-in space and the defaults
+    cfg["task"]["verbalizer"] = {"complaint": "complaint", "no complaint": "hello"}  # every candidate has words
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
     plan = SearchPlan.read(tmp_path / "s.yaml")
     assert plan.builtin and plan.halving and plan.folds == 5

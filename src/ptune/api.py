@@ -92,15 +92,16 @@ def cross_validate(config: ConfigLike, *, folds: int | None = None, seeds: list[
 def search(config: ConfigLike, out_dir: str | Path, *, space: dict[str, list] | None = None, folds: int = 5,
            seeds: list[int] = (42,), budget_minutes: float = 0, ensemble: int = 1,
            show_progress: bool = True) -> dict:
-    """Choose a recipe by cross-validating every point of a grid on the same folds, then retrain the best (by mean
-    macro-F1) on all rows and write its checkpoint, ``search.json``, ``search.md`` and ``search.png`` (``ptune
-    search``).
+    """Choose a recipe by cross-validating every point of a grid (or, without one, the built-in space by successive
+    halving) on the same folds, then retrain the best (by mean macro-F1) on all rows and write its checkpoint,
+    ``recipe.yaml``, ``search.json``, ``search.md`` and ``search.png`` (``ptune search``).
 
     Args:
-        config (`Config`, `dict` or `str`/`Path`): the base recipe; or, without ``space``, a YAML search file
-            with its own ``search:`` section.
+        config (`Config`, `dict` or `str`/`Path`): the base recipe; or, without ``space``, a YAML file, searched
+            by its own ``search:`` section (or the built-in space where it has none or no ``space``).
         out_dir (`str` or `Path`): where the winner's checkpoint and the report go.
         space (`dict[str, list]`, *optional*): dotted config keys -> candidate values; the grid is their product.
+            None with a config that is not a file: the built-in space (``evaluation/space.py``), by halving.
         folds (`int`, defaults to 5): folds per seed.
         seeds (`list[int]`, defaults to ``[42]``): one split per seed.
         budget_minutes (`float`, defaults to 0): start no new candidate after this long (0: no limit).
@@ -116,17 +117,15 @@ def search(config: ConfigLike, out_dir: str | Path, *, space: dict[str, list] | 
         >>> report["candidates"][report["best"]]["settings"]  # doctest: +SKIP
         {'train.lr': 0.01}
     """
-    if space is None:
-        if not isinstance(config, (str, os.PathLike)):
-            raise ConfigError("search: give space, a mapping of dotted config keys to lists of candidate values "
-                              "(or a YAML search file with a search: section)")
+    if space is None and isinstance(config, (str, os.PathLike)):
         return run_search(config, out_dir, show_progress=show_progress)
-    for key, options in space.items():
+    for key, options in (space or {}).items():
         if not isinstance(options, (list, tuple)) or not options:
             raise ConfigError(f"search space {key!r}: expected a non-empty list of candidate values")
     values = absolute_paths(as_config(config)).to_dict()
-    values["search"] = {"folds": folds, "seeds": list(seeds), "budget_minutes": budget_minutes,
-                        "ensemble": ensemble, "space": {key: list(options) for key, options in space.items()}}
+    values["search"] = {"folds": folds, "seeds": list(seeds), "budget_minutes": budget_minutes, "ensemble": ensemble}
+    if space is not None:  # none: the built-in space
+        values["search"]["space"] = {key: list(options) for key, options in space.items()}
     # the search reads its plan from a file, as `ptune search` does: one reader, one set of checks
     with tempfile.TemporaryDirectory(prefix="ptune-search-") as folder:
         path = Path(folder) / "search.yaml"

@@ -141,13 +141,16 @@ def predict(checkpoint_dirs, data, out_file, fmt, quiet):
 @_set
 @click.option("--quiet", is_flag=True)
 def search(config, out_dir, overrides, quiet):
-    """Cross-validated search over the config's `search.space`; retrain the best and write its checkpoint."""
+    """Cross-validated search over the config's `search.space`, or without one the built-in space by successive
+    halving; retrain the best and write its checkpoint and recipe.yaml."""
 
     from .evaluation.search import render_table, run_search
 
     report = run_search(config, out_dir, overrides, show_progress=not quiet)
     click.echo(render_table(report["candidates"], report["best"]))
     click.echo(f"chosen: candidate {report['best']}; checkpoint in {out_dir}; took {report['seconds']:.0f} s")
+    if report.get("recipe"):
+        click.echo(f"the chosen recipe as a config (`ptune train` takes it): {Path(out_dir) / report['recipe']}")
 
 
 @main.command()

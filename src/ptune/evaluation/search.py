@@ -1,17 +1,24 @@
-"""``ptune search``: choose a recipe by repeated, stratified k-fold cross-validation over a declared space.
+"""``ptune search``: choose a recipe by repeated, stratified k-fold cross-validation over a space of candidates.
 
-The config file is a normal ptune config plus a ``search`` section:
+The config file is a normal ptune config, with or without a ``search`` section:
 
     search:
       folds: 5
       seeds: [1, 2]
-      budget_minutes: 30          # stop starting new candidates after this
+      budget_minutes: 30          # stop starting new candidates after this (shared between the rungs of halving)
       ensemble: 1                 # models per fold (training seeds seed, seed+100, ...), scored as one ensemble
+      halving: false              # successive halving over the epochs; the default without a space is true
       space:                      # dotted config keys -> candidate values (the grid is their product)
         task.template: ["[P*20] Tweet text : {Tweet text} Label : [TARGET]", "..."]
         train.lr: [3e-3, 1e-2]
 
-Every candidate gets the same folds. With ``data.dev_fraction`` (or a dev file) each fold model keeps its best
+Without ``space`` the candidates are the built-in space's (``space.py``: the probe, prompts of a few sizes and
+placements, both heads, encoders, learning rates), searched by successive halving (``halving.py``): every
+candidate on a rung with a fraction of its epochs, the best third promoted to the next, the last rung with the full
+epochs; the winner is the best of the last rung reached. Besides the checkpoint, the winner's config is written as
+``recipe.yaml``, which ``ptune train`` takes.
+
+Every candidate gets the same folds, at every rung. With ``data.dev_fraction`` (or a dev file) each fold model keeps its best
 epoch on dev rows outside its held-out fold and stops early after ``train.patience`` bad evaluations, so
 ``train.epochs`` and ``train.patience`` can be searched as a ceiling and a stopping rule; the winner is retrained
 the same way. Keys used only at prediction time (``task.calibrate``, ``task.score``) cost no training: each of
@@ -214,7 +221,7 @@ def zero_shot_candidates(configs: list[tuple[dict, Config]]) -> tuple[list[tuple
             continue
         manual = without_virtual(cfg.task.template)
         zcfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, template=manual, head="words",
-                                                                 head_layer=0))
+                                                                 head_layer=0, head_pooling="mean"))
         key = json.dumps([zcfg.to_dict()[section] for section in ("model", "task", "data")]
                          + [zcfg.train.max_length, zcfg.train.eval_batch_size], sort_keys=True, default=str)
         if key not in seen:

@@ -2,7 +2,7 @@
 
 Every candidate is a dict of dotted config keys to values, applied over the config itself. The space, in full:
 
-- the linear probe (no virtual tokens, nothing trained but the classifier): ``PROBE_LAYERS`` x ``POOLINGS``;
+- the linear probe (no virtual tokens, nothing trained but the classifier): ``PROBE_LAYERS`` x ``POOLINGS``, first;
 - input-layer prompts: ``template_candidates`` (the template as written, its runs halved, and the same count of
   virtual tokens placed elsewhere) x ``HEADS`` x ``ENCODERS`` x ``LR_FACTORS`` (times the config's ``train.lr``);
 - deep prompts (virtual tokens at every layer): not in ptune yet; ``DEEP_PROMPTS`` is where they will go.
@@ -94,8 +94,10 @@ def builtin_space(values: dict, depth: int | None) -> list[dict]:
         for layer, pooling in itertools.product(PROBE_LAYERS, POOLINGS):
             out.append({"task.template": manual, "task.head": "linear",
                         "task.head_layer": layer_number(layer, depth), "task.head_pooling": pooling})
-    for text, head, encoder, factor in itertools.product(template_candidates(template), heads, ENCODERS,
-                                                         LR_FACTORS):
+    # heads vary fastest, then templates, encoders, learning rates: a budget that cuts the first rung short has
+    # still tried every head and placement
+    for factor, encoder, text, head in itertools.product(LR_FACTORS, ENCODERS, template_candidates(template),
+                                                         heads):
         head = {k: layer_number(v, depth) if k == "task.head_layer" else v for k, v in head.items()}
         out.append({"task.template": text, **head, "encoder.type": encoder, "train.lr": float(f"{lr * factor:.3g}")})
     out += [dict(candidate) for candidate in DEEP_PROMPTS]
