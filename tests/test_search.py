@@ -321,3 +321,34 @@ def test_the_built_in_search_stops_within_its_budget_and_writes_a_checkpoint(tin
     assert report["seconds"] < 1.2 * 60 * cfg["search"]["budget_minutes"] + 10  # one score over at most, then retraining
     assert Predictor.load(tmp_path / "out").predict_rows([{"text": "thanks"}])[0]["prediction"] in (
         "complaint", "no complaint")
+
+
+def test_halving_over_the_built_in_space_promotes_the_best_and_scores_a_probe_once(tiny_causal_dir, tmp_path,
+                                                                                   monkeypatch):
+    """A fake scorer over the built-in space (40 candidates, 9 epochs: rungs of 1, 3 and 9 epochs): the best
+    third goes on at every rung, and a probe, whose figures do not depend on the epochs, is not scored again."""
+    from ptune.evaluation import search as search_module
+
+    cfg = search_config(tiny_causal_dir, tmp_path, {"folds": 2}, epochs=9)
+    del cfg["search"]["seeds"]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    plan = search_module.SearchPlan.read(tmp_path / "s.yaml")
+    calls = []
+
+    def fake(plan_, shared, candidate):
+        calls.append((candidate.task.template, candidate.task.head, candidate.encoder.type, candidate.train.lr,
+                      candidate.task.head_pooling, candidate.task.head_layer, candidate.train.epochs))
+        f1 = 0.9 if (candidate.task.head_pooling, candidate.task.head_layer) == ("last", 2) else 0.5
+        f1 += 0.05 * (candidate.encoder.type == "mlp")  # the probe's base encoder is mlp: it leads its ties
+        return {"macro_f1": {"mean": f1, "std": 0.0}, "runs": [{"macro_f1": f1}] * 2, "seconds": 0.0}
+
+    monkeypatch.setattr(search_module, "run_candidate", fake)
+    scored = search_module.score_by_halving(plan, None, 0, show_progress=False)
+    assert [epochs for *_, epochs in calls].count(1) == 40 and len(scored) == 40
+    assert [rung for *_, rung in scored].count(1) == 14 - 5 and [rung for *_, rung in scored].count(2) == 5
+    assert [call[0] for call in calls].count("{text} Label : [TARGET]") == 4  # each probe scored once
+    assert len(calls) == 40 + 12 + 4  # 14 and 5 promoted, 2 probes among the 14 and 1 among the 5
+    top = [settings for settings, _, _, rung in scored if rung == 2]
+    assert {"task.head_layer": 2, "task.head_pooling": "last", "task.head": "linear",
+            "task.template": "{text} Label : [TARGET]"} in top  # the probe at the late layer, scored once
+    assert all(s.get("encoder.type", "mlp") == "mlp" for s in top)
