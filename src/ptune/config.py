@@ -137,8 +137,8 @@ class TaskConfig:
     """Classification only: how a row's label is read off the model. ``words`` ranks the label words (the verbalizer)
     by the LM head's log-likelihood, the paper's way. ``linear``: a linear classifier over the hidden states of
     layer ``head_layer``, pooled over the row's positions as ``head_pooling`` says (the classification head of
-    P-tuning v2 and of PEFT's SEQ_CLS task type); it is fitted by L2-regularised logistic regression before and after the prompt is trained,
-    and saved with the encoder. Causal LMs only."""
+    P-tuning v2 and of PEFT's SEQ_CLS task type); it is fitted by L2-regularised logistic regression before and
+    after the prompt is trained, and saved with the encoder. Causal LMs only."""
     head_layer: int = 0
     """``head: linear``: which layer's output is pooled (1 = the first block's); 0 = the middle of the model."""
     head_pooling: str = "mean"

@@ -18,8 +18,8 @@ candidate on a rung with a fraction of its epochs, the best third promoted to th
 epochs; the winner is the best of the last rung reached. Besides the checkpoint, the winner's config is written as
 ``recipe.yaml``, which ``ptune train`` takes.
 
-Every candidate gets the same folds, at every rung. With ``data.dev_fraction`` (or a dev file) each fold model keeps its best
-epoch on dev rows outside its held-out fold and stops early after ``train.patience`` bad evaluations, so
+Every candidate gets the same folds, at every rung. With ``data.dev_fraction`` (or a dev file) each fold model
+keeps its best epoch on dev rows outside its held-out fold and stops early after ``train.patience`` bad evaluations, so
 ``train.epochs`` and ``train.patience`` can be searched as a ceiling and a stopping rule; the winner is retrained
 the same way. Keys used only at prediction time (``task.calibrate``, ``task.score``) cost no training: each of
 their values is scored on the same fold models. The table and plot report mean and spread of
@@ -162,9 +162,8 @@ class SearchPlan:
         builtin = "space" not in search
         train_space, variants = split_space(search.get("space", {}))
         if builtin:
-            grid = [(settings, apply_settings(base_values, settings))
-                    for settings in builtin_space(base_values, linear_depth(build(copy.deepcopy(base_values),
-                                                                                  source)))]
+            depth = linear_depth(build(copy.deepcopy(base_values), source))
+            grid = [(settings, apply_settings(base_values, settings)) for settings in builtin_space(base_values, depth)]
         else:
             grid = candidates(base_values, train_space) if train_space else [({}, copy.deepcopy(base_values))]
         configs = [(settings, build(values, source)) for settings, values in grid]
@@ -522,8 +521,9 @@ def render_table(results: list[dict], best: int) -> str:
         mark = " **best**" if i == best else ""
         lead_text = "" if i == best or not lead else (f"{lead['mean']:+.3f} ± {lead['sem']:.3f}; "
                                                       f"{lead['ahead']}/{lead['level']}/{lead['behind']}")
-        rung = f"; rung {r['rung'] + 1}, {r['epochs']} epochs" if "rung" in r else ""
-        lines.append(f"| {i}{mark} | {_short(r['settings'])}{rung} | {acc.get('mean', 0):.3f} ± {acc.get('std', 0):.3f} | "
+        rung = f"; rung {r['rung'] + 1}, {r['epochs']} epoch{'s' * (r['epochs'] != 1)}" if "rung" in r else ""
+        lines.append(f"| {i}{mark} | {_short(r['settings'])}{rung} | "
+                     f"{acc.get('mean', 0):.3f} ± {acc.get('std', 0):.3f} | "
                      f"{f1.get('mean', 0):.3f} ± {f1.get('std', 0):.3f} | {lead_text} | {r['seconds']} |")
     return "\n".join(lines) + "\n" + how_sure(results, best)
 
