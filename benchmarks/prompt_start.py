@@ -29,6 +29,12 @@ VERBALIZER = {"0": "negative", "1": "positive"}
 ANCHOR = " Sentiment :"
 RESIDUAL = "Review : {sentence} [P*3] [TARGET]"
 RESIDUAL_ENCODER = {"type": "lstm", "init": "text", "init_text": ANCHOR, "residual": True}
+TRAINED = {  # method -> (template, encoder section)
+    "random": ("Review : {sentence} [P*8] [TARGET]", {"type": "lstm"}),
+    "random_k3": (RESIDUAL, {"type": "lstm"}),
+    "text": (RESIDUAL, {**RESIDUAL_ENCODER, "residual": False}),  # the words as the LSTM's input only
+    "residual": (RESIDUAL, RESIDUAL_ENCODER),
+}
 
 
 def balanced_sample(train_tsv: Path, per_label: int, seed: int, out_csv: Path) -> Path:
@@ -82,7 +88,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--methods", default="zero_shot,random,residual",
-                        help="comma-separated: zero_shot, random, residual, residual_start (residual, untrained)")
+                        help="comma-separated: zero_shot, residual_start (residual, untrained), " + ", ".join(TRAINED))
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,8 +108,7 @@ def main() -> None:
                 session = open_session(cfg, label_values=list(VERBALIZER))
                 result = metrics(session, session.new_model(), dev)
             else:
-                template, encoder = ("Review : {sentence} [P*8] [TARGET]", {"type": "lstm"}) if method == "random" \
-                    else (RESIDUAL, RESIDUAL_ENCODER)
+                template, encoder = TRAINED[method]
                 cfg = config(template, train_csv, seed, encoder, args.epochs, args.lr)
                 ptune.train(cfg, out / f"{method}-{seed}", show_progress=False)
                 predictor = ptune.load(out / f"{method}-{seed}")
