@@ -268,6 +268,16 @@ def test_successive_halving_promotes_the_best_third_and_stays_within_its_budget(
     assert now[0] <= 30 + 9 and [c[1] for c in calls].count(0) == 10
     assert max(r.rung for r in reached.values()) == 2 and len(reached) == 10
 
+    def flat(i, rung, fraction):  # every score costs 1 s, whatever its epochs: a last rung done early leaves time
+        now[0] += 1
+        return -i
+
+    now[0] = 0.0
+    reached = successive_halving(20, [1 / 3, 1.0], flat, budget=20, clock=lambda: now[0])
+    # 10 on the first rung, 4 on the last by 14 s; the 10 left get their own brackets: 3 (1 promoted), then 1
+    assert len(reached) == 14 and now[0] <= 21
+    assert sorted(i for i, r in reached.items() if r.rung == 1) == [0, 1, 2, 3, 10, 13]
+
 
 def test_halving_scores_every_rung_on_the_same_folds_and_its_recipe_trains(tiny_causal_dir, tmp_path, monkeypatch):
     """Four candidates, 3 epochs: all on the first rung with 1 epoch, the best two with 3, each fold the same rows;

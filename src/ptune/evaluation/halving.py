@@ -55,7 +55,8 @@ def successive_halving(n: int, fractions: list[float], score: Callable[[int, int
 
     The budget is shared out: rung k starts no new score after ``start + budget * (k + 1) / rungs``, so what a
     rung leaves unspent goes to the next ones, and the whole search overruns the budget by at most one score.
-    Ties keep the candidate listed first.
+    Where the budget cut the first rung short and time is left when the last rung is done, the candidates not yet
+    scored get a bracket of their own, the same way, in the time left. Ties keep the candidate listed first.
 
     Args:
         n (`int`): the number of candidates, scored as ``0 .. n-1`` in that order on the first rung.
@@ -74,9 +75,23 @@ def successive_halving(n: int, fractions: list[float], score: Callable[[int, int
         >>> {i: r.rung for i, r in reached.items() if r.rung == 1}
         {3: 1, 4: 1, 5: 1}
     """
+    start, reached = clock(), {}
+    while len(reached) < n:
+        left = budget - (clock() - start) if budget else 0.0
+        if budget and left <= 0:
+            break
+        bracket = one_bracket([i for i in range(n) if i not in reached], fractions, score, left, clock, eta)
+        if not bracket:
+            break
+        reached |= bracket
+    return reached
+
+
+def one_bracket(todo: list[int], fractions: list[float], score: Callable[[int, int, float], float], budget: float,
+                clock: Callable[[], float], eta: int) -> dict[int, Reached]:
+    """``successive_halving``'s rungs over the candidates ``todo``, within ``budget`` seconds (0: no limit)."""
     start = clock()
     reached: dict[int, Reached] = {}
-    todo = list(range(n))
     for rung, fraction in enumerate(fractions):
         deadline = start + budget * (rung + 1) / len(fractions)
         done = []
