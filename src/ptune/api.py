@@ -11,7 +11,7 @@ from typing import Union
 
 import yaml
 
-from .config import Config, load_config
+from .config import Config, absolute_paths, load_config
 from .errors import ConfigError, PtuneError
 from .evaluation.baselines import baselines as run_baselines
 from .evaluation.cv import cross_validate as run_folds
@@ -131,16 +131,6 @@ def search(config: ConfigLike, out_dir: str | Path, *, space: dict[str, list] | 
         path = Path(folder) / "search.yaml"
         path.write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
         return run_search(path, out_dir, show_progress=show_progress)
-
-
-def absolute_paths(cfg: Config) -> Config:
-    """``cfg`` with its relative file paths made absolute (from the working directory), so that it means the same
-    when written to a file elsewhere."""
-    changes = {f"data.{name}": os.path.abspath(value) for name in ("train", "dev", "test", "unlabeled")
-               if (value := getattr(cfg.data, name)) and not value.startswith("hf:")}
-    if cfg.task.vocab_file:
-        changes["task.vocab_file"] = os.path.abspath(cfg.task.vocab_file)
-    return cfg.replace(changes)
 
 
 def baselines(config: ConfigLike, manual_template: str, *, folds: int | None = None,

@@ -741,6 +741,16 @@ def read_config_file(path: str | Path) -> dict:
     return values
 
 
+def absolute_paths(cfg: Config) -> Config:
+    """``cfg`` with its relative file paths made absolute (from the working directory), so that it means the same
+    when written to a file elsewhere."""
+    changes = {f"data.{name}": os.path.abspath(value) for name in ("train", "dev", "test", "unlabeled")
+               if (value := getattr(cfg.data, name)) and not value.startswith("hf:")}
+    if cfg.task.vocab_file:
+        changes["task.vocab_file"] = os.path.abspath(cfg.task.vocab_file)
+    return cfg.replace(changes)
+
+
 def resolve_paths(cfg: Config, base: Path) -> None:
     """Data paths in a config file are relative to that file, so a config runs from any working directory."""
     for name in ("train", "dev", "test", "unlabeled"):

@@ -49,7 +49,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import checkpoint
-from ..config import Config, apply_overrides, config_from_dict, read_config_file, resolve_paths
+from ..config import (Config, absolute_paths, apply_overrides, config_from_dict, read_config_file,
+                      resolve_paths)
 from ..data.tables import Table
 from ..errors import ConfigError, PtuneError
 from ..modeling.base import describe_base, detect_kind
@@ -293,7 +294,7 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
         member_dirs = write_zero_shot(best_cfg, shared, out_dir)
     else:
         member_dirs = retrain_winner(best_cfg, shared, out_dir, plan.ensemble, show_progress)
-        best_cfg.to_yaml(out_dir / RECIPE)  # what `ptune train` takes to train the chosen recipe again
+        absolute_paths(best_cfg).to_yaml(out_dir / RECIPE)  # what `ptune train` takes, from any folder
     report = {"folds": plan.folds, "seeds": plan.seeds, "ensemble": plan.ensemble,
               "seconds": round(time.perf_counter() - t0, 1), "best": best_i,
               "members": [str(d.relative_to(out_dir)) for d in member_dirs], "notes": plan.notes,
