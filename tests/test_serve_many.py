@@ -26,6 +26,7 @@ OTHERS = {  # tasks with serving configs of their own, mixed in with the many th
     "calibrated": {**COMPLAINTS, "calibrate": "content_free"},
     "mean": {**SENTIMENT, "score": "mean", "template": "[P*4] Review : {text} Verdict : [TARGET]"},
     "linear": {**COMPLAINTS, "head": "linear"},
+    "linear-last": {**COMPLAINTS, "head": "linear", "head_pooling": "last"},  # served as its own pooling says
     "reply": {"type": "generation", "template": "[P*2] {text} Label : [TARGET]", "max_new_tokens": 4},
 }
 N_SHARED = 44
