@@ -5,7 +5,7 @@ Also the zero-shot accuracy of the label words on the 50 labelled rows by both p
 
     python benchmarks/many_labels.py --data ../shared/data/raft/banking_77                 # embedded model
     python benchmarks/many_labels.py --data ../shared/data/raft/banking_77 --rows 32 --today
-    python benchmarks/many_labels.py --data ../shared/data/raft/banking_77 --size tiny     # seconds
+    python benchmarks/many_labels.py --data ../shared/data/raft/banking_77 --size tiny     # 2 random layers
 
 No verbalizer is given: the label words come from the label names (``card_arrival`` -> ``card arrival``).
 ``--today`` times a third kind as well: the raw names as words, word by word (what a config without a verbalizer
