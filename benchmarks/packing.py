@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     session = open_session(cfg)
     examples, _ = session.task.train_examples(read_table(cfg.data.train))
     model = session.new_model(seed=0).train()
-    bins = packing_bins(model, cfg.train)
+    bins = packing_bins(model, cfg.train, session.supports)
     if not bins:
         raise SystemExit("this model's batches cannot be packed (see train.packing in docs/reference.md)")
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(0)).tolist()

@@ -215,8 +215,10 @@ def test_search_scores_prediction_settings_without_retraining_and_keeps_the_winn
         "encoder": {"type": "embedding"},
         "data": {"train": "train.csv"},
         "train": {"epochs": 1, "batch_size": 4, "max_length": 64},
-        "search": {"folds": 2, "seeds": [1], "space": {"train.objective": ["lm", "classify"],
-                                                       "task.calibrate": ["none", "content_free"]}},
+        "search": {"folds": 2, "seeds": [1], "zero_shot": False,  # trained candidates only: the manual prompt
+                   # (scored under each prediction setting too) is tested in test_search.py
+                   "space": {"train.objective": ["lm", "classify"],
+                             "task.calibrate": ["none", "content_free"]}},
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
     report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
