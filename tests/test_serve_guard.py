@@ -217,6 +217,14 @@ def test_a_key_on_the_command_line_is_warned_about(tmp_path):
     assert "--api-key-file" in res.output
 
 
+def test_allowed_hosts_with_keys_are_warned_about(tmp_path):
+    env = {"PTUNE_API_KEY": "env-key-0004"}
+    res = serve([str(tmp_path / "no-checkpoint"), "--allowed-host", "ptune.internal"], env=env)
+    assert res.exit_code == 2 and "--allowed-host has no effect with API keys" in res.output, res.output
+    res = serve([str(tmp_path / "no-checkpoint"), "--allowed-host", "ptune.internal"])
+    assert res.exit_code == 2 and "warning" not in res.output, res.output
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # starting from a tasks folder
 

@@ -299,6 +299,9 @@ def serve_cmd(checkpoints, host, port, device, api_keys, api_key_file, insecure,
                    "use --api-key-file PATH or PTUNE_API_KEY instead", err=True)
     keys = api_keys_from(api_keys, os.environ.get("PTUNE_API_KEY"), api_key_file)
     check_bind(host, keys, insecure)  # before the model loads
+    if keys and allowed_hosts:  # with keys any Host is served: a foreign page cannot send the key
+        click.echo("ptune: warning: --allowed-host has no effect with API keys (every Host is served to a request "
+                   "that carries a key)", err=True)
     if insecure and not is_loopback(host):  # clients reach it by this address (0.0.0.0 or ::: by any address)
         allowed_hosts = (*allowed_hosts, host)
     connections = Connections(**{name: limits.pop(name) for name in CONNECTION_OPTIONS})
