@@ -73,16 +73,17 @@ def rss_mb() -> float:
 
 
 class RssSampler:
-    """The most resident memory seen while the ``with`` block runs, sampled every ``every`` seconds."""
+    """The most resident memory seen while the ``with`` block runs, sampled every ``every`` seconds by ``read``
+    (default: this process's, ``rss_mb``)."""
 
-    def __init__(self, every: float = 0.25):
-        self.every, self.peak = every, 0.0
+    def __init__(self, every: float = 0.25, read=rss_mb):
+        self.every, self.peak, self.read = every, 0.0, read
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self.done.is_set():
-            self.peak = max(self.peak, rss_mb())
+            self.peak = max(self.peak, self.read())
             self.done.wait(self.every)
 
     def __enter__(self) -> "RssSampler":
@@ -92,7 +93,7 @@ class RssSampler:
     def __exit__(self, *exc) -> None:
         self.done.set()
         self.thread.join()
-        self.peak = max(self.peak, rss_mb())
+        self.peak = max(self.peak, self.read())
 
 
 def demo_checkpoints(folder: Path) -> dict[str, str]:

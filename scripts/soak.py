@@ -48,7 +48,7 @@ from pathlib import Path
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
-from load_test import MESSAGES, percentile  # noqa: E402
+from load_test import MESSAGES, RssSampler, percentile  # noqa: E402
 
 EMBEDDED = "embedded:SmolLM2-135M-Instruct"
 REFUSALS = {408: "request timeout", 429: "too many streams", 503: "queue or connections full"}
@@ -276,35 +276,21 @@ class ServerProcess:
         return [line for line in text if line.startswith(("Traceback", "ERROR"))]
 
 
-class MemoryWatch:
-    """The server process's resident memory (MB), sampled every ``every`` seconds: marks on request, and the most."""
+class MemoryWatch(RssSampler):
+    """The server process's resident memory (MB), sampled every ``every`` seconds: marks on request (``now``), and
+    the most (``peak``)."""
 
     def __init__(self, pid: int, every: float = 0.5):
         import psutil
 
         self.process = psutil.Process(pid)
-        self.every, self.peak = every, 0.0
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        super().__init__(every, read=self.now)
 
     def now(self) -> float:
         try:
             return round(self.process.memory_info().rss / 2**20, 1)
         except Exception:  # the process is gone: psutil.NoSuchProcess, or a zombie on some systems
             return float("nan")
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            self.peak = max(self.peak, self.now())
-            self.done.wait(self.every)
-
-    def __enter__(self) -> "MemoryWatch":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.done.set()
-        self.thread.join()
 
 
 def run_traffic(url: str, rec: Recorder, plan: dict, args, memory: MemoryWatch) -> dict:
