@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as ptune/__init__.py does; torch is imported first here
@@ -112,13 +114,9 @@ def tiny_config(model_dir: Path, data: dict | None = None, **sections) -> "Confi
     return config_from_dict(values)
 
 
-def train_interrupted_then_resumed(cfg, out_dir: Path, monkeypatch, step: int) -> None:
-    """``ptune train`` stopped by Ctrl-C at ``step`` (a resumable state saved), then continued with --resume."""
-    import importlib
-
-    from ptune.errors import PtuneError
-    from ptune.training.run import train
-
+@contextmanager
+def ctrl_c_at_step(monkeypatch, step: int):
+    """Training interrupted as if by Ctrl-C at ``step`` while the block runs (the learning-rate schedule raises)."""
     module = importlib.import_module("ptune.training.trainer")
     real = module.lr_factor
 
@@ -128,9 +126,19 @@ def train_interrupted_then_resumed(cfg, out_dir: Path, monkeypatch, step: int) -
         return real(step_, total, warmup)
 
     monkeypatch.setattr(module, "lr_factor", interrupt)
-    with pytest.raises(PtuneError, match=f"interrupted at step {step}.*--resume"):
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(module, "lr_factor", real)
+
+
+def train_interrupted_then_resumed(cfg, out_dir: Path, monkeypatch, step: int) -> None:
+    """``ptune train`` stopped by Ctrl-C at ``step`` (a resumable state saved), then continued with --resume."""
+    from ptune.errors import PtuneError
+    from ptune.training.run import train
+
+    with ctrl_c_at_step(monkeypatch, step), pytest.raises(PtuneError, match=f"interrupted at step {step}.*--resume"):
         train(cfg, out_dir, show_progress=False)
-    monkeypatch.setattr(module, "lr_factor", real)
     train(cfg, out_dir, resume=True, show_progress=False)
 
 

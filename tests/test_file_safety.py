@@ -14,7 +14,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from conftest import ROWS, tiny_config, write_csv
+from conftest import ROWS, ctrl_c_at_step, tiny_config, write_csv
 from ptune import checkpoint
 from ptune.cli import main
 from ptune.errors import PtuneError
@@ -161,21 +161,11 @@ def test_export_replaces_its_own_export_but_not_another_readme(prefix_checkpoint
 
 
 def test_a_resumed_run_keeps_other_files_and_still_collects_its_own(tiny_causal_dir, tmp_path, monkeypatch):
-    from ptune.training import trainer
-
     cfg = write_config(tmp_path, tiny_causal_dir, train={"epochs": 2, "batch_size": 2, "max_length": 64,
                                                          "seed": 0, "save_every": 1})
     out = tmp_path / "run"
-    real = trainer.lr_factor
-
-    def ctrl_c_at_step_3(step, total, warmup):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(step, total, warmup)
-
-    monkeypatch.setattr(trainer, "lr_factor", ctrl_c_at_step_3)
-    assert "--resume" in error_line(*cli("train", cfg, "--out", out, "--quiet")[::2])
-    monkeypatch.setattr(trainer, "lr_factor", real)
+    with ctrl_c_at_step(monkeypatch, 3):
+        assert "--resume" in error_line(*cli("train", cfg, "--out", out, "--quiet")[::2])
     others = {"notes.safetensors": b"someone's tensors", "other.txt": b"notes",
               ".notes.txt.abcd1234.tmp": b"another program's temporary file"}
     for name, data in others.items():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from conftest import ctrl_c_at_step, tiny_config
 from ptune import checkpoint
 from ptune.errors import PtuneError
 from ptune.inference import Predictor
@@ -57,19 +57,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_causal_dir, 
     full = train(cfg, tmp_path / "full", show_progress=False)
     assert full["steps"] == 6
     # Ctrl-C during step 4 (mid-epoch 2): a resumable state is saved, then the run continues with --resume
-    train_module = importlib.import_module("ptune.training.trainer")
-
-    real = train_module.lr_factor
-
-    def interrupt_at_step_3(step, total, warmup):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(step, total, warmup)
-
-    monkeypatch.setattr(train_module, "lr_factor", interrupt_at_step_3)
-    with pytest.raises(PtuneError, match="interrupted at step 3.*--resume"):
+    with ctrl_c_at_step(monkeypatch, 3), pytest.raises(PtuneError, match="interrupted at step 3.*--resume"):
         train(cfg, tmp_path / "cut", show_progress=False)
-    monkeypatch.setattr(train_module, "lr_factor", real)
     state = json.loads((tmp_path / "cut" / "state.json").read_text())
     assert state["progress"]["step"] == 3 and state["progress"]["step_in_epoch"] == 1
     train(cfg, tmp_path / "cut", resume=True, show_progress=False)
