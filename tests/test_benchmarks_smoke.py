@@ -17,6 +17,7 @@ import cli_speed  # noqa: E402
 import machine  # noqa: E402
 import memory  # noqa: E402
 import peft_recipe  # noqa: E402
+import raft_sweep  # noqa: E402
 import random_models  # noqa: E402
 import scaling  # noqa: E402
 
@@ -98,7 +99,7 @@ def test_write_rows_keeps_the_header_and_the_first_rows(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["speed.py", "cli_speed.py", "scaling.py", "peft_recipe.py", "random_models.py",
-                                    "packing.py"])
+                                    "packing.py", "raft_sweep.py"])
 def test_scripts_have_help(script):
     proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage:" in proc.stdout
@@ -160,3 +161,44 @@ def test_cli_speed_runs_all_four_commands_on_a_tiny_model(tmp_path):
     assert out["peft"]["train_inner"]["steps"] == 2  # 12 rows, batch 8
     assert (tmp_path / "work" / "ptune-checkpoint").is_dir() and (tmp_path / "work" / "peft-adapter").is_dir()
     assert set(out["ratios"]) == {"train", "predict"}
+
+
+def fake_raft(root: Path) -> Path:
+    """A data folder with two RAFT-shaped tasks of 12 labelled rows each (raft/<task>/{train.csv,task.json})."""
+    tasks = {"overruling": ("Sentence", ["overruling", "not overruling"]),
+             "tweet_eval_hate": ("Tweet", ["hate speech", "not hate speech"])}
+    for task, (column, labels) in tasks.items():
+        folder = root / "raft" / task
+        folder.mkdir(parents=True)
+        lines = [f"{column},Label,ID"] + [f"row number {i} says {'no' if i % 2 else 'yes'},{labels[i % 2]},{i}"
+                                          for i in range(12)]
+        (folder / "train.csv").write_text("\n".join(lines) + "\n")
+        (folder / "task.json").write_text(json.dumps({"name": task, "data_columns": [column, "ID"],
+                                                      "label_columns": {"Label": labels}}))
+    return root
+
+
+def test_raft_sweep_searches_reports_and_resumes_on_a_tiny_model(tiny_causal_dir, tmp_path, capsys):
+    data, out = fake_raft(tmp_path / "data"), tmp_path / "sweep"
+    argv = ["--data", str(data), "--out", str(out), "--model", str(tiny_causal_dir), "--budget-minutes", "0.01",
+            "--epochs", "1", "--folds", "2", "--report-seeds", "46"]
+    raft_sweep.main(argv)
+    summary = json.loads((out / "raft_sweep.json").read_text())
+    assert summary["tasks"] == ["tweet_eval_hate", "overruling"]  # the sweep's order, not the folders'
+    for result in summary["results"]:
+        assert (out / result["task"] / "search" / "search.json").is_file()
+        assert len(result["choice"]["fold_macro_f1"]) == 2 and result["report_seeds"] == [46]
+        assert {"majority", "zero_shot", "linear_probe"} <= set(result["baselines"])
+        assert result["lead_over_probe"]["ahead"] + result["lead_over_probe"]["level"] \
+            + result["lead_over_probe"]["behind"] == 2
+    table = (out / "raft_sweep.md").read_text()
+    assert "| tweet_eval_hate |" in table and "| **average** |" in table and "Of 2 tasks" in table
+    assert summary["counts"]["tasks"] == 2 and summary["machine"]["cpu_model"]
+    capsys.readouterr()
+    raft_sweep.main(argv)  # resumed: both tasks are done, nothing runs again
+    assert capsys.readouterr().err.count("done before, not run again") == 2
+
+
+def test_raft_sweep_refuses_report_splits_that_chose():
+    with pytest.raises(SystemExit):
+        raft_sweep.parse_args(["--search-seed", "44", "--report-seeds", "44,46"])
