@@ -399,17 +399,23 @@ def lama(data, out_dir, relations, vocab, shape, encoder, max_train, max_dev, ma
               help="Where results.json and results.md go.")
 @click.option("--tasks", default="sst2,rte", show_default=True,
               help="Comma-separated: sst2, rte, cb, boolq, wic, agnews, trec, raft:<task>.")
-@click.option("--seeds", default="1,2", show_default=True, help="Comma-separated seeds.")
+@click.option("--seeds", default="1,2,3", show_default=True, help="Comma-separated seeds.")
 @click.option("--k", type=int, default=32, show_default=True,
-              help="Training examples sampled for SST-2, AG News, TREC (FewGLUE has its fixed 32).")
-@click.option("--max-eval", type=int, default=200, show_default=True,
-              help="Cap evaluation rows (a fixed random sample, the same for every method; 0: all).")
-@click.option("--methods", default="zero_shot,lstm,mlp,embedding", show_default=True)
-@click.option("--folds", type=int, default=4, show_default=True, help="Cross-validation folds for RAFT tasks.")
+              help="Training examples sampled, labels balanced, for SST-2, AG News, TREC (FewGLUE has its fixed "
+              "32).")
+@click.option("--max-eval", type=int, default=1000, show_default=True,
+              help="Cap evaluation rows (a fixed random sample, the same for every method; smaller splits whole; "
+              "0: all).")
+@click.option("--methods", default="majority,zero_shot,chosen", show_default=True,
+              help="Comma-separated: majority, zero_shot, chosen (the recipe cross-validation on the k rows "
+              "chooses), and the fixed-budget lstm, mlp, embedding.")
+@click.option("--folds", type=int, default=4, show_default=True,
+              help="Cross-validation folds over the k rows for the choice (and over RAFT's labelled rows).")
 @_model_options
 def fewshot(data, out_dir, tasks, seeds, k, max_eval, methods, folds, model, dtype, device, lr, batch_size,
             epochs, seed, quiet):
-    """Few-shot classification: zero-shot manual prompt vs P-tuning (lstm, mlp) vs prompt tuning (embedding)."""
+    """Few-shot classification: majority class, zero-shot manual prompts, and the recipe chosen by
+    cross-validation on the k training rows (zero-shot or P-tuning from the manual prompt's words)."""
     from .bench.fewshot import run_fewshot
     from .bench.loaders import shared_data_dir
 

@@ -1,13 +1,16 @@
-"""Few-shot classification: a zero-shot manual prompt, P-tuning with the LSTM and the MLP encoder, and plain prompt
-tuning (the ``embedding`` encoder), each trained with the same budget (epochs, batch size, learning rate) over
-several seeds, reported as mean and spread.
+"""Few-shot classification: the majority class, the zero-shot manual prompts, and the recipe that cross-validation
+on the k training rows chooses (``chosen``: a manual prompt as it stands, or P-tuning started at its words, see
+``fewshot_choice``), over several seeds, reported as mean and spread with each seed's choice. The older
+fixed-budget methods (P-tuning with the LSTM and the MLP encoder, plain prompt tuning with ``embedding``, each with
+the same epochs, batch size and learning rate) stay available by name, to compare with and to rerun older reports.
 
-Per task: SST-2 trains on k rows sampled from ``train.tsv`` (per seed) and is scored on ``dev.tsv``; FewGLUE RTE, CB,
-BoolQ, WiC train on their fixed 32-row ``train.jsonl`` and are scored on SuperGLUE ``val.jsonl``; AG News trains on k
-rows sampled from the ALPS ``dev.tsv`` (the train file is not in the shared data) and is scored on ``test.tsv``; TREC
-trains on k rows of ``train_5500.label`` and is scored on ``TREC_10.label``; RAFT tasks (hidden test labels) are
-estimated by cross-validation over their 50 labelled rows. ``max_eval`` caps the scored rows with one fixed random
-sample shared by every method and seed.
+Per task: SST-2 trains on k rows sampled from ``train.tsv`` (per seed, labels balanced) and is scored on
+``dev.tsv``; FewGLUE RTE, CB, BoolQ, WiC train on their fixed 32-row ``train.jsonl`` and are scored on SuperGLUE
+``val.jsonl``; AG News trains on k rows sampled from the ALPS ``dev.tsv`` (the train file is not in the shared data)
+and is scored on ``test.tsv``; TREC trains on k rows of ``train_5500.label`` and is scored on ``TREC_10.label``;
+RAFT tasks (hidden test labels) are estimated by cross-validation over their 50 labelled rows (the fixed methods
+only). ``max_eval`` (1,000) caps the scored rows with one fixed random sample shared by every method and seed;
+smaller splits are scored whole.
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ from ..evaluation.summary import mean_spread
 from ..modeling.base import FrozenBase, load_base
 from ..session import open_session
 from ..training.trainer import fit
-from .loaders import read_agnews, read_fewglue, read_raft, read_sst2, read_trec, require_dir, sample_rows
+from .fewshot_choice import RECIPES, Candidate, Chooser
+from .loaders import (balanced_sample, read_agnews, read_fewglue, read_raft, read_sst2, read_trec, require_dir,
+                      sample_rows)
 from .reporting import log_to_stderr, took, write_results
 
-METHODS = ("zero_shot", "lstm", "mlp", "embedding")
+METHODS = ("majority", "zero_shot", "chosen", "lstm", "mlp", "embedding")
+DEFAULT_METHODS = ("majority", "zero_shot", "chosen")
+FIXED_METHODS = ("lstm", "mlp", "embedding")  # one fixed budget each, no choice
 
 
 @dataclass
@@ -46,6 +53,13 @@ class TaskSpec:
     sampled: bool = False  # k rows are drawn from the train pool per seed
     eval_name: str = ""
     max_length: int = 256
+    # further manual prompts, (template, verbalizer), written before any figure of theirs was seen: the k rows
+    # choose among them and ``manual`` (zero-shot, by cross-validation) before P-tuning starts at the chosen one
+    alternatives: tuple[tuple[str, dict], ...] = ()
+
+    def prompts(self) -> list[tuple[str, dict]]:
+        """Every manual prompt, ``manual`` first, as (template, verbalizer)."""
+        return [(self.manual, self.verbalizer), *self.alternatives]
 
 
 def _fewglue(task: str):
@@ -58,7 +72,8 @@ YES_NO_MAYBE = {"entailment": "yes", "contradiction": "no", "neutral": "maybe"}
 SPECS: dict[str, TaskSpec] = {
     "sst2": TaskSpec("sst2", lambda d: (read_sst2(d / "sst2" / "train.tsv"), read_sst2(d / "sst2" / "dev.tsv")),
                      "{sentence} [P*4] It was [TARGET]", "{sentence} It was [TARGET]",
-                     {"1": "great", "0": "terrible"}, sampled=True, eval_name="SST-2 dev (872)", max_length=128),
+                     {"1": "great", "0": "terrible"}, sampled=True, eval_name="SST-2 dev (872)", max_length=128,
+                     alternatives=(("Review : {sentence} Sentiment : [TARGET]", {"1": "positive", "0": "negative"}),)),
     "rte": TaskSpec("rte", _fewglue("RTE"), "{premise} [P*2] Question : {hypothesis} ? [P*2] Answer : [TARGET]",
                     "{premise} Question : {hypothesis} ? Answer : [TARGET]",
                     {"entailment": "yes", "not_entailment": "no"}, eval_name="RTE val (277)"),
@@ -76,12 +91,18 @@ SPECS: dict[str, TaskSpec] = {
                                             read_agnews(d / "agnews" / "test.tsv")),
                        "{text} [P*3] Topic : [TARGET]", "{text} Topic : [TARGET]",
                        {"World": "world", "Sports": "sports", "Business": "business", "Sci/Tech": "technology"},
-                       sampled=True, eval_name="AG News test (7,600)", max_length=128),
+                       sampled=True, eval_name="AG News test (7,600)", max_length=128,
+                       alternatives=(("News : {text} Topic : [TARGET]",
+                                      {"World": "world", "Sports": "sports", "Business": "business",
+                                       "Sci/Tech": "science"}),)),
     "trec": TaskSpec("trec", lambda d: (read_trec(d / "trec" / "train_5500.label"),
                                         read_trec(d / "trec" / "TREC_10.label")),
                      "{question} [P*3] The answer is a [TARGET]", "{question} The answer is a [TARGET]",
                      {"ABBR": "abbreviation", "DESC": "description", "ENTY": "thing", "HUM": "person",
-                      "LOC": "place", "NUM": "number"}, sampled=True, eval_name="TREC test (500)", max_length=64),
+                      "LOC": "place", "NUM": "number"}, sampled=True, eval_name="TREC test (500)", max_length=64,
+                     alternatives=(("Question : {question} Answer type : [TARGET]",
+                                    {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "person",
+                                     "LOC": "location", "NUM": "number"}),)),
 }
 
 
@@ -100,25 +121,25 @@ def raft_spec(task: str, data_dir: Path) -> TaskSpec:
                     eval_name="cross-validation over the 50 labelled rows", max_length=192)
 
 
-def task_config(spec: TaskSpec, model: str, *, template: str, encoder: str, dtype: str, device: str, lr: float,
-                batch_size: int, epochs: int, seed: int) -> Config:
-    """One method's recipe on one task: ``template`` read out by the task's verbalizer, ``encoder`` trained with
-    the shared budget."""
+def task_config(spec: TaskSpec, model: str, *, template: str, encoder: str | dict, dtype: str, device: str, lr: float,
+                batch_size: int, epochs: int, seed: int, verbalizer: dict | None = None) -> Config:
+    """One method's recipe on one task: ``template`` read out by ``verbalizer`` (the task's if None), ``encoder``
+    (a type, or a whole encoder section) trained with the given budget."""
     return config_from_dict({
         "model": {"name_or_path": model, "dtype": dtype, "device": device},
         "task": {"type": "classification", "template": template, "label_column": spec.label_column,
-                 "verbalizer": spec.verbalizer},
-        "encoder": {"type": encoder, "hidden_size": 128},
+                 "verbalizer": verbalizer or spec.verbalizer},
+        "encoder": encoder if isinstance(encoder, dict) else {"type": encoder, "hidden_size": 128},
         "train": {"lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed, "max_length": spec.max_length,
                   "eval_batch_size": 16},
     })
 
 
-def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = None, seeds: list[int] = (1, 2),
-                k: int = 32, max_eval: int | None = 200, methods: list[str] | None = None, folds: int = 4,
+def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = None, seeds: list[int] = (1, 2, 3),
+                k: int = 32, max_eval: int | None = 1000, methods: list[str] | None = None, folds: int = 4,
                 model: str = "embedded:SmolLM2-135M-Instruct", dtype: str = "auto", device: str = "auto",
                 lr: float = 1e-2, batch_size: int = 8, epochs: int = 10, data_seed: int = 42, base=None,
-                show_progress: bool = True, log=None) -> dict:
+                show_progress: bool = True, log=None, recipes: tuple[tuple[float, int], ...] = RECIPES) -> dict:
     """Run the benchmark and write ``out/results.json`` and ``out/results.md`` (rewritten after every method, so a
     stopped run keeps its part).
 
@@ -127,24 +148,29 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
             ``raft/``).
         out (`str` or `Path`): where the reports go.
         tasks (`list[str]`, *optional*): names in ``SPECS`` or ``raft:<task>``; ``["sst2", "rte"]`` if None.
-        seeds (`list[int]`): training seeds (and, for sampled tasks, training samples).
-        k (`int`): training rows sampled for the sampled tasks.
-        max_eval (`int`, *optional*): cap on scored rows (one fixed sample for every method and seed).
-        methods (`list[str]`, *optional*): from ``METHODS``; all if None.
-        folds (`int`): cross-validation folds for RAFT tasks.
+        seeds (`list[int]`): training seeds (and, for sampled tasks, training samples and the choice's folds).
+        k (`int`): training rows sampled (labels balanced) for the sampled tasks.
+        max_eval (`int`, *optional*): cap on scored rows (one fixed sample for every method and seed; a split
+            with fewer rows is scored whole).
+        methods (`list[str]`, *optional*): from ``METHODS``; ``DEFAULT_METHODS`` if None.
+        folds (`int`): cross-validation folds over the k rows for the choice, and over the labelled rows for RAFT
+            tasks.
         model, dtype, device (`str`): the base model and where it runs.
-        lr, batch_size, epochs: the training budget every trained method gets.
+        lr, batch_size, epochs: the budget of the fixed methods (``chosen`` takes batch_size only; its learning
+            rates and epochs are the candidates').
         data_seed (`int`): seed of the evaluation sample and the zero-shot run.
         base (`FrozenBase`, *optional*): an already loaded base model; loaded from ``model`` if None.
         show_progress (`bool`): training progress bars.
         log (`callable`, *optional*): takes one progress line; stderr if None.
+        recipes (`tuple`): (learning rate, epochs) of the P-tuned candidates ``chosen`` may pick.
 
     Returns:
         `dict`: the report written to ``results.json``: the settings, ``tasks`` (per task and method: accuracy and
-        macro-F1, mean and spread over seeds or folds) and ``summary`` (mean accuracy per task and method).
+        macro-F1, mean and spread over seeds or folds; for ``chosen`` each seed's choice and every candidate's
+        cross-validated figures) and ``summary`` (mean accuracy per task and method).
 
     Example:
-        >>> report = run_fewshot("../shared/data", "runs/fewshot", tasks=["sst2"], seeds=[1, 2])  # doctest: +SKIP
+        >>> report = run_fewshot("../shared/data", "runs/fewshot", tasks=["sst2"], seeds=[1, 2, 3])  # doctest: +SKIP
         >>> report["summary"]["sst2"]  # doctest: +SKIP
     """
     log = log or log_to_stderr
@@ -152,7 +178,7 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
     out = Path(out)
     refuse_foreign(out)  # never a model's or adapter's folder
     out.mkdir(parents=True, exist_ok=True)
-    methods = methods or list(METHODS)
+    methods = methods or list(DEFAULT_METHODS)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise PtuneError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
@@ -164,7 +190,7 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
         base = load_base(task_config(specs[0], model, template=specs[0].ptuning, encoder="lstm", dtype=dtype,
                                      device=device, lr=lr, batch_size=batch_size, epochs=epochs, seed=1).model)
     run = FewshotRun(model, {"dtype": dtype, "device": device, **budget}, base, list(seeds), k, max_eval, folds,
-                     data_seed, methods, out, show_progress, log, t_start)
+                     data_seed, methods, out, show_progress, log, t_start, tuple(recipes))
     for spec in specs:
         run.task(spec, data_dir)
     return run.write(True)
@@ -195,11 +221,22 @@ class FewshotRun:
     show_progress: bool
     log: Callable[[str], None]
     t_start: float
+    recipes: tuple[tuple[float, int], ...] = RECIPES  # the P-tuned candidates of the choice
     results: dict[str, dict] = field(default_factory=dict)
 
     def config(self, spec: TaskSpec, template: str, encoder: str, seed: int) -> Config:
         """``task_config`` with this run's model, device and budget."""
         return task_config(spec, self.model, template=template, encoder=encoder, seed=seed, **self.settings)
+
+    def candidate_config(self, spec: TaskSpec, candidate: Candidate, seed: int) -> Config:
+        """``task_config`` for one candidate of the choice: its template, verbalizer, encoder and budget."""
+        settings = self.settings | ({"lr": candidate.lr, "epochs": candidate.epochs} if candidate.trained else {})
+        return task_config(spec, self.model, template=candidate.template, encoder=candidate.encoder or "lstm",
+                           verbalizer=candidate.verbalizer, seed=seed, **settings)
+
+    def train_rows(self, spec: TaskSpec, pool: Table, seed: int) -> Table:
+        """The seed's training rows: k drawn with balanced labels for sampled tasks, else the fixed rows."""
+        return balanced_sample(pool, self.k, seed, spec.label_column) if spec.sampled else pool
 
     def task(self, spec: TaskSpec, data_dir: Path) -> None:
         """Every method on one task, into ``results[spec.name]``; the reports are rewritten after each method."""
@@ -218,6 +255,13 @@ class FewshotRun:
             tm = time.perf_counter()
             if method == "zero_shot":
                 entry[method] = self.zero_shot(spec, eval_table if eval_table is not None else pool)
+            elif eval_table is None and method not in FIXED_METHODS:
+                self.log(f"{spec.name} {method}: not run (no labelled evaluation set)")
+                continue
+            elif method == "majority":
+                entry[method] = self.majority(spec, eval_table)
+            elif method == "chosen":
+                entry[method] = self.chosen(spec, pool, eval_table)
             elif eval_table is None:  # RAFT: k-fold cross-validation over the labelled rows
                 entry[method] = self.cross_validated(spec, method, pool)
             else:
@@ -229,12 +273,53 @@ class FewshotRun:
             self.write(False)
         entry["seconds"] = round(time.perf_counter() - t0, 1)
 
-    def zero_shot(self, spec: TaskSpec, table: Table) -> dict:
-        """The manual prompt, nothing trained, on every row of ``table``."""
+    def majority(self, spec: TaskSpec, eval_table: Table) -> dict:
+        """Every evaluation row answered with the evaluation rows' most frequent label (the bar a constant answer
+        reaches)."""
         session = open_session(self.config(spec, spec.manual, "lstm", self.data_seed), base=self.base,
                                allow_no_virtual=True)
-        m = session.task.metrics(table.rows, session.predict(session.new_model(), table.rows))
-        return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
+        labels = eval_table.column(spec.label_column)
+        label = max(sorted(set(labels)), key=labels.count)
+        m = session.task.metrics(eval_table.rows, [{"prediction": label}] * len(labels))
+        return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"], "label": label}
+
+    def zero_shot(self, spec: TaskSpec, table: Table) -> dict:
+        """Each manual prompt, nothing trained, on every row of ``table``. The top figures are the best prompt's on
+        these rows (a bar set with the evaluation rows' help, which no choice uses); ``prompts`` holds each one's."""
+        prompts = []
+        for template, verbalizer in spec.prompts():
+            cfg = task_config(spec, self.model, template=template, encoder="lstm", verbalizer=verbalizer,
+                              seed=self.data_seed, **self.settings)
+            session = open_session(cfg, base=self.base, allow_no_virtual=True)
+            m = score_rows(session, session.new_model(), table)
+            prompts.append({"template": template, "verbalizer": verbalizer, "accuracy": m["accuracy"],
+                            "macro_f1": m["macro_f1"], "n": m["n"]})
+        top = max(prompts, key=lambda p: p["accuracy"])
+        return {"accuracy": top["accuracy"], "macro_f1": top["macro_f1"], "n": top["n"], "prompts": prompts}
+
+    def chosen(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
+        """Per seed: the recipe cross-validation on the seed's k rows chooses (``fewshot_choice``), trained on all k
+        rows (when it trains) and scored on ``eval_table``, which the choice never sees."""
+        chooser = Chooser(lambda c, seed: self.candidate_config(spec, c, seed), self.base, self.folds, self.recipes)
+        runs, picks = [], []
+        for seed in self.seeds:
+            rows = self.train_rows(spec, pool, seed)
+            candidate, scores = chooser.choose(spec.prompts(), rows, seed)
+            session = open_session(self.candidate_config(spec, candidate, seed), base=self.base,
+                                   allow_no_virtual=not candidate.trained)
+            if candidate.trained:
+                model, _ = fit(session, rows, None, None, show_progress=self.show_progress, seed=seed)
+            else:
+                model = session.new_model(seed)
+            m = score_rows(session, model, eval_table)
+            runs.append(m)
+            picks.append({"seed": seed, "chosen": candidate.name, "template": candidate.template,
+                          "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "cv": scores})
+            self.log(f"{spec.name} chosen seed {seed}: {candidate.name}; accuracy {m['accuracy']:.3f}, "
+                     f"macro-F1 {m['macro_f1']:.3f}")
+        out = {metric: mean_spread([m[metric] for m in runs]) | {"runs": [m[metric] for m in runs]}
+               for metric in ("accuracy", "macro_f1")}
+        return out | {"seeds": picks}
 
     def cross_validated(self, spec: TaskSpec, method: str, pool: Table) -> dict:
         """``method`` cross-validated over the labelled rows (tasks without a labelled evaluation set)."""
@@ -248,10 +333,10 @@ class FewshotRun:
         ``eval_table``: mean and spread over the seeds."""
         runs = []
         for seed in self.seeds:
-            train = sample_rows(pool, self.k, seed, f"{self.k}-shot seed {seed}") if spec.sampled else pool
             session = open_session(self.config(spec, spec.ptuning, method, seed), base=self.base)
-            model, _ = fit(session, train, None, None, show_progress=self.show_progress, seed=seed)
-            m = session.task.metrics(eval_table.rows, session.predict(model, eval_table.rows))
+            model, _ = fit(session, self.train_rows(spec, pool, seed), None, None, show_progress=self.show_progress,
+                           seed=seed)
+            m = score_rows(session, model, eval_table)
             runs.append(m)
             self.log(f"{spec.name} {method} seed {seed}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
         out = {}
@@ -268,36 +353,57 @@ class FewshotRun:
         report = {"benchmark": "few-shot classification", "model": self.model, "kind": self.base.kind,
                   "seeds": self.seeds, "k": self.k, "max_eval": self.max_eval,
                   "budget": {name: self.settings[name] for name in ("lr", "batch_size", "epochs")},
+                  "choice": {"folds": self.folds, "recipes": [{"lr": lr, "epochs": e} for lr, e in self.recipes],
+                             "criterion": "mean macro-F1 over the folds of the k rows; a tie to zero-shot"},
                   "methods": self.methods, "complete": done, "tasks": self.results, "summary": summary,
                   "seconds": round(time.perf_counter() - self.t_start, 1)}
         write_results(self.out, report, render_markdown(report))
         return report
 
 
+def score_rows(session, model, table: Table) -> dict:
+    """``model``'s metrics on every row of ``table`` (the one place evaluation rows are scored)."""
+    return session.task.metrics(table.rows, session.predict(model, table.rows))
+
+
 def render_markdown(report: dict) -> str:
-    """``results.md``: accuracy per task and method, then the templates."""
+    """``results.md``: accuracy (macro-F1) per task and method, each seed's chosen recipe, then the templates."""
     methods = report["methods"]
-    names = {"zero_shot": "zero-shot manual", "lstm": "P-tuning (LSTM)", "mlp": "P-tuning (MLP)",
+    names = {"majority": "majority class", "zero_shot": "zero-shot manual (best prompt)",
+             "chosen": "chosen by CV on the k rows", "lstm": "P-tuning (LSTM)", "mlp": "P-tuning (MLP)",
              "embedding": "prompt tuning (embedding)"}
     lines = [f"# Few-shot classification, {report['model']} ({report['kind']} LM)", "",
-             f"Accuracy, mean ± std over seeds {report['seeds']} (zero-shot: one deterministic run). Budget for every "
-             f"trained method: {report['budget']}. k = {report['k']} for sampled tasks; evaluation rows capped at "
-             f"{report['max_eval']}.", "",
+             f"Accuracy (macro-F1), mean ± std over seeds {report['seeds']} (majority and zero-shot: one "
+             f"deterministic run). k = {report['k']} for sampled tasks (labels balanced); evaluation rows capped at "
+             f"{report['max_eval']} (one fixed sample). Budget of the fixed methods: {report['budget']}.", "",
              "| task | eval set (rows scored) | " + " | ".join(names[m] for m in methods) + " |",
              "| --- | --- | " + " | ".join("---" for _ in methods) + " |"]
     for name, e in report["tasks"].items():
-        cells = []
-        for m in methods:
-            if m not in e:
-                cells.append("not run")
-                continue
-            acc = e[m]["accuracy"]
-            cells.append(f"{acc:.3f}" if isinstance(acc, float) else f"{acc['mean']:.3f} ± {acc['std']:.3f}")
+        cells = [figure_cell(e[m]) if m in e else "not run" for m in methods]
         n = e.get("n_eval", e.get("n_labelled"))
         lines.append(f"| {name} | {e['eval_set']} ({n}) | " + " | ".join(cells) + " |")
+    choices = [(name, e["chosen"]["seeds"]) for name, e in report["tasks"].items() if "chosen" in e]
+    if choices:
+        lines += ["", "Chosen per seed (by mean macro-F1 over the folds of the k rows; the evaluation rows unseen):",
+                  ""]
+        for name, seeds in choices:
+            for pick in seeds:
+                lines.append(f"- {name} seed {pick['seed']}: {pick['chosen']} -> accuracy {pick['accuracy']:.3f}, "
+                             f"macro-F1 {pick['macro_f1']:.3f} (CV: " + "; ".join(
+                                 f"{c['candidate']} {c['macro_f1']:.3f}" for c in pick["cv"]) + ")")
     lines += ["", "Templates:", ""]
     for name, e in report["tasks"].items():
         lines.append(f"- {name}: `{e['ptuning_template']}` (manual: `{e['manual_template']}`), "
                      f"verbalizer {json.dumps(e['verbalizer'])}")
+        for p in e.get("zero_shot", {}).get("prompts", [])[1:]:
+            lines.append(f"  - also manual: `{p['template']}`, verbalizer {json.dumps(p['verbalizer'])}")
     lines += ["", took(report)]
     return "\n".join(lines) + "\n"
+
+
+def figure_cell(result: dict) -> str:
+    """One table cell: accuracy (macro-F1), with the spread over seeds or folds where there are several."""
+    acc, f1 = result["accuracy"], result["macro_f1"]
+    if isinstance(acc, float):
+        return f"{acc:.3f} ({f1:.3f})"
+    return f"{acc['mean']:.3f} ± {acc['std']:.3f} ({f1['mean']:.3f})"

@@ -163,6 +163,44 @@ def sample_rows(table: Table, n: int | None, seed: int, note: str = "sample") ->
     return Table(f"{table.source} ({note} {n})", list(table.columns), rows)
 
 
+def balanced_sample(table: Table, n: int, seed: int, label_column: str) -> Table:
+    """``n`` rows with the labels as even as the table allows: ``n // labels`` of each label, the remainder to
+    labels drawn at random; a label with too few rows gives all it has and the others fill its place. Drawn with
+    ``random.Random(seed)``; all rows when ``n`` is not smaller than the table.
+
+    Args:
+        table (`Table`): the pool.
+        n (`int`): rows wanted.
+        seed (`int`): the draw's seed.
+        label_column (`str`): the column holding the label.
+
+    Returns:
+        `Table`: the rows, shuffled.
+
+    Example:
+        >>> balanced_sample(pool, 32, seed=1, label_column="label")  # doctest: +SKIP
+    """
+    if n >= len(table):
+        return table
+    rng = random.Random(seed)
+    by_label: dict[str, list[dict]] = {}
+    for row in table.rows:
+        by_label.setdefault(row[label_column], []).append(row)
+    for rows in by_label.values():
+        rng.shuffle(rows)
+    labels = sorted(by_label)
+    quota = {label: n // len(labels) for label in labels}
+    for label in rng.sample(labels, n % len(labels)):
+        quota[label] += 1
+    chosen = []
+    for label in labels:
+        chosen += by_label[label][:quota[label]]
+    spare = [row for label in labels for row in by_label[label][quota[label]:]]
+    chosen += rng.sample(spare, n - len(chosen))
+    rng.shuffle(chosen)
+    return Table(f"{table.source} (balanced sample {n}, seed {seed})", list(table.columns), chosen)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Classification sets
 
