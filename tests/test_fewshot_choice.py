@@ -1,0 +1,109 @@
+"""The few-shot benchmark's chosen recipe: cross-validation on the k training rows alone picks it (zero-shot
+included), three seeds are reported, and every method is scored on the same fixed evaluation rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from ptune.bench import fewshot, fewshot_choice
+from ptune.bench.fewshot_choice import best, residual_form
+from ptune.bench.loaders import balanced_sample
+from ptune.data.tables import Table
+from ptune.errors import PtuneError
+
+TRAIN = [("great service today", 1), ("the app crashes when I pay", 0), ("thanks for the quick delivery", 1),
+         ("the box was broken", 0), ("lovely staff and fast", 1), ("I want a refund now", 0),
+         ("works like a charm", 1), ("never again", 0), ("so happy with it", 1), ("it broke in a day", 0)]
+DEV = [("a fine film", 1), ("dull and slow", 0), ("warm and funny", 1), ("a waste of time", 0), ("sharp writing", 1)]
+
+
+def write_sst2(folder):
+    (folder / "sst2").mkdir()
+    for name, rows in (("train.tsv", TRAIN), ("dev.tsv", DEV)):
+        (folder / "sst2" / name).write_text("\n".join(["sentence\tlabel"] + [f"{s}\t{l}" for s, l in rows]) + "\n")
+
+
+def run(tmp_path, model_dir, **kwargs):
+    write_sst2(tmp_path)
+    options = dict(tasks=["sst2"], seeds=[1, 2, 3], k=6, folds=2, model=str(model_dir), dtype="float32",
+                   device="cpu", epochs=1, batch_size=4, show_progress=False, log=lambda m: None)
+    return fewshot.run_fewshot(tmp_path, tmp_path / "out", **(options | kwargs))
+
+
+def test_the_choice_sees_only_the_k_rows_and_every_method_the_same_eval_rows(tiny_causal_dir, tmp_path,
+                                                                              monkeypatch):
+    chooser_rows, scored = [], []
+    real_cv, real_score = fewshot_choice.cross_validate, fewshot.score_rows
+
+    def spy_cv(cfg, **kwargs):
+        chooser_rows.append([r["sentence"] for r in kwargs["train_table"].rows])
+        return real_cv(cfg, **kwargs)
+
+    def spy_score(session, model, table):
+        scored.append([r["sentence"] for r in table.rows])
+        return real_score(session, model, table)
+
+    monkeypatch.setattr(fewshot_choice, "cross_validate", spy_cv)
+    monkeypatch.setattr(fewshot, "score_rows", spy_score)
+    report = run(tmp_path, tiny_causal_dir, methods=["majority", "zero_shot", "chosen", "mlp"], max_eval=4,
+                 recipes=((1e-2, 1),))
+    dev = {s for s, _ in DEV}
+    train = {s for s, _ in TRAIN}
+    assert chooser_rows and all(len(rows) == 6 and set(rows) <= train and not set(rows) & dev for rows in chooser_rows)
+    # zero-shot (2 prompts), chosen (3 seeds) and mlp (3 seeds): the same 4 evaluation rows every time
+    assert len(scored) == 8 and all(rows == scored[0] for rows in scored) and len(scored[0]) == 4
+    entry = report["tasks"]["sst2"]
+    picks = entry["chosen"]["seeds"]
+    assert [p["seed"] for p in picks] == [1, 2, 3] and len(entry["chosen"]["accuracy"]["runs"]) == 3
+    assert all(p["chosen"] in [c["candidate"] for c in p["cv"]] for p in picks)
+    assert len(picks[0]["cv"]) == 3  # two manual prompts, one trained recipe
+    assert 0 <= entry["majority"]["accuracy"] <= 1 and entry["n_eval"] == 4
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "chosen by CV on the k rows" in markdown and "sst2 seed 3:" in markdown
+
+
+def test_zero_shot_is_chosen_where_the_k_rows_say_training_does_not_help(tiny_causal_dir, tmp_path, monkeypatch):
+    def fake_cv(cfg, *, trained=True, **kwargs):
+        f1 = 0.5 if trained else 0.9  # every zero-shot prompt ties: the first listed (the task's manual) wins
+        return {"accuracy": {"mean": f1, "std": 0.0}, "macro_f1": {"mean": f1, "std": 0.0}}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("nothing should be trained when zero-shot is chosen")
+
+    monkeypatch.setattr(fewshot_choice, "cross_validate", fake_cv)
+    monkeypatch.setattr(fewshot, "fit", no_training)
+    report = run(tmp_path, tiny_causal_dir, methods=["zero_shot", "chosen"], max_eval=0)
+    entry = report["tasks"]["sst2"]
+    manual = entry["zero_shot"]["prompts"][0]
+    assert manual["template"] == fewshot.SPECS["sst2"].manual
+    assert {p["chosen"] for p in entry["chosen"]["seeds"]} == {f"zero-shot `{manual['template']}`"}
+    assert entry["chosen"]["accuracy"]["runs"] == [manual["accuracy"]] * 3
+
+
+def test_balanced_sample_evens_the_labels_and_fills_from_others():
+    rows = [{"t": str(i), "label": "a"} for i in range(20)] + [{"t": f"b{i}", "label": "b"} for i in range(20)]
+    rows += [{"t": "c0", "label": "c"}]
+    table = Table("pool", ["t", "label"], rows)
+    sample = balanced_sample(table, 9, seed=1, label_column="label")
+    counts = {label: sample.column("label").count(label) for label in "abc"}
+    assert len(sample) == 9 and counts["c"] == 1 and sorted([counts["a"], counts["b"]]) == [4, 4]
+    assert balanced_sample(table, 9, seed=1, label_column="label").rows == sample.rows  # seeded
+    even = balanced_sample(Table("p", ["t", "label"], rows[:40]), 8, seed=2, label_column="label")
+    assert even.column("label").count("a") == 4 and len({r["t"] for r in even.rows}) == 8
+
+
+def test_residual_form_puts_as_many_virtual_tokens_as_the_anchor_has_tokens():
+    class Words:
+        def encode(self, text, add_special_tokens=False):
+            return text.split()
+
+    assert residual_form("Review : {sentence} Sentiment : [TARGET]", Words()) == (
+        "Review : {sentence} [P*2] [TARGET]", " Sentiment :")
+    for bad in ("{sentence} [TARGET]", "{sentence} It was [TARGET] .", "no field It was [TARGET]"):
+        with pytest.raises(PtuneError, match="anchor words"):
+            residual_form(bad, Words())
+
+
+def test_a_tie_goes_to_the_candidate_listed_first():
+    assert best([{"macro_f1": 0.7}, {"macro_f1": 0.7}, {"macro_f1": 0.6}]) == 0
+    assert best([{"macro_f1": 0.6}, {"macro_f1": 0.7}]) == 1
