@@ -76,7 +76,7 @@ def predict(model: PTuningModel, session: Session, rows: list[dict], task: Task 
 
 
 def evaluate(model: PTuningModel, session: Session, table: Table, show_progress: bool = False,
-             task: Task | None = None) -> dict:
+             task: Task | None = None, loss: bool = True) -> dict:
     """Dev/test metrics for ``table``: the task's metrics plus the mean loss where the rows have targets.
 
     Args:
@@ -86,10 +86,12 @@ def evaluate(model: PTuningModel, session: Session, table: Table, show_progress:
         show_progress (`bool`): show a progress bar over the rows.
         task (`Task`, *optional*): predict and score with this task (``session.task`` with other prediction-time
             settings, say) instead of ``session.task``.
+        loss (`bool`): also the mean loss, a second pass over the rows; False where no one reads it (a search
+            ranks by the task's metrics alone).
 
     Returns:
         `dict`: the task's metrics (``accuracy``, ``macro_f1`` and ``n`` for classification; ``p@1`` for probing;
-        exact match for generation) and ``loss``.
+        exact match for generation) and, with ``loss``, ``loss``.
 
     Example:
         >>> evaluate(model, session, dev_table)  # doctest: +SKIP
@@ -100,7 +102,7 @@ def evaluate(model: PTuningModel, session: Session, table: Table, show_progress:
     bar.close()
     task = task or session.task
     metrics = task.metrics(table.rows, preds)
-    examples, _ = task.train_examples(table)
+    examples, _ = task.train_examples(table) if loss else ([], 0)
     if examples:
         metrics["loss"] = mean_loss(model, session, examples, task)
     return metrics

@@ -23,7 +23,7 @@ from .summary import summarise
 def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | None = None,
                    session: Session | None = None, train_table: Table | None = None, dev_table: Table | None = None,
                    show_progress: bool = True, variants: list[dict] | None = None, ensemble: int = 1,
-                   trained: bool = True) -> dict:
+                   trained: bool = True, loss: bool = True) -> dict:
     """k-fold cross-validation over the training rows: held-out metrics per fold, with mean and spread.
 
     Early stopping inside each fold: with a dev file (``dev_table``) or ``data.dev_fraction``, each fold model keeps
@@ -45,6 +45,8 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
             label probabilities (classification only).
         trained (`bool`): False scores each fold's model as built, nothing trained (a zero-shot manual prompt on
             the same folds; ``task.calibrate: prior`` offsets are still fitted on the training fold).
+        loss (`bool`): each fold's held-out mean loss too (a second pass over its rows); False leaves ``loss`` out
+            of the runs (a search ranks by accuracy and macro-F1 alone).
 
     Returns:
         `dict`: ``folds``, ``seeds``, ``seconds``, ``ensemble``, ``runs`` (one metrics dict per fold and seed) and
@@ -65,7 +67,7 @@ def cross_validate(cfg: Config, *, folds: int | None = None, seeds: list[int] | 
                          f"not {cfg.task.type!r}")
     k = folds or cfg.train.cv_folds
     seeds = seeds or [cfg.train.seed]
-    scorer = FoldScorer.build(cfg, session, dev_table, variants or [{}], k, show_progress, trained)
+    scorer = FoldScorer.build(cfg, session, dev_table, variants or [{}], k, show_progress, trained, loss)
     keys = [r[cfg.task.label_column] if cfg.task.type == "classification" else "" for r in train_table.rows]
     results: list[list[dict]] = [[] for _ in scorer.variants]
     members: list[list[dict]] = [[] for _ in scorer.variants]  # each ensemble member alone
@@ -100,16 +102,17 @@ class FoldScorer:
     show_progress: bool
     needs_offsets: bool  # a variant asks for prior calibration, so every fold model gets label offsets
     trained: bool = True  # False: each fold's model is scored as built (a zero-shot prompt)
+    loss: bool = True  # the held-out mean loss beside the metrics (False: a pass over the rows saved)
 
     @classmethod
     def build(cls, cfg: Config, session: Session, dev_table: Table | None, variants: list[dict], folds: int,
-              show_progress: bool, trained: bool = True) -> FoldScorer:
+              show_progress: bool, trained: bool = True, loss: bool = True) -> FoldScorer:
         """A scorer with one task per variant; checks that a ``calibrate: prior`` variant has unlabeled rows."""
         needs_offsets = any(v.get("calibrate") == "prior" for v in variants)
         if needs_offsets and session.unlabeled is None:
             raise PtuneError("the variant task.calibrate: prior needs unlabeled rows (data.unlabeled)")
         tasks = [variant_task(session.task, settings) for settings in variants]
-        return cls(cfg, session, dev_table, variants, tasks, folds, show_progress, needs_offsets, trained)
+        return cls(cfg, session, dev_table, variants, tasks, folds, show_progress, needs_offsets, trained, loss)
 
     def train(self, train: Table, seed: int, held: Table | None = None) -> PTuningModel:
         """A fold model: trained on ``train`` (with the fold's dev rule), or as built when nothing is trained, with
@@ -132,11 +135,11 @@ class FoldScorer:
             print(f"seed {seed} fold {fold}/{self.folds}{label}{what}: {shown}")
 
     def single(self, train: Table, held: Table, seed: int, fold: int) -> list[dict]:
-        """One model per fold: each variant's held-out metrics (with the loss)."""
+        """One model per fold: each variant's held-out metrics (with the loss, where asked)."""
         model = self.train(train, seed, held)
         out = []
         for settings, task in zip(self.variants, self.tasks):
-            metrics = evaluate(model, self.session, held, task=task) | {"fold": fold, "seed": seed}
+            metrics = evaluate(model, self.session, held, task=task, loss=self.loss) | {"fold": fold, "seed": seed}
             self.show(seed, fold, settings, metrics)
             out.append(metrics)
         return out

@@ -323,7 +323,7 @@ def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
     for settings, cfg in plan.zero_shot:  # nothing trained: each fold's model is scored as built
         summary = cross_validate(cfg, folds=plan.folds, seeds=plan.seeds, session=shared.session(cfg, True),
                                  train_table=shared.table, show_progress=False, variants=plan.variants,
-                                 trained=False)
+                                 trained=False, loss=False)
         results += candidate_rows(summary, settings, len(configs_run))
         configs_run.append(cfg)
     if not results:
@@ -332,10 +332,11 @@ def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
 
 
 def run_candidate(plan: SearchPlan, shared: SharedRows, cfg: Config) -> dict:
-    """One candidate's cross-validation on the search's folds (its summary)."""
+    """One candidate's cross-validation on the search's folds (its summary); the held-out loss, which no row of
+    the report shows, is not computed."""
     return cross_validate(cfg, folds=plan.folds, seeds=plan.seeds, session=shared.session(cfg),
                           train_table=shared.table, dev_table=shared.dev_table, show_progress=False,
-                          variants=plan.variants, ensemble=plan.ensemble)
+                          variants=plan.variants, ensemble=plan.ensemble, loss=False)
 
 
 def best_f1(summary: dict) -> float:
