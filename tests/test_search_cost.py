@@ -3,7 +3,12 @@ not depend on the fold or the candidate is done once; the figures stay those of 
 
 from test_search import search_config
 from ptune.evaluation.cv import cross_validate
-from ptune.evaluation.search import SearchPlan, run_search
+from ptune.evaluation.search import SearchPlan, SharedRows, run_candidate, run_search
+from ptune.training.prepare import prepare
+
+
+def fold_figures(summary: dict) -> list[tuple]:
+    return [(run["seed"], run["fold"], run["accuracy"], run["macro_f1"]) for run in summary["runs"]]
 
 
 def test_the_search_computes_no_held_out_loss_and_scores_as_cross_validation_does(tiny_causal_dir, tmp_path,
@@ -21,3 +26,36 @@ def test_the_search_computes_no_held_out_loss_and_scores_as_cross_validation_doe
         plain = cross_validate(cfg, folds=2, seeds=[1], show_progress=False)  # a session of its own, with the loss
         assert calls and [r["macro_f1"] for r in plain["runs"]] == row["fold_macro_f1"]
         assert (plain["accuracy"], plain["macro_f1"]) == (row["accuracy"], row["macro_f1"])
+
+
+def test_probe_candidates_compute_each_rows_pooled_state_once_and_score_as_before(tiny_causal_dir, tmp_path,
+                                                                                  monkeypatch):
+    """The built-in space's four probes (two blocks, two poolings) over 2 folds: each distinct row runs through the
+    frozen model once per block and pooling, instead of twice per fold for the classifier's fit and once more
+    for its held-out scores; a prompted linear head (virtual tokens) keeps computing its own."""
+    from ptune.modeling.ptuning import CausalPTuning
+
+    rows_run = []
+    pooled_states = CausalPTuning.pooled_states
+
+    def spy(model, batch):
+        rows_run.append((model.encoder.n_virtual, len(batch["input_ids"])))
+        return pooled_states(model, batch)
+
+    search_config(tiny_causal_dir, tmp_path, {})  # no space: the built-in one
+    plan = SearchPlan.read(tmp_path / "s.yaml")
+    probes = [c for settings, c in plan.configs if c.task.head == "linear" and "[P" not in c.task.template]
+    prompted = next(c for _, c in plan.configs if c.task.head == "linear" and "[P" in c.task.template)
+    assert len(probes) == 4 and {(c.task.head_layer, c.task.head_pooling) for c in probes} == {
+        (1, "mean"), (1, "last"), (2, "mean"), (2, "last")}
+    plain = [fold_figures(cross_validate(c, folds=2, seeds=[1], show_progress=False)) for c in probes]
+    shared = SharedRows(*prepare(probes[0], hold_out_dev=False))
+    monkeypatch.setattr(CausalPTuning, "pooled_states", spy)
+    searched = [fold_figures(run_candidate(plan, shared, c)) for c in probes]
+    distinct = len({r["text"] for r in shared.table.rows})
+    assert sum(n for virtual, n in rows_run) == 4 * distinct
+    assert len(shared.pooled) == 4 * distinct
+    assert searched == plain
+    rows_run.clear()
+    run_candidate(plan, shared, prompted)  # its states change with its prompt: nothing kept, nothing reused
+    assert len(shared.pooled) == 4 * distinct and rows_run and all(virtual for virtual, _ in rows_run)

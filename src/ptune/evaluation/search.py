@@ -43,7 +43,7 @@ import itertools
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -56,6 +56,7 @@ from ..errors import ConfigError, PtuneError
 from ..modeling.base import describe_base, detect_kind
 from ..plotting import plot_search
 from ..session import Session, open_session, read_split
+from ..tasks.pooled_cache import PooledStateCache
 from ..template import parse_template, without_virtual
 from ..training.prepare import fold_dev, prepare
 from ..training.saving import save_inference
@@ -233,17 +234,21 @@ def zero_shot_candidates(configs: list[tuple[dict, Config]]) -> tuple[list[tuple
 @dataclass
 class SharedRows:
     """The rows and the frozen base every candidate shares: the first candidate's training rows (folded the same
-    way for all), its dev file, and its unlabeled rows."""
+    way for all), its dev file, and its unlabeled rows; and the linear probes' pooled states, which are the frozen
+    base's alone, so each row's is computed once per block and pooling for every probe candidate and fold."""
     first: Session
     table: Table
     dev_table: Table | None
+    pooled: PooledStateCache = field(default_factory=PooledStateCache)
 
     def session(self, cfg: Config, allow_no_virtual: bool = False) -> Session:
-        """A session for ``cfg`` over the shared base, with the shared label values and unlabeled rows;
-        ``allow_no_virtual`` for a zero-shot prompt."""
+        """A session for ``cfg`` over the shared base, with the shared label values, unlabeled rows and pooled
+        states; ``allow_no_virtual`` for a zero-shot prompt."""
         values = self.table.column(cfg.task.label_column) if cfg.task.type == "classification" else None
-        return open_session(cfg, label_values=values, base=self.first.base, unlabeled=self.unlabeled(cfg),
-                            allow_no_virtual=allow_no_virtual)
+        session = open_session(cfg, label_values=values, base=self.first.base, unlabeled=self.unlabeled(cfg),
+                               allow_no_virtual=allow_no_virtual)
+        session.task.pooled_cache = self.pooled
+        return session
 
     def unlabeled(self, cfg: Config) -> Table | None:
         """Read once (the first candidate's), unless a candidate names other rows."""

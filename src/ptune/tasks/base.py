@@ -15,6 +15,7 @@ from ..data.tables import Table
 from ..modeling.components import Head, build_head
 from ..modeling.ptuning import PTuningModel
 from .losses import lm_loss
+from .pooled_cache import PooledStateCache
 
 
 def sorted_batches(items: list, size: int, key=len):
@@ -54,6 +55,8 @@ class Task:
         objective (`str`): ``train.objective`` (``lm`` or ``classify``).
         class_weights (`str`): ``train.class_weights`` (``none`` or ``balanced``).
         head (`Head`, *optional*): what is scored and trained (default: ``cfg.head``'s).
+        pooled_cache (`PooledStateCache`, *optional*): where a linear probe's pooled states are kept for reuse (a
+            search sets one for all its candidates and folds); None computes them every time.
 
     Example:
         >>> task = build_task(cfg.task, renderer, labels)  # the subclass for cfg.task.type
@@ -68,6 +71,7 @@ class Task:
     objective: str = "lm"
     class_weights: str = "none"
     head: Head | None = None
+    pooled_cache: PooledStateCache | None = None  # a linear probe's pooled states, kept across a search's folds
 
     def __post_init__(self):
         if self.head is None:

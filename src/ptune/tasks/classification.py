@@ -115,10 +115,18 @@ class ClassificationTask(Task):
         with torch.no_grad():
             features = torch.empty(len(examples), model.encoder.table.shape[1])  # (rows, d)
             for idx, chunk in sorted_batches(examples, batch_size):
-                features[idx] = model.pooled_states(self.batch(chunk, device)).cpu()
+                features[idx] = self.pooled_states(model, chunk, device).cpu()
         model.classifier.fit(features.to(device), torch.tensor([e.label_index for e in examples], device=device),
                              self.label_weights(examples))
         model.train(was_training)
+
+    def pooled_states(self, model: PTuningModel, rows: list[Encoded], device) -> torch.Tensor:
+        """(B, d): ``head: linear``'s pooled states of ``rows`` (one batch); from ``pooled_cache`` where one is set
+        and the model's states are the frozen model's alone (no virtual token: the linear probe)."""
+        compute = lambda chunk: model.pooled_states(self.batch(chunk, device))  # noqa: E731
+        if self.pooled_cache is None or not self.pooled_cache.applies(model):
+            return compute(rows)
+        return self.pooled_cache.states(model, rows, compute)
 
     def make_loss(self, examples):
         weights = self.label_weights(examples)
@@ -140,7 +148,8 @@ class ClassificationTask(Task):
         """(rows, labels): ``head: linear``'s log-probabilities."""
         scores = torch.empty(len(rows), len(self.labels.labels))
         for idx, chunk in sorted_batches([self.renderer.encode(row) for row in rows], batch_size):
-            scores[idx] = F.log_softmax(model.class_logits(self.batch(chunk, device)), dim=-1).float().cpu()
+            logits = model.classifier(self.pooled_states(model, chunk, device))
+            scores[idx] = F.log_softmax(logits, dim=-1).float().cpu()
             if progress:
                 progress(len(chunk))
         return scores
