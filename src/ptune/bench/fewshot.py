@@ -4,7 +4,7 @@ on the k training rows chooses (``chosen``: a manual prompt as it stands, or P-t
 fixed-budget methods (P-tuning with the LSTM and the MLP encoder, plain prompt tuning with ``embedding``, each with
 the same epochs, batch size and learning rate) stay available by name, to compare with and to rerun older reports.
 
-Per task: SST-2 trains on k rows sampled from ``train.tsv`` (per seed, labels balanced) and is scored on
+Per task: SST-2 trains on k rows sampled from ``train.tsv`` (per seed; labels balanced for ``chosen``) and is scored on
 ``dev.tsv``; FewGLUE RTE, CB, BoolQ, WiC train on their fixed 32-row ``train.jsonl`` and are scored on SuperGLUE
 ``val.jsonl``; AG News trains on k rows sampled from the ALPS ``dev.tsv`` (the train file is not in the shared data)
 and is scored on ``test.tsv``; TREC trains on k rows of ``train_5500.label`` and is scored on ``TREC_10.label``;
@@ -234,9 +234,15 @@ class FewshotRun:
         return task_config(spec, self.model, template=candidate.template, encoder=candidate.encoder or "lstm",
                            verbalizer=candidate.verbalizer, seed=seed, **settings)
 
-    def train_rows(self, spec: TaskSpec, pool: Table, seed: int) -> Table:
-        """The seed's training rows: k drawn with balanced labels for sampled tasks, else the fixed rows."""
-        return balanced_sample(pool, self.k, seed, spec.label_column) if spec.sampled else pool
+    def train_rows(self, spec: TaskSpec, pool: Table, seed: int, balanced: bool = True) -> Table:
+        """The seed's training rows: for sampled tasks k drawn with balanced labels (or, for the fixed methods,
+        drawn plainly as the older reports drew them, so that their commands still give their figures), else the
+        fixed rows."""
+        if not spec.sampled:
+            return pool
+        if balanced:
+            return balanced_sample(pool, self.k, seed, spec.label_column)
+        return sample_rows(pool, self.k, seed, f"{self.k}-shot seed {seed}")
 
     def task(self, spec: TaskSpec, data_dir: Path) -> None:
         """Every method on one task, into ``results[spec.name]``; the reports are rewritten after each method."""
@@ -334,8 +340,8 @@ class FewshotRun:
         runs = []
         for seed in self.seeds:
             session = open_session(self.config(spec, spec.ptuning, method, seed), base=self.base)
-            model, _ = fit(session, self.train_rows(spec, pool, seed), None, None, show_progress=self.show_progress,
-                           seed=seed)
+            model, _ = fit(session, self.train_rows(spec, pool, seed, balanced=False), None, None,
+                           show_progress=self.show_progress, seed=seed)
             m = score_rows(session, model, eval_table)
             runs.append(m)
             self.log(f"{spec.name} {method} seed {seed}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
