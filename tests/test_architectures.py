@@ -287,3 +287,182 @@ def test_the_attention_window_is_read_where_a_layer_uses_one():
     assert attention_window(MistralConfig(sliding_window=None)) is None
     assert attention_window(Phi3Config(sliding_window=64)) == 64
     assert attention_window(Gemma3TextConfig(sliding_window=64)) == 64
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# deep prompts (encoder.deep_tokens): keys and values before the text at every layer, through the KV cache
+
+WINDOWED = [f for f in CAUSAL if "sliding_window" in FAMILIES[f][2]]  # refused: the window counts pads
+DEEP = [f for f in CAUSAL if f not in WINDOWED]
+DEEP_ONLY = "Tweet text : {text} Label : [TARGET]"  # no [P]: the deep prompt alone is trained
+
+
+def deep_session(zoo, family, deep_encoder="mlp", template=TEMPLATES["causal"], **task):
+    return zoo.session(family, encoder={"deep_tokens": 3, "deep_encoder": deep_encoder}, template=template, **task)
+
+
+def greedy_behind_deep(model, encoded, steps: int, eos: int) -> list[int]:
+    """Greedy decoding of one unpadded row by full forward passes, the deep prompt's keys and values put in a fresh
+    cache before each pass (built here from the flat table, in PEFT's order) and positions counted from n."""
+    from ptune.modeling.deep import deep_keys_values
+    from ptune.modeling.scoring import repeated
+
+    kv = deep_keys_values(model.deep_table(), model.deep.layout)
+    n = model.deep.n_tokens
+    embeds = model.embed(torch.tensor([encoded.input_ids]), torch.tensor([encoded.virtual_index]))
+    tokens: list[int] = []
+    for _ in range(steps):
+        length = embeds.shape[1]
+        logits = model.base(inputs_embeds=embeds, attention_mask=torch.ones(1, n + length, dtype=torch.long),
+                            position_ids=torch.arange(n, n + length)[None], use_cache=True,
+                            **{model.cache_arg: repeated(kv, 1)}).logits
+        tokens.append(int(logits[0, -1].argmax()))
+        if tokens[-1] == eos:
+            break
+        embeds = torch.cat([embeds, model.base.get_input_embeddings()(torch.tensor([[tokens[-1]]]))], dim=1)
+    return tokens
+
+
+@pytest.mark.parametrize("family", DEEP)
+def test_deep_prompt_alone_trains_and_leaves_the_base_alone(zoo, family):
+    """A template without [P] and a deep prompt: the deep prompt is what trains (it is in the optimizer)."""
+    s = deep_session(zoo, family, template=DEEP_ONLY, train={"lr": 0.05, "epochs": 3})
+    assert type(s.prompt).__name__ == "DeepPrompt" and not s.supports.packing and not s.supports.mixing
+    frozen = {k: v.clone() for k, v in s.base.model.state_dict().items()}
+    batch = s.task.batch(s.task.train_examples(TRAIN)[0], "cpu")
+    start = s.new_model(seed=0).eval()
+    with torch.no_grad():
+        before, table = start.loss(batch).item(), start.deep_table().clone()
+    model, progress = fit(s, TRAIN, None, show_progress=False, seed=0)
+    with torch.no_grad():
+        after = model.eval().loss(batch).item()
+    assert progress.step == 6 and after < before and not torch.equal(model.deep_table(), table)
+    assert all(torch.equal(v, frozen[k]) for k, v in s.base.model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", DEEP)
+def test_deep_prompt_scores_do_not_depend_on_the_batch(zoo, family):
+    s = deep_session(zoo, family, "table")
+    model = s.new_model(seed=1).eval()
+    rows = [{"text": t} for t in TEXTS]
+    together = scores(s, model, rows)
+    assert torch.allclose(together, torch.cat([scores(s, model, [row]) for row in rows]), atol=ATOL)
+    r, pad = s.task.renderer, s.tokenizer.pad_token_id
+    encoded = [r.encode(row, r.target_ids("no complaint")) for row in rows]
+    with torch.no_grad():
+        single = torch.stack([model.token_logprobs(collate([e], pad, "left"))[0].sum() for e in encoded])
+        for side in ("left", "right"):
+            assert torch.allclose(model.token_logprobs(collate(encoded, pad, side))[0].sum(-1), single, atol=ATOL)
+        model.deep = None  # the same model without its deep prompt scores otherwise: the prompt is read
+        model.clear_prompt_cache()
+        assert not torch.allclose(scores(s, model, rows), together, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", DEEP)
+def test_deep_prompt_kv_cache_paths_give_the_plain_forward(zoo, family, monkeypatch):
+    """The shared prefix run once behind the deep prompt, the KV cache without it, the label prefix tree and one
+    full input per (row, label) agree; so does the training loss with the prefix run once per batch."""
+    s = deep_session(zoo, family)
+    model = s.new_model(seed=3).eval()
+    rows = [{"text": t} for t in TEXTS]
+    cached = scores(s, model, rows)
+    with monkeypatch.context() as m:
+        m.setattr(model, "use_prefix_cache", False)
+        uncached = scores(s, model, rows)
+        m.setattr(model, "use_prefix_tree", False)
+        by_word = scores(s, model, rows)
+        m.setattr(type(model), "can_score_continuations", property(lambda self: False))
+        plain = scores(s, model, rows)
+    for other in (uncached, by_word, plain):
+        assert torch.allclose(cached, other, atol=ATOL)
+    examples, _ = s.task.train_examples(TRAIN)
+    with torch.no_grad():
+        shared, whole = (model.loss(s.task.batch(examples, "cpu", share_prefix=share)) for share in (True, False))
+    assert torch.allclose(shared, whole, atol=ATOL)
+
+
+@pytest.mark.parametrize("family", DEEP)
+def test_deep_prompt_generation_is_greedy_decoding_whatever_the_batch(zoo, family):
+    s = deep_session(zoo, family, type="generation", max_new_tokens=6)
+    model = s.new_model(seed=2).eval()
+    tok = s.tokenizer
+    encoded = [s.task.renderer.encode({"text": t}) for t in TEXTS]
+    with torch.no_grad():
+        batched = model.generate(s.task.batch(encoded, "cpu"), 6, tok.eos_token_id, tok.pad_token_id).tolist()
+        for e, row in zip(encoded, batched):
+            assert until_eos(row, tok.eos_token_id) == greedy_behind_deep(model, e, 6, tok.eos_token_id)
+
+
+@pytest.mark.parametrize("family", DEEP)
+def test_deep_prompt_checkpoint_reload_predicts_from_the_saved_table(zoo, family, tmp_path):
+    s = deep_session(zoo, family)
+    model = s.new_model(seed=5).eval()
+    save_inference(s, model, tmp_path / "ckpt")
+    loaded = Predictor.load(tmp_path / "ckpt", base=s.base)
+    assert torch.equal(loaded.model.deep_table(), model.deep_table())
+    loaded.model.deep.mlp = None  # the deep encoder never runs at inference: the saved table is read
+    rows = [{"text": t} for t in TEXTS]
+    assert torch.equal(scores(loaded.session, loaded.model, rows), scores(s, model, rows))
+    assert loaded.predict_rows(rows) == s.predict(model, rows)
+
+
+@pytest.mark.parametrize("family", DEEP)
+def test_deep_prompt_from_text_reads_as_the_text_written_first(zoo, family):
+    """``encoder.init: text`` with a table: the deep prompt starts as the keys and values of init_text, so a row
+    scores exactly as with the text written before it."""
+    text = "great service today"
+    ids = zoo.session(family).tokenizer(text, add_special_tokens=False)["input_ids"]
+    s = zoo.session(family, template=DEEP_ONLY, encoder={"deep_tokens": len(ids), "deep_encoder": "table",
+                                                        "init": "text", "init_text": text})
+    model = s.new_model(seed=4).eval()
+    r, pad = s.task.renderer, s.tokenizer.pad_token_id
+    encoded = [r.encode({"text": row}, r.target_ids("complaint")) for row in TEXTS[:3]]
+    written = [dataclasses.replace(e, input_ids=ids + e.input_ids, labels=[-100] * len(ids) + e.labels,
+                                   virtual_index=[-1] * len(ids) + e.virtual_index) for e in encoded]
+    with torch.no_grad():
+        deep = [model.token_logprobs(collate([e], pad, "left"))[0] for e in encoded]
+        model.deep = None  # the same model, the text written before each row instead
+        plain = [model.token_logprobs(collate([w], pad, "left"))[0] for w in written]
+    assert all(torch.allclose(a, b, atol=ATOL) for a, b in zip(deep, plain))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bloom", "gpt_neox"])
+def test_deep_prompt_with_a_linear_head_pools_the_text_alone(zoo, family):
+    """The linear head reads the text's hidden states behind the deep prompt: a row pools the same alone or in a
+    batch, and not what it pools without the deep prompt."""
+    s = deep_session(zoo, family, template=DEEP_ONLY, head="linear")
+    model = s.new_model(seed=6).eval()
+    encoded = [s.task.renderer.encode({"text": t}) for t in TEXTS]
+    with torch.no_grad():
+        together = model.pooled_states(s.task.batch(encoded, "cpu"))
+        alone = torch.cat([model.pooled_states(s.task.batch([e], "cpu")) for e in encoded])
+        assert together.shape == (len(TEXTS), 32) and torch.allclose(together, alone, atol=ATOL)
+        model.deep = None
+        assert not torch.allclose(model.pooled_states(s.task.batch(encoded, "cpu")), together, atol=1e-3)
+
+
+def test_deep_prompt_tasks_score_on_their_own_in_a_mixed_batch(zoo):
+    deep, plain = deep_session(zoo, "llama"), zoo.session("llama", template="[P*3] Review : {text} Label : [TARGET]")
+    a, b = deep.new_model(seed=7).eval(), plain.new_model(seed=8).eval()
+    rows = [{"text": t} for t in TEXTS]
+    with torch.inference_mode():
+        mixed = classify_mixed([(deep.task, a, rows), (plain.task, b, rows[1:])], 8, "cpu")
+    for got, want in zip(mixed, [deep.predict(a, rows), plain.predict(b, rows[1:])]):
+        assert [p["prediction"] for p in got] == [p["prediction"] for p in want]
+        for g, w in zip(got, want):
+            assert g["scores"] == pytest.approx(w["scores"], abs=2e-4)
+
+
+@pytest.mark.parametrize("family", WINDOWED)
+def test_deep_prompt_is_refused_where_a_sliding_window_could_cut_it(zoo, family):
+    with pytest.raises(ConfigError, match=rf"encoder.deep_tokens: .* sliding window of {WINDOW} places, which "
+                                          r"counts pads: 3 deep positions \+ train.max_length 64"):
+        deep_session(zoo, family)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "t5", "bart"])
+def test_deep_prompt_is_refused_on_masked_and_seq2seq_models(zoo, family):
+    template = TEMPLATES[kind(family)]
+    with pytest.raises(ConfigError, match=rf"encoder.deep_tokens: .* is a {kind(family)} LM; a deep prompt is keys "
+                                          r"and values held in a decoder-only model's KV cache"):
+        zoo.session(family, encoder={"deep_tokens": 3}, template=template)

@@ -1,7 +1,8 @@
 """Checkpoints: a directory of safetensors files and JSON manifests; nothing is ever unpickled.
 
     DIR/ptune.json                 manifest for inference: config, template, labels, base identity, file checksums
-    DIR/prompts-<hash>.safetensors the computed prompt table (n, d) that inference splices in
+    DIR/prompts-<hash>.safetensors the computed prompt table (n, d) that inference splices in, and a deep
+                                   prompt's flat table (n_deep, L*2*H*D) of keys and values, if any
     DIR/encoder-<hash>.safetensors the encoder's weights (to fine-tune further or re-export)
     DIR/state.json                 manifest for --resume: progress, history, file checksums
     DIR/optimizer-<hash>.safetensors, DIR/last-encoder-<hash>.safetensors
@@ -170,15 +171,18 @@ def _check_first_save(folder: Path) -> None:
 
 
 def save_model(folder: Path, *, config: dict, labels: dict | None, base: dict, encoder_state: dict,
-               prompts: torch.Tensor, extra: dict | None = None) -> None:
-    """Write (or replace) the inference checkpoint in ``folder``."""
+               prompts: torch.Tensor, extra: dict | None = None, deep: torch.Tensor | None = None) -> None:
+    """Write (or replace) the inference checkpoint in ``folder``; ``deep``: a deep prompt's flat table, kept in the
+    prompts file beside the prompt table."""
     folder.mkdir(parents=True, exist_ok=True)
     _check_first_save(folder)
+    tables = {"prompts": prompts.float()} | ({} if deep is None else {"deep": deep.float()})
     files = {"encoder": _put_tensors(folder, "encoder", encoder_state),
-             "prompts": _put_tensors(folder, "prompts", {"prompts": prompts.float()})}
+             "prompts": _put_tensors(folder, "prompts", tables)}
+    shapes = {} if deep is None else {"deep_tokens": int(deep.shape[0]), "deep_width": int(deep.shape[1])}
     meta = {"format": FORMAT, "version": VERSION, "config": config, "template": config["task"]["template"],
             "labels": labels, "base": base, "n_virtual": int(prompts.shape[0]), "hidden_size": int(prompts.shape[1]),
-            "files": files, **(extra or {})}
+            **shapes, "files": files, **(extra or {})}
     write_atomic(folder / MANIFEST, json.dumps(meta, indent=2).encode())
     _collect_garbage(folder)
 
@@ -186,20 +190,37 @@ def save_model(folder: Path, *, config: dict, labels: dict | None, base: dict, e
 def load_model(folder: str | Path, check_file=None) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
     """(manifest, encoder state, prompt table), every file verified; ``check_file(path)``, if given, is called on
     each file before it is read (to refuse one, it raises)."""
+    return load_tables(folder, check_file)[:3]
+
+
+def load_tables(folder: str | Path, check_file=None
+                ) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+    """``load_model``'s parts and the deep prompt's flat table (n_deep, L*2*H*D), None where the checkpoint has no
+    deep prompt.
+
+    Example:
+        >>> meta, encoder, prompts, deep = load_tables("runs/deep")
+        >>> deep.shape  # 8 positions, 30 layers x keys and values x 3 heads x 64
+        torch.Size([8, 11520])
+    """
     folder = Path(folder)
     if check_file is not None:
         check_file(folder / MANIFEST)
     meta = _read_manifest(folder / MANIFEST)
     try:
         encoder = _get_tensors(folder, meta["files"]["encoder"], check_file)
-        prompts = _get_tensors(folder, meta["files"]["prompts"], check_file)["prompts"]
+        tables = _get_tensors(folder, meta["files"]["prompts"], check_file)
+        prompts, deep = tables["prompts"], tables.get("deep")
     except (KeyError, TypeError):
         raise CheckpointError(f"{folder / MANIFEST}: manifest lacks its file entries") from None
     base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
     if tuple(prompts.shape) != (meta.get("n_virtual"), meta.get("hidden_size")) or (
             prompts.shape[-1] != base.get("hidden_size", prompts.shape[-1])):
         raise CheckpointError(f"{folder}: prompt table shape {tuple(prompts.shape)} disagrees with the manifest")
-    return meta, encoder, prompts
+    deep_shape = None if deep is None else tuple(deep.shape)
+    if deep_shape != ((meta["deep_tokens"], meta.get("deep_width")) if "deep_tokens" in meta else None):
+        raise CheckpointError(f"{folder}: deep prompt table shape {deep_shape} disagrees with the manifest")
+    return meta, encoder, prompts, deep
 
 
 def save_state(folder: Path, *, encoder_state: dict, optimizer: torch.optim.Optimizer, progress: dict) -> None:

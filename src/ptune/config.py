@@ -179,6 +179,8 @@ class EncoderConfig:
         init_text (`str`, defaults to ``""``): the words or text whose embeddings start the table.
         residual (`bool`, defaults to False): the prompt is the init embeddings plus the encoder's output, whose
             last layer starts at zero: at step 0 the virtual tokens are exactly ``init_text``'s embeddings.
+        deep_tokens (`int`, defaults to 0): a deep prompt's key/value positions at every layer (0: none).
+        deep_encoder (`str`, defaults to ``"mlp"``): the deep prompt's encoder, ``mlp`` or ``table``.
 
     Example:
         >>> EncoderConfig(type="mlp", hidden_size=64).num_layers
@@ -197,11 +199,21 @@ class EncoderConfig:
     residual: bool = False
     """Prompt = the init embeddings (fixed, saved with the encoder) + the encoder's output, its last layer zeroed:
     training starts exactly at ``init_text`` (a manual prompt's words) and moves only where the gradient leads."""
+    deep_tokens: int = 0
+    """Deep prompt (P-tuning v2, causal LMs): this many trained key/value positions before the text at every layer
+    of the frozen model, held in its KV cache, beside or instead of the template's ``[P]`` tokens (0: none)."""
+    deep_encoder: str = "mlp"
+    """The deep prompt's encoder: ``mlp`` (P-tuning v2's reparameterisation: an (n, d) embedding through a
+    ``hidden_size`` tanh layer to every layer's keys and values) or ``table`` (the keys and values trained directly;
+    with ``init: text``/``words`` they start as those the frozen model gives ``init_text``'s tokens)."""
 
     def __post_init__(self):
         _check_fields(self)
         _choice("encoder.type", self.type, ("lstm", "mlp", "embedding"))
         _choice("encoder.init", self.init, ("random", "words", "text"))
+        _choice("encoder.deep_encoder", self.deep_encoder, ("mlp", "table"))
+        if self.deep_tokens < 0:
+            raise ConfigError(f"encoder.deep_tokens must be >= 0 (0: no deep prompt), got {self.deep_tokens}")
         if self.hidden_size < 1:
             raise ConfigError(f"encoder.hidden_size must be >= 1, got {self.hidden_size}")
         if self.num_layers < 1:

@@ -77,6 +77,7 @@ class SavedCheckpoint:
         saved_base (`dict`): the identity of the base model it was trained on.
         encoder_state (`dict[str, torch.Tensor]`): the trained tensors by name (the encoder's, a linear head's).
         prompts (`torch.Tensor`): (n, d) the prompt table inference splices in.
+        deep (`torch.Tensor`, *optional*): (n_deep, L*2*H*D) a deep prompt's keys and values (``modeling.deep``).
 
     Example:
         >>> saved = read_checkpoint("runs/complaints")
@@ -90,6 +91,7 @@ class SavedCheckpoint:
     saved_base: dict
     encoder_state: dict[str, torch.Tensor]
     prompts: torch.Tensor
+    deep: torch.Tensor | None = None
 
     def check_base(self, identity: dict) -> None:
         """Refuse a base model (``FrozenBase.identity``) other than the one this checkpoint was trained on."""
@@ -141,7 +143,7 @@ def read_checkpoint(folder: str | Path, *, model_override: str | None = None, de
         'classification'
     """
     folder = Path(folder)
-    meta, encoder_state, prompts = checkpoint.load_model(folder, check_file)
+    meta, encoder_state, prompts, deep = checkpoint.load_tables(folder, check_file)
     try:  # a hand-edited manifest: say which file is wrong rather than which config key
         cfg = config_from_dict(meta["config"])
         labels = _saved_labels(meta.get("labels"), folder)
@@ -152,7 +154,7 @@ def read_checkpoint(folder: str | Path, *, model_override: str | None = None, de
         cfg = cfg.replace({"model.name_or_path": model_override, "model.gguf_file": None})
     if device:
         cfg = cfg.replace({"model.device": device})
-    return SavedCheckpoint(folder, meta, cfg, labels, saved_base, encoder_state, prompts)
+    return SavedCheckpoint(folder, meta, cfg, labels, saved_base, encoder_state, prompts, deep)
 
 
 class RowPredictor:
@@ -282,6 +284,8 @@ class Predictor(RowPredictor):
             raise CheckpointError(f"{saved.folder}: the encoder weights do not fit the manifest's config "
                                   f"({err})") from None
         model.set_prompt_table(saved.prompts)
+        if saved.deep is not None:
+            model.set_deep_table(saved.deep)
         offsets = saved.label_offsets(session.task.labels.labels if session.task.labels else [])
         if offsets is not None:  # task.calibrate: prior
             model.label_offsets = offsets

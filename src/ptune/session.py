@@ -15,11 +15,13 @@ from .data.labels import LabelSpace
 from .data.render import Renderer
 from .data.tables import Table, check_table, read_table
 from .errors import ConfigError, DataError
-from .modeling.base import FrozenBase, load_base
+from .modeling.base import FrozenBase, attention_window, load_base
 from .modeling.components import Head, Prompt, Supports, build_head, build_prompt, supports_of
-from .modeling.encoders import EmbeddingEncoder, build_encoder, init_table
+from .modeling.deep import DeepPromptEncoder, deep_start, kv_layout
+from .modeling.encoders import EmbeddingEncoder, build_encoder, init_table, text_ids
 from .modeling.heads import LinearHead, decoder_layers
 from .modeling.ptuning import PTuningModel, build_ptuning_model
+from .modeling.scoring import cache_argument
 from .tasks import Task, build_task
 from .template import Template, parse_template
 
@@ -41,7 +43,8 @@ def check_inputs(cfg: Config, template: Template, table: Table, *, labelled: boo
     """Columns the template and task need, present and non-empty in every row (before any model is loaded);
     ``allow_no_virtual`` where nothing is trained (a checkpoint predicting: it may be a zero-shot prompt)."""
     # a linear head may stand alone (the linear probe: a baseline, and a candidate ``ptune search`` can weigh)
-    template.validate(kind=None, needs_virtual=not allow_no_virtual and build_head(cfg.task.head).needs_virtual,
+    needs_virtual = build_head(cfg.task.head).needs_virtual and not cfg.encoder.deep_tokens  # a deep prompt trains
+    template.validate(kind=None, needs_virtual=not allow_no_virtual and needs_virtual,
                       columns=table.columns,
                       field_map=cfg.data.columns,
                       where=f"task.template (checked against {table.source})")
@@ -86,7 +89,7 @@ class Session:
 
     def __post_init__(self):
         if self.prompt is None:
-            self.prompt = build_prompt(self.template, self.base.kind, self.base.model)
+            self.prompt = build_prompt(self.template, self.base.kind, self.base.model, self.cfg.encoder.deep_tokens)
 
     @property
     def tokenizer(self):
@@ -115,14 +118,27 @@ class Session:
         seed_everything(self.cfg.train.seed if seed is None else seed)
         embeddings = self.base.model.get_input_embeddings()
         n, dim = self.template.n_virtual, embeddings.weight.shape[1]
-        init = init_table(self.cfg.encoder, n, embeddings, self.tokenizer)
+        init = init_table(self.cfg.encoder, n, embeddings, self.tokenizer) if n else None
         # a template without virtual tokens (a manual-prompt baseline) gets an empty table
         encoder = (build_encoder(self.cfg.encoder, n, dim, init) if n else EmbeddingEncoder(0, dim)).to(self.device)
         classifier = None
         if self.head.fits_classifier:
             classifier = LinearHead(dim, len(self.task.labels.labels), head_layer(self),
                                     self.cfg.task.head_pooling).to(self.device)
-        return build_ptuning_model(self.base.model, encoder, self.base.kind, classifier)
+        return build_ptuning_model(self.base.model, encoder, self.base.kind, classifier, self.new_deep_prompt())
+
+    def new_deep_prompt(self) -> DeepPromptEncoder | None:
+        """A fresh deep prompt (``encoder.deep_tokens``, None without one): random, or with ``encoder.deep_encoder:
+        table`` and ``encoder.init`` words or text, the keys and values the frozen model gives ``init_text``."""
+        enc, base = self.cfg.encoder, self.base.model
+        if not enc.deep_tokens:
+            return None
+        cache_arg = cache_argument(base)
+        init = None
+        if enc.deep_encoder == "table" and enc.init != "random":
+            init = deep_start(enc.deep_tokens, base, cache_arg, text_ids(enc, self.tokenizer))
+        return DeepPromptEncoder(enc.deep_tokens, base.get_input_embeddings().weight.shape[1],
+                                 kv_layout(base, cache_arg), enc.deep_encoder, enc.hidden_size, init).to(self.device)
 
     def predict(self, model: PTuningModel, rows: list[dict], progress=None) -> list[dict]:
         """The task's predictions for ``rows`` (model in evaluation mode, no autograd), ``train.eval_batch_size``
@@ -142,8 +158,9 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
     if base is None:
         base = load_base(cfg.model, device=device, check=check_identity)
     head = build_head(cfg.task.head)
-    template.validate(kind=base.kind, needs_virtual=not allow_no_virtual and head.needs_virtual)
-    problem = head.check_kind(base.kind, cfg.model.name_or_path)
+    template.validate(kind=base.kind,
+                      needs_virtual=not allow_no_virtual and head.needs_virtual and not cfg.encoder.deep_tokens)
+    problem = head.check_kind(base.kind, cfg.model.name_or_path) or deep_problem(cfg, base)
     if problem:
         raise ConfigError(problem)
     if cfg.task.type == "generation" and base.kind == "masked":
@@ -157,7 +174,37 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
     task = build_task(cfg.task, renderer, labels, objective=cfg.train.objective, class_weights=cfg.train.class_weights,
                       head=head)
     device = next(base.model.parameters()).device
-    return Session(cfg, base, template, task, device, unlabeled, build_prompt(template, base.kind, base.model))
+    return Session(cfg, base, template, task, device, unlabeled,
+                   build_prompt(template, base.kind, base.model, cfg.encoder.deep_tokens))
+
+
+def deep_problem(cfg: Config, base: FrozenBase) -> str | None:
+    """Why ``encoder.deep_tokens`` cannot run on this base model with this config (None: it can, or it is 0)."""
+    n, model = cfg.encoder.deep_tokens, f"{cfg.model.name_or_path} (model type {base.identity.get('model_type')!r})"
+    if not n:
+        return None
+    if base.kind != "causal":
+        return (f"encoder.deep_tokens: {model} is a {base.kind} LM; a deep prompt is keys and values held in a "
+                "decoder-only model's KV cache, and transformers' masked LMs take no past keys and values, nor do "
+                "T5's or BART's encoders (use encoder.deep_tokens: 0)")
+    if cache_argument(base.model) is None:
+        return f"encoder.deep_tokens: {model} takes no KV cache to hold a deep prompt (use encoder.deep_tokens: 0)"
+    window = attention_window(base.model.config)
+    reach = n + cfg.train.max_length + (cfg.task.max_new_tokens if cfg.task.type == "generation" else 0)
+    if window is not None and reach >= window:
+        return (f"encoder.deep_tokens: {model} attends within a sliding window of {window} places, which counts "
+                f"pads: {n} deep positions + train.max_length {cfg.train.max_length}"
+                + (f" + task.max_new_tokens {cfg.task.max_new_tokens}" if cfg.task.type == "generation" else "")
+                + " could reach past it, and a row would see more or less of the deep prompt depending on its "
+                "batch; keep them below the window (or use encoder.deep_tokens: 0)")
+    if cfg.train.gradient_checkpointing:
+        return ("encoder.deep_tokens with train.gradient_checkpointing: a block run again in the backward pass would "
+                "add its keys to the deep prompt's cache a second time; set train.gradient_checkpointing: false")
+    try:
+        kv_layout(base.model, cache_argument(base.model))
+    except ValueError as err:
+        return f"encoder.deep_tokens: {model}: {err}"
+    return None
 
 
 def head_layer(session: Session) -> int:

@@ -369,8 +369,10 @@ def score_in_order(plan: SearchPlan, shared: SharedRows, budget: float,
 
 
 def trains_nothing(cfg: Config) -> bool:
-    """The linear probe: a linear head over a template without virtual tokens, fitted once, however many epochs."""
-    return cfg.task.head == "linear" and parse_template(cfg.task.template).n_virtual == 0
+    """The linear probe: a linear head over a template without virtual tokens (nor a deep prompt), fitted once,
+    however many epochs."""
+    return (cfg.task.head == "linear" and parse_template(cfg.task.template).n_virtual == 0
+            and not cfg.encoder.deep_tokens)
 
 
 def score_by_halving(plan: SearchPlan, shared: SharedRows, budget: float,

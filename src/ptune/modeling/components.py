@@ -5,9 +5,11 @@ server and the PEFT export ask these objects (``Supports``) instead of comparing
     head     LabelWordsHead     label words scored by the LM head (the paper's way): every fast path applies
              LinearClassifier   a classifier over one block's pooled states: no label words to share, pack or export
     prompt   InputPrompt        virtual tokens spliced into the input embeddings (P-tuning)
+             DeepPrompt         and/or trained keys and values before the text at every layer (P-tuning v2,
+                                ``encoder.deep_tokens``): prefix sharing, no packing, no mixing
 
-A new prompt kind (deep prompts: trained key/value prefixes at every layer) is one more ``Prompt`` subclass here,
-with its own answers, chosen in ``build_prompt``, plus its part of the model's forward pass; the callers only ask.
+A new prompt kind is one more ``Prompt`` subclass here, with its own answers, chosen in ``build_prompt``, plus its
+part of the model's forward pass; the callers only ask.
 """
 
 from __future__ import annotations
@@ -169,23 +171,67 @@ class InputPrompt(Prompt):
         return None
 
 
-def build_prompt(template: Template, kind: str, base_model=None) -> Prompt:
-    """The prompt for a run: today input-layer virtual tokens. (A deep prompt would be chosen here, from its config
-    field, as another ``Prompt``.)
+class DeepPrompt(InputPrompt):
+    """A deep prompt (P-tuning v2, ``encoder.deep_tokens``): n trained keys and values before the text at every
+    layer, held in the KV cache (``modeling.deep``), beside the template's ``[P]`` tokens if it has any.
+
+    What it allows: prefix sharing yes (a shared prefix runs once behind the deep prompt, its keys and values after
+    the deep ones; the label words' prefix tree runs on that cache); packing no (a packed bin runs without a cache,
+    so its rows would not see the deep prompt: such batches stay padded); mixing no (a mixed batch stacks input
+    tables only: the task's rows are scored on their own). A PEFT prefix-tuning adapter holds the same keys and
+    values, so it can reproduce a template without ``[P]`` tokens on a causal LM.
+
+    Args:
+        template, kind: see ``InputPrompt``.
+        deep_tokens (`int`): the deep prompt's positions per layer.
+
+    Example:
+        >>> DeepPrompt(parse_template("{text} Label : [TARGET]"), "causal", 8).packing
+        False
+    """
+    name = "deep"
+
+    def __init__(self, template: Template, kind: str, deep_tokens: int):
+        super().__init__(template, kind, packs=False)
+        self.deep_tokens = deep_tokens
+
+    @property
+    def packing(self) -> bool:
+        return False
+
+    @property
+    def mixing(self) -> bool:
+        return False
+
+    def peft_problem(self) -> str | None:
+        if self.template.n_virtual:
+            return (f"template {self.template.source!r} has [P] tokens beside the deep prompt; PEFT's prefix tuning "
+                    "holds the per-layer keys and values alone, so it could not reproduce them (use a template "
+                    "without [P] tokens)")
+        if self.kind != "causal":
+            return f"the base model is a {self.kind} LM; deep prompts run on causal LMs only"
+        return None
+
+
+def build_prompt(template: Template, kind: str, base_model=None, deep_tokens: int = 0) -> Prompt:
+    """The prompt for a run: input-layer virtual tokens, and with ``encoder.deep_tokens`` a deep prompt.
 
     Args:
         template (`Template`): the parsed ``task.template``.
         kind (`str`): the base model's kind.
         base_model (`transformers.PreTrainedModel`, *optional*): the loaded frozen model, whose family and attention
             decide packing (None: not loaded, so no packing).
+        deep_tokens (`int`, defaults to 0): ``encoder.deep_tokens`` (0: no deep prompt).
 
     Returns:
-        `Prompt`: an ``InputPrompt``.
+        `Prompt`: an ``InputPrompt``, or a ``DeepPrompt`` where ``deep_tokens`` > 0.
 
     Example:
         >>> build_prompt(session.template, session.base.kind, session.base.model).packing  # doctest: +SKIP
         True
     """
+    if deep_tokens:
+        return DeepPrompt(template, kind, deep_tokens)
     return InputPrompt(template, kind, packs=base_model is not None and packable(base_model))
 
 

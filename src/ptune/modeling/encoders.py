@@ -186,10 +186,20 @@ def init_table(cfg: EncoderConfig, n_virtual: int, embeddings: nn.Embedding, tok
             scale = embeddings.weight.float().std().item() * float(getattr(embeddings, "embed_scale", 1.0))
             return torch.randn(n_virtual, embeddings.weight.shape[1]) * scale
         return None
-    if cfg.init == "words":
-        ids = [tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in cfg.init_text.split()]
-    else:
-        ids = tokenizer.encode(cfg.init_text, add_special_tokens=False)
+    ids = text_ids(cfg, tokenizer)
     ids = [ids[i % len(ids)] for i in range(n_virtual)]
     with torch.no_grad():  # the module's output, as for real tokens: some models scale inside it (Gemma)
         return embeddings(torch.tensor(ids, device=embeddings.weight.device)).float().cpu()
+
+
+def text_ids(cfg: EncoderConfig, tokenizer) -> list[int]:
+    """The tokens ``init_text`` starts a table from: the first token of each word (``init: words``) or the text's
+    tokens as they come (``init: text``).
+
+    Example:
+        >>> text_ids(EncoderConfig(init="words", init_text="great service"), tokenizer)  # doctest: +SKIP
+        [1234, 5678]
+    """
+    if cfg.init == "words":
+        return [tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in cfg.init_text.split()]
+    return tokenizer.encode(cfg.init_text, add_special_tokens=False)

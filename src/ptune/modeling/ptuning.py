@@ -20,9 +20,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import attention_window, packable
+from .deep import DeepPromptEncoder, deep_keys_values, greedy_decode
 from .encoders import PromptEncoder
 from .heads import LinearHead, adapt_lm_head, block_output, float32_scoring
-from .scoring import KeysValues, PrefixCache, after_prefix, joined, new_cache, repeated, run_prefix, word_logprobs
+from .scoring import (KeysValues, PrefixCache, after_prefix, cache_argument, joined, new_cache, repeated, run_prefix,
+                      word_logprobs)
 
 
 def checkpoint_blocks(base: nn.Module, enabled: bool) -> int:
@@ -67,9 +69,9 @@ def checkpoint_blocks(base: nn.Module, enabled: bool) -> int:
 
 
 def trainable(name: str) -> bool:
-    """The one predicate for what is trained and what is saved: the encoder's parameters and, with ``task.head:
-    linear``, the classifier's; nothing of the base."""
-    return name.startswith(("encoder.", "classifier."))
+    """The one predicate for what is trained and what is saved: the encoder's parameters, the deep prompt's
+    (``encoder.deep_tokens``) and, with ``task.head: linear``, the classifier's; nothing of the base."""
+    return name.startswith(("encoder.", "classifier.", "deep."))
 
 
 class PTuningModel(nn.Module):
@@ -82,6 +84,7 @@ class PTuningModel(nn.Module):
         base (`torch.nn.Module`): the frozen Hugging Face model (causal, masked or seq2seq LM).
         encoder (`PromptEncoder`): gives the (n_virtual, d) table of virtual-token embeddings.
         classifier (`LinearHead`, *optional*): ``task.head: linear``'s classifier over pooled hidden states.
+        deep (`DeepPromptEncoder`, *optional*): a deep prompt's keys and values at every layer (causal LMs only).
 
     Inputs (a batch from ``Task.batch`` / ``collate``):
         input_ids, virtual_index, attention_mask, position_ids (`torch.LongTensor`): (B, T); ``virtual_index`` is
@@ -100,11 +103,16 @@ class PTuningModel(nn.Module):
 
     kind = ""
 
-    def __init__(self, base: nn.Module, encoder: PromptEncoder, classifier: LinearHead | None = None):
+    def __init__(self, base: nn.Module, encoder: PromptEncoder, classifier: LinearHead | None = None,
+                 deep: DeepPromptEncoder | None = None):
         super().__init__()
+        if deep is not None and self.kind != "causal":
+            raise ValueError(f"a deep prompt needs a causal LM's KV cache; this is a {self.kind} LM")
         self.base = base
         self.encoder = encoder
         self.classifier = classifier
+        self.deep = deep
+        self._deep_table: torch.Tensor | None = None  # cached deep prompt table for inference
         base.requires_grad_(False)
         base.eval()
         adapt_lm_head(base)
@@ -133,6 +141,7 @@ class PTuningModel(nn.Module):
     def clear_prompt_cache(self) -> None:
         """Forget everything computed from the prompt table (it is about to change)."""
         self._table = None
+        self._deep_table = None
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The trained (and saved) tensors: the encoder's and the classifier's, by state-dict name."""
@@ -170,9 +179,29 @@ class PTuningModel(nn.Module):
         return self._table
 
     def set_prompt_table(self, table: torch.Tensor) -> None:
-        """Serve from a saved table (n, d) (no encoder run at all)."""
+        """Serve from a saved table (n, d) (no encoder run at all); a deep table set before is kept."""
+        deep = self._deep_table
         self.clear_prompt_cache()
-        self._table = table.detach().float().to(self.encoder.table.device)
+        self._table, self._deep_table = table.detach().float().to(self.encoder.table.device), deep
+
+    def deep_table(self) -> torch.Tensor | None:
+        """(n, L*2*H*D): the deep prompt's flat table (``modeling.deep``), run once per step in training and computed
+        once at inference; None without a deep prompt."""
+        if self.deep is None:
+            return None
+        if self.training:
+            return self.deep()
+        if self._deep_table is None:
+            with torch.no_grad():
+                self._deep_table = self.deep().detach()
+        return self._deep_table
+
+    def set_deep_table(self, table: torch.Tensor) -> None:
+        """Serve from a saved deep table (n, L*2*H*D) (no deep encoder run at all); a prompt table set before is
+        kept."""
+        kept = self._table
+        self.clear_prompt_cache()
+        self._table, self._deep_table = kept, table.detach().float().to(self.deep.table.device)
 
     def embed(self, input_ids: torch.Tensor, virtual_index: torch.Tensor, table: torch.Tensor | None = None
               ) -> torch.Tensor:
@@ -240,12 +269,11 @@ class CausalPTuning(PTuningModel):
 
     kind = "causal"
 
-    def __init__(self, base: nn.Module, encoder: PromptEncoder, classifier: LinearHead | None = None):
-        super().__init__(base, encoder, classifier)
-        params = inspect.signature(base.forward).parameters
-        self.keeps_logits = "logits_to_keep" in params
-        # the KV-cache argument's name: `cache` from transformers 5.x on, `past_key_values` before
-        self.cache_arg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+    def __init__(self, base: nn.Module, encoder: PromptEncoder, classifier: LinearHead | None = None,
+                 deep: DeepPromptEncoder | None = None):
+        super().__init__(base, encoder, classifier, deep)
+        self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self.cache_arg = cache_argument(base)
         self.window = attention_window(base.config)
         self.use_prefix_cache = True  # label scoring runs the prefix every row shares once
         self.use_prefix_tree = True  # label words that open alike run their shared tokens once per row
@@ -270,8 +298,7 @@ class CausalPTuning(PTuningModel):
         k = width - int((labels != -100).any(0).nonzero()[0])  # target columns sit in the last k
         inputs = dict(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                       position_ids=batch["position_ids"], use_cache=False)
-        if "prefix_ids" in batch:
-            inputs = self.after_shared_prefix(inputs, batch["prefix_ids"], batch["prefix_virtual"], table)
+        inputs = self.after_shared_prefix(inputs, batch.get("prefix_ids"), batch.get("prefix_virtual"), table)
         if self.keeps_logits:
             logits = self.run_base(**inputs, logits_to_keep=k + 1).logits  # (B, k+1, V)
         else:
@@ -301,32 +328,58 @@ class CausalPTuning(PTuningModel):
                                use_cache=False, logits_to_keep=columns).logits  # (bins, U, V)
         return logits[places // width, which], batch["labels"]
 
-    def after_shared_prefix(self, inputs: dict, ids: torch.Tensor, virtual: torch.Tensor,
+    def after_shared_prefix(self, inputs: dict, ids: torch.Tensor | None, virtual: torch.Tensor | None,
                             table: torch.Tensor | None) -> dict:
-        """The base's inputs for rows that follow a shared prefix ``ids``/``virtual`` (1, P): the prefix runs once
-        and its keys and values are repeated for every row (gradients flow through them), or, where a sliding
-        window could cut in, it is joined to every row."""
-        prefix = self.embed(ids, virtual, table)  # (1, P, d)
+        """The base's inputs for rows that follow a shared prefix ``ids``/``virtual`` (1, P) (None: no shared
+        prefix) and the deep prompt, if any: the prefix runs once, behind the deep prompt, and its keys and values
+        are repeated for every row (gradients flow through them), or, where a sliding window could cut in, it is
+        joined to every row."""
+        length = 0 if ids is None else ids.shape[1]
         embeds, mask, positions, cache = self.behind_prefix(
-            inputs["inputs_embeds"], inputs["attention_mask"], inputs["position_ids"], ids.shape[1],
-            lambda: prefix, lambda: run_prefix(self.base, self.cache_arg, prefix))
+            inputs["inputs_embeds"], inputs["attention_mask"], inputs["position_ids"], length,
+            lambda: self.embed(ids, virtual, table),
+            lambda: run_prefix(self.base, self.cache_arg, self.embed(ids, virtual, table), self.deep_keys_values()))
         inputs = dict(inputs, inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
         return inputs if cache is None else dict(inputs, use_cache=True, **{self.cache_arg: cache})
 
-    def behind_prefix(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, length: int,
-                      prefix_embeds, prefix_keys_values) -> tuple:
-        """Left-padded rows (B, T) placed behind a shared prefix of ``length`` tokens: the one place that chooses
-        how. The prefix's keys and values (``prefix_keys_values()``) repeated for every row in a fresh cache, or,
-        where a sliding window could cut in, its embeddings (``prefix_embeds()``, (1, P, d)) joined to every row.
+    def behind_prefix(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, length: int = 0,
+                      prefix_embeds=None, prefix_keys_values=None) -> tuple:
+        """Left-padded rows (B, T) placed behind what comes before them: the deep prompt's n positions, if any, and
+        a shared prefix of ``length`` tokens (0: none). The one place that chooses how, which every forward pass
+        goes through. The keys and values before the rows (the deep prompt's, then the prefix's:
+        ``prefix_keys_values()``, run behind the deep prompt) repeated for every row in a fresh cache; or, where a
+        sliding window could cut in, the shared prefix's embeddings (``prefix_embeds()``, (1, P, d)) joined to
+        every row.
 
         Returns:
-            tuple: embeds, attention mask, position ids (with the prefix: (B, P+T) places of mask, or of all three
-            where joined), and the KV cache (None where joined).
+            tuple: embeds, attention mask, position ids (the mask gains n+P places on the left and the positions
+            count from n+P; where joined, all three gain the prefix's P places), and the KV cache (None where
+            nothing is cached).
         """
-        if not self.prefix_fits(length + mask.shape[1]):
-            return (*joined(prefix_embeds(), embeds, mask, positions), None)  # (B, P+T, d), (B, P+T), (B, P+T)
-        mask, positions = after_prefix(mask, positions, length)
-        return embeds, mask, positions, repeated(prefix_keys_values(), embeds.shape[0])
+        n = self.deep_length
+        if length and not self.prefix_fits(n + length + mask.shape[1]):
+            embeds, mask, positions = joined(prefix_embeds(), embeds, mask, positions)  # (B, P+T, d), (B, P+T) x2
+            length = 0
+        if length:
+            kv = prefix_keys_values()
+        elif n:
+            kv = self.deep_keys_values()
+        else:
+            return embeds, mask, positions, None
+        mask, positions = after_prefix(mask, positions, n + length)
+        return embeds, mask, positions, repeated(kv, embeds.shape[0])
+
+    @property
+    def deep_length(self) -> int:
+        """The deep prompt's positions before every row at every layer (0: no deep prompt)."""
+        return 0 if self.deep is None else self.deep.n_tokens
+
+    def deep_keys_values(self) -> KeysValues | None:
+        """The deep prompt's keys and values per layer (1, H, n, D) in the base's dtype (None: no deep prompt)."""
+        table = self.deep_table()
+        if table is None:
+            return None
+        return deep_keys_values(table, self.deep.layout, self.base.get_input_embeddings().weight.dtype)
 
     def prefix_fits(self, length: int) -> bool:
         """Whether a shared prefix can run apart from rows ``length`` places long with it (their pads then sit between
@@ -344,7 +397,7 @@ class CausalPTuning(PTuningModel):
         device = self.encoder.table.device
         return self.prefix_cache.get((tuple(ids), tuple(virtual)), lambda: run_prefix(
             self.base, self.cache_arg, self.embed(torch.tensor([ids], device=device),
-                                                  torch.tensor([virtual], device=device))))
+                                                  torch.tensor([virtual], device=device)), self.deep_keys_values()))
 
     @torch.no_grad()
     def continuation_logprobs(self, batch, words: list[list[int]], prefix: tuple[list[int], list[int]] | None = None
@@ -363,12 +416,10 @@ class CausalPTuning(PTuningModel):
         with self.scoring_head([t for word in words for t in word]):
             embeds = self.embed(batch["input_ids"], batch["virtual_index"])  # (B, T, d)
             mask, positions = batch["attention_mask"], batch["position_ids"]
-            cache = None
-            if prefix is not None:
-                embeds, mask, positions, cache = self.behind_prefix(
-                    embeds, mask, positions, len(prefix[0]),
-                    lambda: self.embed(*(torch.tensor([p], device=mask.device) for p in prefix)),
-                    lambda: self.prefix_keys_values(*prefix))
+            embeds, mask, positions, cache = self.behind_prefix(
+                embeds, mask, positions, 0 if prefix is None else len(prefix[0]),
+                lambda: self.embed(*(torch.tensor([p], device=mask.device) for p in prefix)),
+                lambda: self.prefix_keys_values(*prefix))
             cache = new_cache() if cache is None else cache
             by_tree = self.scores_by_tree(mask.shape[1] + max(len(w) for w in words) - 1)
             return word_logprobs(self.base, self.cache_arg, embeds, mask, positions, cache, words, by_tree)
@@ -383,11 +434,22 @@ class CausalPTuning(PTuningModel):
         """(B, d): the output of block ``classifier.layer``, pooled over each row's real positions as the
         classifier says (``LinearHead.pool``: their mean, or the last one's). The forward pass stops there: the
         blocks above it and the LM head never run."""
-        embeds = self.embed(batch["input_ids"], batch["virtual_index"])
-        mask = batch["attention_mask"]
-        hidden = block_output(self.base, self.classifier.layer, inputs_embeds=embeds, attention_mask=mask,
-                              position_ids=batch["position_ids"], use_cache=False).float()  # (B, T, d)
-        return self.classifier.pool(hidden, mask)
+        inputs = dict(inputs_embeds=self.embed(batch["input_ids"], batch["virtual_index"]),
+                      attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False)
+        inputs = self.after_shared_prefix(inputs, None, None, None)  # the deep prompt, if any, in the cache
+        hidden = block_output(self.base, self.classifier.layer, **inputs).float()  # (B, T, d): the text's places
+        return self.classifier.pool(hidden, batch["attention_mask"])
+
+    @torch.no_grad()
+    def generate(self, batch, max_new_tokens: int, eos_token_id, pad_token_id: int) -> torch.Tensor:
+        """Greedy generation with the KV cache (see ``PTuningModel.generate``); behind a deep prompt, held in the
+        cache before the rows, by ``deep.greedy_decode``."""
+        if self.deep is None:
+            return super().generate(batch, max_new_tokens, eos_token_id, pad_token_id)
+        inputs = dict(inputs_embeds=self.embed(batch["input_ids"], batch["virtual_index"]),
+                      attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+        inputs = self.after_shared_prefix(inputs, None, None, None)
+        return greedy_decode(self.base, self.cache_arg, inputs, max_new_tokens, eos_token_id, pad_token_id)
 
     def class_logits(self, batch) -> torch.Tensor:
         """(B, labels): ``task.head: linear``'s scores."""
@@ -443,7 +505,7 @@ MODEL_KINDS: dict[str, type[PTuningModel]] = {"causal": CausalPTuning, "masked":
 
 
 def build_ptuning_model(base: nn.Module, encoder: PromptEncoder, kind: str,
-                        classifier: LinearHead | None = None) -> PTuningModel:
+                        classifier: LinearHead | None = None, deep: DeepPromptEncoder | None = None) -> PTuningModel:
     """The P-tuning model for a base model of ``kind`` (``causal``, ``masked`` or ``seq2seq``).
 
     Args:
@@ -451,6 +513,7 @@ def build_ptuning_model(base: nn.Module, encoder: PromptEncoder, kind: str,
         encoder (`PromptEncoder`): the prompt encoder.
         kind (`str`): the base model's kind (``FrozenBase.kind``).
         classifier (`LinearHead`, *optional*): ``task.head: linear``'s classifier (causal models only).
+        deep (`DeepPromptEncoder`, *optional*): a deep prompt (causal models only).
 
     Returns:
         `PTuningModel`: a ``CausalPTuning``, ``MaskedPTuning`` or ``Seq2SeqPTuning``.
@@ -460,4 +523,6 @@ def build_ptuning_model(base: nn.Module, encoder: PromptEncoder, kind: str,
         >>> model.kind
         'causal'
     """
-    return MODEL_KINDS[kind](base, encoder, classifier)
+    if deep is None:
+        return MODEL_KINDS[kind](base, encoder, classifier)
+    return MODEL_KINDS[kind](base, encoder, classifier, deep)

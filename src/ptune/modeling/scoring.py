@@ -15,6 +15,7 @@ Words that share leading tokens (``card arrival``, ``card linking``) share their
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,12 +35,24 @@ def new_cache():
     return DynamicCache()
 
 
-def run_prefix(base: nn.Module, cache_arg: str, embeds: torch.Tensor) -> KeysValues:
+def cache_argument(base: nn.Module) -> str | None:
+    """The name of ``base``'s KV-cache argument: ``cache`` from transformers 5.x on, ``past_key_values`` before
+    (None: it takes none)."""
+    params = inspect.signature(base.forward).parameters
+    return "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+
+
+def run_prefix(base: nn.Module, cache_arg: str, embeds: torch.Tensor, start: KeysValues | None = None
+               ) -> KeysValues:
     """Run one prefix ``embeds`` (1, P, d) through ``base``; each layer's keys and values (1, heads, P, head_dim).
-    ``cache_arg``: the name of the base's KV-cache argument."""
-    cache = new_cache()
+    ``cache_arg``: the name of the base's KV-cache argument. ``start``: keys and values already before the prefix
+    (a deep prompt's, S places), which the prefix attends to and the result begins with: (1, heads, S+P,
+    head_dim)."""
+    cache = new_cache() if start is None else repeated(start, 1)
+    offset = 0 if start is None else start[0][0].shape[2]
     base(inputs_embeds=embeds, use_cache=True, logits_to_keep=1,
-         position_ids=torch.arange(embeds.shape[1], device=embeds.device)[None], **{cache_arg: cache})
+         position_ids=torch.arange(offset, offset + embeds.shape[1], device=embeds.device)[None],
+         **{cache_arg: cache})
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 

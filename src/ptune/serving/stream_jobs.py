@@ -68,8 +68,8 @@ def decodes_in_slices(model: PTuningModel) -> bool:
         >>> decodes_in_slices(task.model)  # a Llama with a plain generation config  # doctest: +SKIP
         True
     """
-    if model.kind != "causal" or getattr(model, "cache_arg", None) is None:
-        return False
+    if model.kind != "causal" or getattr(model, "cache_arg", None) is None or model.deep is not None:
+        return False  # a deep prompt's keys and values are not in a stream's cache: streamed whole (``streaming``)
     config = getattr(model.base, "generation_config", None)
     return config is None or all(getattr(config, key, None) in plain for key, plain in GREEDY_AS_IS.items())
 

@@ -107,6 +107,10 @@ def stream_generation(task: ServedTask, row: dict, max_new_tokens: int, emit: Ca
     pieces = TextPieces(tok, emit)
     with torch.inference_mode():
         batch = objective.batch([objective.renderer.encode(row)], predictor.session.device)
+        if model.deep is not None:  # the deep prompt's own greedy loop: the text comes at once, not token by token
+            pieces.add(model.generate(batch, max_new_tokens, tok.eos_token_id, tok.pad_token_id)[0].tolist())
+            pieces.end()
+            return stream_result(pieces, tok.eos_token_id, max_new_tokens)
         embeds = model.embed(batch["input_ids"], batch["virtual_index"])  # (1, T, d)
         # as PTuningModel.generate, with the streamer and a stop switch
         model.base.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"],

@@ -26,9 +26,11 @@ from ..checkpoint import MANIFEST
 from ..errors import CheckpointError, PtuneError
 from ..inference import Predictor, SavedCheckpoint, read_checkpoint
 from ..modeling.base import FrozenBase
+from ..modeling.deep import DeepPromptEncoder, kv_layout
 from ..modeling.encoders import EmbeddingEncoder
 from ..modeling.heads import LinearHead
 from ..modeling.ptuning import PTuningModel, build_ptuning_model
+from ..modeling.scoring import cache_argument
 from ..session import Session, head_layer, open_session
 from ..tasks.mixed import MixedScorer
 from .paths import check_inside, confined_vocab
@@ -72,6 +74,7 @@ class ServedTask:
         store (TaskStore): where its model is built and kept while it is used.
         head (dict[str, torch.Tensor]): ``task.head: linear``'s classifier weights (``classifier.*``), else empty.
         label_offsets (torch.Tensor | None): (labels,) ``task.calibrate: prior``'s offsets.
+        deep (torch.Tensor | None): (n_deep, L*2*H*D) a deep prompt's keys and values (``encoder.deep_tokens``).
 
     Example:
         >>> task = TaskStore().load("topics", "runs/topics")  # doctest: +SKIP
@@ -86,6 +89,7 @@ class ServedTask:
     store: TaskStore = field(repr=False)
     head: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     label_offsets: torch.Tensor | None = None
+    deep: torch.Tensor | None = field(default=None, repr=False)
     created: int = field(default_factory=lambda: int(time.time()))
     """When it was loaded (Unix seconds; OpenAI's model ``created``)."""
 
@@ -227,8 +231,9 @@ class TaskStore:
                                   f"(expected {sorted(shapes)})")
         names = session.task.labels.labels if session.task.labels else []
         head = {k: v.to(session.device) for k, v in saved.encoder_state.items() if k.startswith("classifier.")}
+        deep = None if saved.deep is None else saved.deep.to(session.device, torch.float32)
         task = ServedTask(name, str(saved.folder), session, self.shared_table(saved, session.device), self, head,
-                          saved.label_offsets(names))
+                          saved.label_offsets(names), deep)
         if self.mixer is None:  # the first task: what the base can do, and the mixed-batch scorer over it
             self.scores_continuations = task.model.can_score_continuations
             self.mixer = MixedScorer(self.base.model) if self.scores_continuations else None
@@ -284,9 +289,17 @@ class TaskStore:
         if task.head:
             classifier = LinearHead(dim, len(task.labels), head_layer(session),
                                     session.cfg.task.head_pooling).to(session.device)
-        model = build_ptuning_model(session.base.model, encoder, session.base.kind, classifier)
-        model.load_trainable_state({"encoder.table": table, **task.head})
+        deep, deep_state = None, {}
+        if task.deep is not None:  # its saved keys and values, as a plain table
+            base = session.base.model
+            deep = DeepPromptEncoder(len(task.deep), dim, kv_layout(base, cache_argument(base)), "table",
+                                     init=task.deep).to(session.device)
+            deep_state = {"deep.table": task.deep}
+        model = build_ptuning_model(session.base.model, encoder, session.base.kind, classifier, deep)
+        model.load_trainable_state({"encoder.table": table, **task.head, **deep_state})
         model.set_prompt_table(table)
+        if task.deep is not None:
+            model.set_deep_table(task.deep)
         model.label_offsets = task.label_offsets
         return model.eval()
 

@@ -31,6 +31,8 @@ class MixedGroup:
         rows (list[dict]): its rows.
         own_model (Callable[[], PTuningModel]): gives its own model (its table over the same base), called only
             where the shared pass cannot serve the task.
+        mixes (bool, defaults to True): its prompt can share a pass (``Supports.mixing``: not a deep prompt, whose
+            keys and values the stacked tables do not hold); else it is scored alone with ``own_model``.
 
     Example:
         >>> group = MixedGroup(task, model.prompt_table(), [{"text": "hi"}], lambda: model)
@@ -40,6 +42,7 @@ class MixedGroup:
     table: torch.Tensor
     rows: list[dict]
     own_model: Callable[[], PTuningModel]
+    mixes: bool = True
 
 
 class StackedTablesModel(CausalPTuning):
@@ -130,7 +133,8 @@ class MixedScorer:
         Returns:
             list[list[dict]]: per group, one ``{"prediction", "scores"}`` per row.
         """
-        alone = [not g.task.head.mixing for g in groups]  # no label words to share: those tasks score on their own
+        # no label words to share, or a prompt the stacked tables cannot hold: those tasks score on their own
+        alone = [not (g.task.head.mixing and g.mixes) for g in groups]
         if any(alone):
             mixed = iter(self.classify([g for g, a in zip(groups, alone) if not a], batch_size, device)
                          if not all(alone) else [])
@@ -199,5 +203,6 @@ def classify_mixed(groups: list[Group], batch_size: int, device) -> list[list[di
     base = groups[0][1].base
     if any(m.base is not base or not (m.can_score_continuations or not task.head.mixing) for task, m, _ in groups):
         raise ValueError("classify_mixed needs causal models over one shared base")
-    return MixedScorer(base).classify([MixedGroup(task, model.prompt_table(), rows, lambda m=model: m)
+    return MixedScorer(base).classify([MixedGroup(task, model.prompt_table(), rows, lambda m=model: m,
+                                                  mixes=model.deep is None)
                                        for task, model, rows in groups], batch_size, device)

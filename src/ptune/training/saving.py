@@ -15,8 +15,8 @@ def save_inference(session: Session, model: PTuningModel, out_dir: Path, extra: 
 
     Args:
         session (Session): the run's session (config, labels, base model identity).
-        model (PTuningModel): the model to save; its prompt table is computed here, in eval mode, and its mode is
-            put back afterwards. Its label offsets (``task.calibrate: prior``), if fitted, are saved too.
+        model (PTuningModel): the model to save; its prompt table (and deep prompt table, if any) is computed here,
+            in eval mode, and its mode is put back afterwards. Its label offsets (``task.calibrate: prior``), if fitted, are saved too.
         out_dir (Path): the checkpoint folder (created if missing).
         extra (dict | None): more manifest fields (e.g. ``{"training": {"step": ..., "best": ...}}``).
         seed (int | None): the training seed actually used, where a caller overrode the config's (ensemble
@@ -40,5 +40,5 @@ def save_inference(session: Session, model: PTuningModel, out_dir: Path, extra: 
         extra = dict(extra or {}) | {"label_offsets": dict(zip(session.task.labels.labels,
                                                                model.label_offsets.tolist()))}
     checkpoint.save_model(out_dir, config=config, labels=labels, base=session.base.identity,
-                          encoder_state=model.trainable_state(), prompts=table, extra=extra)
+                          encoder_state=model.trainable_state(), prompts=table, extra=extra, deep=model.deep_table())
     model.train(was_training)

@@ -207,12 +207,13 @@ class Trainer:
 
     def _setup_optimizer(self) -> None:
         tc = self.tc
-        self.params = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        deep = [] if self.model.deep is None else list(self.model.deep.parameters())  # encoder.deep_tokens
+        self.params = [p for p in [*self.model.encoder.parameters(), *deep] if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay)
         batches_per_epoch = math.ceil(len(self.examples) / tc.batch_size)
         self.steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)  # a step takes up to grad_accum batches
         self.total = tc.max_steps or tc.epochs * self.steps_per_epoch
-        if self.linear_head and self.model.encoder.n_virtual == 0:
+        if self.linear_head and self.model.encoder.n_virtual == 0 and self.model.deep is None:
             self.total = 0  # the linear probe: nothing but the classifier, fitted in setup and again in _finish
         self.warmup = int(tc.warmup_ratio * self.total)
 
