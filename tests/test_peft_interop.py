@@ -172,10 +172,10 @@ def test_imported_checkpoint_continues_training(tiny_causal_dir, tmp_path):
 
 def test_import_refuses_unsafe_or_unsupported_adapters(tiny_causal_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load must never be called"))
-    bad = tmp_path / "prefix"
+    bad = tmp_path / "lora"
     bad.mkdir()
-    (bad / "adapter_config.json").write_text(json.dumps({"peft_type": "PREFIX_TUNING", "task_type": "CAUSAL_LM"}))
-    with pytest.raises(CheckpointError, match="per-layer keys"):
+    (bad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "task_type": "CAUSAL_LM"}))
+    with pytest.raises(CheckpointError, match="'LORA' cannot be imported .*not a prompt-learning adapter"):
         import_peft(bad, tmp_path / "o1")
     pickled = tmp_path / "pickled"
     pickled.mkdir()

@@ -185,7 +185,8 @@ def load(checkpoint: str | Path | list[str | Path], *, device: str | None = None
 
 def export_peft(checkpoint: str | Path, out_dir: str | Path) -> dict:
     """Write a checkpoint as a PEFT ``PROMPT_TUNING`` adapter that predicts as ptune does (``ptune export``).
-    Only prefix templates (every ``[P*n]`` first) with ``task.head: words`` on a causal LM can be exported.
+    Only prefix templates (every ``[P*n]`` first) with ``task.head: words`` on a causal LM can be exported; a deep
+    prompt (``encoder.deep_tokens``, a template without ``[P]``) becomes a ``PREFIX_TUNING`` adapter.
 
     Args:
         checkpoint (`str` or `Path`): the ptune checkpoint directory.
@@ -194,7 +195,7 @@ def export_peft(checkpoint: str | Path, out_dir: str | Path) -> dict:
 
     Returns:
         `dict`: ``out``, ``peft_type``, ``num_virtual_tokens``, ``token_dim`` and ``input_format`` (the text a
-        PEFT user feeds after the prompt).
+        PEFT user feeds after the prompt); for a deep prompt also ``num_layers``.
 
     Example:
         >>> export_peft("runs/prefix", "runs/prefix-peft")["peft_type"]  # doctest: +SKIP

@@ -202,7 +202,8 @@ def _pairs(values, option: str) -> dict:
 @click.option("--format", "fmt", type=click.Choice(["peft"]), default="peft", show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Adapter folder.")
 def export_cmd(checkpoint_dir, fmt, out_dir):
-    """Export a checkpoint as a PEFT prompt-tuning adapter (prefix templates, causal LMs)."""
+    """Export a checkpoint as a PEFT prompt-tuning adapter (prefix templates, causal LMs), or a deep prompt as a
+    prefix-tuning one."""
     from .interop.peft import export_peft
 
     click.echo(json.dumps(export_peft(checkpoint_dir, out_dir), indent=2))
@@ -211,8 +212,8 @@ def export_cmd(checkpoint_dir, fmt, out_dir):
 @main.command("import")
 @click.argument("peft_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
-@click.option("--template", default=None, help="ptune template; its [P*n] must come first (default: the "
-              "exported one, or '[P*n] {text} [TARGET]').")
+@click.option("--template", default=None, help="ptune template; its [P*n] must come first, and a prefix-tuning "
+              "adapter's has none (default: the exported one, or '[P*n] {text} [TARGET]' / '{text} [TARGET]').")
 @click.option("--model", default=None, help="Base model (default: the adapter's base_model_name_or_path).")
 @click.option("--task", "task_type", type=click.Choice(["classification", "generation", "probing"]),
               default=None)
@@ -220,7 +221,8 @@ def export_cmd(checkpoint_dir, fmt, out_dir):
 @click.option("--verbalizer", multiple=True, metavar="LABEL=WORD", help="A label and its word (repeatable).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value.")
 def import_cmd(peft_dir, out_dir, template, model, task_type, label_column, verbalizer, overrides):
-    """Import a PEFT P-tuning or prompt-tuning adapter as a ptune checkpoint (trainable embedding encoder)."""
+    """Import a PEFT P-tuning or prompt-tuning adapter as a ptune checkpoint (trainable embedding encoder), or a
+    prefix-tuning adapter as a deep prompt (encoder.deep_tokens, deep_encoder table)."""
     from .interop.peft import import_peft
 
     summary = import_peft(peft_dir, out_dir, template=template, model=model, task_type=task_type,
