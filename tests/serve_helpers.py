@@ -7,14 +7,14 @@ from conftest import tiny_config
 
 
 def make_checkpoint(model_dir, out: Path, template: str, task_type: str = "classification", verbalizer=None,
-                    seed: int = 3, **task) -> Path:
+                    seed: int = 3, encoder: dict | None = None, **task) -> Path:
     from ptune.session import open_session
     from ptune.training.saving import save_inference
 
     task = {"type": task_type, "template": template, "max_new_tokens": 5, **task}
     if verbalizer:
         task["verbalizer"] = verbalizer
-    session = open_session(tiny_config(model_dir, task=task))
+    session = open_session(tiny_config(model_dir, task=task, encoder=encoder or {}))
     save_inference(session, session.new_model(seed=seed), out)
     return out
 
