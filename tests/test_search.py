@@ -218,7 +218,8 @@ def read_rows(path):
 
 def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_path):
     """No ``search.space``: the probe (middle and late layer, mean and last pooling), then the prompts (the template,
-    its runs halved, another placement) under each head, encoder and learning rate, searched by halving."""
+    its runs halved, another placement) under each head, encoder and learning rate, then the deep prompts (8 and 16
+    positions, label words or the middle layer's linear head), searched by halving."""
     from ptune.evaluation.search import SearchPlan
 
     cfg = search_config(tiny_causal_dir, tmp_path, {}, lr=1e-2)
@@ -228,7 +229,14 @@ def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_
     plan = SearchPlan.read(tmp_path / "s.yaml")
     assert plan.builtin and plan.halving and plan.folds == 5
     settings = [s for s, _ in plan.configs]
-    assert len(settings) == 40 and len({json.dumps(s, sort_keys=True) for s in settings}) == 40
+    assert len(settings) == 44 and len({json.dumps(s, sort_keys=True) for s in settings}) == 44
+    deep = settings[40:]
+    assert deep == [{"task.template": "{text} Label : [TARGET]", **head, "encoder.deep_tokens": n,
+                     "encoder.deep_encoder": "mlp", "train.lr": 1e-2}
+                    for n in (8, 16) for head in ({"task.head": "words"}, {"task.head": "linear", "task.head_layer": 1,
+                                                                           "task.head_pooling": "mean"})]
+    assert all(cfg.encoder.deep_tokens == s.get("encoder.deep_tokens", 0) for s, cfg in plan.configs)
+    settings = settings[:40]
     probes = [s for s in settings if "[P" not in s["task.template"]]
     assert [(s["task.head_layer"], s["task.head_pooling"]) for s in probes] == [
         (1, "mean"), (1, "last"), (2, "mean"), (2, "last")]  # the tiny model has 2 blocks: middle 1, late 2
@@ -241,10 +249,35 @@ def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_
     assert {(s["task.head"], s.get("task.head_layer"), s.get("task.head_pooling")) for s in prompted} == {
         ("words", None, None), ("linear", 1, "mean"), ("linear", 2, "last")}
     assert [s for s, _ in plan.zero_shot] == [{"zero_shot": "{text} Label : [TARGET]"}] and plan.notes == []
+    assert plan.zero_shot[0][1].encoder.deep_tokens == 0  # nothing trained, whatever the candidates
+    checkpointing = dict(cfg, train=dict(cfg["train"], gradient_checkpointing=True))
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(checkpointing))
+    assert len(SearchPlan.read(tmp_path / "g.yaml").configs) == 40  # no deep prompt with gradient checkpointing
     explicit = search_config(tiny_causal_dir, tmp_path, {"space": {"train.lr": [1e-2]}})
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(explicit))
     given = SearchPlan.read(tmp_path / "e.yaml")
     assert not given.builtin and not given.halving and len(given.configs) == 1  # a given space: as before
+
+
+def test_the_built_in_deep_prompt_candidates_cross_validate(tiny_causal_dir, tmp_path):
+    """The deep prompts of the built-in space are configs that run: the label words' and the linear head's
+    cross-validate on the search's folds, and a deep candidate with a linear head is no probe (it trains)."""
+    from ptune.evaluation.search import SearchPlan, SharedRows, run_candidate, trains_nothing
+    from ptune.training.prepare import prepare
+
+    cfg = search_config(tiny_causal_dir, tmp_path, {"folds": 2})
+    cfg["search"].pop("space", None)
+    cfg["task"]["verbalizer"] = {"complaint": "complaint", "no complaint": "hello"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    plan = SearchPlan.read(tmp_path / "s.yaml")
+    deep = [c for s, c in plan.configs if s.get("encoder.deep_tokens")]
+    assert [(c.encoder.deep_tokens, c.task.head) for c in deep] == [(8, "words"), (8, "linear"), (16, "words"),
+                                                                     (16, "linear")]
+    assert not any(trains_nothing(c) for c in deep)
+    shared = SharedRows(*prepare(plan.configs[0][1], hold_out_dev=False))
+    for c in deep[:2]:
+        summary = run_candidate(plan, shared, c)
+        assert 0 <= summary["macro_f1"]["mean"] <= 1 and len(summary["runs"]) == 2
 
 
 def test_successive_halving_promotes_the_best_third_and_stays_within_its_budget():
@@ -339,7 +372,7 @@ def test_the_built_in_search_stops_within_its_budget_and_writes_a_checkpoint(tin
 
 def test_halving_over_the_built_in_space_promotes_the_best_and_scores_a_probe_once(tiny_causal_dir, tmp_path,
                                                                                    monkeypatch):
-    """A fake scorer over the built-in space (40 candidates, 9 epochs: rungs of 1, 3 and 9 epochs): the best
+    """A fake scorer over the built-in space (44 candidates, 9 epochs: rungs of 1, 3 and 9 epochs): the best
     third goes on at every rung, and a probe, whose figures do not depend on the epochs, is not scored again."""
     from ptune.evaluation import search as search_module
 
@@ -350,18 +383,20 @@ def test_halving_over_the_built_in_space_promotes_the_best_and_scores_a_probe_on
     calls = []
 
     def fake(plan_, shared, candidate):
-        calls.append((candidate.task.template, candidate.task.head, candidate.encoder.type, candidate.train.lr,
-                      candidate.task.head_pooling, candidate.task.head_layer, candidate.train.epochs))
+        calls.append((candidate.task.template, candidate.encoder.deep_tokens, candidate.task.head,
+                      candidate.encoder.type, candidate.train.lr, candidate.task.head_pooling,
+                      candidate.task.head_layer, candidate.train.epochs))
         f1 = 0.9 if (candidate.task.head_pooling, candidate.task.head_layer) == ("last", 2) else 0.5
         f1 += 0.05 * (candidate.encoder.type == "mlp")  # the probe's base encoder is mlp: it leads its ties
         return {"macro_f1": {"mean": f1, "std": 0.0}, "runs": [{"macro_f1": f1}] * 2, "seconds": 0.0}
 
     monkeypatch.setattr(search_module, "run_candidate", fake)
     scored = search_module.score_by_halving(plan, None, 0, show_progress=False)
-    assert [epochs for *_, epochs in calls].count(1) == 40 and len(scored) == 40
-    assert [rung for *_, rung in scored].count(1) == 14 - 5 and [rung for *_, rung in scored].count(2) == 5
-    assert [call[0] for call in calls].count("{text} Label : [TARGET]") == 4  # each probe scored once
-    assert len(calls) == 40 + 12 + 4  # 14 and 5 promoted, 2 probes among the 14 and 1 among the 5
+    assert [epochs for *_, epochs in calls].count(1) == 44 and len(scored) == 44
+    assert [rung for *_, rung in scored].count(1) == 15 - 5 and [rung for *_, rung in scored].count(2) == 5
+    probe_calls = [call for call in calls if call[0] == "{text} Label : [TARGET]" and not call[1]]
+    assert len(probe_calls) == 4  # each probe scored once
+    assert len(calls) == 44 + 12 + 4  # 15 and 5 promoted, 3 probes among the 15 and 1 among the 5
     top = [settings for settings, _, _, rung in scored if rung == 2]
     assert {"task.head_layer": 2, "task.head_pooling": "last", "task.head": "linear",
             "task.template": "{text} Label : [TARGET]"} in top  # the probe at the late layer, scored once

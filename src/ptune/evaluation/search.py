@@ -222,7 +222,8 @@ def zero_shot_candidates(configs: list[tuple[dict, Config]]) -> tuple[list[tuple
             continue
         manual = without_virtual(cfg.task.template)
         zcfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, template=manual, head="words",
-                                                                 head_layer=0, head_pooling="mean"))
+                                                                 head_layer=0, head_pooling="mean"),
+                                   encoder=dataclasses.replace(cfg.encoder, deep_tokens=0))  # nothing trained
         key = json.dumps([zcfg.to_dict()[section] for section in ("model", "task", "data")]
                          + [zcfg.train.max_length, zcfg.train.eval_batch_size], sort_keys=True, default=str)
         if key not in seen:

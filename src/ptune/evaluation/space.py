@@ -5,7 +5,11 @@ Every candidate is a dict of dotted config keys to values, applied over the conf
 - the linear probe (no virtual tokens, nothing trained but the classifier): ``PROBE_LAYERS`` x ``POOLINGS``, first;
 - input-layer prompts: ``template_candidates`` (the template as written, its runs halved, and the same count of
   virtual tokens placed elsewhere) x ``HEADS`` x ``ENCODERS`` x ``LR_FACTORS`` (times the config's ``train.lr``);
-- deep prompts (virtual tokens at every layer): not in ptune yet; ``DEEP_PROMPTS`` is where they will go.
+- deep prompts (P-tuning v2: trained keys and values at every layer, ``encoder.deep_tokens``): the manual template
+  without ``[P]`` runs x ``DEEP_PROMPTS`` (8 and 16 positions, the ``mlp`` reparameterisation) x ``DEEP_HEADS`` (the
+  label words, and a linear head at the middle layer), at the config's ``train.lr``; on causal LMs only (a deep
+  prompt lives in the KV cache), last, and left out where ``train.gradient_checkpointing`` is on (which a deep
+  prompt cannot run with).
 
 ``train.epochs`` is not a key of the space: successive halving (``halving.py``) spends epochs as its resource, the
 config's own ``train.epochs`` on the last rung. The linear head's layers exist on causal LMs only, so on other
@@ -29,7 +33,10 @@ HEADS = ({"task.head": "words"},
 ENCODERS = ("lstm", "mlp")
 LR_FACTORS = (1.0, 0.3)  # times the config's train.lr
 DERIVED_RUN = 8  # virtual tokens placed when the template has none
-DEEP_PROMPTS: tuple = ()  # virtual tokens at every layer (P-tuning v2): a place kept for them, none yet
+# deep prompts (P-tuning v2): keys and values at every layer, through the MLP reparameterisation
+DEEP_PROMPTS = ({"encoder.deep_tokens": 8, "encoder.deep_encoder": "mlp"},
+                {"encoder.deep_tokens": 16, "encoder.deep_encoder": "mlp"})
+DEEP_HEADS = HEADS[:2]  # the label words, and a linear head at the middle layer
 
 _RUN = re.compile(r"\[P(?:\*([0-9]+))?\]")
 _TARGET = re.compile(r"\[(?:TARGET|MASK)\]")
@@ -82,7 +89,7 @@ def builtin_space(values: dict, depth: int | None) -> list[dict]:
 
     Example:
         >>> len(builtin_space({"task": {"template": "{text} [P*8] Label : [TARGET]"}}, depth=30))
-        40
+        44
     """
     task, lr = values.get("task", {}), float(values.get("train", {}).get("lr", 3e-2))
     template = task.get("template", "[P*8] {text} [TARGET]")
@@ -100,5 +107,28 @@ def builtin_space(values: dict, depth: int | None) -> list[dict]:
                                                          heads):
         head = {k: layer_number(v, depth) if k == "task.head_layer" else v for k, v in head.items()}
         out.append({"task.template": text, **head, "encoder.type": encoder, "train.lr": float(f"{lr * factor:.3g}")})
-    out += [dict(candidate) for candidate in DEEP_PROMPTS]
+    if depth and not values.get("train", {}).get("gradient_checkpointing"):
+        out += deep_candidates(without_virtual(template), depth, lr)
     return [dict(c) for c in {repr(sorted(c.items())): c for c in out}.values()]  # distinct (tiny depths repeat)
+
+
+def deep_candidates(manual: str, depth: int, lr: float) -> list[dict]:
+    """The deep-prompt candidates over the manual template (no ``[P]`` runs): ``DEEP_PROMPTS`` x ``DEEP_HEADS``.
+
+    Args:
+        manual (`str`): the config's template without its virtual tokens.
+        depth (`int`): the causal LM's number of blocks (for the linear head's layer).
+        lr (`float`): the config's ``train.lr``.
+
+    Returns:
+        `list[dict]`: one dict of dotted config keys -> values per candidate.
+
+    Example:
+        >>> deep_candidates("{text} Label : [TARGET]", 30, 3e-2)[0]["encoder.deep_tokens"]
+        8
+    """
+    out = []
+    for deep, head in itertools.product(DEEP_PROMPTS, DEEP_HEADS):
+        head = {k: layer_number(v, depth) if k == "task.head_layer" else v for k, v in head.items()}
+        out.append({"task.template": manual, **head, **deep, "train.lr": float(f"{lr:.3g}")})
+    return out
