@@ -25,6 +25,8 @@ from ptune.training.trainer import fit, packing_bins
 
 ALL = list(FAMILIES)
 CAUSAL = [f for f in FAMILIES if FAMILIES[f][0] == "causal"]
+WINDOWED = [f for f in CAUSAL if "sliding_window" in FAMILIES[f][2]]  # deep prompts refused: the window counts pads
+DEEP = [f for f in CAUSAL if f not in WINDOWED]  # the families that take a deep prompt (encoder.deep_tokens)
 GENERATIVE = [f for f in FAMILIES if FAMILIES[f][0] != "masked"]
 LABELS = ["complaint", "no complaint"]
 VERBALIZER = {label: label for label in LABELS}
@@ -121,12 +123,12 @@ def test_shared_prefix_cache_gives_the_plain_forward(zoo, family, monkeypatch):
     assert torch.allclose(shared, whole, atol=ATOL)
 
 
-@pytest.mark.parametrize("family", CAUSAL)
-def test_packed_batches_give_the_padded_loss_and_gradients(zoo, family):
+@pytest.mark.parametrize("family, depth", [(f, 0) for f in CAUSAL] + [(f, 3) for f in DEEP])
+def test_packed_batches_give_the_padded_loss_and_gradients(zoo, family, depth):
     """Where ``packable`` says a family's batches can be packed, the packed batch (with and without the shared
-    prefix, in one bin and in several) gives the padded batch's loss and encoder gradients; elsewhere packing is
-    refused (ALiBi and OPT read positions from a 2D mask)."""
-    s = zoo.session(family)
+    prefix, in one bin and in several) gives the padded batch's loss and encoder gradients, behind a deep prompt of
+    ``depth`` positions too; elsewhere packing is refused (ALiBi and OPT read positions from a 2D mask)."""
+    s = zoo.session(family, encoder={"deep_tokens": depth})
     model = s.new_model(seed=5).train()
     if FAMILIES[family][1] in ("BloomConfig", "OPTConfig") or family == "falcon_alibi":
         assert not packable(model.base) and not s.supports.packing
@@ -145,7 +147,7 @@ def test_packed_batches_give_the_padded_loss_and_gradients(zoo, family):
         model.zero_grad()
         loss = model.loss(batch)
         loss.backward()
-        return loss.detach(), [p.grad.clone() for p in model.encoder.parameters()]
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
     padded, padded_grads = loss_and_grads(s.task.batch(short, "cpu"))
     for share, bins in ((True, 256), (False, 256), (True, 1), (False, 1)):
@@ -292,8 +294,6 @@ def test_the_attention_window_is_read_where_a_layer_uses_one():
 # ---------------------------------------------------------------------------------------------------------------
 # deep prompts (encoder.deep_tokens): keys and values before the text at every layer, through the KV cache
 
-WINDOWED = [f for f in CAUSAL if "sliding_window" in FAMILIES[f][2]]  # refused: the window counts pads
-DEEP = [f for f in CAUSAL if f not in WINDOWED]
 DEEP_ONLY = "Tweet text : {text} Label : [TARGET]"  # no [P]: the deep prompt alone is trained
 
 
@@ -327,7 +327,8 @@ def greedy_behind_deep(model, encoded, steps: int, eos: int) -> list[int]:
 def test_deep_prompt_alone_trains_and_leaves_the_base_alone(zoo, family):
     """A template without [P] and a deep prompt: the deep prompt is what trains (it is in the optimizer)."""
     s = deep_session(zoo, family, template=DEEP_ONLY, train={"lr": 0.05, "epochs": 3})
-    assert type(s.prompt).__name__ == "DeepPrompt" and not s.supports.packing and not s.supports.mixing
+    assert type(s.prompt).__name__ == "DeepPrompt" and not s.supports.mixing
+    assert s.supports.packing == packable(s.base.model)  # packed bins behind the deep prompt where the family packs
     frozen = {k: v.clone() for k, v in s.base.model.state_dict().items()}
     batch = s.task.batch(s.task.train_examples(TRAIN)[0], "cpu")
     start = s.new_model(seed=0).eval()

@@ -51,9 +51,14 @@ def test_deep_encoders_give_the_flat_width():
         assert DeepPromptEncoder(4, 32, layout, kind, hidden_size=16)().shape == (4, 64)
 
 
-def test_a_deep_prompt_allows_prefix_sharing_but_no_packing_or_mixing():
+def test_a_deep_prompt_allows_prefix_sharing_and_packing_but_no_mixing(tiny_causal_dir):
+    from transformers import AutoModelForCausalLM
+
     deep = build_prompt(parse_template(TEMPLATE), "causal", deep_tokens=4)
-    assert isinstance(deep, DeepPrompt) and deep.prefix_sharing and not deep.packing and not deep.mixing
+    assert isinstance(deep, DeepPrompt) and deep.prefix_sharing and not deep.mixing
+    assert not deep.packing  # no base model given: nothing says its family takes a packed batch's mask
+    llama = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
+    assert build_prompt(parse_template(TEMPLATE), "causal", llama, deep_tokens=4).packing
     assert deep.peft_problem() is None
     beside = build_prompt(parse_template("[P*2] " + TEMPLATE), "causal", deep_tokens=4)
     assert "[P] tokens beside the deep prompt" in beside.peft_problem()

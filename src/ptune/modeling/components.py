@@ -6,7 +6,7 @@ server and the PEFT export ask these objects (``Supports``) instead of comparing
              LinearClassifier   a classifier over one block's pooled states: no label words to share, pack or export
     prompt   InputPrompt        virtual tokens spliced into the input embeddings (P-tuning)
              DeepPrompt         and/or trained keys and values before the text at every layer (P-tuning v2,
-                                ``encoder.deep_tokens``): prefix sharing, no packing, no mixing
+                                ``encoder.deep_tokens``): prefix sharing and packing, no mixing
 
 A new prompt kind is one more ``Prompt`` subclass here, with its own answers, chosen in ``build_prompt``, plus its
 part of the model's forward pass; the callers only ask.
@@ -176,28 +176,25 @@ class DeepPrompt(InputPrompt):
     layer, held in the KV cache (``modeling.deep``), beside the template's ``[P]`` tokens if it has any.
 
     What it allows: prefix sharing yes (a shared prefix runs once behind the deep prompt, its keys and values after
-    the deep ones; the label words' prefix tree runs on that cache); packing no (a packed bin runs without a cache,
-    so its rows would not see the deep prompt: such batches stay padded); mixing no (a mixed batch stacks input
-    tables only: the task's rows are scored on their own). A PEFT prefix-tuning adapter holds the same keys and
+    the deep ones; the label words' prefix tree runs on that cache); packing where the input prompt's allows it (a
+    packed bin's custom mask gains the deep prompt's n columns, every place seeing them, and its cache holds them);
+    mixing no (a mixed batch stacks input tables only: the task's rows are scored on their own). A PEFT prefix-tuning adapter holds the same keys and
     values, so it can reproduce a template without ``[P]`` tokens on a causal LM.
 
     Args:
         template, kind: see ``InputPrompt``.
         deep_tokens (`int`): the deep prompt's positions per layer.
+        packs (`bool`): see ``InputPrompt``.
 
     Example:
-        >>> DeepPrompt(parse_template("{text} Label : [TARGET]"), "causal", 8).packing
+        >>> DeepPrompt(parse_template("{text} Label : [TARGET]"), "causal", 8).mixing
         False
     """
     name = "deep"
 
-    def __init__(self, template: Template, kind: str, deep_tokens: int):
-        super().__init__(template, kind, packs=False)
+    def __init__(self, template: Template, kind: str, deep_tokens: int, packs: bool = False):
+        super().__init__(template, kind, packs)
         self.deep_tokens = deep_tokens
-
-    @property
-    def packing(self) -> bool:
-        return False
 
     @property
     def mixing(self) -> bool:
@@ -230,9 +227,10 @@ def build_prompt(template: Template, kind: str, base_model=None, deep_tokens: in
         >>> build_prompt(session.template, session.base.kind, session.base.model).packing  # doctest: +SKIP
         True
     """
+    packs = base_model is not None and packable(base_model)
     if deep_tokens:
-        return DeepPrompt(template, kind, deep_tokens)
-    return InputPrompt(template, kind, packs=base_model is not None and packable(base_model))
+        return DeepPrompt(template, kind, deep_tokens, packs)
+    return InputPrompt(template, kind, packs)
 
 
 def supports_of(head: Head, prompt: Prompt, *, labels: bool = True) -> Supports:

@@ -320,12 +320,14 @@ class CausalPTuning(PTuningModel):
         width = embeds.shape[1]
         places = batch["target_places"]  # (B, K) flat: bin * L + place
         columns, which = torch.unique(places % width, return_inverse=True)  # the places' columns, (U,) and (B, K)
-        mask = batch["packed_mask"]
+        # behind a deep prompt, if any: every place also sees its n columns, and positions count from n
+        embeds, mask, positions, cache = self.behind_prefix(embeds, batch["packed_mask"], batch["packed_positions"])
         if self.base.config._attn_implementation == "eager":  # eager attention adds its mask to the scores
             mask = torch.zeros(mask.shape, dtype=embeds.dtype, device=mask.device).masked_fill(
                 ~mask, torch.finfo(embeds.dtype).min)
-        logits = self.run_base(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["packed_positions"],
-                               use_cache=False, logits_to_keep=columns).logits  # (bins, U, V)
+        cached = {"use_cache": False} if cache is None else {"use_cache": True, self.cache_arg: cache}
+        logits = self.run_base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **cached,
+                               logits_to_keep=columns).logits  # (bins, U, V)
         return logits[places // width, which], batch["labels"]
 
     def after_shared_prefix(self, inputs: dict, ids: torch.Tensor | None, virtual: torch.Tensor | None,

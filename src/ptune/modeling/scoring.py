@@ -67,8 +67,8 @@ def repeated(kv: KeysValues, rows: int):
 def after_prefix(mask: torch.Tensor, positions: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The attention mask (B, n+T) and position ids (B, T) of left-padded rows (B, T) that follow an n-token prefix
     held in the cache. The rows' own pads sit between the prefix and their text: masked out, and not counted in
-    positions."""
-    return torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1), positions + n
+    positions. A packed batch's custom mask (bins, 1, L, L) gains n columns every place sees: (bins, 1, L, n+L)."""
+    return torch.cat([mask.new_ones(*mask.shape[:-1], n), mask], dim=-1), positions + n
 
 
 def joined(prefix: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
