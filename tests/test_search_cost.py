@@ -3,7 +3,7 @@ not depend on the fold or the candidate is done once; the figures stay those of 
 
 from test_search import search_config
 from ptune.evaluation.cv import cross_validate
-from ptune.evaluation.search import SearchPlan, SharedRows, run_candidate, run_search
+from ptune.evaluation.search import SearchPlan, SharedRows, run_candidate, run_search, trains_nothing
 from ptune.training.prepare import prepare
 
 
@@ -32,21 +32,22 @@ def test_probe_candidates_compute_each_rows_pooled_state_once_and_score_as_befor
                                                                                   monkeypatch):
     """The built-in space's four probes (two blocks, two poolings) over 2 folds: each distinct row runs through the
     frozen model once per block and pooling, instead of twice per fold for the classifier's fit and once more
-    for its held-out scores; a prompted linear head (virtual tokens) keeps computing its own."""
+    for its held-out scores; a prompted linear head (virtual tokens, or a deep prompt) keeps computing its own."""
     from ptune.modeling.ptuning import CausalPTuning
 
     rows_run = []
     pooled_states = CausalPTuning.pooled_states
 
     def spy(model, batch):
-        rows_run.append((model.encoder.n_virtual, len(batch["input_ids"])))
+        rows_run.append((model.encoder.n_virtual > 0 or model.deep is not None, len(batch["input_ids"])))
         return pooled_states(model, batch)
 
     search_config(tiny_causal_dir, tmp_path, {})  # no space: the built-in one
     plan = SearchPlan.read(tmp_path / "s.yaml")
-    probes = [c for settings, c in plan.configs if c.task.head == "linear" and "[P" not in c.task.template]
-    prompted = next(c for _, c in plan.configs if c.task.head == "linear" and "[P" in c.task.template)
-    assert len(probes) == 4 and {(c.task.head_layer, c.task.head_pooling) for c in probes} == {
+    probes = [c for _, c in plan.configs if trains_nothing(c)]
+    prompted = [next(c for _, c in plan.configs if c.task.head == "linear" and "[P" in c.task.template)]
+    prompted += [c for _, c in plan.configs if c.task.head == "linear" and c.encoder.deep_tokens][:1]
+    assert len(probes) == 4 and len(prompted) == 2 and {(c.task.head_layer, c.task.head_pooling) for c in probes} == {
         (1, "mean"), (1, "last"), (2, "mean"), (2, "last")}
     plain = [fold_figures(cross_validate(c, folds=2, seeds=[1], show_progress=False)) for c in probes]
     shared = SharedRows(*prepare(probes[0], hold_out_dev=False))
@@ -56,6 +57,7 @@ def test_probe_candidates_compute_each_rows_pooled_state_once_and_score_as_befor
     assert sum(n for virtual, n in rows_run) == 4 * distinct
     assert len(shared.pooled) == 4 * distinct
     assert searched == plain
-    rows_run.clear()
-    run_candidate(plan, shared, prompted)  # its states change with its prompt: nothing kept, nothing reused
-    assert len(shared.pooled) == 4 * distinct and rows_run and all(virtual for virtual, _ in rows_run)
+    for candidate in prompted:  # its states change with its prompt: nothing kept, nothing reused
+        rows_run.clear()
+        run_candidate(plan, shared, candidate)
+        assert len(shared.pooled) == 4 * distinct and rows_run and all(trained for trained, _ in rows_run)
