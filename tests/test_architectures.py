@@ -467,3 +467,13 @@ def test_deep_prompt_is_refused_on_masked_and_seq2seq_models(zoo, family):
     with pytest.raises(ConfigError, match=rf"encoder.deep_tokens: .* is a {kind(family)} LM; a deep prompt is keys "
                                           r"and values held in a decoder-only model's KV cache"):
         zoo.session(family, encoder={"deep_tokens": 3}, template=template)
+
+
+def test_deep_prompt_places_count_against_learned_positions(zoo):
+    """GPT-2 learns 128 positions: behind 100 deep places a row keeps at most 28 tokens (train.max_length is 64),
+    so the longest row still scores; 128 deep places leave none and are refused."""
+    s = zoo.session("gpt2", encoder={"deep_tokens": 100})
+    assert s.task.renderer.max_length == 28
+    assert scores(s, s.new_model(seed=1).eval(), [{"text": TEXTS[-1]}]).isfinite().all()
+    with pytest.raises(ConfigError, match="encoder.deep_tokens is 128 but .* takes 128 positions at most"):
+        zoo.session("gpt2", encoder={"deep_tokens": 128})

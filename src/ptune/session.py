@@ -169,7 +169,9 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
                           "slots and cannot write free text (use task.type classification or probing)")
     if labels is None and cfg.task.type == "classification":
         labels = LabelSpace.build(cfg.task.verbalizer, label_values)
-    renderer = Renderer(template, base.tokenizer, base.kind, min(cfg.train.max_length, model_context(base)),
+    # a deep prompt's n places come before every row: its positions count from n
+    context = model_context(base) - cfg.encoder.deep_tokens
+    renderer = Renderer(template, base.tokenizer, base.kind, min(cfg.train.max_length, context),
                         dict(cfg.data.columns))
     task = build_task(cfg.task, renderer, labels, objective=cfg.train.objective, class_weights=cfg.train.class_weights,
                       head=head)
@@ -189,6 +191,9 @@ def deep_problem(cfg: Config, base: FrozenBase) -> str | None:
                 "T5's or BART's encoders (use encoder.deep_tokens: 0)")
     if cache_argument(base.model) is None:
         return f"encoder.deep_tokens: {model} takes no KV cache to hold a deep prompt (use encoder.deep_tokens: 0)"
+    if n >= model_context(base):
+        return (f"encoder.deep_tokens is {n} but {model} takes {model_context(base)} positions at most: no room is "
+                "left for the rows")
     window = attention_window(base.model.config)
     reach = n + cfg.train.max_length + (cfg.task.max_new_tokens if cfg.task.type == "generation" else 0)
     if window is not None and reach >= window:
