@@ -357,7 +357,6 @@ def import_peft(peft_dir: str | Path, out_dir: str | Path, *, template: str | No
     template of no ``[P]`` tokens. Returns a summary."""
     import yaml
 
-    from ..config import apply_overrides, config_from_dict
     from ..template import parse_template
 
     peft_dir, out_dir = Path(peft_dir), Path(out_dir)
@@ -369,34 +368,8 @@ def import_peft(peft_dir: str | Path, out_dir: str | Path, *, template: str | No
     n, dim = table.shape
     checkpoint.check_out_dir(out_dir)  # no checkpoint yet, no model's or adapter's files
 
-    exported = _read_json(peft_dir / EXPORT_META) if (peft_dir / EXPORT_META).is_file() else None
-    if exported is not None and exported.get("format") == EXPORT_FORMAT and isinstance(exported.get("config"), dict):
-        values = json.loads(json.dumps(exported["config"]))  # a ptune export: its own config comes back
-    else:
-        default = "{text} [TARGET]" if deep else f"[P*{n}] {{text}} [TARGET]"
-        values = {"model": {"name_or_path": adapter.get("base_model_name_or_path")},
-                  "task": {"type": "classification", "template": default}}
-    values.setdefault("model", {})
-    values.setdefault("task", {})
-    if model:
-        values["model"].update(name_or_path=model, gguf_file=None)
-    if not values["model"].get("name_or_path"):
-        raise PtuneError(f"{peft_dir}: the adapter names no base model (base_model_name_or_path); give --model")
-    if template is not None:
-        values["task"]["template"] = template
-    if task_type is not None:
-        values["task"]["type"] = task_type
-    if label_column is not None:
-        values["task"]["label_column"] = label_column
-    if verbalizer:
-        values["task"]["verbalizer"] = dict(verbalizer)
-    values["encoder"] = {"type": "embedding", "deep_tokens": n, "deep_encoder": "table"} if deep else \
-        {"type": "embedding"}
-    data = values.setdefault("data", {})
-    for split in ("train", "dev", "test"):
-        data.pop(split, None)  # never train on paths from another machine by accident
-    values = apply_overrides(values, list(overrides))
-    cfg = config_from_dict(values)
+    cfg = _import_config(peft_dir, adapter, deep, n, model=model, template=template, task_type=task_type,
+                         label_column=label_column, verbalizer=verbalizer, overrides=overrides)
     if cfg.encoder.type != "embedding" or (deep and (cfg.encoder.deep_tokens, cfg.encoder.deep_encoder) != (
             n, "table")):
         raise PtuneError("an imported table is an `embedding` encoder (a prefix-tuning adapter's: encoder.deep_tokens "
@@ -436,6 +409,42 @@ def import_peft(peft_dir: str | Path, out_dir: str | Path, *, template: str | No
             "template": cfg.task.template, "task": cfg.task.type, "labels": labels,
             "continue_training": f"ptune train {out_dir / 'train.yaml'} --out {out_dir} --resume "
                                  "--set data.train=TRAIN_FILE"}
+
+
+def _import_config(peft_dir: Path, adapter: dict, deep: bool, n: int, *, model, template, task_type, label_column,
+                   verbalizer, overrides):
+    """The imported checkpoint's config: a ptune export's own, else one for the adapter's base model and a template
+    with its prompt; the options given on top, an ``embedding`` encoder (with a prefix-tuning adapter's deep prompt
+    as a ``table``), and no data paths."""
+    from ..config import apply_overrides, config_from_dict
+
+    exported = _read_json(peft_dir / EXPORT_META) if (peft_dir / EXPORT_META).is_file() else None
+    if exported is not None and exported.get("format") == EXPORT_FORMAT and isinstance(exported.get("config"), dict):
+        values = json.loads(json.dumps(exported["config"]))  # a ptune export: its own config comes back
+    else:
+        default = "{text} [TARGET]" if deep else f"[P*{n}] {{text}} [TARGET]"
+        values = {"model": {"name_or_path": adapter.get("base_model_name_or_path")},
+                  "task": {"type": "classification", "template": default}}
+    values.setdefault("model", {})
+    values.setdefault("task", {})
+    if model:
+        values["model"].update(name_or_path=model, gguf_file=None)
+    if not values["model"].get("name_or_path"):
+        raise PtuneError(f"{peft_dir}: the adapter names no base model (base_model_name_or_path); give --model")
+    if template is not None:
+        values["task"]["template"] = template
+    if task_type is not None:
+        values["task"]["type"] = task_type
+    if label_column is not None:
+        values["task"]["label_column"] = label_column
+    if verbalizer:
+        values["task"]["verbalizer"] = dict(verbalizer)
+    values["encoder"] = {"type": "embedding", "deep_tokens": n, "deep_encoder": "table"} if deep else \
+        {"type": "embedding"}
+    data = values.setdefault("data", {})
+    for split in ("train", "dev", "test"):
+        data.pop(split, None)  # never train on paths from another machine by accident
+    return config_from_dict(apply_overrides(values, list(overrides)))
 
 
 def _save_prompt(cfg, labels: dict | None, identity: dict, table: torch.Tensor, out_dir: Path, extra: dict) -> None:
