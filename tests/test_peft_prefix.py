@@ -308,3 +308,31 @@ def test_cli_exports_and_imports_a_deep_prompt(zoo, tmp_path):
     res = runner.invoke(main, ["import", str(tmp_path / "peft"), "--out", str(tmp_path / "back")])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["template"] == TEMPLATE
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_exported_deep_generation_task_decodes_the_same_in_peft(zoo, tmp_path, family):
+    """Greedy decoding by PEFT's forward pass (the prefix in the cache, its position ids) gives ptune's tokens. PEFT's
+    own ``generate`` is not compared: with transformers 5 it hands the prefix over as ``past_key_values`` while
+    ``generate`` passes its cache as ``cache``, so it decodes as the bare base model (peft 0.21.2)."""
+    from ptune.data.render import collate
+    from ptune.inference import Predictor
+    from ptune.interop.peft import export_peft
+    from ptune.training.saving import save_inference
+
+    session = zoo.session(family, type="generation", template="{text} Label : [TARGET]", max_new_tokens=6,
+                          encoder={"type": "mlp", "hidden_size": 16, "deep_tokens": 3})
+    save_inference(session, session.new_model(seed=5), tmp_path / "ckpt")
+    export_peft(tmp_path / "ckpt", tmp_path / "peft")
+    predictor = Predictor.load(tmp_path / "ckpt", base=zoo.bases[family])
+    pmodel = peft.PeftModel.from_pretrained(load_base(zoo.folder(family)), str(tmp_path / "peft")).eval()
+    tok = predictor.session.tokenizer
+    for text in TEXTS[:3]:
+        enc = predictor.session.task.renderer.encode({"text": text})
+        ours = predictor.model.generate(collate([enc], tok.pad_token_id), 6, tok.eos_token_id, tok.pad_token_id)[0]
+        seq = torch.tensor([enc.input_ids])
+        for _ in range(len(ours)):
+            with torch.no_grad():
+                step = pmodel(input_ids=seq, attention_mask=torch.ones_like(seq)).logits[0, -1].argmax()
+            seq = torch.cat([seq, step.view(1, 1)], dim=1)
+        assert seq[0, len(enc.input_ids):].tolist() == ours.tolist()

@@ -245,7 +245,9 @@ def _readme(meta: dict, adapter: dict) -> str:
         what = (f"A `PREFIX_TUNING` adapter ({adapter['num_virtual_tokens']} positions of keys and values at each of "
                 f"{adapter['num_layers']} layers, {adapter['num_attention_heads']} heads of width "
                 f"{adapter['token_dim'] // adapter['num_attention_heads']}) holding the deep prompt of a ptune "
-                "checkpoint (`prompt_embeddings` in `adapter_model.safetensors`, no projection).")
+                "checkpoint (`prompt_embeddings` in `adapter_model.safetensors`, no projection). To generate, "
+                "decode with the model's forward pass: with peft 0.21.2 and transformers 5.24, PEFT's `generate()` "
+                "left the prefix out (it decoded as the bare base model).")
         feed = ("PEFT puts the deep prompt in the KV cache itself, so feed the template, with each `{field}` replaced "
                 "by the row's value, with the tokenizer's special tokens (as ptune does; the deep prompt comes "
                 "before them), and no position ids (PEFT's count from the prefix's length):")
