@@ -91,3 +91,22 @@ def test_deep_prompt_resumes_exactly_and_predicts_from_its_checkpoint(tiny_causa
     rows = [{"text": t} for t, _ in ROWS]
     assert [p["prediction"] for p in predictor.predict_rows(rows)] == [
         p["prediction"] for p in Predictor.load(tmp_path / "cut").predict_rows(rows)]
+
+
+def test_a_served_deep_prompt_streams_the_text_its_predictor_writes(tiny_causal_dir, tmp_path):
+    """A stream cannot decode a deep-prompt task in slices (its cache would lack the deep keys and values): the
+    task's own greedy loop writes the text, the same as ``Predictor.predict_rows``."""
+    from serve_helpers import make_checkpoint
+
+    from ptune.serving.stream_jobs import decodes_in_slices
+    from ptune.serving.streaming import stream_generation
+    from ptune.serving.tasks import TaskStore
+
+    folder = make_checkpoint(tiny_causal_dir, tmp_path / "reply", "{text} Label : [TARGET]", task_type="generation",
+                             encoder={"type": "mlp", "hidden_size": 16, "deep_tokens": 3}, seed=4)
+    task = TaskStore().load("reply", folder)
+    assert not decodes_in_slices(task.model)
+    for text, _ in ROWS[:3]:
+        pieces: list[str] = []
+        result = stream_generation(task, {"text": text}, 5, pieces.append)
+        assert "".join(pieces) == result.text == Predictor.load(folder).predict_rows([{"text": text}])[0]["prediction"]
