@@ -28,3 +28,27 @@ def standard_checkpoints(model_dir, root: Path) -> dict[str, Path]:
                                      verbalizer={"pos": "great", "neg": "terrible"}, seed=5),
         "reply": make_checkpoint(model_dir, root / "reply", "[P*2] {text} Label : [TARGET]", task_type="generation"),
     }
+
+
+def classify_concurrently(client, jobs: list[tuple[str, list[str]]]) -> dict[int, list]:
+    """POST every job (task name, texts) to ``/v1/classify`` at once, one thread each, as concurrent clients would;
+    each job's predictions by its index. Fails the test if any request raised."""
+    import threading
+
+    answers, errors = {}, []
+
+    def send(k):
+        name, texts = jobs[k]
+        try:
+            r = client.post("/v1/classify", json={"task": name, "rows": [{"text": t} for t in texts]})
+            answers[k] = r.json()["predictions"]
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors and len(answers) == len(jobs), errors
+    return answers

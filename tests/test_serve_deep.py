@@ -1,12 +1,10 @@
 """A deep-prompt task served beside input-prompt tasks over one base: every answer, over HTTP, is the one the task's
 own Predictor gives, though the deep task's rows cannot share the other tasks' mixed model calls."""
 
-import threading
-
 import pytest
 
 from conftest import ROWS
-from serve_helpers import make_checkpoint
+from serve_helpers import classify_concurrently, make_checkpoint
 
 TEXTS = [t for t, _ in ROWS]
 COMPLAINTS = {"complaint": "complaint", "no complaint": "no complaint"}
@@ -42,23 +40,9 @@ def test_deep_and_input_prompt_tasks_each_answer_as_their_own_predictor(folders)
             enumerate(["deep", "complaints", "sentiment", "deep", "complaints", "deep", "sentiment"])]
     app = create_app(parse_checkpoint_args([str(folders["deep"].parent)]),
                      limits=Limits(max_rows=8, max_field_chars=2000, batch_wait_ms=150))
-    answers, errors = {}, []
     with ServerThread(app) as url, httpx.Client(base_url=url, timeout=120) as client:
-        def send(k):
-            name, texts = jobs[k]
-            try:
-                r = client.post("/v1/classify", json={"task": name, "rows": [{"text": t} for t in texts]})
-                answers[k] = r.json()["predictions"]
-            except Exception as err:  # noqa: BLE001
-                errors.append(err)
-
-        threads = [threading.Thread(target=send, args=(k,)) for k in range(len(jobs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
+        answers = classify_concurrently(client, jobs)
         reply = client.post("/v1/generate", json={"task": "deep-reply", "rows": [{"text": TEXTS[0]}]}).json()
-    assert not errors and len(answers) == len(jobs)
     for k, (name, texts) in enumerate(jobs):
         want = Predictor.load(folders[name]).predict_rows([{"text": t} for t in texts])
         got = answers[k]

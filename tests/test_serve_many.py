@@ -5,13 +5,13 @@ the one each task's own Predictor gives."""
 import gc
 import json
 import shutil
-import threading
 import tracemalloc
 
 import pytest
 import torch
 
 from conftest import ROWS, tiny_config
+from serve_helpers import classify_concurrently
 from ptune.errors import CheckpointError
 from ptune.inference import Predictor
 from ptune.serving.batcher import predict_rows
@@ -221,24 +221,10 @@ def test_server_answers_are_each_tasks_own_predictions(folders):
     jobs += [("calibrated", TEXTS[:3]), ("task-007", [long_row, TEXTS[1]]), ("mean", [long_row])]
     app = create_app(parse_checkpoint_args([str(folders["task-000"].parent)]),
                      limits=Limits(max_rows=8, max_field_chars=2000, batch_wait_ms=150))
-    answers, errors = {}, []
     with ServerThread(app) as url, httpx.Client(base_url=url, timeout=120) as client:
-        def send(k):
-            name, texts = jobs[k]
-            try:
-                r = client.post("/v1/classify", json={"task": name, "rows": [{"text": t} for t in texts]})
-                answers[k] = r.json()["predictions"]
-            except Exception as err:  # noqa: BLE001
-                errors.append(err)
-
-        threads = [threading.Thread(target=send, args=(k,)) for k in range(len(jobs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
+        answers = classify_concurrently(client, jobs)
         reply = client.post("/v1/generate", json={"task": "reply", "rows": [{"text": TEXTS[0]}]}).json()
         stats = client.get("/health").json()["stats"]
-    assert not errors and len(answers) == len(jobs)
     assert stats["mixed_batches"] >= 1 and stats["batches"] < len(jobs)  # rows of many tasks shared model calls
     for k, (name, texts) in enumerate(jobs):
         want = Predictor.load(folders[name]).predict_rows([{"text": t} for t in texts])
