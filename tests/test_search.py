@@ -217,10 +217,12 @@ def read_rows(path):
 
 
 def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_path):
-    """No ``search.space``: the probe (middle and late layer, mean and last pooling), then the prompts (the template,
-    its runs halved, another placement) under each head, encoder and learning rate, then the deep prompts (8 and 16
-    positions, label words or the middle layer's linear head), searched by halving."""
+    """No ``search.space``: the probe (middle and late layer, mean and last pooling), the prompts (the template, its
+    runs halved, another placement) under each head, encoder and learning rate, and the deep prompts (8 and 16
+    positions, label words or the middle layer's linear head), listed round-robin over their kinds, searched by
+    halving."""
     from ptune.evaluation.search import SearchPlan
+    from ptune.evaluation.space import DEEP, LINEAR, PROBE, WORDS
 
     cfg = search_config(tiny_causal_dir, tmp_path, {}, lr=1e-2)
     del cfg["search"]  # no section at all: the built-in space and the defaults
@@ -230,20 +232,23 @@ def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_
     assert plan.builtin and plan.halving and plan.folds == 5
     settings = [s for s, _ in plan.configs]
     assert len(settings) == 44 and len({json.dumps(s, sort_keys=True) for s in settings}) == 44
-    deep = settings[40:]
+    assert plan.kinds[:8] == [PROBE, WORDS, LINEAR, DEEP] * 2 and len(plan.kinds) == 44  # round-robin over kinds
+    deep = [s for s, kind in zip(settings, plan.kinds) if kind == DEEP]
     assert deep == [{"task.template": "{text} Label : [TARGET]", **head, "encoder.deep_tokens": n,
                      "encoder.deep_encoder": "mlp", "train.lr": 1e-2}
                     for n in (8, 16) for head in ({"task.head": "words"}, {"task.head": "linear", "task.head_layer": 1,
                                                                            "task.head_pooling": "mean"})]
     assert all(cfg.encoder.deep_tokens == s.get("encoder.deep_tokens", 0) for s, cfg in plan.configs)
-    settings = settings[:40]
-    probes = [s for s in settings if "[P" not in s["task.template"]]
+    probes = [s for s, kind in zip(settings, plan.kinds) if kind == PROBE]
+    settings = [s for s, kind in zip(settings, plan.kinds) if kind != DEEP]
+    assert probes == [s for s in settings if "[P" not in s["task.template"]]
     assert [(s["task.head_layer"], s["task.head_pooling"]) for s in probes] == [
         (1, "mean"), (1, "last"), (2, "mean"), (2, "last")]  # the tiny model has 2 blocks: middle 1, late 2
     assert {s["task.template"] for s in settings} == {
         "{text} Label : [TARGET]", "[P*2] {text} Label : [TARGET]", "[P*1] {text} Label : [TARGET]",
         "{text} Label : [P*2] [TARGET]"}
-    prompted = settings[4:]
+    prompted = [s for s in settings if "[P" in s["task.template"]]
+    assert len(prompted) == 36
     assert {s["encoder.type"] for s in prompted} == {"lstm", "mlp"} and {s["train.lr"] for s in prompted} == {
         1e-2, 3e-3}
     assert {(s["task.head"], s.get("task.head_layer"), s.get("task.head_pooling")) for s in prompted} == {
@@ -391,12 +396,12 @@ def test_halving_over_the_built_in_space_promotes_the_best_and_scores_a_probe_on
         return {"macro_f1": {"mean": f1, "std": 0.0}, "runs": [{"macro_f1": f1}] * 2, "seconds": 0.0}
 
     monkeypatch.setattr(search_module, "run_candidate", fake)
-    scored = search_module.score_by_halving(plan, None, 0, show_progress=False)
+    scored, _ = search_module.score_by_halving(plan, None, 0, show_progress=False)
     assert [epochs for *_, epochs in calls].count(1) == 44 and len(scored) == 44
     assert [rung for *_, rung in scored].count(1) == 15 - 5 and [rung for *_, rung in scored].count(2) == 5
     probe_calls = [call for call in calls if call[0] == "{text} Label : [TARGET]" and not call[1]]
     assert len(probe_calls) == 4  # each probe scored once
-    assert len(calls) == 44 + 12 + 4  # 15 and 5 promoted, 3 probes among the 15 and 1 among the 5
+    assert len(calls) == 44 + 13 + 4  # 15 and 5 promoted, 2 probes among the 15 and 1 among the 5
     top = [settings for settings, _, _, rung in scored if rung == 2]
     assert {"task.head_layer": 2, "task.head_pooling": "last", "task.head": "linear",
             "task.template": "{text} Label : [TARGET]"} in top  # the probe at the late layer, scored once

@@ -42,6 +42,7 @@ import dataclasses
 import itertools
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +62,10 @@ from ..template import parse_template, without_virtual
 from ..training.prepare import fold_dev, prepare
 from ..training.saving import save_inference
 from ..training.trainer import fit, fit_label_offsets
+from .coverage import coverage_notes, kind_counts
 from .cv import cross_validate
 from .halving import rung_epochs, rung_fractions, successive_halving
-from .space import builtin_space
+from .space import builtin_candidates
 from .summary import mean_spread
 
 
@@ -149,6 +151,7 @@ class SearchPlan:
     notes: list[str]  # why a zero-shot prompt was left out
     halving: bool = False  # successive halving over the epochs (``halving.py``), not every candidate in full
     builtin: bool = False  # the candidates are the built-in space's (``space.py``)
+    kinds: list[str] = field(default_factory=list)  # each candidate's kind (``space.KINDS``); the built-in space's
 
     @classmethod
     def read(cls, path: str | Path, overrides: list[str] = ()) -> SearchPlan:
@@ -165,9 +168,11 @@ class SearchPlan:
         train_space, variants = split_space(search.get("space", {}))
         if builtin:
             depth = linear_depth(build(copy.deepcopy(base_values), source))
-            grid = [(settings, apply_settings(base_values, settings)) for settings in builtin_space(base_values, depth)]
+            kinds, space = zip(*builtin_candidates(base_values, depth))
+            grid = [(settings, apply_settings(base_values, settings)) for settings in space]
         else:
             grid = candidates(base_values, train_space) if train_space else [({}, copy.deepcopy(base_values))]
+            kinds = []
         configs = [(settings, build(values, source)) for settings, values in grid]
         if ensemble > 1 and any(cfg.task.type != "classification" for _, cfg in configs):
             raise ConfigError(f"{path}: search.ensemble averages label probabilities, so it needs a classification "
@@ -178,7 +183,8 @@ class SearchPlan:
         zero_shot, notes = (zero_shot_candidates(configs) if search.get("zero_shot", True)
                             else ([], ["zero-shot manual prompt: left out (search.zero_shot is false)"]))
         return cls(folds, seeds, budget, ensemble, configs, variants, zero_shot, notes,
-                   halving=bool(search.get("halving", builtin)), builtin=builtin)
+                   halving=bool(search.get("halving", builtin)), builtin=builtin,
+                   kinds=list(kinds))
 
 
 def linear_depth(cfg: Config) -> int | None:
@@ -275,7 +281,9 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     Returns:
         `dict`: the report written to ``search.json``: ``folds``, ``seeds``, ``ensemble``, ``seconds``, ``best``
         (an index into ``candidates``), ``members`` (checkpoint folders, relative to ``out_dir``), ``notes`` (why
-        a zero-shot prompt was left out, if any), ``space`` (``built-in`` or ``search.space``), ``halving``,
+        a zero-shot prompt was left out, and how little of the first rung the budget covered, if so), ``coverage``
+        (the built-in space's candidates scored per kind: ``kind``, ``scored``, ``of``), ``space`` (``built-in`` or
+        ``search.space``), ``halving``,
         ``recipe`` (the chosen recipe's config file in ``out_dir``, which ``ptune train`` takes; None for a zero-shot
         prompt) and ``candidates`` (per candidate: ``settings``, ``accuracy`` and ``macro_f1`` mean and spread,
         ``fold_macro_f1``, ``vs_best``, ``seconds``, ``config``, and with halving ``rung`` (0 first) and
@@ -293,7 +301,7 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     t0 = time.perf_counter()
     for note in plan.notes:
         print(note)
-    results, configs_run = score_candidates(plan, shared, t0, show_progress)
+    results, configs_run, coverage = score_candidates(plan, shared, t0, show_progress)
     best_i = pick_best(results)
     best_cfg = winner_config(configs_run[results[best_i]["config"]], results[best_i]["settings"])
     if "zero_shot" in results[best_i]["settings"]:
@@ -303,7 +311,8 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
         absolute_paths(best_cfg).to_yaml(out_dir / RECIPE)  # what `ptune train` takes, from any folder
     report = {"folds": plan.folds, "seeds": plan.seeds, "ensemble": plan.ensemble,
               "seconds": round(time.perf_counter() - t0, 1), "best": best_i,
-              "members": [str(d.relative_to(out_dir)) for d in member_dirs], "notes": plan.notes,
+              "members": [str(d.relative_to(out_dir)) for d in member_dirs],
+              "notes": plan.notes + coverage["notes"], "coverage": coverage["kinds"],
               "space": "built-in" if plan.builtin else "search.space", "halving": plan.halving,
               "recipe": None if "zero_shot" in results[best_i]["settings"] else RECIPE, "candidates": results}
     write_report(out_dir, report)
@@ -311,14 +320,15 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
 
 
 def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
-                     show_progress: bool) -> tuple[list[dict], list[Config]]:
+                     show_progress: bool) -> tuple[list[dict], list[Config], dict]:
     """Cross-validate the candidates within the time budget (counted from ``t0``): each in full, in order, or by
     successive halving; then score the zero-shot prompts (seconds, so outside the budget): (one result row per
     candidate and prediction variant, in candidate order, each at the last rung it reached; the configs that ran,
-    each with the epochs it was scored with)."""
+    each with the epochs it was scored with; the first rung's coverage, ``first_rung_coverage``)."""
     left = max(plan.budget - (time.perf_counter() - t0), 1e-9) if plan.budget else 0.0
-    scored = (score_by_halving(plan, shared, left, show_progress) if plan.halving
-              else score_in_order(plan, shared, left, show_progress))
+    scored, costs = (score_by_halving(plan, shared, left, show_progress) if plan.halving
+                     else score_in_order(plan, shared, left, show_progress))
+    coverage = first_rung_coverage(plan, costs)
     results, configs_run = [], []
     for settings, cfg, summary, rung in scored:
         rows = candidate_rows(summary, settings, len(configs_run))
@@ -334,7 +344,20 @@ def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
         configs_run.append(cfg)
     if not results:
         raise PtuneError("no candidate finished within the time budget")
-    return results, configs_run
+    return results, configs_run, coverage
+
+
+def first_rung_coverage(plan: SearchPlan, costs: dict[int, float]) -> dict:
+    """How many candidates of each kind of the built-in space were scored (``kinds``: ``{"kind", "scored",
+    "of"}`` each; empty for a space of the config's own), and where the budget cut the first rung short, ``notes``
+    saying so (also written to stderr); ``costs`` are the seconds of each candidate's first score, by index."""
+    if not plan.kinds:
+        return {"kinds": [], "notes": []}
+    share = len(rung_fractions(len(plan.configs), max(cfg.train.epochs for _, cfg in plan.configs)))
+    notes = coverage_notes(plan.kinds, costs, share if plan.halving else 1)
+    for note in notes:
+        print(note, file=sys.stderr)
+    return {"kinds": kind_counts(plan.kinds, set(costs)), "notes": notes}
 
 
 def run_candidate(plan: SearchPlan, shared: SharedRows, cfg: Config) -> dict:
@@ -351,9 +374,9 @@ def best_f1(summary: dict) -> float:
 
 
 def score_in_order(plan: SearchPlan, shared: SharedRows, budget: float,
-                   show_progress: bool) -> list[tuple[dict, Config, dict, None]]:
-    """Every candidate in full, in order, until ``budget`` seconds (0: no limit) are spent: (settings, config,
-    summary, None) per candidate run."""
+                   show_progress: bool) -> tuple[list[tuple[dict, Config, dict, None]], dict[int, float]]:
+    """Every candidate in full, in order, until ``budget`` seconds (0: no limit) are spent: ((settings, config,
+    summary, None) per candidate run; the seconds each took, by index)."""
     out, start = [], time.perf_counter()
     bar = tqdm(total=len(plan.configs), desc="search", unit="candidate", disable=not show_progress)
     for settings, cfg in plan.configs:
@@ -366,7 +389,7 @@ def score_in_order(plan: SearchPlan, shared: SharedRows, budget: float,
         bar.update(1)
         bar.set_postfix(best_f1=f"{max(best_f1(s) for *_, s, _ in out):.3f}")
     bar.close()
-    return out
+    return out, {i: summary["seconds"] for i, (_, _, summary, _) in enumerate(out)}
 
 
 def trains_nothing(cfg: Config) -> bool:
@@ -377,12 +400,14 @@ def trains_nothing(cfg: Config) -> bool:
 
 
 def score_by_halving(plan: SearchPlan, shared: SharedRows, budget: float,
-                     show_progress: bool) -> list[tuple[dict, Config, dict, int]]:
+                     show_progress: bool) -> tuple[list[tuple[dict, Config, dict, int]], dict[int, float]]:
     """Successive halving over the epochs: every candidate on the first rung, the best third on each next one, the
-    last with each candidate's own ``train.epochs``; always the same folds. (settings, config at the epochs it was
-    last scored with, that summary, that rung) per candidate scored, in candidate order."""
+    last with each candidate's own ``train.epochs``; always the same folds. ((settings, config at the epochs it was
+    last scored with, that summary, that rung) per candidate scored, in candidate order; the seconds of each one's
+    first-rung score, by index)."""
     fractions = rung_fractions(len(plan.configs), max(cfg.train.epochs for _, cfg in plan.configs))
     last: dict[int, tuple[dict, Config, dict, int]] = {}
+    first_costs: dict[int, float] = {}
     bar = tqdm(desc=f"search ({len(fractions)} rungs)", unit="score", disable=not show_progress)
 
     def score(i: int, rung: int, fraction: float) -> float:
@@ -394,6 +419,7 @@ def score_by_halving(plan: SearchPlan, shared: SharedRows, budget: float,
         else:
             summary = run_candidate(plan, shared, cfg)
         last[i] = (settings, cfg, summary, rung)
+        first_costs.setdefault(i, summary["seconds"])
         bar.update(1)
         bar.set_postfix(rung=rung + 1, epochs=cfg.train.epochs, f1=f"{best_f1(summary):.3f}")
         return best_f1(summary)
@@ -404,7 +430,7 @@ def score_by_halving(plan: SearchPlan, shared: SharedRows, budget: float,
     if len(reached) < len(plan.configs) or top < len(fractions) - 1:
         print(f"time budget of {plan.budget / 60:.0f} min reached: {len(plan.configs) - len(reached)} candidates "
               f"not run; the last rung reached is {top + 1} of {len(fractions)}")
-    return [last[i] for i in sorted(last)]
+    return [last[i] for i in sorted(last)], first_costs
 
 
 def candidate_rows(summary: dict, settings: dict, config: int) -> list[dict]:

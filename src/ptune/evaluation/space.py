@@ -2,14 +2,18 @@
 
 Every candidate is a dict of dotted config keys to values, applied over the config itself. The space, in full:
 
-- the linear probe (no virtual tokens, nothing trained but the classifier): ``PROBE_LAYERS`` x ``POOLINGS``, first;
+- the linear probe (no virtual tokens, nothing trained but the classifier): ``PROBE_LAYERS`` x ``POOLINGS``;
 - input-layer prompts: ``template_candidates`` (the template as written, its runs halved, and the same count of
   virtual tokens placed elsewhere) x ``HEADS`` x ``ENCODERS`` x ``LR_FACTORS`` (times the config's ``train.lr``);
 - deep prompts (P-tuning v2: trained keys and values at every layer, ``encoder.deep_tokens``): the manual template
   without ``[P]`` runs x ``DEEP_PROMPTS`` (8 and 16 positions, the ``mlp`` reparameterisation) x ``DEEP_HEADS`` (the
   label words, and a linear head at the middle layer), at the config's ``train.lr``; on causal LMs only (a deep
-  prompt lives in the KV cache), last, and left out where ``train.gradient_checkpointing`` is on (which a deep
-  prompt cannot run with).
+  prompt lives in the KV cache), and left out where ``train.gradient_checkpointing`` is on (which a deep prompt
+  cannot run with).
+
+Each candidate has a kind (``KINDS``: the probe, an input-layer prompt read by the label words, one read by a linear
+head, a deep prompt), and the candidates are listed round-robin over the kinds, each kind's best guess first: a
+budget that scores only the first few candidates has scored one of every kind.
 
 ``train.epochs`` is not a key of the space: successive halving (``halving.py``) spends epochs as its resource, the
 config's own ``train.epochs`` on the last rung. The linear head's layers exist on causal LMs only, so on other
@@ -37,6 +41,11 @@ DERIVED_RUN = 8  # virtual tokens placed when the template has none
 DEEP_PROMPTS = ({"encoder.deep_tokens": 8, "encoder.deep_encoder": "mlp"},
                 {"encoder.deep_tokens": 16, "encoder.deep_encoder": "mlp"})
 DEEP_HEADS = HEADS[:2]  # the label words, and a linear head at the middle layer
+
+# the kinds of candidate, in the order the round-robin takes them
+PROBE, WORDS, LINEAR, DEEP = "linear probe", "prompt, label words", "prompt, linear head", "deep prompt"
+PROMPT = "prompt"  # an input-layer prompt of a task without a head to choose (not a classification)
+KINDS = (PROBE, WORDS, LINEAR, PROMPT, DEEP)
 
 _RUN = re.compile(r"\[P(?:\*([0-9]+))?\]")
 _TARGET = re.compile(r"\[(?:TARGET|MASK)\]")
@@ -77,7 +86,7 @@ def template_candidates(template: str) -> list[str]:
 
 
 def builtin_space(values: dict, depth: int | None) -> list[dict]:
-    """Every candidate of the built-in space for a config, probes first.
+    """Every candidate of the built-in space for a config, round-robin over the kinds (``builtin_candidates``).
 
     Args:
         values (`dict`): the config's values (``{section: {key: value}}``), before the candidates' changes.
@@ -91,25 +100,66 @@ def builtin_space(values: dict, depth: int | None) -> list[dict]:
         >>> len(builtin_space({"task": {"template": "{text} [P*8] Label : [TARGET]"}}, depth=30))
         44
     """
+    return [settings for _, settings in builtin_candidates(values, depth)]
+
+
+def builtin_candidates(values: dict, depth: int | None) -> list[tuple[str, dict]]:
+    """Every candidate of the built-in space with its kind: the first of each kind (probe, prompt read by the label
+    words, prompt read by a linear head, deep prompt), then the second of each, and so on, so that a budget cut
+    short after k candidates has still scored each kind's best guess.
+
+    Args:
+        values (`dict`): the config's values (``{section: {key: value}}``), before the candidates' changes.
+        depth (`int`, *optional*): the model's number of blocks where a linear head can read them (a causal LM);
+            None: no linear head and no probe.
+
+    Returns:
+        `list[tuple[str, dict]]`: (kind, one of ``KINDS``; dotted config keys -> values) per candidate.
+
+    Example:
+        >>> [kind for kind, _ in builtin_candidates({"task": {"template": "{text} [P*8] [TARGET]"}}, depth=30)][:5]
+        ['linear probe', 'prompt, label words', 'prompt, linear head', 'deep prompt', 'linear probe']
+    """
     task, lr = values.get("task", {}), float(values.get("train", {}).get("lr", 3e-2))
     template = task.get("template", "[P*8] {text} [TARGET]")
     classify = task.get("type", "classification") == "classification"
     heads = [h for h in HEADS if depth or h["task.head"] == "words"] if classify else [{}]
-    out = []
+    by_kind: dict[str, list[dict]] = {kind: [] for kind in KINDS}
     if classify and depth:
         manual = without_virtual(template)
         for layer, pooling in itertools.product(PROBE_LAYERS, POOLINGS):
-            out.append({"task.template": manual, "task.head": "linear",
-                        "task.head_layer": layer_number(layer, depth), "task.head_pooling": pooling})
-    # heads vary fastest, then templates, encoders, learning rates: a budget that cuts the first rung short has
-    # still tried every head and placement
+            by_kind[PROBE].append({"task.template": manual, "task.head": "linear",
+                                   "task.head_layer": layer_number(layer, depth), "task.head_pooling": pooling})
+    # within a kind, templates vary fastest, then encoders, learning rates (and layers for the linear head)
     for factor, encoder, text, head in itertools.product(LR_FACTORS, ENCODERS, template_candidates(template),
                                                          heads):
+        kind = {"words": WORDS, "linear": LINEAR}.get(head.get("task.head"), PROMPT)
         head = {k: layer_number(v, depth) if k == "task.head_layer" else v for k, v in head.items()}
-        out.append({"task.template": text, **head, "encoder.type": encoder, "train.lr": float(f"{lr * factor:.3g}")})
+        by_kind[kind].append({"task.template": text, **head, "encoder.type": encoder,
+                              "train.lr": float(f"{lr * factor:.3g}")})
     if depth and not values.get("train", {}).get("gradient_checkpointing"):
-        out += deep_candidates(without_virtual(template), depth, lr)
-    return [dict(c) for c in {repr(sorted(c.items())): c for c in out}.values()]  # distinct (tiny depths repeat)
+        by_kind[DEEP] = deep_candidates(without_virtual(template), depth, lr)
+    distinct = {kind: list({repr(sorted(c.items())): c for c in group}.values())  # tiny depths repeat
+                for kind, group in by_kind.items()}
+    return round_robin(distinct)
+
+
+def round_robin(groups: dict[str, list]) -> list[tuple[str, object]]:
+    """The first item of each group (in the groups' order), then the second of each, ...; a group that runs out is
+    skipped.
+
+    Args:
+        groups (`dict[str, list]`): the items of each group, in their own order.
+
+    Returns:
+        `list[tuple[str, object]]`: (group name, item), every item once.
+
+    Example:
+        >>> round_robin({"a": [1, 2, 3], "b": [4], "c": []})
+        [('a', 1), ('b', 4), ('a', 2), ('a', 3)]
+    """
+    rows = itertools.zip_longest(*([(name, item) for item in items] for name, items in groups.items()))
+    return [pair for row in rows for pair in row if pair is not None]
 
 
 def deep_candidates(manual: str, depth: int, lr: float) -> list[dict]:

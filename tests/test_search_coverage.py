@@ -1,0 +1,94 @@
+"""A built-in search cut short by its budget has scored one candidate of every kind first, and its report says how
+many of each kind it scored and which kinds it never did, with the budget that would have reached them."""
+
+import yaml
+
+from test_search import search_config
+from ptune.evaluation import halving
+from ptune.evaluation import search as search_module
+
+KINDS = ("probe", "words", "linear", "deep")
+
+
+def kind_of(settings: dict) -> str:
+    """A candidate's kind, read from its settings (the test's own reading, independent of space.py)."""
+    if settings.get("encoder.deep_tokens"):
+        return "deep"
+    if "[P" not in settings["task.template"]:
+        return "probe"
+    return settings["task.head"]
+
+
+def built_in_config(model_dir, folder, budget_seconds: float) -> None:
+    """The built-in space on the tiny model, 3 epochs (two rungs: 1 epoch, then 3), no zero-shot prompt."""
+    cfg = search_config(model_dir, folder, {"budget_minutes": budget_seconds / 60, "zero_shot": False}, epochs=3)
+    cfg["task"]["verbalizer"] = {"complaint": "complaint", "no complaint": "hello"}
+    (folder / "s.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def fake_scores(monkeypatch) -> None:
+    """Each candidate's score costs 10 s an epoch on a clock of the test's own, so a budget stops the first rung
+    after a known number of candidates; the input-layer prompts read by the label words score highest (a probe
+    would go on to the next rung at no cost: its figures do not depend on the epochs)."""
+    now = [0.0]
+
+    def fake(plan, shared, cfg):
+        now[0] += 10 * cfg.train.epochs
+        f1 = 0.9 if cfg.task.head == "words" and "[P" in cfg.task.template else 0.5
+        return {"accuracy": {"mean": f1, "std": 0.0}, "macro_f1": {"mean": f1, "std": 0.0},
+                "runs": [{"macro_f1": f1}] * 2, "seconds": 10.0 * cfg.train.epochs}
+
+    def on_fake_clock(*args, **kwargs):
+        return halving.successive_halving(*args, clock=lambda: now[0], **kwargs)
+
+    monkeypatch.setattr(search_module, "run_candidate", fake)
+    monkeypatch.setattr(search_module, "successive_halving", on_fake_clock)
+
+
+def test_the_built_in_order_takes_one_candidate_of_each_kind_in_turn(tiny_causal_dir, tmp_path):
+    built_in_config(tiny_causal_dir, tmp_path, 0)
+    plan = search_module.SearchPlan.read(tmp_path / "s.yaml")
+    kinds = [kind_of(settings) for settings, _ in plan.configs]
+    assert kinds[:16] == list(KINDS) * 4  # 4 probes, 4 deep prompts: then words and linear heads in turn
+    assert kinds[16:32] == ["words", "linear"] * 8 and kinds[32:] == ["linear"] * 12
+    for kind in KINDS:  # within a kind, the order the space lists them in: the template as written first
+        first = next(s for s in (s for s, _ in plan.configs) if kind_of(s) == kind)
+        assert first["task.template"] == ("[P*2] {text} Label : [TARGET]" if kind in ("words", "linear")
+                                          else "{text} Label : [TARGET]")
+
+
+def test_a_budget_that_stops_the_first_rung_early_has_scored_every_kind(tiny_causal_dir, tmp_path, monkeypatch,
+                                                                        capsys):
+    """120 s over two rungs: the first rung may start scores for 60 s, 10 s each: 6 of the 44 candidates."""
+    built_in_config(tiny_causal_dir, tmp_path, 120)
+    fake_scores(monkeypatch)
+    report = search_module.run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    scored = [kind_of(row["settings"]) for row in report["candidates"]]
+    assert len(scored) == 6 and set(scored) == set(KINDS)
+    assert report["coverage"] == [{"kind": "linear probe", "scored": 2, "of": 4},
+                                  {"kind": "prompt, label words", "scored": 2, "of": 12},
+                                  {"kind": "prompt, linear head", "scored": 1, "of": 24},
+                                  {"kind": "deep prompt", "scored": 1, "of": 4}]
+    said = ("The time budget ran out before the first rung's end: 6 of 44 candidates scored (linear probe 2 of 4, "
+            "prompt, label words 2 of 12, prompt, linear head 1 of 24, deep prompt 1 of 4)")
+    assert said in capsys.readouterr().err and said in (tmp_path / "out" / "search.md").read_text()
+    assert not any("Never scored" in note for note in report["notes"])
+
+
+def test_the_report_names_the_kinds_never_scored_and_the_budget_that_would_have(tiny_causal_dir, tmp_path,
+                                                                                monkeypatch, capsys):
+    """60 s over two rungs: 30 s for the first, 3 candidates; the deep prompts, the 4th, 8th, 12th and 16th in the
+    order, are never scored: 16 candidates at the 10 s measured, twice over (the first rung's half of the budget),
+    is about 6 minutes; the whole first rung, 44 of them, about 15."""
+    built_in_config(tiny_causal_dir, tmp_path, 60)
+    fake_scores(monkeypatch)
+    report = search_module.run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    assert [kind_of(row["settings"]) for row in report["candidates"]] == ["probe", "words", "linear"]
+    assert report["coverage"][3] == {"kind": "deep prompt", "scored": 0, "of": 4}
+    never = ("Never scored: deep prompt (4 candidates); a budget of about 6 min would have scored them all (at the "
+             "seconds measured per candidate, the first rung getting 1/2 of it).")
+    whole = "A budget of about 15 min would score all 44 candidates on the first rung."
+    err, md = capsys.readouterr().err, (tmp_path / "out" / "search.md").read_text()
+    assert never in report["notes"] and whole in report["notes"]
+    assert never in err and whole in err and never in md and whole in md
+    assert sum("Never scored" in note for note in report["notes"]) == 1  # the other kinds were scored
