@@ -283,13 +283,13 @@ def test_files_are_read_off_the_model_thread(server, monkeypatch):
     import ptune.checkpoint
 
     readers = []
-    real = ptune.checkpoint.load_model
+    real = ptune.checkpoint.load_tables
 
-    def load_model(*args, **kwargs):
+    def load_tables(*args, **kwargs):
         readers.append(threading.current_thread().name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ptune.checkpoint, "load_model", load_model)
+    monkeypatch.setattr(ptune.checkpoint, "load_tables", load_tables)
     assert add(server, "off-thread", "complaints").status_code == 201
     server.delete("/v1/tasks/off-thread")
     assert len(readers) == 1 and not readers[0].startswith("ptune-model"), readers
