@@ -92,3 +92,22 @@ def test_the_report_names_the_kinds_never_scored_and_the_budget_that_would_have(
     assert never in report["notes"] and whole in report["notes"]
     assert never in err and whole in err and never in md and whole in md
     assert sum("Never scored" in note for note in report["notes"]) == 1  # the other kinds were scored
+
+
+def test_a_probe_scored_only_on_the_first_rung_still_competes_with_the_last_rungs(tiny_causal_dir, tmp_path,
+                                                                                 monkeypatch):
+    """A probe trains nothing, so its first-rung figures are its final ones: one scored late (in the bracket of the
+    time left, never promoted) is chosen over a prompt that reached the last rung with a lower macro-F1."""
+    built_in_config(tiny_causal_dir, tmp_path, 0)
+    plan = search_module.SearchPlan.read(tmp_path / "s.yaml")
+    (probe, probe_cfg), (words, words_cfg) = plan.configs[0], plan.configs[1]
+    assert (kind_of(probe), kind_of(words)) == ("probe", "words")
+
+    def summary(f1):
+        return {"macro_f1": {"mean": f1, "std": 0.0}, "runs": [{"macro_f1": f1}] * 2, "seconds": 1.0}
+
+    scored = [(probe, probe_cfg, summary(0.95), 0), (words, words_cfg, summary(0.90), 1)]
+    monkeypatch.setattr(search_module, "score_by_halving", lambda *args: (scored, {0: 1.0, 1: 1.0}))
+    results, _, _ = search_module.score_candidates(plan, None, 0.0, show_progress=False)
+    assert "rung" not in results[0] and results[1]["rung"] == 1
+    assert search_module.pick_best(results) == 0

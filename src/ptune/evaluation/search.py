@@ -332,7 +332,8 @@ def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
     results, configs_run = [], []
     for settings, cfg, summary, rung in scored:
         rows = candidate_rows(summary, settings, len(configs_run))
-        for row in rows if rung is not None else []:
+        # a probe's figures are final at any rung (no epochs): like a zero-shot prompt, it has no rung and competes
+        for row in rows if rung is not None and not trains_nothing(cfg) else []:
             row |= {"rung": rung, "epochs": cfg.train.epochs}
         results += rows
         configs_run.append(cfg)
@@ -451,7 +452,7 @@ def candidate_rows(summary: dict, settings: dict, config: int) -> list[dict]:
 
 def pick_best(results: list[dict]) -> int:
     """The index of the best row by mean macro-F1 among those that reached the last rung any row reached (rows of
-    a search without halving, and zero-shot prompts, have no rung and always compete); every row gets
+    a search without halving, zero-shot prompts and linear probes have no rung and always compete); every row gets
     ``vs_best``, its paired gap to the best."""
     top = max((r["rung"] for r in results if "rung" in r), default=None)
     eligible = [i for i, r in enumerate(results) if r.get("rung", top) == top]
