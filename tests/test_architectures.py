@@ -92,14 +92,19 @@ def test_label_scores_do_not_depend_on_the_batch(zoo, family):
 def test_generation_is_greedy_decoding_whatever_the_batch(zoo, family):
     """``generate`` on a padded batch, with the KV cache, gives each row what greedy decoding of that row alone by
     full forward passes gives."""
-    s = zoo.session(family, type="generation", max_new_tokens=6)
+    assert_generation_is_greedy(zoo.session(family, type="generation", max_new_tokens=6),
+                                lambda model, e, eos: greedy_without_cache(model, e, 6, eos)[0])
+
+
+def assert_generation_is_greedy(s, greedy) -> None:
+    """``generate`` on a padded batch of TEXTS gives each row ``greedy(model, encoded row, eos id)``."""
     model = s.new_model(seed=2).eval()
     tok = s.tokenizer
     encoded = [s.task.renderer.encode({"text": t}) for t in TEXTS]
     with torch.no_grad():
         batched = model.generate(s.task.batch(encoded, "cpu"), 6, tok.eos_token_id, tok.pad_token_id).tolist()
         for e, row in zip(encoded, batched):
-            assert until_eos(row, tok.eos_token_id) == greedy_without_cache(model, e, 6, tok.eos_token_id)[0]
+            assert until_eos(row, tok.eos_token_id) == greedy(model, e, tok.eos_token_id)
 
 
 @pytest.mark.parametrize("family", CAUSAL)
@@ -384,14 +389,8 @@ def test_deep_prompt_kv_cache_paths_give_the_plain_forward(zoo, family, monkeypa
 
 @pytest.mark.parametrize("family", DEEP)
 def test_deep_prompt_generation_is_greedy_decoding_whatever_the_batch(zoo, family):
-    s = deep_session(zoo, family, type="generation", max_new_tokens=6)
-    model = s.new_model(seed=2).eval()
-    tok = s.tokenizer
-    encoded = [s.task.renderer.encode({"text": t}) for t in TEXTS]
-    with torch.no_grad():
-        batched = model.generate(s.task.batch(encoded, "cpu"), 6, tok.eos_token_id, tok.pad_token_id).tolist()
-        for e, row in zip(encoded, batched):
-            assert until_eos(row, tok.eos_token_id) == greedy_behind_deep(model, e, 6, tok.eos_token_id)
+    assert_generation_is_greedy(deep_session(zoo, family, type="generation", max_new_tokens=6),
+                                lambda model, e, eos: greedy_behind_deep(model, e, 6, eos))
 
 
 @pytest.mark.parametrize("family", DEEP)
