@@ -525,6 +525,4 @@ def build_ptuning_model(base: nn.Module, encoder: PromptEncoder, kind: str,
         >>> model.kind
         'causal'
     """
-    if deep is None:
-        return MODEL_KINDS[kind](base, encoder, classifier)
     return MODEL_KINDS[kind](base, encoder, classifier, deep)

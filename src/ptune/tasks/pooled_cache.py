@@ -33,7 +33,7 @@ class PooledStateCache:
     def applies(model) -> bool:
         """Whether ``model``'s pooled states are the frozen model's alone: a linear head, no virtual token and no
         deep prompt (trained keys and values at every layer)."""
-        return model.classifier is not None and model.encoder.n_virtual == 0 and getattr(model, "deep", None) is None
+        return model.classifier is not None and model.encoder.n_virtual == 0 and model.deep is None
 
     def states(self, model, rows: list[Encoded], compute: Callable[[list[Encoded]], torch.Tensor]) -> torch.Tensor:
         """(B, d): the pooled states of ``rows`` under ``model`` (which ``applies``); those not kept yet come from
