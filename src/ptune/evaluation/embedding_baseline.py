@@ -117,13 +117,37 @@ def embedding_baseline(cfg: Config, table: Table, folds: int, seeds: list[int], 
     index = {id(row): i for i, row in enumerate(table.rows)}
     runs = []
     for _, _, train, held in seeded_folds(table, table.column(col), folds, seeds):
-        train_idx = torch.tensor([index[id(r)] for r in train.rows])
-        gold = torch.tensor([labels.index(v) for v in train.column(col)])
-        weights = balanced_weights(gold.tolist(), len(labels)) if cfg.train.class_weights == "balanced" else None
-        classifier = LinearHead(vectors.shape[1], len(labels), layer=0)
-        classifier.fit(vectors[train_idx], gold, weights)
-        with torch.no_grad():
-            scores = classifier(vectors[torch.tensor([index[id(r)] for r in held.rows])])
-        preds = [labels[i] for i in scores.argmax(-1).tolist()]
+        train_vectors = vectors[torch.tensor([index[id(r)] for r in train.rows])]
+        held_vectors = vectors[torch.tensor([index[id(r)] for r in held.rows])]
+        preds = fit_and_label(cfg, train_vectors, train.column(col), held_vectors, labels)
         runs.append(classification_metrics(held.column(col), preds, labels))
     return summarise(runs) | {"encoder": encoder.name}
+
+
+def fit_and_label(cfg: Config, train_vectors: torch.Tensor, train_labels: list, vectors: torch.Tensor,
+                  labels: list | None = None) -> list:
+    """Logistic regression (standardised features, L2 penalty as the linear head's, ``train.class_weights``
+    honoured) fitted on the training rows' embeddings; the label it gives each row of ``vectors``.
+
+    Args:
+        cfg (`Config`): the classification recipe (its ``train.class_weights``).
+        train_vectors (`torch.Tensor`): (n, dim) the training rows' embeddings.
+        train_labels (`list`): their n labels.
+        vectors (`torch.Tensor`): (m, dim) the embeddings of the rows to label.
+        labels (`list`, *optional*): every label the classifier may give; the training labels, sorted, if None.
+
+    Returns:
+        `list`: m labels.
+
+    Example:
+        >>> fit_and_label(cfg, encoder.embed(train_texts), train_gold, encoder.embed(texts))  # doctest: +SKIP
+        ['complaint', 'no complaint', ...]
+    """
+    labels = labels or sorted(set(train_labels))
+    gold = torch.tensor([labels.index(v) for v in train_labels])
+    weights = balanced_weights(gold.tolist(), len(labels)) if cfg.train.class_weights == "balanced" else None
+    classifier = LinearHead(train_vectors.shape[1], len(labels), layer=0)
+    classifier.fit(train_vectors, gold, weights)
+    with torch.no_grad():
+        scores = classifier(vectors)
+    return [labels[i] for i in scores.argmax(-1).tolist()]
