@@ -270,10 +270,12 @@ def test_bench_fewshot_raft_cross_validation(tiny_causal_dir, tmp_path):
     write_csv(folder / "train.csv", [(t, l, i) for i, (t, l) in enumerate(ROWS)], header=("Tweet text", "Label", "ID"))
     (folder / "task.json").write_text(json.dumps({"data_columns": ["Tweet text", "ID"],
                                                   "label_columns": {"Label": ["complaint", "no complaint"]}}))
-    report = run_fewshot(tmp_path, tmp_path / "out", tasks=["raft:toy"], seeds=[1], methods=["zero_shot", "mlp"],
-                         folds=2, model=str(tiny_causal_dir), dtype="float32", device="cpu", epochs=1, batch_size=4,
+    report = run_fewshot(tmp_path, tmp_path / "out", tasks=["raft:toy"], seeds=[1],
+                         methods=["zero_shot", "mlp", "probe", "embeddings"], folds=2, model=str(tiny_causal_dir), dtype="float32", device="cpu", epochs=1, batch_size=4,
                          show_progress=False, log=lambda m: None)
     e = report["tasks"]["raft:toy"]
     assert e["ptuning_template"] == "[P*4] Tweet text : {Tweet text} [P*2] Label : [TARGET]"
     assert e["zero_shot"]["n"] == len(ROWS) and e["folds"] == 2
     assert len(e["mlp"]["accuracy"]["runs"]) == 2 and 0 <= e["mlp"]["accuracy"]["mean"] <= 1
+    assert "probe" not in e and "embeddings" not in e  # no labelled evaluation set: not run, like chosen
+    assert "| not run | not run |" in (tmp_path / "out" / "results.md").read_text()

@@ -56,7 +56,10 @@ def test_the_choice_sees_only_the_k_rows_and_every_method_the_same_eval_rows(tin
     picks = entry["chosen"]["seeds"]
     assert [p["seed"] for p in picks] == [1, 2, 3] and len(entry["chosen"]["accuracy"]["runs"]) == 3
     assert all(p["chosen"] in [c["candidate"] for c in p["cv"]] for p in picks)
-    assert len(picks[0]["cv"]) == 3  # two manual prompts, one trained recipe
+    # two manual prompts, the probe at the middle and at a late layer, one trained recipe
+    assert [c["kind"] for c in picks[0]["cv"]] == [fewshot_choice.ZERO_SHOT] * 2 + [fewshot_choice.PROBE] * 2 + [
+        fewshot_choice.RESIDUAL]
+    assert report["choice"]["kinds"] == list(fewshot_choice.KINDS) and len(report["choice"]["probes"]) == 2
     assert 0 <= entry["majority"]["accuracy"] <= 1 and entry["n_eval"] == 4
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "chosen by CV on the k rows" in markdown and "sst2 seed 3:" in markdown
@@ -107,3 +110,88 @@ def test_residual_form_puts_as_many_virtual_tokens_as_the_anchor_has_tokens():
 def test_a_tie_goes_to_the_candidate_listed_first():
     assert best([{"macro_f1": 0.7}, {"macro_f1": 0.7}, {"macro_f1": 0.6}]) == 0
     assert best([{"macro_f1": 0.6}, {"macro_f1": 0.7}]) == 1
+
+
+def test_probe_and_embeddings_are_fitted_on_the_rows_chosen_sees_and_scored_on_the_eval_rows(
+        tiny_causal_dir, tiny_masked_dir, tmp_path, monkeypatch):
+    """The tiny random BERT folder stands in for the sentence encoder's wheel."""
+    fitted, embedded = [], []
+    real_fit_probe, real_fit_and_label = fewshot.fit_probe, fewshot.fit_and_label
+
+    def spy_fit_probe(session, train, seed):
+        fitted.append(train.column("sentence"))
+        return real_fit_probe(session, train, seed)
+
+    def spy_fit_and_label(cfg, train_vectors, train_labels, vectors, labels=None):
+        embedded.append((len(train_labels), len(vectors)))
+        return real_fit_and_label(cfg, train_vectors, train_labels, vectors, labels)
+
+    monkeypatch.setattr(fewshot, "encoder_folder", lambda: tiny_masked_dir)
+    monkeypatch.setattr(fewshot, "fit_probe", spy_fit_probe)
+    monkeypatch.setattr(fewshot, "fit_and_label", spy_fit_and_label)
+    report = run(tmp_path, tiny_causal_dir, methods=["embeddings", "probe"], max_eval=4)
+    entry = report["tasks"]["sst2"]
+    for method in ("embeddings", "probe"):
+        assert len(entry[method]["accuracy"]["runs"]) == 3 and 0 <= entry[method]["macro_f1"]["mean"] <= 1
+    assert embedded == [(6, 4)] * 3
+    pool = fewshot.SPECS["sst2"].load(tmp_path)[0]
+    assert fitted == [balanced_sample(pool, 6, seed, "label").column("sentence") for seed in (1, 2, 3)]
+    assert report["summary"]["sst2"].keys() == {"embeddings", "probe"}
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "sentence embeddings" in markdown and "linear probe (middle layer)" in markdown
+
+
+def test_without_the_encoders_package_embeddings_is_skipped_naming_it(tiny_causal_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(fewshot, "encoder_folder", lambda: None)
+    report = run(tmp_path, tiny_causal_dir, methods=["majority", "embeddings"], max_eval=4, seeds=[1])
+    entry = report["tasks"]["sst2"]
+    assert entry["embeddings"]["skipped"] == fewshot.MISSING and "pip install" in fewshot.MISSING
+    assert report["summary"]["sst2"].keys() == {"majority"}
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "| skipped |" in markdown and fewshot.MISSING in markdown
+
+
+def fake_scores(probe_f1: float, other_f1: float):
+    """A stand-in for cross-validation: ``probe_f1`` for a linear head, ``other_f1`` for every other candidate."""
+    def fake_cv(cfg, **kwargs):
+        f1 = probe_f1 if cfg.task.head == "linear" else other_f1
+        return {"accuracy": {"mean": f1, "std": 0.0}, "macro_f1": {"mean": f1, "std": 0.0}}
+    return fake_cv
+
+
+def test_a_probe_the_k_rows_choose_is_fitted_on_all_of_them_and_nothing_is_trained(tiny_causal_dir, tmp_path,
+                                                                                    monkeypatch):
+    fitted, real_fit_probe = [], fewshot.fit_probe
+
+    def spy_fit_probe(session, train, seed):
+        fitted.append((session.cfg.task.head_layer, session.cfg.task.head_pooling, len(train)))
+        return real_fit_probe(session, train, seed)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("no prompt should be trained when a probe is chosen")
+
+    monkeypatch.setattr(fewshot_choice, "cross_validate", fake_scores(0.9, 0.5))
+    monkeypatch.setattr(fewshot, "fit", no_training)
+    monkeypatch.setattr(fewshot, "fit_probe", spy_fit_probe)
+    report = run(tmp_path, tiny_causal_dir, methods=["chosen"], max_eval=4, seeds=[1, 2])
+    picks = report["tasks"]["sst2"]["chosen"]["seeds"]
+    # the two probes tie: the one listed first, at the middle layer (1 of the tiny model's 2), wins
+    assert [p["kind"] for p in picks] == [fewshot_choice.PROBE] * 2
+    assert all(p["chosen"].startswith("probe middle layer 1") for p in picks)
+    assert fitted == [(1, "mean", 6)] * 2
+    assert all(0 <= p["accuracy"] <= 1 for p in picks)
+
+
+def test_a_tie_between_the_zero_shot_prompt_and_a_probe_goes_to_the_zero_shot_prompt(tiny_causal_dir, tmp_path,
+                                                                                        monkeypatch):
+    def nothing_fitted(*args, **kwargs):
+        raise AssertionError("nothing should be fitted when zero-shot is chosen")
+
+    monkeypatch.setattr(fewshot_choice, "cross_validate", fake_scores(0.8, 0.8))
+    monkeypatch.setattr(fewshot, "fit", nothing_fitted)
+    monkeypatch.setattr(fewshot, "fit_probe", nothing_fitted)
+    report = run(tmp_path, tiny_causal_dir, methods=["chosen"], max_eval=4, seeds=[1])
+    pick = report["tasks"]["sst2"]["chosen"]["seeds"][0]
+    assert pick["kind"] == fewshot_choice.ZERO_SHOT
+    assert pick["chosen"] == f"zero-shot `{fewshot.SPECS['sst2'].manual}`"
+    assert [c["kind"] for c in pick["cv"]].count(fewshot_choice.PROBE) == 2

@@ -409,15 +409,17 @@ def lama(data, out_dir, relations, vocab, shape, encoder, max_train, max_dev, ma
               help="Cap evaluation rows (a fixed random sample, the same for every method; smaller splits whole; "
               "0: all).")
 @click.option("--methods", default="majority,zero_shot,chosen", show_default=True,
-              help="Comma-separated: majority, zero_shot, chosen (the recipe cross-validation on the k rows "
+              help="Comma-separated: majority, zero_shot, embeddings (sentence embeddings + logistic "
+              "regression), probe (linear probe, middle layer), chosen (the recipe cross-validation on the k rows "
               "chooses), and the fixed-budget lstm, mlp, embedding.")
 @click.option("--folds", type=int, default=4, show_default=True,
               help="Cross-validation folds over the k rows for the choice (and over RAFT's labelled rows).")
 @_model_options
 def fewshot(data, out_dir, tasks, seeds, k, max_eval, methods, folds, model, dtype, device, lr, batch_size,
             epochs, seed, quiet):
-    """Few-shot classification: majority class, zero-shot manual prompts, and the recipe chosen by
-    cross-validation on the k training rows (zero-shot or P-tuning from the manual prompt's words)."""
+    """Few-shot classification: majority class, zero-shot manual prompts, sentence embeddings, the linear probe,
+    and the recipe chosen by cross-validation on the k training rows (zero-shot, a linear probe, or P-tuning from
+    the manual prompt's words)."""
     from .bench.fewshot import run_fewshot
     from .bench.loaders import shared_data_dir
 

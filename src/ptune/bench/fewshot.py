@@ -1,16 +1,21 @@
-"""Few-shot classification: the majority class, the zero-shot manual prompts, and the recipe that cross-validation
-on the k training rows chooses (``chosen``: a manual prompt as it stands, or P-tuning started at its words, see
-``fewshot_choice``), over several seeds, reported as mean and spread with each seed's choice. The older
+"""Few-shot classification: the majority class, the zero-shot manual prompts, two baselines fitted on the k rows
+(``embeddings``: a generic sentence encoder's embeddings with logistic regression, as ``ptune baselines`` fits it;
+``probe``: the linear probe, ``task.head: linear`` at the middle layer with mean pooling over the manual prompt, no
+virtual tokens), and the recipe that cross-validation on the k training rows chooses (``chosen``: a manual prompt as
+it stands, a linear probe, or P-tuning started at the manual prompt's words, see ``fewshot_choice``), over several
+seeds, reported as mean and spread with each seed's choice; the three see the same k rows per seed. The older
 fixed-budget methods (P-tuning with the LSTM and the MLP encoder, plain prompt tuning with ``embedding``, each with
 the same epochs, batch size and learning rate) stay available by name, to compare with and to rerun older reports.
 
-Per task: SST-2 trains on k rows sampled from ``train.tsv`` (per seed; labels balanced for ``chosen``) and is scored on
-``dev.tsv``; FewGLUE RTE, CB, BoolQ, WiC train on their fixed 32-row ``train.jsonl`` and are scored on SuperGLUE
-``val.jsonl``; AG News trains on k rows sampled from the ALPS ``dev.tsv`` (the train file is not in the shared data)
-and is scored on ``test.tsv``; TREC trains on k rows of ``train_5500.label`` and is scored on ``TREC_10.label``;
+Per task: SST-2 trains on k rows sampled from ``train.tsv`` (per seed; labels balanced for ``chosen``, ``probe``
+and ``embeddings``) and is scored on ``dev.tsv``; FewGLUE RTE, CB, BoolQ, WiC train on their fixed 32-row
+``train.jsonl`` and are scored on SuperGLUE ``val.jsonl``; AG News trains on k rows sampled from the ALPS
+``dev.tsv`` (the train file is not in the shared data) and is scored on ``test.tsv``; TREC trains on k rows of
+``train_5500.label`` and is scored on ``TREC_10.label``;
 RAFT tasks (hidden test labels) are estimated by cross-validation over their 50 labelled rows (the fixed methods
-only). ``max_eval`` (1,000) caps the scored rows with one fixed random sample shared by every method and seed;
-smaller splits are scored whole.
+and the zero-shot prompts only; ``majority``, ``embeddings``, ``probe`` and ``chosen`` are not run there).
+``max_eval`` (1,000) caps the scored rows with one fixed random sample shared by every method and seed; smaller
+splits are scored whole.
 """
 
 from __future__ import annotations
@@ -25,17 +30,21 @@ from ..checkpoint import refuse_foreign
 from ..config import Config, config_from_dict
 from ..data.tables import Table
 from ..errors import PtuneError
+from ..evaluation.baselines import fit_probe
 from ..evaluation.cv import cross_validate
+from ..evaluation.embedding_baseline import (ENCODER_NAME, MISSING, SentenceEncoder, encoder_folder, fit_and_label,
+                                              row_texts)
 from ..evaluation.summary import mean_spread
 from ..modeling.base import FrozenBase, load_base
 from ..session import open_session
+from ..tasks.pooled_cache import PooledStateCache
 from ..training.trainer import fit
-from .fewshot_choice import RECIPES, Candidate, Chooser
+from .fewshot_choice import KINDS, PROBE, PROBES, RECIPES, Candidate, Chooser, probe_depth
 from .loaders import (balanced_sample, read_agnews, read_fewglue, read_raft, read_sst2, read_trec, require_dir,
                       sample_rows)
 from .reporting import log_to_stderr, took, write_results
 
-METHODS = ("majority", "zero_shot", "chosen", "lstm", "mlp", "embedding")
+METHODS = ("majority", "zero_shot", "embeddings", "probe", "chosen", "lstm", "mlp", "embedding")
 DEFAULT_METHODS = ("majority", "zero_shot", "chosen")
 FIXED_METHODS = ("lstm", "mlp", "embedding")  # one fixed budget each, no choice
 
@@ -122,13 +131,15 @@ def raft_spec(task: str, data_dir: Path) -> TaskSpec:
 
 
 def task_config(spec: TaskSpec, model: str, *, template: str, encoder: str | dict, dtype: str, device: str, lr: float,
-                batch_size: int, epochs: int, seed: int, verbalizer: dict | None = None) -> Config:
-    """One method's recipe on one task: ``template`` read out by ``verbalizer`` (the task's if None), ``encoder``
-    (a type, or a whole encoder section) trained with the given budget."""
+                batch_size: int, epochs: int, seed: int, verbalizer: dict | None = None,
+                head: dict | None = None) -> Config:
+    """One method's recipe on one task: ``template`` read out by ``verbalizer`` (the task's if None) or by a linear
+    head (``head``: its ``task`` keys), ``encoder`` (a type, or a whole encoder section) trained with the given
+    budget."""
     return config_from_dict({
         "model": {"name_or_path": model, "dtype": dtype, "device": device},
         "task": {"type": "classification", "template": template, "label_column": spec.label_column,
-                 "verbalizer": verbalizer or spec.verbalizer},
+                 "verbalizer": verbalizer or spec.verbalizer, **(head or {})},
         "encoder": encoder if isinstance(encoder, dict) else {"type": encoder, "hidden_size": 128},
         "train": {"lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed, "max_length": spec.max_length,
                   "eval_batch_size": 16},
@@ -167,7 +178,9 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
     Returns:
         `dict`: the report written to ``results.json``: the settings, ``tasks`` (per task and method: accuracy and
         macro-F1, mean and spread over seeds or folds; for ``chosen`` each seed's choice and every candidate's
-        cross-validated figures) and ``summary`` (mean accuracy per task and method).
+        cross-validated figures and kind; ``{"skipped": why}`` for a method that could not run, such as
+        ``embeddings`` without its encoder's package), ``choice`` (the kinds of candidate, the probes' layers and
+        poolings, the P-tuned recipes) and ``summary`` (mean accuracy per task and method).
 
     Example:
         >>> report = run_fewshot("../shared/data", "runs/fewshot", tasks=["sst2"], seeds=[1, 2, 3])  # doctest: +SKIP
@@ -223,6 +236,14 @@ class FewshotRun:
     t_start: float
     recipes: tuple[tuple[float, int], ...] = RECIPES  # the P-tuned candidates of the choice
     results: dict[str, dict] = field(default_factory=dict)
+    # the linear probes' pooled states (the frozen model's alone): each row's computed once for every seed and fold
+    pooled: PooledStateCache = field(default_factory=PooledStateCache)
+    encoder: SentenceEncoder | None = None  # the ``embeddings`` method's, loaded when first needed
+
+    @property
+    def depth(self) -> int | None:
+        """The base model's number of blocks where a linear head can read them (a causal LM); None otherwise."""
+        return probe_depth(self.base)
 
     def config(self, spec: TaskSpec, template: str, encoder: str, seed: int) -> Config:
         """``task_config`` with this run's model, device and budget."""
@@ -232,7 +253,7 @@ class FewshotRun:
         """``task_config`` for one candidate of the choice: its template, verbalizer, encoder and budget."""
         settings = self.settings | ({"lr": candidate.lr, "epochs": candidate.epochs} if candidate.trained else {})
         return task_config(spec, self.model, template=candidate.template, encoder=candidate.encoder or "lstm",
-                           verbalizer=candidate.verbalizer, seed=seed, **settings)
+                           verbalizer=candidate.verbalizer, head=candidate.head, seed=seed, **settings)
 
     def train_rows(self, spec: TaskSpec, pool: Table, seed: int, balanced: bool = True) -> Table:
         """The seed's training rows: for sampled tasks k drawn with balanced labels (or, for the fixed methods,
@@ -268,14 +289,19 @@ class FewshotRun:
                 entry[method] = self.majority(spec, eval_table)
             elif method == "chosen":
                 entry[method] = self.chosen(spec, pool, eval_table)
+            elif method in ("probe", "embeddings"):
+                entry[method] = getattr(self, method)(spec, pool, eval_table)
             elif eval_table is None:  # RAFT: k-fold cross-validation over the labelled rows
                 entry[method] = self.cross_validated(spec, method, pool)
             else:
                 entry[method] = self.trained(spec, method, pool, eval_table)
             entry[method]["seconds"] = round(time.perf_counter() - tm, 1)
-            acc = entry[method]["accuracy"]
-            self.log(f"{spec.name} {method}: accuracy "
-                     f"{acc if isinstance(acc, float) else acc['mean']:.3f} ({entry[method]['seconds']:.0f} s)")
+            if "skipped" in entry[method]:
+                self.log(f"{spec.name} {method}: {entry[method]['skipped']}")
+            else:
+                acc = entry[method]["accuracy"]
+                self.log(f"{spec.name} {method}: accuracy "
+                         f"{acc if isinstance(acc, float) else acc['mean']:.3f} ({entry[method]['seconds']:.0f} s)")
             self.write(False)
         entry["seconds"] = round(time.perf_counter() - t0, 1)
 
@@ -305,27 +331,70 @@ class FewshotRun:
 
     def chosen(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """Per seed: the recipe cross-validation on the seed's k rows chooses (``fewshot_choice``), trained on all k
-        rows (when it trains) and scored on ``eval_table``, which the choice never sees."""
-        chooser = Chooser(lambda c, seed: self.candidate_config(spec, c, seed), self.base, self.folds, self.recipes)
+        rows (when it trains, or its classifier when a probe is chosen) and scored on ``eval_table``, which the
+        choice never sees."""
+        chooser = Chooser(lambda c, seed: self.candidate_config(spec, c, seed), self.base, self.folds, self.recipes,
+                          depth=self.depth, pooled=self.pooled)
         runs, picks = [], []
         for seed in self.seeds:
             rows = self.train_rows(spec, pool, seed)
             candidate, scores = chooser.choose(spec.prompts(), rows, seed)
             session = open_session(self.candidate_config(spec, candidate, seed), base=self.base,
                                    allow_no_virtual=not candidate.trained)
+            session.task.pooled_cache = self.pooled
             if candidate.trained:
                 model, _ = fit(session, rows, None, None, show_progress=self.show_progress, seed=seed)
+            elif candidate.head:  # a linear probe: its classifier fitted on all k rows
+                model = fit_probe(session, rows, seed)
             else:
                 model = session.new_model(seed)
             m = score_rows(session, model, eval_table)
             runs.append(m)
-            picks.append({"seed": seed, "chosen": candidate.name, "template": candidate.template,
-                          "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "cv": scores})
+            picks.append({"seed": seed, "chosen": candidate.name, "kind": candidate.kind,
+                          "template": candidate.template, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                          "cv": scores})
             self.log(f"{spec.name} chosen seed {seed}: {candidate.name}; accuracy {m['accuracy']:.3f}, "
                      f"macro-F1 {m['macro_f1']:.3f}")
-        out = {metric: mean_spread([m[metric] for m in runs]) | {"runs": [m[metric] for m in runs]}
-               for metric in ("accuracy", "macro_f1")}
-        return out | {"seeds": picks}
+        return seed_summary(runs) | {"seeds": picks}
+
+    def probe(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
+        """Per seed: the linear probe as ``ptune baselines`` fits it (``task.head: linear`` at the middle layer,
+        mean pooling, over the manual prompt, no virtual tokens), fitted on the seed's k rows (those ``chosen``
+        sees) and scored on ``eval_table``; ``{"skipped": why}`` off causal LMs."""
+        if self.depth is None:
+            return {"skipped": f"not run: a linear probe reads a causal LM's blocks, not a {self.base.kind} LM's"}
+        cfg = task_config(spec, self.model, template=spec.manual, encoder="lstm", head={"head": "linear"},
+                          seed=self.data_seed, **self.settings)
+        session = open_session(cfg, base=self.base, allow_no_virtual=True)
+        session.task.pooled_cache = self.pooled  # the evaluation rows' states computed once for every seed
+        runs = []
+        for seed in self.seeds:
+            m = score_rows(session, fit_probe(session, self.train_rows(spec, pool, seed), seed), eval_table)
+            runs.append(m)
+            self.log(f"{spec.name} probe seed {seed}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
+        return seed_summary(runs)
+
+    def embeddings(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
+        """Per seed: logistic regression on the sentence encoder's embeddings of the manual prompt's data fields
+        (the sentence-embedding baseline of ``ptune baselines``), fitted on the seed's k rows and scored on
+        ``eval_table``; ``{"skipped": why}`` when the encoder's package is not installed."""
+        folder = encoder_folder()
+        if folder is None:
+            return {"skipped": MISSING}
+        session = open_session(self.config(spec, spec.manual, "lstm", self.data_seed), base=self.base,
+                               allow_no_virtual=True)
+        self.encoder = self.encoder or SentenceEncoder(folder, session.device, name=ENCODER_NAME)
+        eval_vectors = self.encoder.embed(row_texts(session.cfg, eval_table))
+        runs = []
+        for seed in self.seeds:
+            rows = self.train_rows(spec, pool, seed)
+            labels = fit_and_label(session.cfg, self.encoder.embed(row_texts(session.cfg, rows)),
+                                   rows.column(spec.label_column), eval_vectors)
+            m = session.task.metrics(eval_table.rows, [{"prediction": label} for label in labels])
+            runs.append(m)
+            self.log(f"{spec.name} embeddings seed {seed}: accuracy {m['accuracy']:.3f}, "
+                     f"macro-F1 {m['macro_f1']:.3f}")
+        return seed_summary(runs) | {"encoder": self.encoder.name}
 
     def cross_validated(self, spec: TaskSpec, method: str, pool: Table) -> dict:
         """``method`` cross-validated over the labelled rows (tasks without a labelled evaluation set)."""
@@ -345,26 +414,31 @@ class FewshotRun:
             m = score_rows(session, model, eval_table)
             runs.append(m)
             self.log(f"{spec.name} {method} seed {seed}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
-        out = {}
-        for metric in ("accuracy", "macro_f1"):
-            values = [m[metric] for m in runs]
-            out[metric] = mean_spread(values) | {"runs": values}
-        return out
+        return seed_summary(runs)
 
     def write(self, done: bool) -> dict:
         """results.json / results.md for the tasks so far; returns the report."""
         summary = {name: {m: (e[m]["accuracy"] if isinstance(e[m]["accuracy"], float) else
-                              e[m]["accuracy"]["mean"]) for m in self.methods if m in e}
+                              e[m]["accuracy"]["mean"]) for m in self.methods if "accuracy" in e.get(m, {})}
                    for name, e in self.results.items()}
+        probes = [{"layer": layer, "pooling": pooling} for layer, pooling in PROBES] if self.depth else []
         report = {"benchmark": "few-shot classification", "model": self.model, "kind": self.base.kind,
                   "seeds": self.seeds, "k": self.k, "max_eval": self.max_eval,
                   "budget": {name: self.settings[name] for name in ("lr", "batch_size", "epochs")},
-                  "choice": {"folds": self.folds, "recipes": [{"lr": lr, "epochs": e} for lr, e in self.recipes],
-                             "criterion": "mean macro-F1 over the folds of the k rows; a tie to zero-shot"},
+                  "choice": {"folds": self.folds, "kinds": [kind for kind in KINDS if probes or kind != PROBE],
+                             "probes": probes, "recipes": [{"lr": lr, "epochs": e} for lr, e in self.recipes],
+                             "criterion": "mean macro-F1 over the folds of the k rows; a tie to the candidate listed "
+                                          "first (zero-shot, then the probes)"},
                   "methods": self.methods, "complete": done, "tasks": self.results, "summary": summary,
                   "seconds": round(time.perf_counter() - self.t_start, 1)}
         write_results(self.out, report, render_markdown(report))
         return report
+
+
+def seed_summary(runs: list[dict]) -> dict:
+    """Accuracy and macro-F1 over the seeds' runs: mean, spread and each seed's figure (``runs``)."""
+    return {metric: mean_spread([m[metric] for m in runs]) | {"runs": [m[metric] for m in runs]}
+            for metric in ("accuracy", "macro_f1")}
 
 
 def score_rows(session, model, table: Table) -> dict:
@@ -376,6 +450,7 @@ def render_markdown(report: dict) -> str:
     """``results.md``: accuracy (macro-F1) per task and method, each seed's chosen recipe, then the templates."""
     methods = report["methods"]
     names = {"majority": "majority class", "zero_shot": "zero-shot manual (best prompt)",
+             "embeddings": f"sentence embeddings ({ENCODER_NAME})", "probe": "linear probe (middle layer)",
              "chosen": "chosen by CV on the k rows", "lstm": "P-tuning (LSTM)", "mlp": "P-tuning (MLP)",
              "embedding": "prompt tuning (embedding)"}
     lines = [f"# Few-shot classification, {report['model']} ({report['kind']} LM)", "",
@@ -388,6 +463,9 @@ def render_markdown(report: dict) -> str:
         cells = [figure_cell(e[m]) if m in e else "not run" for m in methods]
         n = e.get("n_eval", e.get("n_labelled"))
         lines.append(f"| {name} | {e['eval_set']} ({n}) | " + " | ".join(cells) + " |")
+    skipped = [f"- {name} {m}: {e[m]['skipped']}" for name, e in report["tasks"].items() for m in methods
+               if "skipped" in e.get(m, {})]
+    lines += ["", *skipped] if skipped else []
     choices = [(name, e["chosen"]["seeds"]) for name, e in report["tasks"].items() if "chosen" in e]
     if choices:
         lines += ["", "Chosen per seed (by mean macro-F1 over the folds of the k rows; the evaluation rows unseen):",
@@ -409,6 +487,8 @@ def render_markdown(report: dict) -> str:
 
 def figure_cell(result: dict) -> str:
     """One table cell: accuracy (macro-F1), with the spread over seeds or folds where there are several."""
+    if "skipped" in result:
+        return "skipped"
     acc, f1 = result["accuracy"], result["macro_f1"]
     if isinstance(acc, float):
         return f"{acc:.3f} ({f1:.3f})"

@@ -1,11 +1,18 @@
 """Choosing a few-shot recipe from the k training rows alone, by cross-validation over them.
 
-The candidates are fixed before any figure is seen: each manual prompt of the task, scored as it stands (zero-shot),
-and P-tuning started exactly at the best manual prompt's words (``encoder.residual``: the anchor text before the
-answer slot becomes as many virtual tokens as it has tokens, starting at their embeddings) with a few learning
-rates and budgets (``RECIPES``). Every candidate is cross-validated on the same stratified folds of the k rows by
-``cross_validate``; the highest mean macro-F1 wins, and a tie goes to the candidate listed first, the zero-shot
-prompt, so training is chosen only where the k rows say it helps. Nothing else reaches the choice.
+The candidates are fixed before any figure is seen, and listed in this order:
+
+1. each manual prompt of the task, scored as it stands (zero-shot);
+2. the linear probe over the best manual prompt (``task.head: linear``, no virtual tokens, only the classifier
+   fitted), at the layers and poolings the built-in search space pairs for a linear head (``PROBES``: the middle
+   layer with mean pooling, a late layer with the last position's state), on causal LMs only;
+3. P-tuning started exactly at the best manual prompt's words (``encoder.residual``: the anchor text before the
+   answer slot becomes as many virtual tokens as it has tokens, starting at their embeddings) with a few learning
+   rates and budgets (``RECIPES``).
+
+Every candidate is cross-validated on the same stratified folds of the k rows by ``cross_validate``; the highest
+mean macro-F1 wins, and a tie goes to the candidate listed first, the zero-shot prompt, so fitting anything is
+chosen only where the k rows say it helps. Nothing else reaches the choice.
 """
 
 from __future__ import annotations
@@ -17,30 +24,51 @@ from ..config import Config
 from ..data.tables import Table
 from ..errors import PtuneError
 from ..evaluation.cv import cross_validate
+from ..evaluation.space import HEADS, layer_number
 from ..modeling.base import FrozenBase
+from ..modeling.heads import decoder_layers
 from ..session import open_session
+from ..tasks.pooled_cache import PooledStateCache
 
 # (learning rate, epochs) of the P-tuned candidates, fixed before any evaluation figure was seen: three step sizes
 # around the 1e-2 that moved the residual start on SST-2, and half the budget at that one. Sized so that one task's
 # three seeds take about 15 to 30 minutes on a 2-core CPU with SmolLM2-135M in bfloat16: there one candidate's
 # 4 folds of 6 epochs on 24 SST-2 rows took 53 s, the zero-shot prompt's 5 s.
 RECIPES: tuple[tuple[float, int], ...] = ((3e-3, 6), (1e-2, 3), (1e-2, 6), (3e-2, 6))
+# (layer name, pooling) of the probe candidates: the linear heads of the built-in search space (``space.HEADS``)
+PROBES: tuple[tuple[str, str], ...] = tuple((h["task.head_layer"], h["task.head_pooling"]) for h in HEADS
+                                            if h["task.head"] == "linear")
+# the kinds of candidate, in the order they are listed (a tie goes to the earlier)
+ZERO_SHOT, PROBE, RESIDUAL = "zero-shot prompt", "linear probe", "residual P-tuning"
+KINDS = (ZERO_SHOT, PROBE, RESIDUAL)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One recipe the k rows may choose: a template and verbalizer, and how it is trained (``epochs`` 0: not
-    trained, the zero-shot prompt)."""
+    """One recipe the k rows may choose: a template and verbalizer, how it is read (``head``: ``task`` keys of a
+    linear head; empty: the label words) and how its prompt is trained (``epochs`` 0: not trained)."""
     name: str
     template: str
     verbalizer: dict
     encoder: dict = field(default_factory=dict)
     lr: float = 0.0
     epochs: int = 0
+    head: dict = field(default_factory=dict)
 
     @property
     def trained(self) -> bool:
+        """Whether its prompt is trained (residual P-tuning)."""
         return self.epochs > 0
+
+    @property
+    def fitted(self) -> bool:
+        """Whether anything is fitted to the rows: the prompt, or a probe's classifier."""
+        return self.trained or bool(self.head)
+
+    @property
+    def kind(self) -> str:
+        """One of ``KINDS``."""
+        return RESIDUAL if self.trained else PROBE if self.head else ZERO_SHOT
 
 
 def residual_form(manual: str, tokenizer) -> tuple[str, str]:
@@ -73,6 +101,29 @@ def zero_shot_candidate(template: str, verbalizer: dict) -> Candidate:
     return Candidate(f"zero-shot `{template}`", template, verbalizer)
 
 
+def probe_depth(base: FrozenBase) -> int | None:
+    """The base model's number of blocks where a linear head can read them (a causal LM); None otherwise."""
+    return len(decoder_layers(base.model)) if base.kind == "causal" else None
+
+
+def probe_candidates(manual: Candidate, depth: int | None) -> list[Candidate]:
+    """The linear probe over ``manual``'s template (no virtual tokens), one per ``PROBES`` layer and pooling; none
+    without a ``depth`` (not a causal LM).
+
+    Example:
+        >>> [c.name for c in probe_candidates(zero_shot_candidate("{text} Topic : [TARGET]", {}), depth=30)]
+        ['probe middle layer 15, mean pooling', 'probe late layer 22, last pooling']
+    """
+    if not depth:
+        return []
+    out = []
+    for layer, pooling in PROBES:
+        number = layer_number(layer, depth)
+        out.append(Candidate(f"probe {layer} layer {number}, {pooling} pooling", manual.template, manual.verbalizer,
+                             head={"head": "linear", "head_layer": number, "head_pooling": pooling}))
+    return out
+
+
 def trained_candidates(manual: Candidate, tokenizer, recipes=RECIPES) -> list[Candidate]:
     """P-tuning started at ``manual``'s anchor words (LSTM encoder, ``encoder.residual``), one per recipe."""
     template, init_text = residual_form(manual.template, tokenizer)
@@ -86,19 +137,23 @@ class Chooser:
     """Cross-validates candidates on the k rows and picks one.
 
     ``configure`` turns a candidate and a seed into its config (the model, device and batch settings are the
-    caller's)."""
+    caller's). ``depth``: the causal LM's number of blocks, for the probe candidates (None: no probe). ``pooled``
+    keeps the probes' pooled states, which are the frozen model's alone, across folds, seeds and the final fit."""
     configure: Callable[[Candidate, int], Config]
     base: FrozenBase
     folds: int = 4
     recipes: tuple[tuple[float, int], ...] = RECIPES
+    depth: int | None = None
+    pooled: PooledStateCache = field(default_factory=PooledStateCache)
 
     def score(self, candidate: Candidate, rows: Table, seed: int) -> dict:
         """``candidate``'s mean held-out figures over ``folds`` stratified folds of ``rows`` (split by ``seed``)."""
         cfg = self.configure(candidate, seed)
         session = open_session(cfg, base=self.base, allow_no_virtual=not candidate.trained)
+        session.task.pooled_cache = self.pooled
         cv = cross_validate(cfg, folds=self.folds, seeds=[seed], session=session, train_table=rows,
-                            show_progress=False, trained=candidate.trained)
-        return {"candidate": candidate.name, "accuracy": cv["accuracy"]["mean"],
+                            show_progress=False, trained=candidate.fitted)
+        return {"candidate": candidate.name, "kind": candidate.kind, "accuracy": cv["accuracy"]["mean"],
                 "macro_f1": cv["macro_f1"]["mean"], "macro_f1_std": cv["macro_f1"]["std"]}
 
     def choose(self, prompts: list[tuple[str, dict]], rows: Table, seed: int) -> tuple[Candidate, list[dict]]:
@@ -110,8 +165,9 @@ class Chooser:
             seed (`int`): the folds' split and the training seed.
 
         Returns:
-            `tuple[Candidate, list[dict]]`: the chosen candidate and one ``{"candidate", "accuracy", "macro_f1",
-            "macro_f1_std"}`` per candidate scored, in the order scored.
+            `tuple[Candidate, list[dict]]`: the chosen candidate and one ``{"candidate", "kind", "accuracy",
+            "macro_f1", "macro_f1_std"}`` per candidate scored, in the order scored (the zero-shot prompts, the
+            probes, the residual starts).
 
         Example:
             >>> chosen, scores = chooser.choose([(spec.manual, spec.verbalizer)], k_rows, seed=1)  # doctest: +SKIP
@@ -119,9 +175,9 @@ class Chooser:
         zero = [zero_shot_candidate(t, v) for t, v in prompts]
         scores = [self.score(c, rows, seed) for c in zero]
         manual = zero[best(scores)]
-        trained = trained_candidates(manual, self.base.tokenizer, self.recipes)
-        final = [manual, *trained]
-        final_scores = [scores[zero.index(manual)]] + [self.score(c, rows, seed) for c in trained]
+        fitted = probe_candidates(manual, self.depth) + trained_candidates(manual, self.base.tokenizer, self.recipes)
+        final = [manual, *fitted]
+        final_scores = [scores[zero.index(manual)]] + [self.score(c, rows, seed) for c in fitted]
         return final[best(final_scores)], scores + final_scores[1:]
 
 
