@@ -68,7 +68,7 @@ def test_the_choice_sees_only_the_k_rows_and_every_method_the_same_eval_rows(tin
 def test_zero_shot_is_chosen_where_the_k_rows_say_training_does_not_help(tiny_causal_dir, tmp_path, monkeypatch):
     def fake_cv(cfg, *, trained=True, **kwargs):
         f1 = 0.5 if trained else 0.9  # every zero-shot prompt ties: the first listed (the task's manual) wins
-        return {"accuracy": {"mean": f1, "std": 0.0}, "macro_f1": {"mean": f1, "std": 0.0}}
+        return {"accuracy": {"mean": f1, "std": 0.0}, "macro_f1": {"mean": f1, "std": 0.0}, "seconds": 0.0}
 
     def no_training(*args, **kwargs):
         raise AssertionError("nothing should be trained when zero-shot is chosen")
@@ -155,7 +155,7 @@ def fake_scores(probe_f1: float, other_f1: float):
     """A stand-in for cross-validation: ``probe_f1`` for a linear head, ``other_f1`` for every other candidate."""
     def fake_cv(cfg, **kwargs):
         f1 = probe_f1 if cfg.task.head == "linear" else other_f1
-        return {"accuracy": {"mean": f1, "std": 0.0}, "macro_f1": {"mean": f1, "std": 0.0}}
+        return {"accuracy": {"mean": f1, "std": 0.0}, "macro_f1": {"mean": f1, "std": 0.0}, "seconds": 0.0}
     return fake_cv
 
 

@@ -154,7 +154,8 @@ class Chooser:
         cv = cross_validate(cfg, folds=self.folds, seeds=[seed], session=session, train_table=rows,
                             show_progress=False, trained=candidate.fitted)
         return {"candidate": candidate.name, "kind": candidate.kind, "accuracy": cv["accuracy"]["mean"],
-                "macro_f1": cv["macro_f1"]["mean"], "macro_f1_std": cv["macro_f1"]["std"]}
+                "macro_f1": cv["macro_f1"]["mean"], "macro_f1_std": cv["macro_f1"]["std"],
+                "seconds": round(cv["seconds"], 1)}
 
     def choose(self, prompts: list[tuple[str, dict]], rows: Table, seed: int) -> tuple[Candidate, list[dict]]:
         """The candidate the k ``rows`` choose, and every candidate's cross-validated figures.
@@ -166,8 +167,8 @@ class Chooser:
 
         Returns:
             `tuple[Candidate, list[dict]]`: the chosen candidate and one ``{"candidate", "kind", "accuracy",
-            "macro_f1", "macro_f1_std"}`` per candidate scored, in the order scored (the zero-shot prompts, the
-            probes, the residual starts).
+            "macro_f1", "macro_f1_std", "seconds"}`` per candidate scored, in the order scored (the zero-shot
+            prompts, the probes, the residual starts).
 
         Example:
             >>> chosen, scores = chooser.choose([(spec.manual, spec.verbalizer)], k_rows, seed=1)  # doctest: +SKIP
