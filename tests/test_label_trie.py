@@ -5,10 +5,11 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from conftest import ROWS, tiny_config
+from conftest import ROWS, FamilyZoo, tiny_config
 from ptune.data.labels import LabelSpace, words_from_name
-from ptune.modeling import scoring
+from ptune.modeling import heads, scoring
 from ptune.modeling.scoring import PrefixTree
 from ptune.session import open_session
 from ptune.tasks.mixed import classify_mixed
@@ -79,10 +80,69 @@ def test_label_scores_equal_word_by_word_with_the_cached_prefix_and_small_calls(
     model = s.new_model(seed=4).eval()
     rows = [{"text": t} for t, _ in ROWS] * 2
     with torch.inference_mode():
-        monkeypatch.setattr(scoring, "TREE_PLACES", 4)  # several calls per batch, as many labels make
+        calls_per_batch(model, monkeypatch, 4)
         tree = s.task.scores(model, rows, 5, "cpu")
         old = s.task.scores(by_word(model), rows, 5, "cpu")
     torch.testing.assert_close(tree, old, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> FamilyZoo:
+    return FamilyZoo(tmp_path_factory.mktemp("families"))
+
+
+def calls_per_batch(model, monkeypatch, places: int) -> None:
+    """Every prefix-tree call limited to ``places`` places (rows x nodes), as many labels make it."""
+    monkeypatch.setattr(scoring, "TREE_LOGITS", places * model.base.get_input_embeddings().weight.shape[0])
+
+
+@pytest.mark.parametrize("family, encoder", [
+    ("llama", {}),  # virtual tokens at the input only, run once as the rows' shared prefix
+    ("gpt2", {}),  # learned absolute positions
+    ("qwen3", {"deep_tokens": 3, "deep_encoder": "mlp"}),  # a deep prompt behind the virtual tokens
+    ("gemma", {"deep_tokens": 2, "deep_encoder": "table"}),
+])
+def test_tree_scores_equal_word_by_word_across_families(zoo, monkeypatch, family, encoder):
+    """Rows of different lengths (a padded batch), words that open alike, one inside another and single tokens,
+    the tree split over several calls: each label's score equals word by word's to 1e-5 in float32."""
+    verbalizer = random_verbalizer(8)
+    s = zoo.session(family, labels=list(verbalizer), encoder=encoder, verbalizer=verbalizer)
+    model = s.new_model(seed=2).eval()
+    assert model.scores_by_tree(64) and (model.deep is not None) == bool(encoder)
+    words = [s.task.renderer.target_ids(w[0]) for w in s.task.labels.words]
+    assert min(map(len, words)) == 1 and max(map(len, words)) >= 3
+    rows = [{"text": t} for t, _ in ROWS[:5]]
+    calls_per_batch(model, monkeypatch, 7)
+    with torch.inference_mode():
+        tree = s.task.scores(model, rows, 5, "cpu")
+        old = s.task.scores(by_word(model), rows, 5, "cpu")
+    torch.testing.assert_close(tree, old, atol=1e-5, rtol=0)
+
+
+def test_picked_logprobs_are_the_log_softmax_of_the_picked_tokens():
+    logits = torch.randn(3, 4, 50) * 20
+    picked = torch.tensor([1, 7, 7, 49])
+    want = F.log_softmax(logits, dim=-1)[..., picked]
+    torch.testing.assert_close(scoring.picked_logprobs(logits.clone(), picked), want, atol=1e-5, rtol=0)
+
+
+def test_bfloat16_scoring_head_gives_the_same_logits_in_chunks(tiny_causal_dir, monkeypatch):
+    """The float32 recomputation of each position's most likely tokens, a few positions at a time, gives the
+    numbers of one pass; the scored tokens' logits are the all-float32 head's."""
+    s = open_session(tiny_config(tiny_causal_dir, model={"dtype": "bfloat16"},
+                                 task={"verbalizer": random_verbalizer(9)}))
+    model = s.new_model(seed=3).eval()
+    head = model.base.get_output_embeddings()
+    x = torch.randn(2, 7, head.weight.shape[1])
+    scored = [3, 5, 8, 40]
+    with torch.inference_mode(), model.scoring_head(scored):
+        whole = head(x)
+        monkeypatch.setattr(heads, "TOP_K_ROWS", 3)
+        chunked = head(x)
+    torch.testing.assert_close(chunked, whole, atol=0, rtol=0)
+    exact = F.linear(x, head.weight.float(), None if head.bias is None else head.bias.float())
+    torch.testing.assert_close(whole[..., scored], exact[..., scored], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(whole, exact)  # the rest of the vocabulary came from the bfloat16 product
 
 
 def places_run(model, monkeypatch) -> list[int]:

@@ -5,7 +5,7 @@ for a batch (``repeated``, ``after_prefix``) or, where a sliding window could cu
 
     inputs (B, T) run once, left-padded      their last position scores every word's first token
     the words' longer prefixes, as a tree    each prefix (``PrefixTree``) runs once per row on the cached inputs, a
-                                             few hundred places per call, seeing only the inputs and its own
+                                             few thousand places per call, seeing only the inputs and its own
                                              shorter prefixes (a 4D mask); then cropped off again
     or, word by word                         each longer word's tokens but the last run on the cached inputs (models
                                              that take no custom mask, or that a sliding window could cut)
@@ -105,9 +105,15 @@ class PrefixCache:
         self.entry = None
 
 
-# rows x prefix-tree nodes per model call: enough places for efficient matrix products, few enough that the call's
-# logits (places x vocabulary, float32) stay near a hundred megabytes for a 50k vocabulary
-TREE_PLACES = 512
+# logits per model call of the prefix tree (rows x nodes x vocabulary, float32: half a gigabyte), so 2,730 places
+# per call for a 50k vocabulary: few, large calls, since on a busy CPU each of a call's many small operations waits
+# for the cores (a batch of 16 banking_77 rows ran 1.4x as fast as at 512 places per call; docs/benchmarks.md)
+TREE_LOGITS = 2 ** 27
+
+
+def tree_places(vocab: int) -> int:
+    """Rows x prefix-tree nodes per model call for a ``vocab``-token vocabulary (``TREE_LOGITS``)."""
+    return max(1, TREE_LOGITS // max(1, vocab))
 
 
 @dataclass
@@ -202,19 +208,29 @@ def node_logprobs(base: nn.Module, cache_arg: str, mask: torch.Tensor, positions
     logits = base(inputs_embeds=embeds, attention_mask=attention_bias(base, allowed, embeds.dtype),
                   position_ids=step_pos, use_cache=True, **{cache_arg: cache}).logits  # (B, n, V)
     cache.crop(-n)  # back to the rows alone for the next run of nodes
-    return logits[..., scored].float() - logits.float().logsumexp(-1, keepdim=True)
+    return picked_logprobs(logits, scored)
+
+
+def picked_logprobs(logits: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+    """(..., S) float32 log-probabilities of the tokens ``picked`` (S,) from ``logits`` (..., V), which are used up:
+    the log-softmax normaliser is computed in their place, so that the largest tensor of the call is not copied."""
+    logits = logits.float()  # (no copy where the head gave float32)
+    out = logits[..., picked]
+    top = logits.amax(-1, keepdim=True)
+    return out - logits.sub_(top).exp_().sum(-1, keepdim=True).log_().add_(top)
 
 
 def later_tokens_by_tree(base: nn.Module, cache_arg: str, mask: torch.Tensor, positions: torch.Tensor, cache,
                          words: list[list[int]]) -> list[torch.Tensor]:
     """Each word's log-probabilities of its tokens after the first, (B, len(word) - 1), from the words'
-    ``PrefixTree``: every prefix runs once per row, ``TREE_PLACES`` places per call."""
+    ``PrefixTree``: every prefix runs once per row, ``tree_places`` places per call."""
     tree, rows = PrefixTree.of(words), mask.shape[0]
     scored = sorted({t for word in words for t in word[1:]})
     column = {t: i for i, t in enumerate(scored)}
     logp = torch.zeros(rows, len(tree.tokens), len(scored), device=mask.device)  # (B, nodes, S)
     scored_ids = torch.tensor(scored, dtype=torch.long, device=mask.device)
-    for nodes in tree.groups(max(1, TREE_PLACES // rows)):
+    places = tree_places(base.get_input_embeddings().weight.shape[0])
+    for nodes in tree.groups(max(1, places // rows)):
         logp[:, nodes] = node_logprobs(base, cache_arg, mask, positions, cache, tree, nodes, scored_ids)
     return [logp[:, path, [column[t] for t in word[1:]]] for word, path in zip(words, tree.paths)]
 
