@@ -6,6 +6,7 @@ Also the zero-shot accuracy of the label words on the 50 labelled rows by both p
     python benchmarks/many_labels.py --data ../shared/data/raft/banking_77                 # embedded model
     python benchmarks/many_labels.py --data ../shared/data/raft/banking_77 --rows 32 --today
     python benchmarks/many_labels.py --data ../shared/data/raft/banking_77 --size tiny     # 2 random layers
+    python benchmarks/many_labels.py --data ../shared/data/raft/banking_77 --threads 1     # one core of a busy CPU
 
 No verbalizer is given: the label words come from the label names (``card_arrival`` -> ``card arrival``).
 ``--today`` times a third kind as well: the raw names as words, word by word (what a config without a verbalizer
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--today", action="store_true", help="also time the raw label names, word by word")
     p.add_argument("--size", help="a random-weight model of this shape (tiny, 135m, 0.5b, 1.5b)")
     p.add_argument("--models-root", help="where random-weight models are built and kept")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     return p.parse_args(argv)
 
 
@@ -83,6 +86,8 @@ def places_per_row(session) -> int:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = Path(args.data)
     sessions, models = open_kinds(args)
     rows = read_csv(data / "test_unlabeled.csv")[:args.rows]
@@ -117,7 +122,8 @@ def main(argv=None) -> None:
            "tree_vs_word_by_word": round(rate["tree"] / rate["word_by_word"], 2),
            "word_places_per_row": {"word_by_word": by_word, "tree": tree},
            "accuracy_50_labelled": accuracy, "tree_agrees_with_word_by_word": f"{agree}/{len(labelled)}",
-           "cpu": machine.get("cpu_model"), "torch_threads": torch.get_num_threads(), "date": machine.get("date")}
+           "cpu": machine.get("cpu_model"), "torch_threads": torch.get_num_threads(), "date": machine.get("date"),
+           "load_average": [round(x, 2) for x in os.getloadavg()]}
     if "today" in rate:
         out["tree_vs_today"] = round(rate["tree"] / rate["today"], 2)
         out["word_places_per_row"]["today"] = places_per_row(sessions["today"])[0]
