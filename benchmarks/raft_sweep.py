@@ -8,8 +8,9 @@ Per task (``raft/<task>/train.csv``: 50 labelled rows):
 
 1. the task's config, as a newcomer writes it (``examples/search_twitter_complaints.yaml`` is the model): the
    fields of ``ptune.bench.fewshot.raft_spec`` (every data column but ID in the prompt, virtual tokens before the
-   text and before the target, the label names as label words), ``search:`` with the built-in space, successive
-   halving, ``budget_minutes`` and 5 folds of split seed 44;
+   text and before the target, the label names as label words, the columns empty in some rows as
+   ``data.optional_fields``), ``search:`` with the built-in space, successive halving, ``budget_minutes`` and 5
+   folds of split seed 44;
 2. ``run_search`` (``ptune search``) on the 50 rows: the choice, written as ``recipe.yaml``;
 3. on the report splits (5 folds of seeds 46, 47, 48 by default, none used by step 2): ``cross_validate`` (``ptune
    cv``) of the choice, and ``baselines`` (``ptune baselines``: majority class, the zero-shot manual prompt, sentence
@@ -89,7 +90,8 @@ def task_values(data: Path, task: str, args) -> dict:
         "task": {"type": "classification", "template": spec.ptuning, "label_column": spec.label_column,
                  "verbalizer": spec.verbalizer},
         "encoder": {"hidden_size": 128},
-        "data": {"train": str((data / "raft" / task / "train.csv").resolve())},
+        "data": {"train": str((data / "raft" / task / "train.csv").resolve()),
+                 **({"optional_fields": list(spec.optional_fields)} if spec.optional_fields else {})},
         "train": {"lr": 1e-2, "batch_size": 8, "epochs": args.epochs, "max_length": spec.max_length,
                   "warmup_ratio": 0.1, "seed": args.search_seed},
         "search": {"folds": args.folds, "seeds": [args.search_seed], "budget_minutes": args.budget_minutes},

@@ -238,6 +238,7 @@ class DataConfig:
         columns (`dict[str, str]`, *optional*): template field -> column name, where they differ.
         dev_fraction (`float`, defaults to 0.0): share of the training rows held out as dev without a dev file.
         unlabeled (`str`, *optional*): rows without labels, for self-training, distillation and ``calibrate: prior``.
+        optional_fields (`list[str]` or ``"*"``, defaults to ``[]``): template fields whose cells may be empty.
         train_split, dev_split, test_split, unlabeled_split (`str`): ``hf:`` dataset splits.
 
     Example:
@@ -259,6 +260,9 @@ class DataConfig:
     unlabeled: str | None = None
     """Rows without labels (e.g. RAFT's test_unlabeled.csv) for self-training (``train.self_train_rows``),
     distillation (``train.distill_teachers``) and ``task.calibrate: prior``."""
+    optional_fields: list[str] | str = field(default_factory=list)
+    """Template fields whose cells may be empty or missing (``"*"``: every template field); such a cell renders as an
+    empty string. Any other empty field is an error naming its file and row. The label column is never optional."""
     train_split: str = "train"
     dev_split: str = "validation"
     test_split: str = "test"
@@ -269,6 +273,25 @@ class DataConfig:
         _choice("data.format", self.format, ("auto", "csv", "tsv", "jsonl", "parquet"))
         if not 0.0 <= self.dev_fraction < 1.0:
             raise ConfigError(f"data.dev_fraction must be in [0, 1), got {self.dev_fraction}")
+        if isinstance(self.optional_fields, str) and self.optional_fields != "*":
+            raise ConfigError(f"data.optional_fields must be a list of template fields or \"*\" (every field), got "
+                              f"{self.optional_fields!r}")
+
+    def optional_columns(self, fields: list[str]) -> set[str]:
+        """The data columns, among those read for template ``fields``, whose cells may be empty.
+
+        Args:
+            fields (`list[str]`): template field names (``Template.fields``).
+
+        Returns:
+            `set[str]`: their columns (``columns`` applied) named by ``optional_fields``.
+
+        Example:
+            >>> DataConfig(optional_fields=["Url"]).optional_columns(["Title", "Url"])
+            {'Url'}
+        """
+        every = self.optional_fields == "*"
+        return {self.columns.get(f, f) for f in fields if every or f in self.optional_fields}
 
 
 @dataclass
@@ -471,12 +494,32 @@ class Config:
             raise ConfigError("train.objective chooses how label words are trained (task.head: words); with "
                               "task.head linear the classifier's cross-entropy is the objective: leave it at 'lm'")
         try:
-            n = parse_template(self.task.template).n_virtual
+            template = parse_template(self.task.template)
         except TemplateError:
             return  # reported, with its place, where the template is used
+        self._check_optional_fields(template.fields)
+        n = template.n_virtual
         if n >= self.train.max_length:
             raise ConfigError(f"task.template has {n} virtual tokens but train.max_length is {self.train.max_length}: "
                               "no room is left for the data and the target")
+
+    def _check_optional_fields(self, fields: list[str]) -> None:
+        """Each name in data.optional_fields is a field a template of the run reads, and never the label column."""
+        names = self.data.optional_fields
+        if names == "*":
+            return
+        for text in self.train.distill_templates:
+            try:
+                fields = fields + parse_template(text).fields
+            except TemplateError:
+                pass  # reported where train.distill_templates is checked
+        for name in names:
+            if name == self.task.label_column:
+                raise ConfigError(f"data.optional_fields names {name!r}, the label column (task.label_column): "
+                                  "the target is never optional")
+            if name not in fields:
+                raise ConfigError(f"data.optional_fields names {name!r}, which task.template does not read; its "
+                                  f"fields: {', '.join(map(repr, dict.fromkeys(fields))) or '(none)'}")
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "Config":

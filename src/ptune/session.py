@@ -38,6 +38,10 @@ def read_split(cfg: Config, name: str) -> Table | None:
     return read_table(source, cfg.data.format, getattr(cfg.data, f"{name}_split"))
 
 
+EMPTY_HINT = ("; if this field may be empty, list it in data.optional_fields (or give \"*\" for every template "
+              "field): an empty cell then reads as an empty string")
+
+
 def check_inputs(cfg: Config, template: Template, table: Table, *, labelled: bool,
                  allow_no_virtual: bool = False) -> None:
     """Columns the template and task need, present and non-empty in every row (before any model is loaded);
@@ -49,7 +53,7 @@ def check_inputs(cfg: Config, template: Template, table: Table, *, labelled: boo
                       field_map=cfg.data.columns,
                       where=f"task.template (checked against {table.source})")
     needed = [cfg.data.columns.get(f, f) for f in template.fields]
-    check_table(table, needed)
+    check_table(table, needed, optional=cfg.data.optional_columns(template.fields), empty_hint=EMPTY_HINT)
     if labelled:
         check_table(table, [cfg.task.label_column])
 
@@ -172,7 +176,7 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
     # a deep prompt's n places come before every row: its positions count from n
     context = model_context(base) - cfg.encoder.deep_tokens
     renderer = Renderer(template, base.tokenizer, base.kind, min(cfg.train.max_length, context),
-                        dict(cfg.data.columns))
+                        dict(cfg.data.columns), frozenset(cfg.data.optional_columns(template.fields)))
     task = build_task(cfg.task, renderer, labels, objective=cfg.train.objective, class_weights=cfg.train.class_weights,
                       head=head)
     device = next(base.model.parameters()).device

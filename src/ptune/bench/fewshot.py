@@ -28,7 +28,7 @@ from typing import Callable
 
 from ..checkpoint import refuse_foreign
 from ..config import Config, config_from_dict
-from ..data.tables import Table
+from ..data.tables import Table, read_table
 from ..errors import PtuneError
 from ..evaluation.baselines import fit_probe
 from ..evaluation.cv import cross_validate
@@ -65,6 +65,7 @@ class TaskSpec:
     # further manual prompts, (template, verbalizer), written before any figure of theirs was seen: the k rows
     # choose among them and ``manual`` (zero-shot, by cross-validation) before P-tuning starts at the chosen one
     alternatives: tuple[tuple[str, dict], ...] = ()
+    optional_fields: tuple[str, ...] = ()  # data.optional_fields: template fields that are empty in some rows
 
     def prompts(self) -> list[tuple[str, dict]]:
         """Every manual prompt, ``manual`` first, as (template, verbalizer)."""
@@ -116,7 +117,10 @@ SPECS: dict[str, TaskSpec] = {
 
 
 def raft_spec(task: str, data_dir: Path) -> TaskSpec:
-    """A RAFT task: every data column except ID goes into the prompt; the labels themselves are the words."""
+    """A RAFT task: every data column except ID goes into the prompt; the labels themselves are the words. The
+    columns that are empty in any of the task's rows, labelled (``train.csv``) or unlabeled (``test_unlabeled.csv``),
+    are its ``optional_fields`` (``data.optional_fields``: such a cell reads as an empty string), so that tasks with
+    missing abstracts or urls (tai_safety_research, systematic_review_inclusion) run."""
     folder = data_dir / "raft" / task
     if not folder.is_dir():
         raise PtuneError(f"{folder}: RAFT task folder not found")
@@ -125,9 +129,14 @@ def raft_spec(task: str, data_dir: Path) -> TaskSpec:
     fields = [c for c in info.get("data_columns", table.columns) if c not in ("ID", label_column)]
     text = " ".join(f"{c} : {{{c}}}" for c in fields)
     labels = sorted(set(table.column(label_column)))
+    tables = [table] + ([read_table(folder / UNLABELED, "csv")] if (folder / UNLABELED).is_file() else [])
+    optional = tuple(c for c in fields if any(not (row.get(c) or "").strip() for t in tables for row in t.rows))
     return TaskSpec(f"raft:{task}", lambda d: (table, None), f"[P*4] {text} [P*2] {label_column} : [TARGET]",
                     f"{text} {label_column} : [TARGET]", {l: l for l in labels}, label_column=label_column,
-                    eval_name="cross-validation over the 50 labelled rows", max_length=192)
+                    eval_name="cross-validation over the 50 labelled rows", max_length=192, optional_fields=optional)
+
+
+UNLABELED = "test_unlabeled.csv"  # a RAFT task's rows without labels
 
 
 def task_config(spec: TaskSpec, model: str, *, template: str, encoder: str | dict, dtype: str, device: str, lr: float,
@@ -141,6 +150,7 @@ def task_config(spec: TaskSpec, model: str, *, template: str, encoder: str | dic
         "task": {"type": "classification", "template": template, "label_column": spec.label_column,
                  "verbalizer": verbalizer or spec.verbalizer, **(head or {})},
         "encoder": encoder if isinstance(encoder, dict) else {"type": encoder, "hidden_size": 128},
+        "data": {"optional_fields": list(spec.optional_fields)},
         "train": {"lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed, "max_length": spec.max_length,
                   "eval_batch_size": 16},
     })

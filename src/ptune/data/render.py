@@ -72,6 +72,8 @@ class Renderer:
     kind: str  # "causal" | "masked" | "seq2seq"
     max_length: int
     field_map: dict[str, str] = field(default_factory=dict)
+    optional: frozenset[str] = frozenset()
+    """Data columns whose cells may be empty or missing (``data.optional_fields``): a missing one reads as ``""``."""
 
     def __post_init__(self):
         tok = self.tokenizer
@@ -108,6 +110,12 @@ class Renderer:
         """A row whose every field the template reads is empty, keyed by data column (``data.columns`` applied)."""
         return {self.field_map.get(f, f): "" for f in self.template.fields}
 
+    def cell(self, row: dict[str, str | None], column: str) -> str:
+        """The text of ``row``'s cell in ``column``; an optional column's missing (or None) cell is ``""``."""
+        if column in self.optional:
+            return row.get(column) or ""
+        return row[column]
+
     def pieces(self, row: dict[str, str]):
         """(list of (kind, payload), whitespace before the target)."""
         pieces: list[tuple[str, object]] = []
@@ -122,7 +130,7 @@ class Renderer:
                 pieces.append(("text", pending + body))
                 pending = seg.text[len(body):]
             elif isinstance(seg, Field):
-                pieces.append(("field", pending + row[self.field_map.get(seg.name, seg.name)]))
+                pieces.append(("field", pending + self.cell(row, self.field_map.get(seg.name, seg.name))))
                 pending = ""
             elif isinstance(seg, Virtual):
                 pieces.append(("virtual", seg.count))

@@ -163,18 +163,21 @@ def cell_text(value) -> str | None:
     return json.dumps(value, ensure_ascii=False, default=str)  # default: bytes, dates and such from Parquet
 
 
-def check_table(table: Table, columns: list[str], *, required: bool = True) -> None:
-    """Every named column present, and (where required) non-empty in every row."""
+def check_table(table: Table, columns: list[str], *, required: bool = True, optional: set[str] = frozenset(),
+                empty_hint: str = "") -> None:
+    """Every named column present, and (where required) non-empty in every row but in the ``optional`` columns,
+    whose cells may be empty or missing. ``empty_hint`` ends the message about an empty cell (how to allow one)."""
     for name in columns:
         if name not in table.columns:
             raise DataError(f"{table.source}: missing column {name!r}; columns present: "
                             f"{', '.join(map(repr, table.columns))}")
     if required:
+        checked = [name for name in columns if name not in optional]
         for i, row in enumerate(table.rows, 1):
-            for name in columns:
+            for name in checked:
                 value = row.get(name)
                 if value is None or not str(value).strip():
-                    raise DataError(f"{table.source}: row {i}: field {name!r} is empty")
+                    raise DataError(f"{table.source}: row {i}: field {name!r} is empty{empty_hint}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

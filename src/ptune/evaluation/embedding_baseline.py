@@ -86,9 +86,10 @@ class SentenceEncoder:
 
 def row_texts(cfg: Config, table: Table) -> list[str]:
     """Each row's text as the encoder reads it: the template's data fields, in template order, joined by spaces
-    (the anchor words and virtual tokens are the prompt's, not the row's)."""
+    (the anchor words and virtual tokens are the prompt's, not the row's); an empty optional field
+    (``data.optional_fields``) adds nothing."""
     columns = [cfg.data.columns.get(name, name) for name in parse_template(cfg.task.template).fields]
-    return [" ".join(str(row[c]) for c in columns) for row in table.rows]
+    return [" ".join(str(row[c]) for c in columns if row.get(c)) for row in table.rows]
 
 
 def embedding_baseline(cfg: Config, table: Table, folds: int, seeds: list[int], encoder: SentenceEncoder) -> dict:

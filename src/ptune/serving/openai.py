@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 from fastapi.responses import JSONResponse
 
-from .protocol import (NOT_BLANK, Limits, RequestError, check_max_new_tokens, check_row, field_value_schema, is_integer,
+from .protocol import (NOT_BLANK, Limits, RequestError, check_max_new_tokens, check_row, is_integer, row_schema,
                        some_names)
 from .tasks import ServedTask
 
@@ -167,7 +167,7 @@ def row_from_text(text, task: ServedTask, limits: Limits, param: str) -> dict:
     if not isinstance(text, str):
         raise RequestError(400, f"{param} must be a string (token-id prompts are not supported)", param=param)
     if len(task.columns) == 1:
-        return check_row({task.columns[0]: text}, task.columns, task.name, limits, param)
+        return check_row({task.columns[0]: text}, task.columns, task.name, limits, param, task.optional_columns)
     try:
         row = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
@@ -175,7 +175,7 @@ def row_from_text(text, task: ServedTask, limits: Limits, param: str) -> dict:
     if not isinstance(row, dict):
         raise RequestError(400, f"{param}: task {task.name!r} has several fields; send a JSON object of "
                                 f"{', '.join(map(repr, task.columns))}", param=param)
-    return check_row(row, task.columns, task.name, limits, param)
+    return check_row(row, task.columns, task.name, limits, param, task.optional_columns)
 
 
 def prompt_rows(prompt, task: ServedTask, limits: Limits) -> list[dict]:
@@ -374,9 +374,7 @@ def input_text_schema(task: ServedTask, limits: Limits) -> dict:
     of its fields (said with ``contentSchema``, which validators and generators may not read)."""
     if len(task.columns) == 1:
         return {"type": "string", "minLength": 1, "maxLength": limits.max_field_chars, "pattern": NOT_BLANK}
-    fields = {c: field_value_schema(limits) for c in task.columns}
-    return {"type": "string", "contentMediaType": "application/json",
-            "contentSchema": {"type": "object", "required": task.columns, "properties": fields}}
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": row_schema(task, limits)}
 
 
 TEXT_PART = {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"},

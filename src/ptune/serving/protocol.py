@@ -158,8 +158,10 @@ def as_text(value, where: str) -> str:
     raise RequestError(422, f"{where} must be a string, got {type(value).__name__}")
 
 
-def check_row(row, columns: list[str], task_name: str, limits: Limits, where: str) -> dict:
-    """One row holding only the task's fields, each non-empty text within ``limits.max_field_chars``.
+def check_row(row, columns: list[str], task_name: str, limits: Limits, where: str,
+              optional: set[str] = frozenset()) -> dict:
+    """One row holding only the task's fields, each non-empty text within ``limits.max_field_chars``; an
+    ``optional`` field may be left out, null or empty (it reads as an empty string).
 
     Args:
         row: what the client sent for the row.
@@ -167,23 +169,28 @@ def check_row(row, columns: list[str], task_name: str, limits: Limits, where: st
         task_name (str): named in the message when a field is missing.
         limits (Limits): the field length limit.
         where (str): how messages name the row, e.g. ``rows[2]``.
+        optional (set[str], *optional*): the fields that may be empty (the task's ``data.optional_fields``).
 
     Returns:
         dict: {field: text} for exactly ``columns``.
 
     Example:
-        >>> check_row({"text": "hi", "x": 1}, ["text"], "t", Limits(), "rows[0]")
-        {'text': 'hi'}
+        >>> check_row({"text": "hi", "x": 1}, ["text", "url"], "t", Limits(), "rows[0]", optional={"url"})
+        {'text': 'hi', 'url': ''}
     """
     if not isinstance(row, dict):
         raise RequestError(422, f"{where} must be an object of field: value")
     out = {}
     for column in columns:
+        if column in optional and row.get(column) is None:
+            out[column] = ""
+            continue
         if column not in row:
+            required = [c for c in columns if c not in optional]
             raise RequestError(422, f"{where} lacks field {column!r} (task {task_name!r} needs "
-                                    f"{', '.join(map(repr, columns))})")
+                                    f"{', '.join(map(repr, required))})")
         value = as_text(row[column], f"{where}.{column}")
-        if not value.strip():
+        if not value.strip() and column not in optional:
             raise RequestError(422, f"{where}.{column} is empty")
         if len(value) > limits.max_field_chars:
             raise RequestError(413, f"{where}.{column} has {len(value)} characters; the limit is "
@@ -266,7 +273,8 @@ def check_request(body, tasks: dict, op: str, limits: Limits) -> tuple[object, l
         raise RequestError(422, "'rows' is empty; send at least one row")
     if len(rows) > limits.max_rows:
         raise RequestError(413, f"too many rows: {len(rows)}; the limit is {limits.max_rows} per request")
-    clean = [check_row(row, task.columns, name, limits, f"rows[{i}]") for i, row in enumerate(rows)]
+    clean = [check_row(row, task.columns, name, limits, f"rows[{i}]", task.optional_columns)
+             for i, row in enumerate(rows)]
     max_new = min(task.default_max_new_tokens, limits.max_new_tokens)
     if op == "generate" and "max_new_tokens" in body:
         max_new = check_max_new_tokens(body["max_new_tokens"], limits)
@@ -277,16 +285,31 @@ def check_request(body, tasks: dict, op: str, limits: Limits) -> tuple[object, l
 # OpenAPI schemas
 
 
-def field_value_schema(limits: Limits) -> dict:
+def field_value_schema(limits: Limits, optional: bool = False) -> dict:
     """The JSON schema of one field's value in a row: text holding more than whitespace, within
-    ``limits.max_field_chars``, or a number (written out).
+    ``limits.max_field_chars``, or a number (written out); an ``optional`` field's text may be empty, or null.
 
     Example:
         >>> field_value_schema(Limits(max_field_chars=9))["oneOf"][0]["maxLength"]
         9
     """
+    if optional:
+        return {"oneOf": [{"type": "string", "maxLength": limits.max_field_chars}, {"type": "number"},
+                          {"type": "null"}]}
     return {"oneOf": [{"type": "string", "minLength": 1, "maxLength": limits.max_field_chars, "pattern": NOT_BLANK},
                       {"type": "number"}]}
+
+
+def row_schema(task, limits: Limits) -> dict:
+    """The JSON schema of one row of ``task`` (a ``ServedTask``): its fields, those not optional required.
+
+    Example:
+        >>> row_schema(task, Limits())["required"]  # doctest: +SKIP
+        ['text']
+    """
+    optional = task.optional_columns
+    return {"type": "object", "required": [c for c in task.columns if c not in optional],
+            "properties": {c: field_value_schema(limits, c in optional) for c in task.columns}}
 
 
 def native_request_schema(tasks: dict, limits: Limits, op: str) -> dict:
@@ -307,7 +330,6 @@ def native_request_schema(tasks: dict, limits: Limits, op: str) -> dict:
         ['task', 'rows']
     """
     served = [t for t in tasks.values() if (t.type == "generation") == (op == "generate")]
-    value = field_value_schema(limits)
     rows = {"type": "array", "minItems": 1, "maxItems": limits.max_rows,
             "description": "rows of FIELD: VALUE (the task's template fields; other keys are ignored)",
             "items": {"type": "object", "additionalProperties": True}}
@@ -320,7 +342,7 @@ def native_request_schema(tasks: dict, limits: Limits, op: str) -> dict:
     schema = {"type": "object", "required": ["task", "rows"], "additionalProperties": False, "properties": props}
     if served:
         schema["oneOf"] = [{"title": t.name, "properties": {"task": {"const": t.name}, "rows": {"items": {
-            "required": t.columns, "properties": {c: value for c in t.columns}}}}} for t in served]
+            key: row_schema(t, limits)[key] for key in ("required", "properties")}}}} for t in served]
     return schema
 
 

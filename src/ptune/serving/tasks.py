@@ -108,6 +108,11 @@ class ServedTask:
         return [columns.get(f, f) for f in self.session.template.fields]
 
     @property
+    def optional_columns(self) -> set[str]:
+        """Row keys a request may leave out or send empty (``data.optional_fields``)."""
+        return self.session.cfg.data.optional_columns(self.session.template.fields)
+
+    @property
     def labels(self) -> list[str] | None:
         labels = self.session.task.labels
         return labels.labels if labels else None

@@ -6,7 +6,7 @@ from ..config import Config
 from ..data.labels import LabelSpace
 from ..data.splits import split_dev
 from ..data.tables import Table, check_table
-from ..session import Session, check_inputs, load_training_tables, open_session, read_split
+from ..session import EMPTY_HINT, Session, check_inputs, load_training_tables, open_session, read_split
 from ..template import parse_template
 from .distributed import process_device
 
@@ -36,7 +36,8 @@ def prepare(cfg: Config, hold_out_dev: bool = True) -> tuple[Session, Table, Tab
             teacher.validate(kind=None, needs_virtual=cfg.task.head != "linear", columns=table.columns,
                              field_map=cfg.data.columns,
                              where=f"train.distill_templates[{i}] (checked against {table.source})")
-            check_table(table, [cfg.data.columns.get(f, f) for f in teacher.fields])
+            check_table(table, [cfg.data.columns.get(f, f) for f in teacher.fields],
+                        optional=cfg.data.optional_columns(teacher.fields), empty_hint=EMPTY_HINT)
     session = open_session(cfg, labels=labels, device=process_device(cfg), unlabeled=unlabeled)
     session.task.check(train)
     if dev is not None:
