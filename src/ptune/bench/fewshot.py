@@ -467,12 +467,12 @@ def render_markdown(report: dict) -> str:
              f"Accuracy (macro-F1), mean ± std over seeds {report['seeds']} (majority and zero-shot: one "
              f"deterministic run). k = {report['k']} for sampled tasks (labels balanced); evaluation rows capped at "
              f"{report['max_eval']} (one fixed sample). Budget of the fixed methods: {report['budget']}.", "",
-             "| task | eval set (rows scored) | " + " | ".join(names[m] for m in methods) + " |",
+             "| task | eval set (size): rows scored | " + " | ".join(names[m] for m in methods) + " |",
              "| --- | --- | " + " | ".join("---" for _ in methods) + " |"]
     for name, e in report["tasks"].items():
         cells = [figure_cell(e[m]) if m in e else "not run" for m in methods]
         n = e.get("n_eval", e.get("n_labelled"))
-        lines.append(f"| {name} | {e['eval_set']} ({n}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {e['eval_set']}: {n} | " + " | ".join(cells) + " |")
     skipped = [f"- {name} {m}: {e[m]['skipped']}" for name, e in report["tasks"].items() for m in methods
                if "skipped" in e.get(m, {})]
     lines += ["", *skipped] if skipped else []
