@@ -116,6 +116,9 @@ SPECS: dict[str, TaskSpec] = {
 }
 
 
+UNLABELED = "test_unlabeled.csv"  # a RAFT task's rows without labels
+
+
 def raft_spec(task: str, data_dir: Path) -> TaskSpec:
     """A RAFT task: every data column except ID goes into the prompt; the labels themselves are the words. The
     columns that are empty in any of the task's rows, labelled (``train.csv``) or unlabeled (``test_unlabeled.csv``),
@@ -134,9 +137,6 @@ def raft_spec(task: str, data_dir: Path) -> TaskSpec:
     return TaskSpec(f"raft:{task}", lambda d: (table, None), f"[P*4] {text} [P*2] {label_column} : [TARGET]",
                     f"{text} {label_column} : [TARGET]", {l: l for l in labels}, label_column=label_column,
                     eval_name="cross-validation over the 50 labelled rows", max_length=192, optional_fields=optional)
-
-
-UNLABELED = "test_unlabeled.csv"  # a RAFT task's rows without labels
 
 
 def task_config(spec: TaskSpec, model: str, *, template: str, encoder: str | dict, dtype: str, device: str, lr: float,
