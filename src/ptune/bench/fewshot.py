@@ -3,7 +3,10 @@
 ``probe``: the linear probe, ``task.head: linear`` at the middle layer with mean pooling over the manual prompt, no
 virtual tokens), and the recipe that cross-validation on the k training rows chooses (``chosen``: a manual prompt as
 it stands, a linear probe, or P-tuning started at the manual prompt's words, see ``fewshot_choice``), over several
-seeds, reported as mean and spread with each seed's choice; the three see the same k rows per seed. The older
+seeds, reported as mean and spread with each seed's choice; the three see the same k rows per seed. Two more
+methods train on those rows with one fixed recipe each (``fewshot_methods``): ``deep``, a deep prompt over the manual
+template (causal LMs), and ``unlabeled``, PET-style distillation onto the residual manual prompt from teachers that
+label the train pool's other rows, their labels removed (sampled tasks only). The older
 fixed-budget methods (P-tuning with the LSTM and the MLP encoder, plain prompt tuning with ``embedding``, each with
 the same epochs, batch size and learning rate) stay available by name, to compare with and to rerun older reports.
 
@@ -40,11 +43,14 @@ from ..session import open_session
 from ..tasks.pooled_cache import PooledStateCache
 from ..training.trainer import fit
 from .fewshot_choice import KINDS, PROBE, PROBES, RECIPES, Candidate, Chooser, probe_depth
+from .fewshot_methods import (DEEP_EPOCHS, DEEP_LR, DISTILL_EPOCHS, DISTILL_LR, deep_encoder, distill_plan,
+                              distill_settings, residual_encoder, unlabeled_rows)
 from .loaders import (balanced_sample, read_agnews, read_fewglue, read_raft, read_sst2, read_trec, require_dir,
                       sample_rows)
 from .reporting import log_to_stderr, took, write_results
 
-METHODS = ("majority", "zero_shot", "embeddings", "probe", "chosen", "lstm", "mlp", "embedding")
+METHODS = ("majority", "zero_shot", "embeddings", "probe", "deep", "unlabeled", "chosen", "lstm", "mlp",
+           "embedding")
 DEFAULT_METHODS = ("majority", "zero_shot", "chosen")
 FIXED_METHODS = ("lstm", "mlp", "embedding")  # one fixed budget each, no choice
 
@@ -177,8 +183,8 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
         folds (`int`): cross-validation folds over the k rows for the choice, and over the labelled rows for RAFT
             tasks.
         model, dtype, device (`str`): the base model and where it runs.
-        lr, batch_size, epochs: the budget of the fixed methods (``chosen`` takes batch_size only; its learning
-            rates and epochs are the candidates').
+        lr, batch_size, epochs: the budget of the fixed methods (``chosen``, ``deep`` and ``unlabeled`` take
+            batch_size only; their learning rates and epochs are the candidates' and ``fewshot_methods``' own).
         data_seed (`int`): seed of the evaluation sample and the zero-shot run.
         base (`FrozenBase`, *optional*): an already loaded base model; loaded from ``model`` if None.
         show_progress (`bool`): training progress bars.
@@ -299,7 +305,7 @@ class FewshotRun:
                 entry[method] = self.majority(spec, eval_table)
             elif method == "chosen":
                 entry[method] = self.chosen(spec, pool, eval_table)
-            elif method in ("probe", "embeddings"):
+            elif method in ("probe", "embeddings", "deep", "unlabeled"):
                 entry[method] = getattr(self, method)(spec, pool, eval_table)
             elif eval_table is None:  # RAFT: k-fold cross-validation over the labelled rows
                 entry[method] = self.cross_validated(spec, method, pool)
@@ -384,6 +390,52 @@ class FewshotRun:
             self.log(f"{spec.name} probe seed {seed}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
         return seed_summary(runs)
 
+    def deep(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
+        """Per seed: a deep prompt (``fewshot_methods.DEEP_ENCODER``: keys and values trained at every layer, no
+        input-layer virtual tokens) over the manual template, read by its label words, trained on the seed's k rows
+        (those ``chosen`` sees) with the fixed recipe and scored on ``eval_table``; ``{"skipped": why}`` off causal
+        LMs."""
+        if self.base.kind != "causal":
+            return {"skipped": f"not run: a deep prompt is keys and values in a causal LM's KV cache, which a "
+                               f"{self.base.kind} LM does not take"}
+        settings = self.settings | {"lr": DEEP_LR, "epochs": DEEP_EPOCHS}
+        runs = []
+        for seed in self.seeds:
+            cfg = task_config(spec, self.model, template=spec.manual, encoder=deep_encoder(), seed=seed, **settings)
+            session = open_session(cfg, base=self.base)
+            model, _ = fit(session, self.train_rows(spec, pool, seed), None, None, show_progress=self.show_progress,
+                           seed=seed)
+            runs.append(score_rows(session, model, eval_table))
+            self.log(f"{spec.name} deep seed {seed}: accuracy {runs[-1]['accuracy']:.3f}, "
+                     f"macro-F1 {runs[-1]['macro_f1']:.3f}")
+        return seed_summary(runs) | {"encoder": deep_encoder(), "lr": DEEP_LR, "epochs": DEEP_EPOCHS}
+
+    def unlabeled(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
+        """Per seed: PET-style distillation (``fewshot_methods``): residual P-tuning teachers trained on the seed's
+        k rows label a sample of the train pool's other rows (labels removed, no evaluation row among them), and
+        the residual form of the manual prompt trains on the k rows plus those soft labels, then is scored on
+        ``eval_table``; ``{"skipped": why}`` where the task has no rows beyond its fixed training rows."""
+        if not spec.sampled:
+            return {"skipped": "not run: no unlabeled rows for this task"}
+        student, init_text, teachers = distill_plan(spec.prompts(), self.base.tokenizer)
+        settings = self.settings | {"lr": DISTILL_LR, "epochs": DISTILL_EPOCHS}
+        runs = []
+        for seed in self.seeds:
+            rows = self.train_rows(spec, pool, seed)
+            unlabeled = unlabeled_rows(pool, rows, eval_table, spec.manual, spec.label_column)
+            if not unlabeled.rows:
+                return {"skipped": "not run: the train pool holds no rows beyond the k training rows"}
+            cfg = task_config(spec, self.model, template=student, encoder=residual_encoder(init_text), seed=seed,
+                              **settings).replace(distill_settings(teachers, unlabeled.source))
+            session = open_session(cfg, base=self.base, unlabeled=unlabeled)
+            model, _ = fit(session, rows, None, None, show_progress=self.show_progress, seed=seed,
+                           held_out=eval_table)
+            runs.append(score_rows(session, model, eval_table))
+            self.log(f"{spec.name} unlabeled seed {seed}: accuracy {runs[-1]['accuracy']:.3f}, "
+                     f"macro-F1 {runs[-1]['macro_f1']:.3f} ({len(unlabeled)} unlabeled rows)")
+        return seed_summary(runs) | {"student": student, "teachers": teachers, "lr": DISTILL_LR,
+                                     "epochs": DISTILL_EPOCHS, **distill_settings(teachers, unlabeled.source)}
+
     def embeddings(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """Per seed: logistic regression on the sentence encoder's embeddings of the manual prompt's data fields
         (the sentence-embedding baseline of ``ptune baselines``), fitted on the seed's k rows and scored on
@@ -461,6 +513,7 @@ def render_markdown(report: dict) -> str:
     methods = report["methods"]
     names = {"majority": "majority class", "zero_shot": "zero-shot manual (best prompt)",
              "embeddings": f"sentence embeddings ({ENCODER_NAME})", "probe": "linear probe (middle layer)",
+             "deep": "deep prompt (P-tuning v2)", "unlabeled": "distilled on unlabeled rows (PET-style)",
              "chosen": "chosen by CV on the k rows", "lstm": "P-tuning (LSTM)", "mlp": "P-tuning (MLP)",
              "embedding": "prompt tuning (embedding)"}
     lines = [f"# Few-shot classification, {report['model']} ({report['kind']} LM)", "",

@@ -1,0 +1,110 @@
+"""The recipes of two few-shot methods that train more than an input-layer prompt on the k rows:
+
+- ``deep``: a deep prompt (P-tuning v2, ``encoder.deep_tokens``: trained keys and values at every layer of a causal
+  LM) over the task's manual template, read by its label words;
+- ``unlabeled``: PET-style distillation (``train.distill_*``): teachers, residual P-tuning started at the manual
+  prompts' words, trained on the k rows, label a sample of the task's other training rows with their labels
+  removed, and the student (the residual form of the manual prompt) trains on the k rows plus those soft labels.
+
+Both recipes are fixed here, once, before any of their figures was seen; ``fewshot.FewshotRun`` runs them.
+"""
+
+from __future__ import annotations
+
+from ..data.tables import Table
+from ..evaluation.space import DEEP_PROMPTS
+from ..template import parse_template
+from .fewshot_choice import residual_form
+
+# the deep prompt: the built-in search space's first deep candidate (8 positions, the mlp reparameterisation), at
+# 1e-2 for 6 epochs. Fixed before any figure of the method was seen.
+DEEP_ENCODER: dict = {key.removeprefix("encoder."): value for key, value in DEEP_PROMPTS[0].items()}
+DEEP_LR, DEEP_EPOCHS = 1e-2, 6
+# distillation on unlabeled rows: one teacher per template, 400 rows labelled, one round, a soft row weighing as a
+# labelled one; teachers and student residual P-tuning at 1e-2 for 6 epochs. Fixed before any figure was seen.
+DISTILL_TEACHERS, DISTILL_ROWS, DISTILL_ROUNDS, DISTILL_WEIGHT = 1, 400, 1, 1.0
+DISTILL_LR, DISTILL_EPOCHS = 1e-2, 6
+
+
+def deep_encoder() -> dict:
+    """The ``encoder`` section of the ``deep`` method: no input-layer virtual tokens, a deep prompt of
+    ``DEEP_ENCODER``.
+
+    Returns:
+        `dict`: encoder keys (``deep_tokens``, ``deep_encoder`` and the input encoder's unused defaults).
+
+    Example:
+        >>> deep_encoder()["deep_tokens"], deep_encoder()["deep_encoder"]
+        (8, 'mlp')
+    """
+    return {"type": "lstm", "hidden_size": 128, **DEEP_ENCODER}
+
+
+def residual_encoder(init_text: str) -> dict:
+    """The ``encoder`` section of residual P-tuning started at ``init_text`` (as ``fewshot_choice`` trains it)."""
+    return {"type": "lstm", "hidden_size": 128, "init": "text", "init_text": init_text, "residual": True}
+
+
+def distill_plan(prompts: list[tuple[str, dict]], tokenizer) -> tuple[str, str, list[str]]:
+    """The student's template and start text, and the teachers' templates, from the task's manual prompts.
+
+    Every teacher shares the student's label words and encoder section (``distillation.teacher_sessions`` changes
+    only the template), so a prompt teaches only where its verbalizer and its anchor words equal the first
+    (manual) prompt's; the others are left out rather than started at words not their own.
+
+    Args:
+        prompts (`list[tuple[str, dict]]`): the task's manual prompts, (template, verbalizer), the student's first.
+        tokenizer: the base model's tokenizer (the residual forms' token counts).
+
+    Returns:
+        `tuple[str, str, list[str]]`: (student template, ``encoder.init_text``, teacher templates).
+
+    Example:
+        >>> distill_plan([("{text} Topic : [TARGET]", {"a": "world"})], tok)  # doctest: +SKIP
+        ('{text} [P*2] [TARGET]', ' Topic :', ['{text} [P*2] [TARGET]'])
+    """
+    (manual, verbalizer), teachers = prompts[0], []
+    student, init_text = residual_form(manual, tokenizer)
+    for template, words in prompts:
+        form, start = residual_form(template, tokenizer)
+        if words == verbalizer and start == init_text and form not in teachers:
+            teachers.append(form)
+    return student, init_text, teachers
+
+
+def distill_settings(teachers: list[str], source: str) -> dict:
+    """The ``train.distill_*`` keys of the ``unlabeled`` method and ``data.unlabeled`` (``source``: where the rows,
+    already read, come from), dotted for ``Config.replace``."""
+    return {"data.unlabeled": source, "train.distill_teachers": DISTILL_TEACHERS, "train.distill_templates": teachers,
+            "train.distill_rows": DISTILL_ROWS, "train.distill_rounds": DISTILL_ROUNDS,
+            "train.distill_weight": DISTILL_WEIGHT}
+
+
+def unlabeled_rows(pool: Table, train: Table, eval_table: Table, template: str, label_column: str) -> Table:
+    """The rows a seed's teachers may label: the train pool without the seed's k rows and without any row whose
+    input equals an evaluation row's (by the template's fields), every one with its label column removed.
+
+    Args:
+        pool (`Table`): the task's labelled train pool.
+        train (`Table`): the seed's k training rows (drawn from ``pool``).
+        eval_table (`Table`): the rows scored; none of them may be labelled by a teacher.
+        template (`str`): the task's manual template (its fields say what makes two rows the same input).
+        label_column (`str`): the column removed.
+
+    Returns:
+        `Table`: the unlabeled rows, in the pool's order.
+
+    Example:
+        >>> rows = unlabeled_rows(pool, k_rows, dev, "{sentence} It was [TARGET]", "label")  # doctest: +SKIP
+        >>> "label" in rows.columns  # doctest: +SKIP
+        False
+    """
+    fields = parse_template(template).fields
+
+    def key(row: dict) -> tuple:
+        return tuple(str(row.get(f, "")) for f in fields)
+
+    banned = {key(row) for table in (train, eval_table) for row in table.rows}
+    rows = [{c: v for c, v in row.items() if c != label_column} for row in pool.rows if key(row) not in banned]
+    return Table(f"{pool.source} (without the k rows, the evaluation rows and the labels)",
+                 [c for c in pool.columns if c != label_column], rows)
