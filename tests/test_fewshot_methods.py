@@ -74,7 +74,10 @@ def test_deep_and_unlabeled_end_to_end(tiny_causal_dir, tmp_path, monkeypatch):
     for method in ("deep", "unlabeled"):
         assert 0 <= e[method]["accuracy"]["mean"] <= 1 and len(e[method]["accuracy"]["runs"]) == 1
     assert e["deep"]["encoder"]["deep_tokens"] == DEEP_ENCODER["deep_tokens"] == 8
-    assert e["unlabeled"]["train.distill_rows"] == 400 and e["unlabeled"]["teachers"] == [e["unlabeled"]["student"]]
+    [plan] = e["unlabeled"]["seeds"]
+    assert e["unlabeled"]["train.distill_rows"] == 400 and plan["teachers"] == [plan["student"]]
+    # both methods start at the manual prompt the k rows prefer, one of the task's own
+    assert plan["student"].endswith("[TARGET]") and e["deep"]["templates"][0] in [t for t, _ in SPECS["sst2"].prompts()]
     k_rows = {r["sentence"] for r in balanced_sample(sst2_folder_pool(), 4, 1, "label").rows}
     [soft_rows] = labelled  # one seed, one round
     assert len(soft_rows) == 10 - 4 - 1 and all(set(r) == {"sentence"} for r in soft_rows)
@@ -99,3 +102,19 @@ def test_deep_skipped_on_a_masked_lm_and_unlabeled_without_a_pool(tiny_masked_di
     assert "masked LM" in e["deep"]["skipped"] and e["deep"]["skipped"].startswith("not run:")
     assert e["unlabeled"]["skipped"] == "not run: no unlabeled rows for this task"
     assert "- rte deep: not run" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_deep_starts_at_the_manual_prompt_the_k_rows_prefer(tiny_causal_dir, tmp_path, monkeypatch):
+    from ptune.bench import fewshot
+
+    second = SPECS["sst2"].prompts()[1][0]
+
+    def score_rows(session, model, table):  # the second manual prompt scores higher, on any rows
+        f1 = 0.9 if session.cfg.task.template == second else 0.1
+        return {"accuracy": f1, "macro_f1": f1, "n": len(table)}
+
+    monkeypatch.setattr(fewshot, "score_rows", score_rows)
+    report = run_fewshot(sst2_folder(tmp_path), tmp_path / "out", tasks=["sst2"], seeds=[1, 2], k=4, max_eval=None,
+                         methods=["deep"], model=str(tiny_causal_dir), dtype="float32", device="cpu",
+                         batch_size=4, epochs=1, show_progress=False, log=lambda m: None)
+    assert report["tasks"]["sst2"]["deep"]["templates"] == [second, second]

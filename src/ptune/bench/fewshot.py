@@ -392,49 +392,72 @@ class FewshotRun:
 
     def deep(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """Per seed: a deep prompt (``fewshot_methods.DEEP_ENCODER``: keys and values trained at every layer, no
-        input-layer virtual tokens) over the manual template, read by its label words, trained on the seed's k rows
-        (those ``chosen`` sees) with the fixed recipe and scored on ``eval_table``; ``{"skipped": why}`` off causal
-        LMs."""
+        input-layer virtual tokens) over the manual prompt the k rows prefer (``preferred_prompt``), read by its
+        label words, trained on the seed's k rows (those ``chosen`` sees) with the fixed recipe and scored on
+        ``eval_table``; ``{"skipped": why}`` off causal LMs."""
         if self.base.kind != "causal":
             return {"skipped": f"not run: a deep prompt is keys and values in a causal LM's KV cache, which a "
                                f"{self.base.kind} LM does not take"}
         settings = self.settings | {"lr": DEEP_LR, "epochs": DEEP_EPOCHS}
-        runs = []
+        runs, starts = [], []
         for seed in self.seeds:
-            cfg = task_config(spec, self.model, template=spec.manual, encoder=deep_encoder(), seed=seed, **settings)
+            rows = self.train_rows(spec, pool, seed)
+            template, verbalizer = self.preferred_prompt(spec, rows)
+            cfg = task_config(spec, self.model, template=template, encoder=deep_encoder(), verbalizer=verbalizer,
+                              seed=seed, **settings)
             session = open_session(cfg, base=self.base)
-            model, _ = fit(session, self.train_rows(spec, pool, seed), None, None, show_progress=self.show_progress,
-                           seed=seed)
+            model, _ = fit(session, rows, None, None, show_progress=self.show_progress, seed=seed)
             runs.append(score_rows(session, model, eval_table))
-            self.log(f"{spec.name} deep seed {seed}: accuracy {runs[-1]['accuracy']:.3f}, "
+            starts.append(template)
+            self.log(f"{spec.name} deep seed {seed} over `{template}`: accuracy {runs[-1]['accuracy']:.3f}, "
                      f"macro-F1 {runs[-1]['macro_f1']:.3f}")
-        return seed_summary(runs) | {"encoder": deep_encoder(), "lr": DEEP_LR, "epochs": DEEP_EPOCHS}
+        return seed_summary(runs) | {"encoder": deep_encoder(), "lr": DEEP_LR, "epochs": DEEP_EPOCHS,
+                                     "templates": starts}
+
+    def preferred_prompt(self, spec: TaskSpec, rows: Table) -> tuple[str, dict]:
+        """The manual prompt (template, verbalizer) the seed's k ``rows`` prefer: the highest macro-F1 scored as it
+        stands on those rows (nothing is fitted, so no fold is needed; the first prompt on a tie). The evaluation
+        rows play no part, as in ``chosen``, whose zero-shot step makes the same choice by cross-validation."""
+        prompts = spec.prompts()
+        if len(prompts) == 1:
+            return prompts[0]
+        scores = []
+        for template, verbalizer in prompts:
+            cfg = task_config(spec, self.model, template=template, encoder="lstm", verbalizer=verbalizer,
+                              seed=self.data_seed, **self.settings)
+            session = open_session(cfg, base=self.base, allow_no_virtual=True)
+            scores.append(score_rows(session, session.new_model(), rows)["macro_f1"])
+        return prompts[max(range(len(prompts)), key=lambda i: (scores[i], -i))]
 
     def unlabeled(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """Per seed: PET-style distillation (``fewshot_methods``): residual P-tuning teachers trained on the seed's
         k rows label a sample of the train pool's other rows (labels removed, no evaluation row among them), and
-        the residual form of the manual prompt trains on the k rows plus those soft labels, then is scored on
+        the residual form of the manual prompt the k rows prefer (``preferred_prompt``) trains on the k rows plus
+        those soft labels, then is scored on
         ``eval_table``; ``{"skipped": why}`` where the task has no rows beyond its fixed training rows."""
         if not spec.sampled:
             return {"skipped": "not run: no unlabeled rows for this task"}
-        student, init_text, teachers = distill_plan(spec.prompts(), self.base.tokenizer)
         settings = self.settings | {"lr": DISTILL_LR, "epochs": DISTILL_EPOCHS}
-        runs = []
+        runs, plans = [], []
         for seed in self.seeds:
             rows = self.train_rows(spec, pool, seed)
-            unlabeled = unlabeled_rows(pool, rows, eval_table, spec.manual, spec.label_column)
+            first = self.preferred_prompt(spec, rows)  # the student's and the first teacher's start
+            prompts = [first] + [p for p in spec.prompts() if p != first]
+            student, init_text, teachers = distill_plan(prompts, self.base.tokenizer)
+            unlabeled = unlabeled_rows(pool, rows, eval_table, first[0], spec.label_column)
             if not unlabeled.rows:
                 return {"skipped": "not run: the train pool holds no rows beyond the k training rows"}
             cfg = task_config(spec, self.model, template=student, encoder=residual_encoder(init_text), seed=seed,
-                              **settings).replace(distill_settings(teachers, unlabeled.source))
+                              verbalizer=first[1], **settings).replace(distill_settings(teachers, unlabeled.source))
             session = open_session(cfg, base=self.base, unlabeled=unlabeled)
             model, _ = fit(session, rows, None, None, show_progress=self.show_progress, seed=seed,
                            held_out=eval_table)
             runs.append(score_rows(session, model, eval_table))
+            plans.append({"seed": seed, "student": student, "teachers": teachers, "unlabeled": len(unlabeled)})
             self.log(f"{spec.name} unlabeled seed {seed}: accuracy {runs[-1]['accuracy']:.3f}, "
                      f"macro-F1 {runs[-1]['macro_f1']:.3f} ({len(unlabeled)} unlabeled rows)")
-        return seed_summary(runs) | {"student": student, "teachers": teachers, "lr": DISTILL_LR,
-                                     "epochs": DISTILL_EPOCHS, **distill_settings(teachers, unlabeled.source)}
+        shared = {k: v for k, v in distill_settings([], unlabeled.source).items() if k != "train.distill_templates"}
+        return seed_summary(runs) | {"seeds": plans, "lr": DISTILL_LR, "epochs": DISTILL_EPOCHS, **shared}
 
     def embeddings(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """Per seed: logistic regression on the sentence encoder's embeddings of the manual prompt's data fields
