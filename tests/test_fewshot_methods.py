@@ -115,6 +115,9 @@ def test_deep_starts_at_the_manual_prompt_the_k_rows_prefer(tiny_causal_dir, tmp
 
     monkeypatch.setattr(fewshot, "score_rows", score_rows)
     report = run_fewshot(sst2_folder(tmp_path), tmp_path / "out", tasks=["sst2"], seeds=[1, 2], k=4, max_eval=None,
-                         methods=["deep"], model=str(tiny_causal_dir), dtype="float32", device="cpu",
+                         methods=["deep", "residual"], model=str(tiny_causal_dir), dtype="float32", device="cpu",
                          batch_size=4, epochs=1, show_progress=False, log=lambda m: None)
-    assert report["tasks"]["sst2"]["deep"]["templates"] == [second, second]
+    e = report["tasks"]["sst2"]
+    assert e["deep"]["templates"] == [second, second]
+    # residual: the second prompt with its anchor words as virtual tokens, at the unlabeled method's recipe
+    assert e["residual"]["templates"][0].startswith("Review : {sentence} [P*") and e["residual"]["epochs"] == 6

@@ -410,7 +410,8 @@ def lama(data, out_dir, relations, vocab, shape, encoder, max_train, max_dev, ma
               "0: all).")
 @click.option("--methods", default="majority,zero_shot,chosen", show_default=True,
               help="Comma-separated: majority, zero_shot, embeddings (sentence embeddings + logistic "
-              "regression), probe (linear probe, middle layer), deep (a deep prompt, P-tuning v2, causal LMs), "
+              "regression), probe (linear probe, middle layer), residual (P-tuning started at the manual prompt's "
+              "words, one fixed recipe), deep (a deep prompt, P-tuning v2, causal LMs), "
               "unlabeled (PET-style distillation on the train pool's other rows, labels removed), chosen (the "
               "recipe cross-validation on the k rows chooses), and the fixed-budget lstm, mlp, embedding.")
 @click.option("--folds", type=int, default=4, show_default=True,
