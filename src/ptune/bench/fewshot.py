@@ -398,21 +398,9 @@ class FewshotRun:
         if self.base.kind != "causal":
             return {"skipped": f"not run: a deep prompt is keys and values in a causal LM's KV cache, which a "
                                f"{self.base.kind} LM does not take"}
-        settings = self.settings | {"lr": DEEP_LR, "epochs": DEEP_EPOCHS}
-        runs, starts = [], []
-        for seed in self.seeds:
-            rows = self.train_rows(spec, pool, seed)
-            template, verbalizer = self.preferred_prompt(spec, rows)
-            cfg = task_config(spec, self.model, template=template, encoder=deep_encoder(), verbalizer=verbalizer,
-                              seed=seed, **settings)
-            session = open_session(cfg, base=self.base)
-            model, _ = fit(session, rows, None, None, show_progress=self.show_progress, seed=seed)
-            runs.append(score_rows(session, model, eval_table))
-            starts.append(template)
-            self.log(f"{spec.name} deep seed {seed} over `{template}`: accuracy {runs[-1]['accuracy']:.3f}, "
-                     f"macro-F1 {runs[-1]['macro_f1']:.3f}")
-        return seed_summary(runs) | {"encoder": deep_encoder(), "lr": DEEP_LR, "epochs": DEEP_EPOCHS,
-                                     "templates": starts}
+        out = self.trained_from_preferred(spec, pool, eval_table, "deep", DEEP_LR, DEEP_EPOCHS,
+                                          lambda template: (template, deep_encoder()))
+        return out | {"encoder": deep_encoder()}
 
     def preferred_prompt(self, spec: TaskSpec, rows: Table) -> tuple[str, dict]:
         """The manual prompt (template, verbalizer) the seed's k ``rows`` prefer: the highest macro-F1 scored as it
@@ -433,28 +421,39 @@ class FewshotRun:
         """Per seed: ``unlabeled``'s student recipe without the soft rows (residual P-tuning started at the words of
         the manual prompt the k rows prefer, ``fewshot_methods``' fixed learning rate and epochs), trained on the
         seed's k rows alone and scored on ``eval_table``: what the unlabeled rows add is the difference."""
-        settings = self.settings | {"lr": DISTILL_LR, "epochs": DISTILL_EPOCHS}
-        runs, starts = [], []
+        def start(template: str) -> tuple[str, dict]:
+            student, init_text = residual_form(template, self.base.tokenizer)
+            return student, residual_encoder(init_text)
+
+        return self.trained_from_preferred(spec, pool, eval_table, "residual", DISTILL_LR, DISTILL_EPOCHS, start)
+
+    def trained_from_preferred(self, spec: TaskSpec, pool: Table, eval_table: Table, method: str, lr: float,
+                               epochs: int, start: Callable[[str], tuple[str, dict]]) -> dict:
+        """Per seed: ``start`` turns the manual prompt the seed's k rows prefer into (template, encoder section);
+        that recipe, read by the prompt's label words, trains on the k rows at ``lr`` for ``epochs`` and is scored on
+        ``eval_table``. Returns the seeds' summary with each seed's template."""
+        settings = self.settings | {"lr": lr, "epochs": epochs}
+        runs, templates = [], []
         for seed in self.seeds:
             rows = self.train_rows(spec, pool, seed)
-            template, verbalizer = self.preferred_prompt(spec, rows)
-            student, init_text = residual_form(template, self.base.tokenizer)
-            cfg = task_config(spec, self.model, template=student, encoder=residual_encoder(init_text), seed=seed,
-                              verbalizer=verbalizer, **settings)
+            manual, verbalizer = self.preferred_prompt(spec, rows)
+            template, encoder = start(manual)
+            cfg = task_config(spec, self.model, template=template, encoder=encoder, verbalizer=verbalizer, seed=seed,
+                              **settings)
             session = open_session(cfg, base=self.base)
             model, _ = fit(session, rows, None, None, show_progress=self.show_progress, seed=seed)
             runs.append(score_rows(session, model, eval_table))
-            starts.append(student)
-            self.log(f"{spec.name} residual seed {seed} `{student}`: accuracy {runs[-1]['accuracy']:.3f}, "
+            templates.append(template)
+            self.log(f"{spec.name} {method} seed {seed} `{template}`: accuracy {runs[-1]['accuracy']:.3f}, "
                      f"macro-F1 {runs[-1]['macro_f1']:.3f}")
-        return seed_summary(runs) | {"templates": starts, "lr": DISTILL_LR, "epochs": DISTILL_EPOCHS}
+        return seed_summary(runs) | {"templates": templates, "lr": lr, "epochs": epochs}
 
     def unlabeled(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """Per seed: PET-style distillation (``fewshot_methods``): residual P-tuning teachers trained on the seed's
         k rows label a sample of the train pool's other rows (labels removed, no evaluation row among them), and
         the residual form of the manual prompt the k rows prefer (``preferred_prompt``) trains on the k rows plus
-        those soft labels, then is scored on
-        ``eval_table``; ``{"skipped": why}`` where the task has no rows beyond its fixed training rows."""
+        those soft labels, then is scored on ``eval_table``; ``{"skipped": why}`` where the task has no rows beyond
+        its fixed training rows."""
         if not spec.sampled:
             return {"skipped": "not run: no unlabeled rows for this task"}
         settings = self.settings | {"lr": DISTILL_LR, "epochs": DISTILL_EPOCHS}
