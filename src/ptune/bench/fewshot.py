@@ -3,12 +3,13 @@
 ``probe``: the linear probe, ``task.head: linear`` at the middle layer with mean pooling over the manual prompt, no
 virtual tokens), and the recipe that cross-validation on the k training rows chooses (``chosen``: a manual prompt as
 it stands, a linear probe, or P-tuning started at the manual prompt's words, see ``fewshot_choice``), over several
-seeds, reported as mean and spread with each seed's choice; the three see the same k rows per seed. Two more
-methods train on those rows with one fixed recipe each (``fewshot_methods``): ``deep``, a deep prompt over the manual
-template (causal LMs), and ``unlabeled``, PET-style distillation onto the residual manual prompt from teachers that
-label the train pool's other rows, their labels removed (sampled tasks only). The older
-fixed-budget methods (P-tuning with the LSTM and the MLP encoder, plain prompt tuning with ``embedding``, each with
-the same epochs, batch size and learning rate) stay available by name, to compare with and to rerun older reports.
+seeds, reported as mean and spread with each seed's choice; the three see the same k rows per seed. Three more
+methods train on those rows with one fixed recipe each (``fewshot_methods``), from the manual prompt the k rows
+prefer: ``residual``, P-tuning started at its words; ``deep``, a deep prompt over it (causal LMs); and
+``unlabeled``, ``residual`` distilled from teachers that label the train pool's other rows, their labels removed
+(sampled tasks only). The older fixed-budget methods (P-tuning with the LSTM and the MLP encoder, plain prompt
+tuning with ``embedding``, each with the same epochs, batch size and learning rate) stay available by name, to
+compare with and to rerun older reports.
 
 Per task: SST-2 trains on k rows sampled from ``train.tsv`` (per seed; labels balanced for ``chosen``, ``probe``
 and ``embeddings``) and is scored on ``dev.tsv``; FewGLUE RTE, CB, BoolQ, WiC train on their fixed 32-row
@@ -42,9 +43,10 @@ from ..modeling.base import FrozenBase, load_base
 from ..session import open_session
 from ..tasks.pooled_cache import PooledStateCache
 from ..training.trainer import fit
-from .fewshot_choice import KINDS, PROBE, PROBES, RECIPES, Candidate, Chooser, probe_depth, residual_form
-from .fewshot_methods import (DEEP_EPOCHS, DEEP_LR, DISTILL_EPOCHS, DISTILL_LR, deep_encoder, distill_plan,
-                              distill_settings, residual_encoder, unlabeled_rows)
+from .fewshot_choice import (KINDS, PROBE, PROBES, RECIPES, Candidate, Chooser, probe_depth, residual_encoder,
+                             residual_form)
+from .fewshot_methods import (DEEP_EPOCHS, DEEP_LR, DISTILL, DISTILL_EPOCHS, DISTILL_LR, deep_encoder, distill_plan,
+                              distill_settings, unlabeled_rows)
 from .loaders import (balanced_sample, read_agnews, read_fewglue, read_raft, read_sst2, read_trec, require_dir,
                       sample_rows)
 from .reporting import log_to_stderr, took, write_results
@@ -183,8 +185,9 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
         folds (`int`): cross-validation folds over the k rows for the choice, and over the labelled rows for RAFT
             tasks.
         model, dtype, device (`str`): the base model and where it runs.
-        lr, batch_size, epochs: the budget of the fixed methods (``chosen``, ``deep`` and ``unlabeled`` take
-            batch_size only; their learning rates and epochs are the candidates' and ``fewshot_methods``' own).
+        lr, batch_size, epochs: the budget of the fixed methods (``chosen``, ``residual``, ``deep`` and
+            ``unlabeled`` take batch_size only; their learning rates and epochs are the candidates' and
+            ``fewshot_methods``' own).
         data_seed (`int`): seed of the evaluation sample and the zero-shot run.
         base (`FrozenBase`, *optional*): an already loaded base model; loaded from ``model`` if None.
         show_progress (`bool`): training progress bars.
@@ -475,8 +478,8 @@ class FewshotRun:
             plans.append({"seed": seed, "student": student, "teachers": teachers, "unlabeled": len(unlabeled)})
             self.log(f"{spec.name} unlabeled seed {seed}: accuracy {runs[-1]['accuracy']:.3f}, "
                      f"macro-F1 {runs[-1]['macro_f1']:.3f} ({len(unlabeled)} unlabeled rows)")
-        shared = {k: v for k, v in distill_settings([], unlabeled.source).items() if k != "train.distill_templates"}
-        return seed_summary(runs) | {"seeds": plans, "lr": DISTILL_LR, "epochs": DISTILL_EPOCHS, **shared}
+        return seed_summary(runs) | {"seeds": plans, "lr": DISTILL_LR, "epochs": DISTILL_EPOCHS,
+                                     "data.unlabeled": unlabeled.source, **DISTILL}
 
     def embeddings(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """Per seed: logistic regression on the sentence encoder's embeddings of the manual prompt's data fields
@@ -555,7 +558,8 @@ def render_markdown(report: dict) -> str:
     methods = report["methods"]
     names = {"majority": "majority class", "zero_shot": "zero-shot manual (best prompt)",
              "embeddings": f"sentence embeddings ({ENCODER_NAME})", "probe": "linear probe (middle layer)",
-             "residual": "residual P-tuning, fixed recipe", "deep": "deep prompt (P-tuning v2)", "unlabeled": "distilled on unlabeled rows (PET-style)",
+             "residual": "residual P-tuning, fixed recipe", "deep": "deep prompt (P-tuning v2)",
+             "unlabeled": "distilled on unlabeled rows (PET-style)",
              "chosen": "chosen by CV on the k rows", "lstm": "P-tuning (LSTM)", "mlp": "P-tuning (MLP)",
              "embedding": "prompt tuning (embedding)"}
     lines = [f"# Few-shot classification, {report['model']} ({report['kind']} LM)", "",

@@ -127,9 +127,14 @@ def probe_candidates(manual: Candidate, depth: int | None) -> list[Candidate]:
 def trained_candidates(manual: Candidate, tokenizer, recipes=RECIPES) -> list[Candidate]:
     """P-tuning started at ``manual``'s anchor words (LSTM encoder, ``encoder.residual``), one per recipe."""
     template, init_text = residual_form(manual.template, tokenizer)
-    encoder = {"type": "lstm", "hidden_size": 128, "init": "text", "init_text": init_text, "residual": True}
-    return [Candidate(f"residual lr {lr:g}, {epochs} epochs", template, manual.verbalizer, encoder, lr, epochs)
-            for lr, epochs in recipes]
+    return [Candidate(f"residual lr {lr:g}, {epochs} epochs", template, manual.verbalizer, residual_encoder(init_text),
+                      lr, epochs) for lr, epochs in recipes]
+
+
+def residual_encoder(init_text: str) -> dict:
+    """The ``encoder`` section of residual P-tuning started at ``init_text``: an LSTM encoder whose output is added
+    to the embeddings of ``init_text``'s tokens, so that training starts exactly at the manual prompt."""
+    return {"type": "lstm", "hidden_size": 128, "init": "text", "init_text": init_text, "residual": True}
 
 
 @dataclass

@@ -1,12 +1,14 @@
-"""The recipes of two few-shot methods that train more than an input-layer prompt on the k rows:
+"""The fixed recipes of the few-shot methods that train from the manual prompt the k rows prefer:
 
+- ``residual``: P-tuning started at that prompt's words (``fewshot_choice.residual_encoder``), the ``unlabeled``
+  method's student without the soft rows;
 - ``deep``: a deep prompt (P-tuning v2, ``encoder.deep_tokens``: trained keys and values at every layer of a causal
   LM) over the task's manual template, read by its label words;
 - ``unlabeled``: PET-style distillation (``train.distill_*``): teachers, residual P-tuning started at the manual
   prompts' words, trained on the k rows, label a sample of the task's other training rows with their labels
   removed, and the student (the residual form of the manual prompt) trains on the k rows plus those soft labels.
 
-Both recipes are fixed here, once, before any of their figures was seen; ``fewshot.FewshotRun`` runs them.
+The recipes are fixed here, once, before any of their figures was seen; ``fewshot.FewshotRun`` runs them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from ..data.tables import Table
 from ..evaluation.space import DEEP_PROMPTS
 from ..template import parse_template
-from .fewshot_choice import residual_form
+from .fewshot_choice import residual_encoder, residual_form
 
 # the deep prompt: the built-in search space's first deep candidate (8 positions, the mlp reparameterisation), at
 # 1e-2 for 6 epochs. Fixed before any figure of the method was seen.
@@ -22,7 +24,8 @@ DEEP_ENCODER: dict = {key.removeprefix("encoder."): value for key, value in DEEP
 DEEP_LR, DEEP_EPOCHS = 1e-2, 6
 # distillation on unlabeled rows: one teacher per template, 400 rows labelled, one round, a soft row weighing as a
 # labelled one; teachers and student residual P-tuning at 1e-2 for 6 epochs. Fixed before any figure was seen.
-DISTILL_TEACHERS, DISTILL_ROWS, DISTILL_ROUNDS, DISTILL_WEIGHT = 1, 400, 1, 1.0
+DISTILL: dict = {"train.distill_teachers": 1, "train.distill_rows": 400, "train.distill_rounds": 1,
+                 "train.distill_weight": 1.0}
 DISTILL_LR, DISTILL_EPOCHS = 1e-2, 6
 
 
@@ -38,11 +41,6 @@ def deep_encoder() -> dict:
         (8, 'mlp')
     """
     return {"type": "lstm", "hidden_size": 128, **DEEP_ENCODER}
-
-
-def residual_encoder(init_text: str) -> dict:
-    """The ``encoder`` section of residual P-tuning started at ``init_text`` (as ``fewshot_choice`` trains it)."""
-    return {"type": "lstm", "hidden_size": 128, "init": "text", "init_text": init_text, "residual": True}
 
 
 def distill_plan(prompts: list[tuple[str, dict]], tokenizer) -> tuple[str, str, list[str]]:
@@ -75,9 +73,7 @@ def distill_plan(prompts: list[tuple[str, dict]], tokenizer) -> tuple[str, str, 
 def distill_settings(teachers: list[str], source: str) -> dict:
     """The ``train.distill_*`` keys of the ``unlabeled`` method and ``data.unlabeled`` (``source``: where the rows,
     already read, come from), dotted for ``Config.replace``."""
-    return {"data.unlabeled": source, "train.distill_teachers": DISTILL_TEACHERS, "train.distill_templates": teachers,
-            "train.distill_rows": DISTILL_ROWS, "train.distill_rounds": DISTILL_ROUNDS,
-            "train.distill_weight": DISTILL_WEIGHT}
+    return {"data.unlabeled": source, "train.distill_templates": teachers, **DISTILL}
 
 
 def unlabeled_rows(pool: Table, train: Table, eval_table: Table, template: str, label_column: str) -> Table:
