@@ -67,6 +67,37 @@ def test_soft_loss_is_cross_entropy_against_the_distribution_and_one_hot_gives_t
     assert torch.isclose(soft_weight, torch.tensor(0.5 * len(rows)))
 
 
+ONE_TOKEN_WORDS = {"verbalizer": {"complaint": "no", "no complaint": "yes"}}
+
+
+@pytest.mark.parametrize("settings", [{"task": ONE_TOKEN_WORDS}, {"train": {"objective": "classify"}},
+                                      {"task": {"head": "linear"}}], ids=["lm", "classify", "linear"])
+def test_a_soft_row_in_one_pass_has_the_loss_of_one_example_per_label(tiny_causal_dir, tmp_path, settings,
+                                                                       monkeypatch):
+    cfg = tiny_config(tiny_causal_dir, _data(tmp_path), **settings)
+    session, tr, _ = prepare(cfg, hold_out_dev=False)
+    task, model = session.task, session.new_model(0).eval()
+    assert task.soft_in_one_pass
+    hard, _ = task.train_examples(tr)
+    rows = [{"text": u[0]} for u in UNLABELED]
+    probs = torch.softmax(torch.randn(len(rows), 2, generator=torch.Generator().manual_seed(1)), -1)
+    once = task.soft_examples(rows, probs, 0.5)
+    assert len(once) == len(rows) and all(e.weight == 0.5 for e in once)
+    monkeypatch.setattr(type(task), "soft_in_one_pass", property(lambda self: False))
+    per_label = task.soft_examples(rows, probs, 0.5)
+    assert len(per_label) == 2 * len(rows)
+    loss = task.make_loss(hard + once)
+    bins = packed_bin_tokens(session.base.model.config)
+    with torch.no_grad():
+        want = [a + b for a, b in zip(loss(model, task.batch(hard, "cpu")),
+                                      loss(model, task.batch(per_label, "cpu")))]
+        # hard and soft rows in one batch, in every layout the head trains with
+        layouts = [{}] if task.linear_head else [{}, {"share_prefix": True}, {"pack": bins}]
+        for kwargs in layouts:
+            got = loss(model, task.batch(hard + once, "cpu", **kwargs))
+            assert torch.allclose(got[0], want[0], atol=1e-4) and torch.allclose(got[1], want[1]), kwargs
+
+
 def test_the_ensembles_probabilities_are_the_mean_of_the_teachers(tiny_causal_dir, tmp_path):
     cfg = tiny_config(tiny_causal_dir, _data(tmp_path), train={"distill_teachers": 2})
     session, _, _ = prepare(cfg, hold_out_dev=False)

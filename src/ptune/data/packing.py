@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .render import Encoded, row_weight_tensor
+from .render import Encoded, label_fields
 
 PREFIX, PAD = -1, -2  # segment ids of the shared prefix and of a bin's padding (rows are 0..B-1)
 
@@ -65,7 +65,7 @@ def pack(rows: list[Encoded], prefix: Encoded | None, bin_tokens: int, device=No
         dict[str, torch.Tensor]: ``packed_ids``, ``packed_virtual``, ``packed_positions`` (bins, L);
         ``packed_mask`` (bins, 1, L, L), True where a place may attend; ``target_places`` (B, k): the flat place
         (bin * L + place) whose logits predict each target column; ``labels`` (B, k), -100 where a row's target is
-        shorter; ``label_index`` (B,) where every row has one; ``row_weight`` (B,) where a row has a weight.
+        shorter; and ``render.label_fields``' tensors (``label_index``, ``row_weight``, ``soft_probs``).
 
     Example:
         >>> batch = pack([Encoded([5, 6, 7], [-1, -1, -1], [-100, -100, 7])], None, 64)
@@ -99,10 +99,7 @@ def pack(rows: list[Encoded], prefix: Encoded | None, bin_tokens: int, device=No
     labels = torch.tensor([[-100] * (k - min(k, len(e))) + e.labels[-k:] for e in rows], dtype=torch.long)
     out = {"packed_ids": ids, "packed_virtual": virtual, "packed_positions": positions,
            "packed_mask": attention_mask(segment), "target_places": places, "labels": labels}
-    if all(e.label_index is not None for e in rows):
-        out["label_index"] = torch.tensor([e.label_index for e in rows], dtype=torch.long)
-    if any(e.weight is not None for e in rows):
-        out["row_weight"] = row_weight_tensor(rows)
+    out |= label_fields(rows)
     return out if device is None else {name: t.to(device) for name, t in out.items()}
 
 

@@ -24,8 +24,11 @@ class Encoded:
     label_index: int | None = None
     """Classification training rows: the gold label's index (for the ``classify`` objective and class weights)."""
     weight: float | None = None
-    """The row's weight in the loss (a soft-labelled row's label probability times ``train.distill_weight``);
-    None: 1, a labelled row."""
+    """The row's weight in the loss (a soft-labelled row's ``train.distill_weight``, times its label's probability
+    where the row is given once per label); None: 1, a labelled row."""
+    soft_probs: list[float] | None = None
+    """A soft-labelled row given once for all its labels: its label distribution, which the loss reads from one
+    pass (``label_index`` is then its most likely label, whose word is the target)."""
 
     def __len__(self):
         return len(self.input_ids)
@@ -54,8 +57,8 @@ def split_shared_prefix(rows: list[Encoded], length: int) -> tuple[Encoded | Non
     if n <= 0:
         return None, rows
     prefix = Encoded(rows[0].input_ids[:n], rows[0].virtual_index[:n], [])
-    rest = [Encoded(e.input_ids[n:], e.virtual_index[n:], e.labels[n:], e.truncated, None, e.label_index, e.weight)
-            for e in rows]
+    rest = [Encoded(e.input_ids[n:], e.virtual_index[n:], e.labels[n:], e.truncated, None, e.label_index, e.weight,
+                    e.soft_probs) for e in rows]
     return prefix, rest
 
 
@@ -236,16 +239,24 @@ def collate(examples: list[Encoded], pad_id: int, side: str = "left", device=Non
         k = max(len(e.decoder_labels) for e in examples)
         out["decoder_labels"] = torch.tensor([e.decoder_labels + [-100] * (k - len(e.decoder_labels))
                                               for e in examples], dtype=torch.long).reshape(len(examples), k)
-    if all(e.label_index is not None for e in examples):
-        out["label_index"] = torch.tensor([e.label_index for e in examples], dtype=torch.long)
-    if any(e.weight is not None for e in examples):
-        out["row_weight"] = row_weight_tensor(examples)
+    out |= label_fields(examples)
     return out if device is None else to_device(out, device)
 
 
-def row_weight_tensor(examples: list[Encoded]) -> torch.Tensor:
-    """(B,) float: each row's ``weight`` (1 where it has none), for batches holding soft-labelled rows."""
-    return torch.tensor([1.0 if e.weight is None else e.weight for e in examples], dtype=torch.float32)
+def label_fields(examples: list[Encoded]) -> dict[str, torch.Tensor]:
+    """A training batch's per-row label tensors (padded and packed batches alike): ``label_index`` (B,) where every
+    row has one; ``row_weight`` (B,) float, 1 where a row has none, where any row has a weight; ``soft_probs``
+    (B, labels), zeros for a labelled row, where any row carries its label distribution."""
+    out = {}
+    if all(e.label_index is not None for e in examples):
+        out["label_index"] = torch.tensor([e.label_index for e in examples], dtype=torch.long)
+    if any(e.weight is not None for e in examples):
+        out["row_weight"] = torch.tensor([1.0 if e.weight is None else e.weight for e in examples])
+    soft = [e.soft_probs for e in examples]
+    if any(p is not None for p in soft):
+        n = len(next(p for p in soft if p is not None))
+        out["soft_probs"] = torch.tensor([p if p is not None else [0.0] * n for p in soft], dtype=torch.float32)
+    return out
 
 
 def to_device(tensors: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:

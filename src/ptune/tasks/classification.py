@@ -57,10 +57,11 @@ class ClassificationTask(Task):
         return out, 0
 
     def soft_examples(self, rows: list[dict], probs: torch.Tensor, weight: float) -> list[Encoded]:
-        """Training examples for soft-labelled rows: each row once per label it has probability for, that label as
-        its target, weighing ``weight * p(label)``; so the loss over them is ``weight`` times each row's
-        cross-entropy against its distribution, over the same label scores the objective trains (label words, the
-        labels' first tokens, or the linear head).
+        """Training examples for soft-labelled rows, whose loss is ``weight`` times each row's cross-entropy against
+        its distribution, over the same label scores the objective trains (label words, the labels' first tokens,
+        or the linear head). Where one pass scores every label (``soft_in_one_pass``), each row comes once,
+        carrying its distribution (``soft_probs``); otherwise once per label it has probability for, that label as
+        its target, weighing ``weight * p(label)``.
 
         Args:
             rows (`list[dict]`): the unlabeled rows (no label column needed).
@@ -68,23 +69,37 @@ class ClassificationTask(Task):
             weight (`float`): a soft row's weight against a labelled row's 1 (``train.distill_weight``).
 
         Returns:
-            `list[Encoded]`: the examples, row by row, label by label; labels of probability 0 are left out.
+            `list[Encoded]`: the examples, row by row (label by label); labels of probability 0 are left out.
 
         Example:
             >>> examples = task.soft_examples([{"text": "late again"}], torch.tensor([[0.9, 0.1]]), 0.5)
-            >>> [round(e.weight, 2) for e in examples]
-            [0.45, 0.05]
+            >>> [(e.weight, e.soft_probs) for e in examples]  # one pass: one example
+            [(0.5, [0.9, 0.1])]
         """
+        target = lambda label: None if self.linear_head else self.renderer.target_ids(  # noqa: E731
+            self.labels.words[label][0])
         out = []
         for row, dist in zip(rows, probs.tolist()):
-            for label, p in enumerate(dist):
-                if p <= 0:
-                    continue
-                enc = self.renderer.encode(row, None if self.linear_head else
-                                           self.renderer.target_ids(self.labels.words[label][0]))
-                enc.label_index, enc.weight = label, weight * p
+            if self.soft_in_one_pass:
+                best = max(range(len(dist)), key=dist.__getitem__)  # the target; its place scores every label
+                enc = self.renderer.encode(row, target(best))
+                enc.label_index, enc.weight, enc.soft_probs = best, weight, dist
                 out.append(enc)
+                continue
+            for label, p in enumerate(dist):
+                if p > 0:
+                    enc = self.renderer.encode(row, target(label))
+                    enc.label_index, enc.weight = label, weight * p
+                    out.append(enc)
         return out
+
+    @property
+    def soft_in_one_pass(self) -> bool:
+        """Whether one pass over a soft row scores all its labels: always for the linear head and the ``classify``
+        objective (the labels' first tokens, at one place); for ``lm``, where every label's word is one token."""
+        if self.linear_head or self.objective != "lm":
+            return True
+        return all(len(self.renderer.target_ids(words[0])) == 1 for words in self.labels.words)
 
     def label_tokens(self) -> list[int]:
         """Each label's first token (of its first word): what the ``classify`` objective chooses between."""
@@ -132,9 +147,11 @@ class ClassificationTask(Task):
         weights = self.label_weights(examples)
         if self.head.fits_classifier:
             return LinearHeadLoss(weights)
-        if self.objective == "lm":
-            return super().make_loss(examples) if weights is None else WeightedLMLoss(weights)
-        return ClassifyLoss(torch.tensor(self.label_tokens()), weights)
+        if self.objective == "classify":
+            return ClassifyLoss(torch.tensor(self.label_tokens()), weights)
+        if any(e.soft_probs is not None for e in examples):  # soft rows read every label's one token
+            return WeightedLMLoss(weights, torch.tensor([self.renderer.target_ids(w[0])[0] for w in self.labels.words]))
+        return super().make_loss(examples) if weights is None else WeightedLMLoss(weights)
 
     def scores(self, model: PTuningModel, rows: list[dict], batch_size: int, device, progress=None) -> torch.Tensor:
         """(rows, labels): each label's score, the best over its alternative words of the words' log-likelihood

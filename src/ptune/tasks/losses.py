@@ -8,8 +8,12 @@ kept apart so that data-parallel processes can sum both before dividing.
 
 The two label-level losses share ``label_nll``, and every weighted loss takes its rows' weights from ``row_weights``.
 A batch holding soft-labelled rows (``training.distillation``) carries ``row_weight`` (B,): each row counts that
-much in every loss, so a soft row given once per label with weight ``w * p(label)`` adds ``w`` times the
-cross-entropy against the distribution ``p`` (``-sum_l p(l) * log q(l)``, over the label scores the loss uses).
+much in every loss. A soft row comes in one of two forms (``ClassificationTask.soft_examples``):
+
+    once per label   weight ``w * p(label)``, that label's word the target: summed, ``w`` times the cross-entropy
+                     against the distribution ``p`` (``-sum_l p(l) * log q(l)``, over the label scores the loss uses)
+    once for all     weight ``w``, its distribution in ``soft_probs`` (B, labels): the same cross-entropy from one
+                     pass, every label's score read at its first target position (``label_targets``)
 """
 
 from __future__ import annotations
@@ -36,14 +40,27 @@ def row_weights(weights: torch.Tensor | None, gold: torch.Tensor, like: torch.Te
     return w if row_weight is None else w * row_weight.to(w)
 
 
-def label_nll(logp: torch.Tensor, gold: torch.Tensor, weights: torch.Tensor | None,
+def label_targets(batch: dict[str, torch.Tensor], n_labels: int) -> torch.Tensor:
+    """(B, labels): each row's target distribution over the labels: its gold label's one-hot, or, for a soft row
+    given once for all its labels, its ``soft_probs``."""
+    gold = F.one_hot(batch["label_index"], n_labels).float()
+    soft = batch.get("soft_probs")
+    if soft is None:
+        return gold
+    soft = soft.to(gold.device)
+    return torch.where(soft.sum(-1, keepdim=True) > 0, soft, gold)
+
+
+def label_nll(logp: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None,
               row_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted negative log-likelihood of the gold labels. ``logp`` (B, labels) log-probabilities, ``gold`` (B,)
-    label indices, ``weights`` (labels,) or None, ``row_weight`` (B,) or None. Returns the weighted sum and the sum
-    of the weights."""
-    nll = -logp.gather(1, gold.unsqueeze(1)).squeeze(1)  # (B,)
-    w = row_weights(weights, gold, nll, row_weight)
-    return (nll * w).sum(), w.sum()
+    """Weighted cross-entropy of ``logp`` (B, labels) log-probabilities against ``targets`` (B, labels) (one-hot
+    for a labelled row, ``label_targets``), each label weighted by ``weights`` (labels,) or 1, each row by
+    ``row_weight`` (B,) or 1. Returns the weighted sum and the sum of the weights: for a one-hot row, its gold
+    label's weight times its row weight."""
+    t = targets.to(logp) if weights is None else targets.to(logp) * weights.to(logp)  # (B, labels)
+    rw = torch.ones_like(logp[:, 0]) if row_weight is None else row_weight.to(logp)
+    nll = -torch.where(t > 0, t * logp, 0).sum(-1)  # (B,); labels of weight 0 left out, -inf scores included
+    return (nll * rw).sum(), (t.sum(-1) * rw).sum()
 
 
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,17 +75,40 @@ def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.
 
 @dataclass
 class WeightedLMLoss:
-    """``lm_loss`` with each row's target tokens weighted by its label's weight.
+    """``lm_loss`` with each row's target tokens weighted by its label's weight (1 each where ``weights`` is None),
+    and soft rows given once for all their labels (``soft_probs``) read from their first target position: there
+    each label's one token is scored (``candidates``), the row weighing as one target token per label.
 
     Args:
-        weights (`torch.Tensor`): (labels,) one weight per label.
+        weights (`torch.Tensor`, *optional*): (labels,) one weight per label.
+        candidates (`torch.Tensor`, *optional*): (labels,) each label's word, where each is one token (needed for
+            batches with ``soft_probs``).
     """
-    weights: torch.Tensor
+    weights: torch.Tensor | None
+    candidates: torch.Tensor | None = None
 
     def __call__(self, model, batch):
-        logp, mask = model.token_logprobs(batch)  # (B, K)
-        w = row_weights(self.weights, batch["label_index"], logp[:, 0], batch.get("row_weight")).unsqueeze(1) * mask
-        return -(logp * w).sum(), w.sum()
+        soft = batch.get("soft_probs")
+        if soft is None:
+            logp, mask = model.token_logprobs(batch)  # (B, K)
+        else:
+            logits, labels = model.target_logits(batch)
+            mask = labels != -100
+            logp_all = F.log_softmax(logits.float(), dim=-1)  # (B, K, V)
+            logp = logp_all.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask  # (B, K)
+            is_soft = soft.to(logp.device).sum(-1) > 0  # (B,)
+            mask = mask & ~is_soft.unsqueeze(1)  # a soft row's loss is its labels', below
+        gold = batch["label_index"]
+        w = row_weights(self.weights, gold, logp[:, 0], batch.get("row_weight")).unsqueeze(1) * mask  # (B, K)
+        total, weight = -(logp * w).sum(), w.sum()
+        if soft is None:
+            return total, weight
+        first = labels.ne(-100).int().argmax(dim=1)  # (B,) each row's first target column
+        choice = logp_all[torch.arange(len(first), device=first.device), first][:, self.candidates.to(first.device)]
+        keep = is_soft.unsqueeze(1)
+        soft_total, soft_weight = label_nll(choice, label_targets(batch, choice.shape[1]) * keep, self.weights,
+                                            batch.get("row_weight"))
+        return total + soft_total, weight + soft_weight
 
 
 @dataclass
@@ -85,7 +125,7 @@ class ClassifyLoss:
 
     def __call__(self, model, batch):
         logp = model.label_choice_logprobs(batch, self.candidates.to(batch["labels"].device))  # (B, labels)
-        return label_nll(logp, batch["label_index"], self.weights, batch.get("row_weight"))
+        return label_nll(logp, label_targets(batch, logp.shape[1]), self.weights, batch.get("row_weight"))
 
 
 @dataclass
@@ -99,4 +139,4 @@ class LinearHeadLoss:
 
     def __call__(self, model, batch):
         logp = F.log_softmax(model.class_logits(batch), dim=-1)  # (B, labels)
-        return label_nll(logp, batch["label_index"], self.weights, batch.get("row_weight"))
+        return label_nll(logp, label_targets(batch, logp.shape[1]), self.weights, batch.get("row_weight"))
