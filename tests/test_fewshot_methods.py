@@ -1,4 +1,4 @@
-"""ptune bench fewshot's ``deep`` and ``unlabeled`` methods: end to end on the tiny models, the unlabeled rows
+"""ptune bench fewshot's ``deep``, ``deep_text`` and ``unlabeled`` methods: end to end on the tiny models, the unlabeled rows
 (without the seed's k rows, the evaluation rows and the labels), and ``deep`` skipped on a masked LM."""
 
 from __future__ import annotations
@@ -115,9 +115,12 @@ def test_deep_starts_at_the_manual_prompt_the_k_rows_prefer(tiny_causal_dir, tmp
 
     monkeypatch.setattr(fewshot, "score_rows", score_rows)
     report = run_fewshot(sst2_folder(tmp_path), tmp_path / "out", tasks=["sst2"], seeds=[1, 2], k=4, max_eval=None,
-                         methods=["deep", "residual"], model=str(tiny_causal_dir), dtype="float32", device="cpu",
-                         batch_size=4, epochs=1, show_progress=False, log=lambda m: None)
+                         methods=["deep", "deep_text", "residual"], model=str(tiny_causal_dir), dtype="float32",
+                         device="cpu", batch_size=4, epochs=1, show_progress=False, log=lambda m: None)
     e = report["tasks"]["sst2"]
-    assert e["deep"]["templates"] == [second, second]
+    assert e["deep"]["templates"] == e["deep_text"]["templates"] == [second, second]
+    # deep_text: a table started as the keys and values of the preferred prompt's own label words
+    assert [(enc["deep_encoder"], enc["init"], enc["init_text"]) for enc in e["deep_text"]["encoders"]] == [
+        ("table", "text", "positive, negative")] * 2
     # residual: the second prompt with its anchor words as virtual tokens, at the unlabeled method's recipe
     assert e["residual"]["templates"][0].startswith("Review : {sentence} [P*") and e["residual"]["epochs"] == 6

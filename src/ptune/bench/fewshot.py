@@ -5,7 +5,8 @@ virtual tokens), and the recipe that cross-validation on the k training rows cho
 it stands, a linear probe, or P-tuning started at the manual prompt's words, see ``fewshot_choice``), over several
 seeds, reported as mean and spread with each seed's choice; the three see the same k rows per seed. Three more
 methods train on those rows with one fixed recipe each (``fewshot_methods``), from the manual prompt the k rows
-prefer: ``residual``, P-tuning started at its words; ``deep``, a deep prompt over it (causal LMs); and
+prefer: ``residual``, P-tuning started at its words; ``deep``, a deep prompt over it (causal LMs); ``deep_text``,
+the same started as its label words' keys and values; and
 ``unlabeled``, ``residual`` distilled from teachers that label the train pool's other rows, their labels removed
 (sampled tasks only). The older fixed-budget methods (P-tuning with the LSTM and the MLP encoder, plain prompt
 tuning with ``embedding``, each with the same epochs, batch size and learning rate) stay available by name, to
@@ -45,13 +46,14 @@ from ..tasks.pooled_cache import PooledStateCache
 from ..training.trainer import fit
 from .fewshot_choice import (KINDS, PROBE, PROBES, RECIPES, Candidate, Chooser, probe_depth, residual_encoder,
                              residual_form)
-from .fewshot_methods import (DEEP_EPOCHS, DEEP_LR, DISTILL, DISTILL_EPOCHS, DISTILL_LR, deep_encoder, distill_plan,
+from .fewshot_methods import (DEEP_EPOCHS, DEEP_LR, DEEP_TEXT_EPOCHS, DEEP_TEXT_LR, DISTILL, DISTILL_EPOCHS,
+                              DISTILL_LR, deep_encoder, deep_text_encoder, distill_plan,
                               distill_settings, unlabeled_rows)
 from .loaders import (balanced_sample, read_agnews, read_fewglue, read_raft, read_sst2, read_trec, require_dir,
                       sample_rows)
 from .reporting import log_to_stderr, took, write_results
 
-METHODS = ("majority", "zero_shot", "embeddings", "probe", "residual", "deep", "unlabeled", "chosen", "lstm",
+METHODS = ("majority", "zero_shot", "embeddings", "probe", "residual", "deep", "deep_text", "unlabeled", "chosen", "lstm",
            "mlp", "embedding")
 DEFAULT_METHODS = ("majority", "zero_shot", "chosen")
 FIXED_METHODS = ("lstm", "mlp", "embedding")  # one fixed budget each, no choice
@@ -308,7 +310,7 @@ class FewshotRun:
                 entry[method] = self.majority(spec, eval_table)
             elif method == "chosen":
                 entry[method] = self.chosen(spec, pool, eval_table)
-            elif method in ("probe", "embeddings", "residual", "deep", "unlabeled"):
+            elif method in ("probe", "embeddings", "residual", "deep", "deep_text", "unlabeled"):
                 entry[method] = getattr(self, method)(spec, pool, eval_table)
             elif eval_table is None:  # RAFT: k-fold cross-validation over the labelled rows
                 entry[method] = self.cross_validated(spec, method, pool)
@@ -398,12 +400,24 @@ class FewshotRun:
         input-layer virtual tokens) over the manual prompt the k rows prefer (``preferred_prompt``), read by its
         label words, trained on the seed's k rows (those ``chosen`` sees) with the fixed recipe and scored on
         ``eval_table``; ``{"skipped": why}`` off causal LMs."""
+        return self.deep_prompt(spec, pool, eval_table, "deep", DEEP_LR, DEEP_EPOCHS, lambda words: deep_encoder())
+
+    def deep_text(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
+        """``deep`` with the deep prompt a table started as the keys and values the frozen model gives the preferred
+        prompt's label words (``fewshot_methods.deep_text_encoder``)."""
+        return self.deep_prompt(spec, pool, eval_table, "deep_text", DEEP_TEXT_LR, DEEP_TEXT_EPOCHS,
+                                deep_text_encoder)
+
+    def deep_prompt(self, spec: TaskSpec, pool: Table, eval_table: Table, method: str, lr: float, epochs: int,
+                    encoder: Callable[[dict], dict]) -> dict:
+        """The deep-prompt methods: ``encoder(verbalizer)``'s deep prompt over the preferred manual prompt as it is,
+        trained with ``lr`` and ``epochs``; ``{"skipped": why}`` off causal LMs."""
         if self.base.kind != "causal":
             return {"skipped": f"not run: a deep prompt is keys and values in a causal LM's KV cache, which a "
                                f"{self.base.kind} LM does not take"}
-        out = self.trained_from_preferred(spec, pool, eval_table, "deep", DEEP_LR, DEEP_EPOCHS,
-                                          lambda template: (template, deep_encoder()))
-        return out | {"encoder": deep_encoder()}
+        out = self.trained_from_preferred(spec, pool, eval_table, method, lr, epochs,
+                                          lambda template, words: (template, encoder(words)))
+        return out | {"encoder": encoder(spec.verbalizer)}
 
     def preferred_prompt(self, spec: TaskSpec, rows: Table) -> tuple[str, dict]:
         """The manual prompt (template, verbalizer) the seed's k ``rows`` prefer: the highest macro-F1 scored as it
@@ -424,32 +438,34 @@ class FewshotRun:
         """Per seed: ``unlabeled``'s student recipe without the soft rows (residual P-tuning started at the words of
         the manual prompt the k rows prefer, ``fewshot_methods``' fixed learning rate and epochs), trained on the
         seed's k rows alone and scored on ``eval_table``: what the unlabeled rows add is the difference."""
-        def start(template: str) -> tuple[str, dict]:
+        def start(template: str, verbalizer: dict) -> tuple[str, dict]:
             student, init_text = residual_form(template, self.base.tokenizer)
             return student, residual_encoder(init_text)
 
         return self.trained_from_preferred(spec, pool, eval_table, "residual", DISTILL_LR, DISTILL_EPOCHS, start)
 
     def trained_from_preferred(self, spec: TaskSpec, pool: Table, eval_table: Table, method: str, lr: float,
-                               epochs: int, start: Callable[[str], tuple[str, dict]]) -> dict:
-        """Per seed: ``start`` turns the manual prompt the seed's k rows prefer into (template, encoder section);
+                               epochs: int, start: Callable[[str, dict], tuple[str, dict]]) -> dict:
+        """Per seed: ``start`` turns the manual prompt the seed's k rows prefer (template, verbalizer) into
+        (template, encoder section);
         that recipe, read by the prompt's label words, trains on the k rows at ``lr`` for ``epochs`` and is scored on
         ``eval_table``. Returns the seeds' summary with each seed's template."""
         settings = self.settings | {"lr": lr, "epochs": epochs}
-        runs, templates = [], []
+        runs, templates, encoders = [], [], []
         for seed in self.seeds:
             rows = self.train_rows(spec, pool, seed)
             manual, verbalizer = self.preferred_prompt(spec, rows)
-            template, encoder = start(manual)
+            template, encoder = start(manual, verbalizer)
             cfg = task_config(spec, self.model, template=template, encoder=encoder, verbalizer=verbalizer, seed=seed,
                               **settings)
             session = open_session(cfg, base=self.base)
             model, _ = fit(session, rows, None, None, show_progress=self.show_progress, seed=seed)
             runs.append(score_rows(session, model, eval_table))
             templates.append(template)
+            encoders.append(encoder)
             self.log(f"{spec.name} {method} seed {seed} `{template}`: accuracy {runs[-1]['accuracy']:.3f}, "
                      f"macro-F1 {runs[-1]['macro_f1']:.3f}")
-        return seed_summary(runs) | {"templates": templates, "lr": lr, "epochs": epochs}
+        return seed_summary(runs) | {"templates": templates, "encoders": encoders, "lr": lr, "epochs": epochs}
 
     def unlabeled(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """Per seed: PET-style distillation (``fewshot_methods``): residual P-tuning teachers trained on the seed's
@@ -559,6 +575,7 @@ def render_markdown(report: dict) -> str:
     names = {"majority": "majority class", "zero_shot": "zero-shot manual (best prompt)",
              "embeddings": f"sentence embeddings ({ENCODER_NAME})", "probe": "linear probe (middle layer)",
              "residual": "residual P-tuning, fixed recipe", "deep": "deep prompt (P-tuning v2)",
+             "deep_text": "deep prompt started from the label words",
              "unlabeled": "distilled on unlabeled rows (PET-style)",
              "chosen": "chosen by CV on the k rows", "lstm": "P-tuning (LSTM)", "mlp": "P-tuning (MLP)",
              "embedding": "prompt tuning (embedding)"}

@@ -4,6 +4,9 @@
   method's student without the soft rows;
 - ``deep``: a deep prompt (P-tuning v2, ``encoder.deep_tokens``: trained keys and values at every layer of a causal
   LM) over the task's manual template, read by its label words;
+- ``deep_text``: the same, its keys and values a plain table started as those the frozen model gives the prompt's
+  label words (``encoder.deep_encoder: table``, ``init: text``): at step 0 the model reads the manual prompt with
+  its label words written before it, not a random prefix;
 - ``unlabeled``: PET-style distillation (``train.distill_*``): teachers, residual P-tuning started at the manual
   prompts' words, trained on the k rows, label a sample of the task's other training rows with their labels
   removed, and the student (the residual form of the manual prompt) trains on the k rows plus those soft labels.
@@ -22,6 +25,9 @@ from .fewshot_choice import residual_encoder, residual_form
 # 1e-2 for 6 epochs. Fixed before any figure of the method was seen.
 DEEP_ENCODER: dict = {key.removeprefix("encoder."): value for key, value in DEEP_PROMPTS[0].items()}
 DEEP_LR, DEEP_EPOCHS = 1e-2, 6
+# the deep prompt started from text: 8 positions, a table of keys and values started as the frozen model's for
+# the label words (", "-joined, cycled or cut to 8 tokens), at 1e-2 for 6 epochs. Fixed before any figure was seen.
+DEEP_TEXT_TOKENS, DEEP_TEXT_LR, DEEP_TEXT_EPOCHS = 8, 1e-2, 6
 # distillation on unlabeled rows: one teacher per template, 400 rows labelled, one round, a soft row weighing as a
 # labelled one; teachers and student residual P-tuning at 1e-2 for 6 epochs. Fixed before any figure was seen.
 DISTILL: dict = {"train.distill_teachers": 1, "train.distill_rows": 400, "train.distill_rounds": 1,
@@ -41,6 +47,25 @@ def deep_encoder() -> dict:
         (8, 'mlp')
     """
     return {"type": "lstm", "hidden_size": 128, **DEEP_ENCODER}
+
+
+def deep_text_encoder(verbalizer: dict) -> dict:
+    """The ``encoder`` section of the ``deep_text`` method: no input-layer virtual tokens, a deep prompt whose
+    table starts as the keys and values the frozen model gives ``verbalizer``'s words.
+
+    Args:
+        verbalizer (`dict`): label -> word (the prompt's label words, in label order).
+
+    Returns:
+        `dict`: encoder keys (``deep_tokens``, ``deep_encoder: table``, ``init: text`` and its ``init_text``).
+
+    Example:
+        >>> deep_text_encoder({"1": "great", "0": "terrible"})["init_text"]
+        'great, terrible'
+    """
+    words = ", ".join(dict.fromkeys(verbalizer.values()))  # each word once, in label order
+    return {"type": "lstm", "hidden_size": 128, "deep_tokens": DEEP_TEXT_TOKENS, "deep_encoder": "table",
+            "init": "text", "init_text": words}
 
 
 def distill_plan(prompts: list[tuple[str, dict]], tokenizer) -> tuple[str, str, list[str]]:
