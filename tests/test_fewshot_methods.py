@@ -120,7 +120,6 @@ def test_deep_starts_at_the_manual_prompt_the_k_rows_prefer(tiny_causal_dir, tmp
     e = report["tasks"]["sst2"]
     assert e["deep"]["templates"] == e["deep_text"]["templates"] == [second, second]
     # deep_text: a table started as the keys and values of the preferred prompt's own label words
-    assert [(enc["deep_encoder"], enc["init"], enc["init_text"]) for enc in e["deep_text"]["encoders"]] == [
-        ("table", "text", "positive, negative")] * 2
+    assert e["deep_text"]["encoder"]["deep_encoder"] == "table" and e["deep_text"]["encoder"]["init"] == "labels"
     # residual: the second prompt with its anchor words as virtual tokens, at the unlabeled method's recipe
     assert e["residual"]["templates"][0].startswith("Review : {sentence} [P*") and e["residual"]["epochs"] == 6

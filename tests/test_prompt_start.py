@@ -158,3 +158,25 @@ def test_the_benchmark_draws_balanced_seeded_rows(tmp_path):
     rows = draw(1)
     assert len(rows) == 8 and sorted(label for _, label in rows) == ["0"] * 4 + ["1"] * 4
     assert draw(1) == rows and draw(2) != rows
+
+
+def test_init_labels_starts_both_tables_from_the_label_words(tiny_causal_dir):
+    words = {"complaint": "no", "no complaint": "yes"}
+    sessions = {init: open_session(tiny_config(tiny_causal_dir, task={"template": VIRTUAL, "verbalizer": words},
+                                               encoder={"init": init, "init_text": "no, yes" if init == "text" else "",
+                                                        "residual": True, "deep_tokens": 3, "deep_encoder": "table"}))
+                for init in ("labels", "text")}
+    assert sessions["labels"].start_config.init_text == "no, yes"  # each label's word, in the verbalizer's order
+    by_labels, by_text = (s.new_model(0) for s in sessions.values())
+    assert torch.equal(by_labels.deep_table(), by_text.deep_table())
+    assert torch.equal(by_labels.prompt_table(), by_text.prompt_table())
+    other = open_session(tiny_config(tiny_causal_dir, task={"template": VIRTUAL, "verbalizer": {"a": "yes", "b": "no"}},
+                                     encoder={"init": "labels", "residual": True}))
+    assert not torch.equal(other.new_model(0).prompt_table(), by_labels.prompt_table())
+
+
+def test_init_labels_needs_label_words(tiny_causal_dir):
+    cfg = tiny_config(tiny_causal_dir, task={"type": "generation", "template": "[P*2] {text} [TARGET]",
+                                             "label_column": "label"}, encoder={"init": "labels"})
+    with pytest.raises(ConfigError, match="init: labels.*classification"):
+        open_session(cfg).new_model(0)

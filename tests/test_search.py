@@ -218,9 +218,9 @@ def read_rows(path):
 
 def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_path):
     """No ``search.space``: the probe (middle and late layer, mean and last pooling), the prompts (the template, its
-    runs halved, another placement) under each head, encoder and learning rate, and the deep prompts (8 and 16
-    positions, label words or the middle layer's linear head), listed round-robin over their kinds, searched by
-    halving."""
+    runs halved, another placement) under each head, encoder and learning rate, and the deep prompts (8 positions
+    started from the label words, 16 through the MLP; label words or the middle layer's linear head), listed
+    round-robin over their kinds, searched by halving."""
     from ptune.evaluation.search import SearchPlan
     from ptune.evaluation.space import DEEP, LINEAR, PROBE, WORDS
 
@@ -234,10 +234,12 @@ def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_
     assert len(settings) == 44 and len({json.dumps(s, sort_keys=True) for s in settings}) == 44
     assert plan.kinds[:8] == [PROBE, WORDS, LINEAR, DEEP] * 2 and len(plan.kinds) == 44  # round-robin over kinds
     deep = [s for s, kind in zip(settings, plan.kinds) if kind == DEEP]
-    assert deep == [{"task.template": "{text} Label : [TARGET]", **head, "encoder.deep_tokens": n,
-                     "encoder.deep_encoder": "mlp", "train.lr": 1e-2}
-                    for n in (8, 16) for head in ({"task.head": "words"}, {"task.head": "linear", "task.head_layer": 1,
-                                                                           "task.head_pooling": "mean"})]
+    starts = ({"encoder.deep_tokens": 8, "encoder.deep_encoder": "table", "encoder.init": "labels"},
+              {"encoder.deep_tokens": 16, "encoder.deep_encoder": "mlp"})
+    assert deep == [{"task.template": "{text} Label : [TARGET]", **head, **start, "train.lr": 1e-2}
+                    for start in starts for head in ({"task.head": "words"}, {"task.head": "linear",
+                                                                              "task.head_layer": 1,
+                                                                              "task.head_pooling": "mean"})]
     assert all(cfg.encoder.deep_tokens == s.get("encoder.deep_tokens", 0) for s, cfg in plan.configs)
     probes = [s for s, kind in zip(settings, plan.kinds) if kind == PROBE]
     settings = [s for s, kind in zip(settings, plan.kinds) if kind != DEEP]
@@ -406,3 +408,14 @@ def test_halving_over_the_built_in_space_promotes_the_best_and_scores_a_probe_on
     assert {"task.head_layer": 2, "task.head_pooling": "last", "task.head": "linear",
             "task.template": "{text} Label : [TARGET]"} in top  # the probe at the late layer, scored once
     assert all(s.get("encoder.type", "mlp") == "mlp" for s in top)
+
+
+def test_the_built_in_deep_prompts_of_a_task_without_label_words_need_none():
+    from ptune.evaluation.space import DEEP, builtin_candidates
+
+    deep = [s for kind, s in builtin_candidates({"task": {"type": "generation", "template": "{text} [P*4] [TARGET]"}},
+                                                depth=30) if kind == DEEP]
+    assert deep and all(s.get("encoder.init") != "labels" for s in deep)
+    classify = [s for kind, s in builtin_candidates({"task": {"template": "{text} [P*4] [TARGET]"}}, depth=30)
+                if kind == DEEP]
+    assert classify[0]["encoder.init"] == "labels"  # a classification's first deep prompt starts at its words

@@ -175,7 +175,7 @@ class EncoderConfig:
         type (`str`, defaults to ``"lstm"``): ``lstm``, ``mlp`` or ``embedding``.
         hidden_size (`int`, defaults to 128): width of the LSTM (per direction) or MLP.
         num_layers (`int`, defaults to 2): LSTM layers, or hidden layers of the MLP.
-        init (`str`, defaults to ``"random"``): ``random``, ``words`` or ``text``.
+        init (`str`, defaults to ``"random"``): ``random``, ``words``, ``text`` or ``labels``.
         init_text (`str`, defaults to ``""``): the words or text whose embeddings start the table.
         residual (`bool`, defaults to False): the prompt is the init embeddings plus the encoder's output, whose
             last layer starts at zero: at step 0 the virtual tokens are exactly ``init_text``'s embeddings.
@@ -193,7 +193,8 @@ class EncoderConfig:
     num_layers: int = 2
     """LSTM layers, or hidden layers of the MLP."""
     init: str = "random"
-    """Input table initialisation: ``random``, ``words`` (embeddings of ``init_text``'s tokens, cycled) or ``text``."""
+    """Input table initialisation: ``random``, ``words`` (embeddings of ``init_text``'s tokens, cycled), ``text``, or
+    ``labels`` (``text`` with the task's label words as the text, each label's first word, ", "-joined)."""
     init_text: str = ""
     """Words or text whose token embeddings start the input table when ``init`` is ``words`` or ``text``."""
     residual: bool = False
@@ -205,12 +206,13 @@ class EncoderConfig:
     deep_encoder: str = "mlp"
     """The deep prompt's encoder: ``mlp`` (P-tuning v2's reparameterisation: an (n, d) embedding through a
     ``hidden_size`` tanh layer to every layer's keys and values) or ``table`` (the keys and values trained directly;
-    with ``init: text``/``words`` they start as those the frozen model gives ``init_text``'s tokens)."""
+    with ``init: text``/``words``/``labels`` they start as those the frozen model gives ``init_text``'s tokens, or
+    the label words')."""
 
     def __post_init__(self):
         _check_fields(self)
         _choice("encoder.type", self.type, ("lstm", "mlp", "embedding"))
-        _choice("encoder.init", self.init, ("random", "words", "text"))
+        _choice("encoder.init", self.init, ("random", "words", "text", "labels"))
         _choice("encoder.deep_encoder", self.deep_encoder, ("mlp", "table"))
         if self.deep_tokens < 0:
             raise ConfigError(f"encoder.deep_tokens must be >= 0 (0: no deep prompt), got {self.deep_tokens}")
@@ -218,7 +220,7 @@ class EncoderConfig:
             raise ConfigError(f"encoder.hidden_size must be >= 1, got {self.hidden_size}")
         if self.num_layers < 1:
             raise ConfigError(f"encoder.num_layers must be >= 1, got {self.num_layers}")
-        if self.init != "random" and not self.init_text.strip():
+        if self.init in ("words", "text") and not self.init_text.strip():
             raise ConfigError(f"encoder.init is {self.init!r} but encoder.init_text is empty")
         if self.residual and self.init == "random":
             raise ConfigError("encoder.residual adds the encoder's output to the embeddings of encoder.init_text: "

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import random
 import sys
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
-from .config import Config
+from .config import Config, EncoderConfig
 from .data.labels import LabelSpace
 from .data.render import Renderer
 from .data.tables import Table, check_table, read_table
@@ -122,7 +123,7 @@ class Session:
         seed_everything(self.cfg.train.seed if seed is None else seed)
         embeddings = self.base.model.get_input_embeddings()
         n, dim = self.template.n_virtual, embeddings.weight.shape[1]
-        init = init_table(self.cfg.encoder, n, embeddings, self.tokenizer) if n else None
+        init = init_table(self.start_config, n, embeddings, self.tokenizer) if n else None
         # a template without virtual tokens (a manual-prompt baseline) gets an empty table
         encoder = (build_encoder(self.cfg.encoder, n, dim, init) if n else EmbeddingEncoder(0, dim)).to(self.device)
         classifier = None
@@ -131,10 +132,23 @@ class Session:
                                     self.cfg.task.head_pooling).to(self.device)
         return build_ptuning_model(self.base.model, encoder, self.base.kind, classifier, self.new_deep_prompt())
 
+    @property
+    def start_config(self) -> EncoderConfig:
+        """The ``encoder`` section with ``init: labels`` spelled out: ``init: text`` over the task's label words
+        (each label's first word, in label order, ", "-joined), so the tables start as those words."""
+        enc = self.cfg.encoder
+        if enc.init != "labels":
+            return enc
+        if self.task.labels is None:
+            raise ConfigError("encoder.init: labels starts the prompt from the label words, which only a "
+                              "classification task has; use init: text with encoder.init_text")
+        words = ", ".join(dict.fromkeys(words[0] for words in self.task.labels.words))
+        return dataclasses.replace(enc, init="text", init_text=words)
+
     def new_deep_prompt(self) -> DeepPromptEncoder | None:
         """A fresh deep prompt (``encoder.deep_tokens``, None without one): random, or with ``encoder.deep_encoder:
-        table`` and ``encoder.init`` words or text, the keys and values the frozen model gives ``init_text``."""
-        enc, base = self.cfg.encoder, self.base.model
+        table`` and ``encoder.init`` words, text or labels, the keys and values the frozen model gives that text."""
+        enc, base = self.start_config, self.base.model
         if not enc.deep_tokens:
             return None
         cache_arg = cache_argument(base)

@@ -400,24 +400,24 @@ class FewshotRun:
         input-layer virtual tokens) over the manual prompt the k rows prefer (``preferred_prompt``), read by its
         label words, trained on the seed's k rows (those ``chosen`` sees) with the fixed recipe and scored on
         ``eval_table``; ``{"skipped": why}`` off causal LMs."""
-        return self.deep_prompt(spec, pool, eval_table, "deep", DEEP_LR, DEEP_EPOCHS, lambda words: deep_encoder())
+        return self.deep_prompt(spec, pool, eval_table, "deep", DEEP_LR, DEEP_EPOCHS, deep_encoder())
 
     def deep_text(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """``deep`` with the deep prompt a table started as the keys and values the frozen model gives the preferred
         prompt's label words (``fewshot_methods.deep_text_encoder``)."""
         return self.deep_prompt(spec, pool, eval_table, "deep_text", DEEP_TEXT_LR, DEEP_TEXT_EPOCHS,
-                                deep_text_encoder)
+                                deep_text_encoder())
 
     def deep_prompt(self, spec: TaskSpec, pool: Table, eval_table: Table, method: str, lr: float, epochs: int,
-                    encoder: Callable[[dict], dict]) -> dict:
-        """The deep-prompt methods: ``encoder(verbalizer)``'s deep prompt over the preferred manual prompt as it is,
+                    encoder: dict) -> dict:
+        """The deep-prompt methods: ``encoder``'s deep prompt over the preferred manual prompt as it is,
         trained with ``lr`` and ``epochs``; ``{"skipped": why}`` off causal LMs."""
         if self.base.kind != "causal":
             return {"skipped": f"not run: a deep prompt is keys and values in a causal LM's KV cache, which a "
                                f"{self.base.kind} LM does not take"}
         out = self.trained_from_preferred(spec, pool, eval_table, method, lr, epochs,
-                                          lambda template, words: (template, encoder(words)))
-        return out | {"encoder": encoder(spec.verbalizer)}
+                                          lambda template: (template, encoder))
+        return out | {"encoder": encoder}
 
     def preferred_prompt(self, spec: TaskSpec, rows: Table) -> tuple[str, dict]:
         """The manual prompt (template, verbalizer) the seed's k ``rows`` prefer: the highest macro-F1 scored as it
@@ -438,16 +438,15 @@ class FewshotRun:
         """Per seed: ``unlabeled``'s student recipe without the soft rows (residual P-tuning started at the words of
         the manual prompt the k rows prefer, ``fewshot_methods``' fixed learning rate and epochs), trained on the
         seed's k rows alone and scored on ``eval_table``: what the unlabeled rows add is the difference."""
-        def start(template: str, verbalizer: dict) -> tuple[str, dict]:
+        def start(template: str) -> tuple[str, dict]:
             student, init_text = residual_form(template, self.base.tokenizer)
             return student, residual_encoder(init_text)
 
         return self.trained_from_preferred(spec, pool, eval_table, "residual", DISTILL_LR, DISTILL_EPOCHS, start)
 
     def trained_from_preferred(self, spec: TaskSpec, pool: Table, eval_table: Table, method: str, lr: float,
-                               epochs: int, start: Callable[[str, dict], tuple[str, dict]]) -> dict:
-        """Per seed: ``start`` turns the manual prompt the seed's k rows prefer (template, verbalizer) into
-        (template, encoder section);
+                               epochs: int, start: Callable[[str], tuple[str, dict]]) -> dict:
+        """Per seed: ``start`` turns the manual prompt the seed's k rows prefer into (template, encoder section);
         that recipe, read by the prompt's label words, trains on the k rows at ``lr`` for ``epochs`` and is scored on
         ``eval_table``. Returns the seeds' summary with each seed's template."""
         settings = self.settings | {"lr": lr, "epochs": epochs}
@@ -455,7 +454,7 @@ class FewshotRun:
         for seed in self.seeds:
             rows = self.train_rows(spec, pool, seed)
             manual, verbalizer = self.preferred_prompt(spec, rows)
-            template, encoder = start(manual, verbalizer)
+            template, encoder = start(manual)
             cfg = task_config(spec, self.model, template=template, encoder=encoder, verbalizer=verbalizer, seed=seed,
                               **settings)
             session = open_session(cfg, base=self.base)
