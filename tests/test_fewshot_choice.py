@@ -56,9 +56,12 @@ def test_the_choice_sees_only_the_k_rows_and_every_method_the_same_eval_rows(tin
     picks = entry["chosen"]["seeds"]
     assert [p["seed"] for p in picks] == [1, 2, 3] and len(entry["chosen"]["accuracy"]["runs"]) == 3
     assert all(p["chosen"] in [c["candidate"] for c in p["cv"]] for p in picks)
-    # two manual prompts, the probe at the middle and at a late layer, one trained recipe
+    # two manual prompts, the probe at the middle and at a late layer, one trained recipe, the deep prompt
     assert [c["kind"] for c in picks[0]["cv"]] == [fewshot_choice.ZERO_SHOT] * 2 + [fewshot_choice.PROBE] * 2 + [
-        fewshot_choice.RESIDUAL]
+        fewshot_choice.RESIDUAL, fewshot_choice.DEEP]
+    deep = fewshot_choice.deep_candidates(fewshot_choice.zero_shot_candidate("{sentence} It was [TARGET]", {}), 30)
+    assert [c.kind for c in deep] == [fewshot_choice.DEEP] and deep[0].encoder["init"] == "labels"
+    assert deep[0].template == "{sentence} It was [TARGET]" and not fewshot_choice.deep_candidates(deep[0], None)
     assert report["choice"]["kinds"] == list(fewshot_choice.KINDS) and len(report["choice"]["probes"]) == 2
     assert 0 <= entry["majority"]["accuracy"] <= 1 and entry["n_eval"] == 4
     markdown = (tmp_path / "out" / "results.md").read_text()

@@ -2,7 +2,8 @@
 (``embeddings``: a generic sentence encoder's embeddings with logistic regression, as ``ptune baselines`` fits it;
 ``probe``: the linear probe, ``task.head: linear`` at the middle layer with mean pooling over the manual prompt, no
 virtual tokens), and the recipe that cross-validation on the k training rows chooses (``chosen``: a manual prompt as
-it stands, a linear probe, or P-tuning started at the manual prompt's words, see ``fewshot_choice``), over several
+it stands, a linear probe, P-tuning started at the manual prompt's words, or a deep prompt started
+from its label words, see ``fewshot_choice``), over several
 seeds, reported as mean and spread with each seed's choice; the three see the same k rows per seed. Three more
 methods train on those rows with one fixed recipe each (``fewshot_methods``), from the manual prompt the k rows
 prefer: ``residual``, P-tuning started at its words; ``deep``, a deep prompt over it (causal LMs); ``deep_text``,
@@ -44,11 +45,10 @@ from ..modeling.base import FrozenBase, load_base
 from ..session import open_session
 from ..tasks.pooled_cache import PooledStateCache
 from ..training.trainer import fit
-from .fewshot_choice import (KINDS, PROBE, PROBES, RECIPES, Candidate, Chooser, probe_depth, residual_encoder,
-                             residual_form)
+from .fewshot_choice import (DEEP, KINDS, PROBE, PROBES, RECIPES, Candidate, Chooser, deep_text_encoder, probe_depth,
+                             residual_encoder, residual_form)
 from .fewshot_methods import (DEEP_EPOCHS, DEEP_LR, DEEP_TEXT_EPOCHS, DEEP_TEXT_LR, DISTILL, DISTILL_EPOCHS,
-                              DISTILL_LR, deep_encoder, deep_text_encoder, distill_plan,
-                              distill_settings, unlabeled_rows)
+                              DISTILL_LR, deep_encoder, distill_plan, distill_settings, unlabeled_rows)
 from .loaders import (balanced_sample, read_agnews, read_fewglue, read_raft, read_sst2, read_trec, require_dir,
                       sample_rows)
 from .reporting import log_to_stderr, took, write_results
@@ -547,7 +547,7 @@ class FewshotRun:
         report = {"benchmark": "few-shot classification", "model": self.model, "kind": self.base.kind,
                   "seeds": self.seeds, "k": self.k, "max_eval": self.max_eval,
                   "budget": {name: self.settings[name] for name in ("lr", "batch_size", "epochs")},
-                  "choice": {"folds": self.folds, "kinds": [kind for kind in KINDS if probes or kind != PROBE],
+                  "choice": {"folds": self.folds, "kinds": [kind for kind in KINDS if probes or kind not in (PROBE, DEEP)],
                              "probes": probes, "recipes": [{"lr": lr, "epochs": e} for lr, e in self.recipes],
                              "criterion": "mean macro-F1 over the folds of the k rows; a tie to the candidate listed "
                                           "first (zero-shot, then the probes)"},

@@ -8,7 +8,11 @@ The candidates are fixed before any figure is seen, and listed in this order:
    layer with mean pooling, a late layer with the last position's state), on causal LMs only;
 3. P-tuning started exactly at the best manual prompt's words (``encoder.residual``: the anchor text before the
    answer slot becomes as many virtual tokens as it has tokens, starting at their embeddings) with a few learning
-   rates and budgets (``RECIPES``).
+   rates and budgets (``RECIPES``);
+4. a deep prompt over the best manual prompt, its keys and values at every layer a table started as those the
+   frozen model gives the prompt's label words (``deep_text_encoder``, ``DEEP_TEXT_RECIPE``), on causal LMs only.
+   This one was added after ``ptune bench fewshot``'s ``deep_text`` method, the same recipe, had been scored on
+   SST-2's and AG News' evaluation rows.
 
 Every candidate is cross-validated on the same stratified folds of the k rows by ``cross_validate``; the highest
 mean macro-F1 wins, and a tie goes to the candidate listed first, the zero-shot prompt, so fitting anything is
@@ -38,9 +42,11 @@ RECIPES: tuple[tuple[float, int], ...] = ((3e-3, 6), (1e-2, 3), (1e-2, 6), (3e-2
 # (layer name, pooling) of the probe candidates: the linear heads of the built-in search space (``space.HEADS``)
 PROBES: tuple[tuple[str, str], ...] = tuple((h["task.head_layer"], h["task.head_pooling"]) for h in HEADS
                                             if h["task.head"] == "linear")
+# the deep prompt started from the label words: 8 positions, (learning rate, epochs)
+DEEP_TEXT_TOKENS, DEEP_TEXT_RECIPE = 8, (1e-2, 6)
 # the kinds of candidate, in the order they are listed (a tie goes to the earlier)
-ZERO_SHOT, PROBE, RESIDUAL = "zero-shot prompt", "linear probe", "residual P-tuning"
-KINDS = (ZERO_SHOT, PROBE, RESIDUAL)
+ZERO_SHOT, PROBE, RESIDUAL, DEEP = "zero-shot prompt", "linear probe", "residual P-tuning", "deep prompt"
+KINDS = (ZERO_SHOT, PROBE, RESIDUAL, DEEP)
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,9 @@ class Candidate:
     @property
     def kind(self) -> str:
         """One of ``KINDS``."""
-        return RESIDUAL if self.trained else PROBE if self.head else ZERO_SHOT
+        if self.trained:
+            return DEEP if self.encoder.get("deep_tokens") else RESIDUAL
+        return PROBE if self.head else ZERO_SHOT
 
 
 def residual_form(manual: str, tokenizer) -> tuple[str, str]:
@@ -131,6 +139,29 @@ def trained_candidates(manual: Candidate, tokenizer, recipes=RECIPES) -> list[Ca
                       lr, epochs) for lr, epochs in recipes]
 
 
+def deep_candidates(manual: Candidate, depth: int | None) -> list[Candidate]:
+    """The deep prompt over ``manual``'s template, started from its label words (``deep_text_encoder``); none
+    without a ``depth`` (not a causal LM, whose KV cache a deep prompt fills)."""
+    if not depth:
+        return []
+    lr, epochs = DEEP_TEXT_RECIPE
+    return [Candidate(f"deep prompt from the label words, lr {lr:g}, {epochs} epochs", manual.template,
+                      manual.verbalizer, deep_text_encoder(), lr, epochs)]
+
+
+def deep_text_encoder() -> dict:
+    """The ``encoder`` section of a deep prompt started from the label words: no input-layer virtual tokens, a table
+    of ``DEEP_TEXT_TOKENS`` positions' keys and values started as those the frozen model gives the prompt's label
+    words (``encoder.init: labels``).
+
+    Example:
+        >>> deep_text_encoder()["deep_encoder"], deep_text_encoder()["init"]
+        ('table', 'labels')
+    """
+    return {"type": "lstm", "hidden_size": 128, "deep_tokens": DEEP_TEXT_TOKENS, "deep_encoder": "table",
+            "init": "labels"}
+
+
 def residual_encoder(init_text: str) -> dict:
     """The ``encoder`` section of residual P-tuning started at ``init_text``: an LSTM encoder whose output is added
     to the embeddings of ``init_text``'s tokens, so that training starts exactly at the manual prompt."""
@@ -173,7 +204,7 @@ class Chooser:
         Returns:
             `tuple[Candidate, list[dict]]`: the chosen candidate and one ``{"candidate", "kind", "accuracy",
             "macro_f1", "macro_f1_std", "seconds"}`` per candidate scored, in the order scored (the zero-shot
-            prompts, the probes, the residual starts).
+            prompts, the probes, the residual starts, the deep prompt).
 
         Example:
             >>> chosen, scores = chooser.choose([(spec.manual, spec.verbalizer)], k_rows, seed=1)  # doctest: +SKIP
@@ -181,7 +212,8 @@ class Chooser:
         zero = [zero_shot_candidate(t, v) for t, v in prompts]
         scores = [self.score(c, rows, seed) for c in zero]
         manual = zero[best(scores)]
-        fitted = probe_candidates(manual, self.depth) + trained_candidates(manual, self.base.tokenizer, self.recipes)
+        fitted = probe_candidates(manual, self.depth) + trained_candidates(manual, self.base.tokenizer, self.recipes) \
+            + deep_candidates(manual, self.depth)
         final = [manual, *fitted]
         final_scores = [scores[zero.index(manual)]] + [self.score(c, rows, seed) for c in fitted]
         return final[best(final_scores)], scores + final_scores[1:]

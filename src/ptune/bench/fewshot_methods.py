@@ -18,15 +18,16 @@ from __future__ import annotations
 
 from ..data.tables import Table
 from ..template import parse_template
-from .fewshot_choice import residual_encoder, residual_form
+from .fewshot_choice import DEEP_TEXT_RECIPE, residual_encoder, residual_form
 
 # the deep prompt: 8 positions through the mlp reparameterisation (the built-in search space's first deep candidate
 # when the method was written), at 1e-2 for 6 epochs. Fixed before any figure of the method was seen.
 DEEP_ENCODER: dict = {"deep_tokens": 8, "deep_encoder": "mlp"}
 DEEP_LR, DEEP_EPOCHS = 1e-2, 6
-# the deep prompt started from text: 8 positions, a table of keys and values started as the frozen model's for
-# the label words (``encoder.init: labels``: ", "-joined, cycled or cut to 8 tokens), at 1e-2 for 6 epochs. Fixed before any figure was seen.
-DEEP_TEXT_TOKENS, DEEP_TEXT_LR, DEEP_TEXT_EPOCHS = 8, 1e-2, 6
+# the deep prompt started from text (``fewshot_choice.deep_text_encoder``, also a candidate of the choice): 8
+# positions, a table of keys and values started as the frozen model's for the label words (``encoder.init:
+# labels``: ", "-joined, cycled or cut to 8 tokens), at 1e-2 for 6 epochs. Fixed before any figure was seen.
+DEEP_TEXT_LR, DEEP_TEXT_EPOCHS = DEEP_TEXT_RECIPE
 # distillation on unlabeled rows: one teacher per template, 400 rows labelled, one round, a soft row weighing as a
 # labelled one; teachers and student residual P-tuning at 1e-2 for 6 epochs. Fixed before any figure was seen.
 DISTILL: dict = {"train.distill_teachers": 1, "train.distill_rows": 400, "train.distill_rounds": 1,
@@ -46,21 +47,6 @@ def deep_encoder() -> dict:
         (8, 'mlp')
     """
     return {"type": "lstm", "hidden_size": 128, **DEEP_ENCODER}
-
-
-def deep_text_encoder() -> dict:
-    """The ``encoder`` section of the ``deep_text`` method: no input-layer virtual tokens, a deep prompt whose
-    table starts as the keys and values the frozen model gives the prompt's label words (``init: labels``).
-
-    Returns:
-        `dict`: encoder keys (``deep_tokens``, ``deep_encoder: table``, ``init: labels``).
-
-    Example:
-        >>> deep_text_encoder()["deep_encoder"], deep_text_encoder()["init"]
-        ('table', 'labels')
-    """
-    return {"type": "lstm", "hidden_size": 128, "deep_tokens": DEEP_TEXT_TOKENS, "deep_encoder": "table",
-            "init": "labels"}
 
 
 def distill_plan(prompts: list[tuple[str, dict]], tokenizer) -> tuple[str, str, list[str]]:
