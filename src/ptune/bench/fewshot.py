@@ -2,9 +2,9 @@
 (``embeddings``: a generic sentence encoder's embeddings with logistic regression, as ``ptune baselines`` fits it;
 ``probe``: the linear probe, ``task.head: linear`` at the middle layer with mean pooling over the manual prompt, no
 virtual tokens), and the recipe that cross-validation on the k training rows chooses (``chosen``: a manual prompt as
-it stands, a linear probe, P-tuning started at the manual prompt's words, or a deep prompt started
-from its label words, see ``fewshot_choice``), over several
-seeds, reported as mean and spread with each seed's choice; the three see the same k rows per seed. Three more
+it stands, a linear probe, P-tuning started at the manual prompt's words, or a deep prompt started from its label
+words, see ``fewshot_choice``), over several seeds, reported as mean and spread with each seed's choice; the three
+see the same k rows per seed. Four more
 methods train on those rows with one fixed recipe each (``fewshot_methods``), from the manual prompt the k rows
 prefer: ``residual``, P-tuning started at its words; ``deep``, a deep prompt over it (causal LMs); ``deep_text``,
 the same started as its label words' keys and values; and
