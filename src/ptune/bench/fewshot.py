@@ -4,14 +4,12 @@
 virtual tokens), and the recipe that cross-validation on the k training rows chooses (``chosen``: a manual prompt as
 it stands, a linear probe, P-tuning started at the manual prompt's words, or a deep prompt started from its label
 words, see ``fewshot_choice``), over several seeds, reported as mean and spread with each seed's choice; the three
-see the same k rows per seed. Four more
-methods train on those rows with one fixed recipe each (``fewshot_methods``), from the manual prompt the k rows
-prefer: ``residual``, P-tuning started at its words; ``deep``, a deep prompt over it (causal LMs); ``deep_text``,
-the same started as its label words' keys and values; and
-``unlabeled``, ``residual`` distilled from teachers that label the train pool's other rows, their labels removed
-(sampled tasks only). The older fixed-budget methods (P-tuning with the LSTM and the MLP encoder, plain prompt
-tuning with ``embedding``, each with the same epochs, batch size and learning rate) stay available by name, to
-compare with and to rerun older reports.
+see the same k rows per seed. Four more methods train on those rows with one fixed recipe each (``fewshot_methods``),
+from the manual prompt the k rows prefer: ``residual``, P-tuning started at its words; ``deep``, a deep prompt over
+it (causal LMs); ``deep_text``, the same started as its label words' keys and values; and ``unlabeled``, ``residual``
+distilled from teachers that label the train pool's other rows, their labels removed (sampled tasks only). The older
+fixed-budget methods (P-tuning with the LSTM and the MLP encoder, plain prompt tuning with ``embedding``, each with
+the same epochs, batch size and learning rate) stay available by name, to compare with and to rerun older reports.
 
 Per task: SST-2 trains on k rows sampled from ``train.tsv`` (per seed; labels balanced for ``chosen``, ``probe``
 and ``embeddings``) and is scored on ``dev.tsv``; FewGLUE RTE, CB, BoolQ, WiC train on their fixed 32-row
