@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import random
 import sys
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -142,8 +141,8 @@ class Session:
         if self.task.labels is None:
             raise ConfigError("encoder.init: labels starts the prompt from the label words, which only a "
                               "classification task has; use init: text with encoder.init_text")
-        words = ", ".join(dict.fromkeys(words[0] for words in self.task.labels.words))
-        return dataclasses.replace(enc, init="text", init_text=words)
+        text = ", ".join(dict.fromkeys(alternatives[0] for alternatives in self.task.labels.words))
+        return replace(enc, init="text", init_text=text)
 
     def new_deep_prompt(self) -> DeepPromptEncoder | None:
         """A fresh deep prompt (``encoder.deep_tokens``, None without one): random, or with ``encoder.deep_encoder:

@@ -51,8 +51,8 @@ from .loaders import (balanced_sample, read_agnews, read_fewglue, read_raft, rea
                       sample_rows)
 from .reporting import log_to_stderr, took, write_results
 
-METHODS = ("majority", "zero_shot", "embeddings", "probe", "residual", "deep", "deep_text", "unlabeled", "chosen", "lstm",
-           "mlp", "embedding")
+METHODS = ("majority", "zero_shot", "embeddings", "probe", "residual", "deep", "deep_text", "unlabeled", "chosen",
+           "lstm", "mlp", "embedding")
 DEFAULT_METHODS = ("majority", "zero_shot", "chosen")
 FIXED_METHODS = ("lstm", "mlp", "embedding")  # one fixed budget each, no choice
 
@@ -545,7 +545,8 @@ class FewshotRun:
         report = {"benchmark": "few-shot classification", "model": self.model, "kind": self.base.kind,
                   "seeds": self.seeds, "k": self.k, "max_eval": self.max_eval,
                   "budget": {name: self.settings[name] for name in ("lr", "batch_size", "epochs")},
-                  "choice": {"folds": self.folds, "kinds": [kind for kind in KINDS if probes or kind not in (PROBE, DEEP)],
+                  "choice": {"folds": self.folds,
+                             "kinds": [kind for kind in KINDS if probes or kind not in (PROBE, DEEP)],
                              "probes": probes, "recipes": [{"lr": lr, "epochs": e} for lr, e in self.recipes],
                              "criterion": "mean macro-F1 over the folds of the k rows; a tie to the candidate listed "
                                           "first (zero-shot, then the probes)"},

@@ -7,10 +7,9 @@ Every candidate is a dict of dotted config keys to values, applied over the conf
   virtual tokens placed elsewhere) x ``HEADS`` x ``ENCODERS`` x ``LR_FACTORS`` (times the config's ``train.lr``);
 - deep prompts (P-tuning v2: trained keys and values at every layer, ``encoder.deep_tokens``): the manual template
   without ``[P]`` runs x ``DEEP_PROMPTS`` (8 positions as a table started from the label words' keys and values, 16
-  through the ``mlp`` reparameterisation) x ``DEEP_HEADS`` (the
-  label words, and a linear head at the middle layer), at the config's ``train.lr``; on causal LMs only (a deep
-  prompt lives in the KV cache), and left out where ``train.gradient_checkpointing`` is on (which a deep prompt
-  cannot run with).
+  through the ``mlp`` reparameterisation) x ``DEEP_HEADS`` (the label words, and a linear head at the middle layer),
+  at the config's ``train.lr``; on causal LMs only (a deep prompt lives in the KV cache), and left out where
+  ``train.gradient_checkpointing`` is on (which a deep prompt cannot run with).
 
 Each candidate has a kind (``KINDS``: the probe, an input-layer prompt read by the label words, one read by a linear
 head, a deep prompt), and the candidates are listed round-robin over the kinds, each kind's best guess first: a
@@ -184,11 +183,9 @@ def deep_candidates(manual: str, depth: int, lr: float, classify: bool = True) -
         >>> deep_candidates("{text} Label : [TARGET]", 30, 3e-2)[0]["encoder.deep_tokens"]
         8
     """
+    prompts = [deep for deep in DEEP_PROMPTS if classify or deep.get("encoder.init") != "labels"]
     out = []
-    if not classify:
-        return [{"task.template": manual, **deep, "train.lr": float(f"{lr:.3g}")} for deep in DEEP_PROMPTS
-                if deep.get("encoder.init") != "labels"]
-    for deep, head in itertools.product(DEEP_PROMPTS, DEEP_HEADS):
+    for deep, head in itertools.product(prompts, DEEP_HEADS if classify else ({},)):
         head = {k: layer_number(v, depth) if k == "task.head_layer" else v for k, v in head.items()}
         out.append({"task.template": manual, **head, **deep, "train.lr": float(f"{lr:.3g}")})
     return out
