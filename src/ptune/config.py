@@ -104,6 +104,7 @@ class TaskConfig:
         head_layer (`int`, defaults to 0): the layer a linear head reads (0: the middle one).
         head_pooling (`str`, defaults to ``"mean"``): how a linear head pools that layer's states: ``mean`` or
             ``last``.
+        top_labels (`int`, *optional*): predictions score only this many best labels (the rest are left out).
 
     Example:
         >>> TaskConfig(template="[P*4] Review : {review} Sentiment : [TARGET]",
@@ -145,6 +146,12 @@ class TaskConfig:
     """``head: linear``: how the row's states at ``head_layer`` become one vector: ``mean`` over its real positions
     (pads left out), or ``last``, the state at its last real position, the only one that has read the whole row in
     a causal model (the last token of the template before ``[TARGET]``)."""
+    top_labels: int | None = None
+    """Classification only: predictions score exactly the ``top_labels`` best labels and leave the others out of
+    their ``scores``. For many labels this is much faster: a causal LM's label words are searched best first
+    through their prefix tree, and a prefix is run only while some word through it can still reach the best
+    ``top_labels`` (a word's log-likelihood only falls as tokens are added). Not with ``calibrate``, which needs
+    every label's score. Empty: every label is scored."""
 
     def __post_init__(self):
         _check_fields(self)
@@ -165,6 +172,13 @@ class TaskConfig:
         _choice("task.head_pooling", self.head_pooling, ("mean", "last"))
         if self.head_layer < 0:
             raise ConfigError(f"task.head_layer must be >= 0 (0: the middle layer), got {self.head_layer}")
+        if self.top_labels is not None:
+            if self.top_labels < 1:
+                raise ConfigError(f"task.top_labels must be >= 1 (empty: every label), got {self.top_labels}")
+            if self.type != "classification" or self.calibrate != "none":
+                raise ConfigError(f"task.top_labels applies to classification without task.calibrate (task.type "
+                                  f"is {self.type!r}, task.calibrate {self.calibrate!r}): calibration needs "
+                                  f"every label's score")
 
 
 @dataclass

@@ -23,8 +23,9 @@ from .base import attention_window, packable
 from .deep import DeepPromptEncoder, deep_keys_values, greedy_decode
 from .encoders import PromptEncoder
 from .heads import LinearHead, adapt_lm_head, block_output, float32_scoring
+from .label_search import WordSearch, best_word_sums
 from .scoring import (KeysValues, PrefixCache, after_prefix, cache_argument, joined, new_cache, repeated, run_prefix,
-                      word_logprobs)
+                      run_rows, word_logprobs)
 
 
 def checkpoint_blocks(base: nn.Module, enabled: bool) -> int:
@@ -416,15 +417,35 @@ class CausalPTuning(PTuningModel):
 
         The words' tokens are scored in float32 on a float32 head (``scoring_head``)."""
         with self.scoring_head([t for word in words for t in word]):
-            embeds = self.embed(batch["input_ids"], batch["virtual_index"])  # (B, T, d)
-            mask, positions = batch["attention_mask"], batch["position_ids"]
-            embeds, mask, positions, cache = self.behind_prefix(
-                embeds, mask, positions, 0 if prefix is None else len(prefix[0]),
-                lambda: self.embed(*(torch.tensor([p], device=mask.device) for p in prefix)),
-                lambda: self.prefix_keys_values(*prefix))
-            cache = new_cache() if cache is None else cache
+            embeds, mask, positions, cache = self.scoring_inputs(batch, prefix)
             by_tree = self.scores_by_tree(mask.shape[1] + max(len(w) for w in words) - 1)
             return word_logprobs(self.base, self.cache_arg, embeds, mask, positions, cache, words, by_tree)
+
+    @torch.no_grad()
+    def best_word_logprobs(self, batch, words: list[list[int]], search: WordSearch,
+                           prefix: tuple[list[int], list[int]] | None = None) -> torch.Tensor:
+        """Each word's log-likelihood (B, W) after each input of ``batch``, as far as the best-first search over the
+        words' prefix tree needs it to find each row's ``search.keep`` best labels (``label_search``): -inf for
+        words it proved cannot reach them. Where the tree cannot run (``scores_by_tree``), every word is scored.
+        ``batch`` and ``prefix`` as ``continuation_logprobs`` takes them."""
+        with self.scoring_head([t for word in words for t in word]):
+            embeds, mask, positions, cache = self.scoring_inputs(batch, prefix)
+            if not self.scores_by_tree(mask.shape[1] + max(len(w) for w in words) - 1):
+                every = word_logprobs(self.base, self.cache_arg, embeds, mask, positions, cache, words, False)
+                return torch.stack([w.sum(-1) for w in every], dim=1).float().cpu()
+            first, cache = run_rows(self.base, self.cache_arg, embeds, mask, positions, cache)
+            return best_word_sums(self.base, self.cache_arg, mask, positions, cache, first, words, search)
+
+    def scoring_inputs(self, batch, prefix: tuple[list[int], list[int]] | None):
+        """The rows of ``batch`` behind the shared ``prefix`` (its keys and values cached) and the deep prompt, if
+        any: embeds, mask, positions and the KV cache they run into."""
+        embeds = self.embed(batch["input_ids"], batch["virtual_index"])  # (B, T, d)
+        mask, positions = batch["attention_mask"], batch["position_ids"]
+        embeds, mask, positions, cache = self.behind_prefix(
+            embeds, mask, positions, 0 if prefix is None else len(prefix[0]),
+            lambda: self.embed(*(torch.tensor([p], device=mask.device) for p in prefix)),
+            lambda: self.prefix_keys_values(*prefix))
+        return embeds, mask, positions, new_cache() if cache is None else cache
 
     def scores_by_tree(self, places: int) -> bool:
         """Whether label words up to ``places`` places long with their inputs score by their prefix tree (each

@@ -193,18 +193,29 @@ def attention_bias(base: nn.Module, allowed: torch.Tensor, dtype: torch.dtype) -
 
 
 def node_logprobs(base: nn.Module, cache_arg: str, mask: torch.Tensor, positions: torch.Tensor, cache,
-                  tree: PrefixTree, nodes: list[int], scored: torch.Tensor) -> torch.Tensor:
-    """Run ``nodes`` of ``tree`` after every row held in ``cache`` (``mask`` (B, K) covers what it holds, the rows'
-    last ``positions`` (B, T) place the nodes), each node seeing the rows and its own ancestors only; the cache is
-    cropped back afterwards. Returns the log-probabilities of the tokens ``scored`` (S,) after each node: (B, n, S).
-    """
-    rows, n = mask.shape[0], len(nodes)
-    ids = torch.tensor([[tree.tokens[i] for i in nodes]], device=mask.device).expand(rows, n)  # (B, n)
-    depth = torch.tensor([tree.depths[i] for i in nodes], device=mask.device)
-    step_pos = positions[:, -1:] + depth  # (B, n): a node of depth k sits k places after the row's last token
+                  tree: PrefixTree, nodes: list[list[int]], scored: torch.Tensor) -> torch.Tensor:
+    """Run each row's ``nodes`` of ``tree`` after that row, held in ``cache`` (``mask`` (B, K) covers what it
+    holds, the rows' last ``positions`` (B, T) place the nodes), each node seeing its row and its own ancestors
+    only (which must be among the row's nodes); the cache is cropped back afterwards. Rows with fewer nodes are
+    padded with nodes that see their row only. Returns the log-probabilities of the tokens ``scored`` (S,) after
+    each row's nodes: (B, n, S), n the longest list."""
+    rows, n = mask.shape[0], max(map(len, nodes))
+    ids = torch.zeros(rows, n, dtype=torch.long)
+    depth = torch.ones(rows, n, dtype=torch.long)
+    sees = torch.eye(n, dtype=torch.bool).repeat(rows, 1, 1)  # (B, n, n): padding sees itself
+    views: dict[tuple, torch.Tensor] = {}  # rows that run the same nodes share their mask
+    for r, row_nodes in enumerate(nodes):
+        k = len(row_nodes)
+        ids[r, :k] = torch.tensor([tree.tokens[i] for i in row_nodes], dtype=torch.long)
+        depth[r, :k] = torch.tensor([tree.depths[i] for i in row_nodes], dtype=torch.long)
+        key = tuple(row_nodes)
+        if key not in views:
+            views[key] = tree.sees(row_nodes)
+        sees[r, :k, :k] = views[key]
+    step_pos = positions[:, -1:] + depth.to(mask.device)  # (B, n): a node of depth k sits k places after its row
     allowed = torch.cat([mask.bool()[:, None, None, :].expand(rows, 1, n, mask.shape[1]),
-                         tree.sees(nodes).to(mask.device).expand(rows, 1, n, n)], dim=-1)  # (B, 1, n, K+n)
-    embeds = base.get_input_embeddings()(ids)
+                         sees.to(mask.device)[:, None]], dim=-1)  # (B, 1, n, K+n)
+    embeds = base.get_input_embeddings()(ids.to(mask.device))
     logits = base(inputs_embeds=embeds, attention_mask=attention_bias(base, allowed, embeds.dtype),
                   position_ids=step_pos, use_cache=True, **{cache_arg: cache}).logits  # (B, n, V)
     cache.crop(-n)  # back to the rows alone for the next run of nodes
@@ -231,7 +242,7 @@ def later_tokens_by_tree(base: nn.Module, cache_arg: str, mask: torch.Tensor, po
     scored_ids = torch.tensor(scored, dtype=torch.long, device=mask.device)
     places = tree_places(base.get_input_embeddings().weight.shape[0])
     for nodes in tree.groups(max(1, places // rows)):
-        logp[:, nodes] = node_logprobs(base, cache_arg, mask, positions, cache, tree, nodes, scored_ids)
+        logp[:, nodes] = node_logprobs(base, cache_arg, mask, positions, cache, tree, [nodes] * rows, scored_ids)
     return [logp[:, path, [column[t] for t in word[1:]]] for word, path in zip(words, tree.paths)]
 
 
@@ -258,6 +269,16 @@ def later_tokens_by_word(base: nn.Module, cache_arg: str, mask: torch.Tensor, po
     return result
 
 
+def run_rows(base: nn.Module, cache_arg: str, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+             cache) -> tuple[torch.Tensor, object]:
+    """Run the left-padded rows ``embeds`` (B, T, d) into ``cache`` (``mask`` also covers whatever it holds before
+    them). Returns the log-probabilities of each row's next token (B, V), float32, and the cache."""
+    out = base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+               logits_to_keep=1, **{cache_arg: cache})
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
+    return F.log_softmax(out.logits[:, -1].float(), dim=-1), cache
+
+
 def word_logprobs(base: nn.Module, cache_arg: str, embeds: torch.Tensor, mask: torch.Tensor,
                   positions: torch.Tensor, cache, words: list[list[int]], by_tree: bool = True
                   ) -> list[torch.Tensor]:
@@ -266,10 +287,7 @@ def word_logprobs(base: nn.Module, cache_arg: str, embeds: torch.Tensor, mask: t
     position scores every word's first token, and the words' other tokens run on the cached rows, every shared
     prefix once per row (``by_tree``: the base must take a custom 4D mask, and no sliding window reach the words)
     or word by word. Returns, per word, (B, len(word))."""
-    out = base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-               logits_to_keep=1, **{cache_arg: cache})
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
-    first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+    first, cache = run_rows(base, cache_arg, embeds, mask, positions, cache)  # (B, V)
     later = (later_tokens_by_tree if by_tree else later_tokens_by_word)(base, cache_arg, mask, positions, cache,
                                                                           words)
     return [torch.cat([first[:, word[:1]], rest.to(first.device)], dim=1) for word, rest in zip(words, later)]

@@ -4,6 +4,8 @@ label-word scoring in ``label_scoring`` and calibration in ``calibration``; this
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -12,7 +14,7 @@ from ..errors import ConfigError
 from ..modeling.ptuning import PTuningModel
 from .base import Task, sorted_batches
 from .calibration import calibrated
-from .label_scoring import label_word_scores
+from .label_scoring import best_only, label_word_scores
 from .losses import ClassifyLoss, LinearHeadLoss, WeightedLMLoss, balanced_weights
 from .metrics import classification_metrics
 
@@ -153,12 +155,15 @@ class ClassificationTask(Task):
             return WeightedLMLoss(weights, torch.tensor([self.renderer.target_ids(w[0])[0] for w in self.labels.words]))
         return super().make_loss(examples) if weights is None else WeightedLMLoss(weights)
 
-    def scores(self, model: PTuningModel, rows: list[dict], batch_size: int, device, progress=None) -> torch.Tensor:
+    def scores(self, model: PTuningModel, rows: list[dict], batch_size: int, device, progress=None,
+               keep: int | None = None) -> torch.Tensor:
         """(rows, labels): each label's score, the best over its alternative words of the words' log-likelihood
-        (``head: linear``: the classifier's log-probabilities)."""
+        (``head: linear``: the classifier's log-probabilities). ``keep``: only each row's ``keep`` best labels
+        are scored, the others are -inf (label words: searched best first)."""
         if self.head.fits_classifier:
-            return self.head_scores(model, rows, batch_size, device, progress)
-        return label_word_scores(self, model, rows, batch_size, device, progress)
+            scores = self.head_scores(model, rows, batch_size, device, progress)
+            return scores if keep is None else best_only(scores, keep)
+        return label_word_scores(self, model, rows, batch_size, device, progress, keep)
 
     def head_scores(self, model: PTuningModel, rows: list[dict], batch_size: int, device,
                     progress=None) -> torch.Tensor:
@@ -172,17 +177,21 @@ class ClassificationTask(Task):
         return scores
 
     def predict(self, model, rows, batch_size, device, progress=None):
-        return self.finish(model, self.scores(model, rows, batch_size, device, progress), batch_size, device)
+        keep = self.cfg.top_labels
+        return self.finish(model, self.scores(model, rows, batch_size, device, progress, keep), batch_size, device)
 
     def finish(self, model: PTuningModel, scores: torch.Tensor, batch_size: int, device) -> list[dict]:
         """Raw label scores (rows, labels) -> predictions: calibrated where the config says so, then the best label
-        and the scores."""
+        and the scores (``task.top_labels``: the best ones only)."""
         scores = calibrated(self, model, scores, batch_size, device)
+        if self.cfg.top_labels is not None:
+            scores = best_only(scores, self.cfg.top_labels)
         out = []
         for row_scores in scores:
             best = int(row_scores.argmax())
             out.append({"prediction": self.labels.labels[best],
-                        "scores": {l: round(float(s), 4) for l, s in zip(self.labels.labels, row_scores)}})
+                        "scores": {l: round(float(s), 4) for l, s in zip(self.labels.labels, row_scores)
+                                   if s > -math.inf}})
         return out
 
     def raw_scores(self, model: PTuningModel, rows: list[dict], batch_size: int, device) -> torch.Tensor:

@@ -3,6 +3,8 @@ labels), so cross-validated ensembles and a loaded ``Ensemble`` predict alike.""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -11,7 +13,8 @@ def mean_label_probabilities(member_predictions: list[list[dict]], labels: list[
 
     Args:
         member_predictions (`list[list[dict]]`): one list of predictions per member, all over the same rows in the
-            same order; each prediction holds ``"scores"``, a label -> log-probability mapping.
+            same order; each prediction holds ``"scores"``, a label -> log-probability mapping. A label missing
+            from it (``task.top_labels``: only the best are scored) has probability 0 for that member.
         labels (`list[str]`): the label order of the returned columns.
 
     Returns:
@@ -27,7 +30,8 @@ def mean_label_probabilities(member_predictions: list[list[dict]], labels: list[
         raise ValueError("mean_label_probabilities needs at least one member's predictions")
     total = None
     for predictions in member_predictions:  # summed in member order, so a fixed ensemble gives fixed figures
-        scores = torch.tensor([[p["scores"][label] for label in labels] for p in predictions])  # (rows, labels)
+        scores = torch.tensor([[p["scores"].get(label, -math.inf) for label in labels]
+                               for p in predictions])  # (rows, labels)
         probs = torch.softmax(scores, dim=-1)
         total = probs if total is None else total + probs
     return total / len(member_predictions)  # (rows, labels)
@@ -43,7 +47,8 @@ def ensemble_predictions(member_predictions: list[list[dict]], labels: list[str]
         labels (`list[str]`): the labels, in the members' shared order.
 
     Returns:
-        `list[dict]`: one ``{"prediction": label, "scores": {label: log mean probability}}`` per row.
+        `list[dict]`: one ``{"prediction": label, "scores": {label: log mean probability}}`` per row; a label
+        no member scored is left out.
 
     Example:
         >>> preds = [[{"scores": {"neg": -2.0, "pos": -0.1}}], [{"scores": {"neg": -0.5, "pos": -1.5}}]]
@@ -52,4 +57,5 @@ def ensemble_predictions(member_predictions: list[list[dict]], labels: list[str]
     """
     probs = mean_label_probabilities(member_predictions, labels)  # (rows, labels)
     return [{"prediction": labels[int(row.argmax())],
-             "scores": {label: round(float(s), 4) for label, s in zip(labels, row.log())}} for row in probs]
+             "scores": {label: round(float(s), 4) for label, s in zip(labels, row.log()) if s > -math.inf}}
+            for row in probs]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..data.render import Encoded, collate, split_shared_prefix
+from ..modeling.label_search import WordSearch
 from .base import shared_input, sorted_batches
 
 if TYPE_CHECKING:  # (classification imports this module)
@@ -66,32 +67,44 @@ def split_shared_inputs(task: ClassificationTask, rows: list[dict], targets: lis
     return shared, candidates
 
 
-def continuation_scores(model, inputs: list[Encoded], words: list[list[int]], pad_id: int, device,
-                        prefix_length: int = 0) -> list[torch.Tensor]:
-    """Every word's token log-probabilities after each of ``inputs`` (target-free, run left-padded in one batch).
-    The first ``prefix_length`` tokens, where every input has them alike, run once for all (their keys and values
-    cached by the model); each input keeps at least one token of its own. Returns, per word, (B, len(word))."""
+def scoring_batch(inputs: list[Encoded], pad_id: int, device, prefix_length: int = 0) -> tuple[dict, tuple | None]:
+    """``inputs`` (target-free) as one left-padded batch, and the prefix of their first ``prefix_length`` tokens
+    where every input has them alike (token ids, virtual indices), which then runs once for all (its keys and
+    values cached by the model) and is cut from the batch; each input keeps at least one token of its own."""
     prefix, rest = split_shared_prefix(inputs, prefix_length)
     if prefix is None:
-        return model.continuation_logprobs(collate(inputs, pad_id, "left", device), words)
-    return model.continuation_logprobs(collate(rest, pad_id, "left", device), words,
-                                       prefix=(prefix.input_ids, prefix.virtual_index))
+        return collate(inputs, pad_id, "left", device), None
+    return collate(rest, pad_id, "left", device), (prefix.input_ids, prefix.virtual_index)
+
+
+def continuation_scores(model, inputs: list[Encoded], words: list[list[int]], pad_id: int, device,
+                        prefix_length: int = 0) -> list[torch.Tensor]:
+    """Every word's token log-probabilities after each of ``inputs`` (``scoring_batch``). Returns, per word,
+    (B, len(word))."""
+    batch, prefix = scoring_batch(inputs, pad_id, device, prefix_length)
+    return model.continuation_logprobs(batch, words, prefix=prefix)
 
 
 def score_shared_inputs(task: ClassificationTask, model, shared: list[tuple[int, Encoded]], scores: LabelScores,
-                        batch_size: int, device, progress=None) -> None:
-    """The shared-input path: record every word's score for these (row index, target-free input) pairs."""
+                        batch_size: int, device, progress=None, keep: int | None = None) -> None:
+    """The shared-input path: record every word's score for these (row index, target-free input) pairs; with
+    ``keep``, only those of the words the best-first search reaches (``PTuningModel.best_word_logprobs``)."""
     if not shared:  # (a model that cannot score continuations has no prefix cache either)
         return
     targets = label_word_ids(task)
     words = [ids for _, ids in targets]
+    search = None if keep is None else WordSearch([li for li, _ in targets], keep, scores.mean)
     prefix_length = task.renderer.shared_prefix_length() if model.use_prefix_cache else 0
     pad = task.renderer.tokenizer.pad_token_id
     for _, chunk in sorted_batches(shared, batch_size, key=lambda it: len(it[1])):
-        per_word = continuation_scores(model, [c[1] for c in chunk], words, pad, device, prefix_length)
-        for (li, ids), logp in zip(targets, per_word):
-            for (ri, _), total in zip(chunk, logp.sum(-1).tolist()):
-                scores.record(ri, li, total, len(ids))
+        batch, prefix = scoring_batch([c[1] for c in chunk], pad, device, prefix_length)
+        if search is None:
+            sums = [logp.sum(-1) for logp in model.continuation_logprobs(batch, words, prefix=prefix)]
+        else:
+            sums = model.best_word_logprobs(batch, words, search, prefix=prefix).unbind(1)  # per word, (B,)
+        for (li, ids), total in zip(targets, sums):
+            for (ri, _), value in zip(chunk, total.tolist()):
+                scores.record(ri, li, value, len(ids))
         if progress:
             progress(len(chunk))  # rows
 
@@ -114,13 +127,25 @@ def score_candidates(task: ClassificationTask, model, candidates: list[tuple[int
 
 
 def label_word_scores(task: ClassificationTask, model, rows: list[dict], batch_size: int, device,
-                      progress=None) -> torch.Tensor:
+                      progress=None, keep: int | None = None) -> torch.Tensor:
     """(rows, labels): each label's score for each row, by the shared-input path where the model and the row
-    allow it and per candidate otherwise. ``progress(n)``, if given, is called as rows are finished."""
+    allow it and per candidate otherwise. ``progress(n)``, if given, is called as rows are finished. ``keep``:
+    only each row's ``keep`` best labels are scored (the others are -inf), by the best-first search where the
+    shared-input path runs."""
     targets = label_word_ids(task)
     shared, candidates = split_shared_inputs(task, rows, targets, model.can_score_continuations)
     scores = LabelScores(len(rows), len(task.labels.labels), task.cfg.score == "mean")
-    score_shared_inputs(task, model, shared, scores, batch_size, device, progress)
+    score_shared_inputs(task, model, shared, scores, batch_size, device, progress, keep)
     score_candidates(task, model, candidates, scores, batch_size, device, progress)
-    return scores.values
+    return scores.values if keep is None else best_only(scores.values, keep)
 
+
+def best_only(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """(rows, labels) ``scores`` with all but each row's ``keep`` best set to -inf.
+
+    Example:
+        >>> best_only(torch.tensor([[-1.0, -3.0, -2.0]]), 2).tolist()
+        [[-1.0, -inf, -2.0]]
+    """
+    best = scores.topk(min(keep, scores.shape[1]), dim=1).indices
+    return torch.full_like(scores, -math.inf).scatter(1, best, scores.gather(1, best))

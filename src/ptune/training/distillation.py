@@ -83,12 +83,14 @@ def unlabeled_pool(session: Session, size: int, seed: int, exclude: list[Table] 
 
 def teacher_sessions(session: Session) -> list[Session]:
     """One session per teacher template over the same frozen base and labels (``train.distill_templates``), or
-    ``[session]`` where none is listed."""
+    ``[session]`` where none is listed. Teachers score every label (no ``task.top_labels``): a soft label needs
+    each one's probability."""
     templates = session.cfg.train.distill_templates
-    if not templates:
+    if not templates and session.cfg.task.top_labels is None:
         return [session]
-    return [open_session(session.cfg.replace({"task.template": t}), labels=session.task.labels, base=session.base,
-                         unlabeled=session.unlabeled) for t in templates]
+    return [open_session(session.cfg.replace({"task.template": t, "task.top_labels": None}), labels=session.task.labels,
+                         base=session.base, unlabeled=session.unlabeled)
+            for t in templates or [session.cfg.task.template]]
 
 
 def soft_labels(teachers: list[tuple[Session, PTuningModel]], pool: list[dict]) -> torch.Tensor:
