@@ -123,3 +123,31 @@ def test_deep_starts_at_the_manual_prompt_the_k_rows_prefer(tiny_causal_dir, tmp
     assert e["deep_text"]["encoder"]["deep_encoder"] == "table" and e["deep_text"]["encoder"]["init"] == "labels"
     # residual: the second prompt with its anchor words as virtual tokens, at the unlabeled method's recipe
     assert e["residual"]["templates"][0].startswith("Review : {sentence} [P*") and e["residual"]["epochs"] == 6
+
+
+def test_deep_unlabeled_distils_deep_prompts_from_the_label_words(tiny_causal_dir, tmp_path, monkeypatch):
+    from ptune.training import trainer
+
+    seen = []  # (the student's config, the rows its teachers labelled)
+
+    def spy(session, train, seed, train_model, exclude=()):
+        soft = distil(session, train, seed, train_model, exclude)
+        seen.append((session.cfg, soft.rows))
+        return soft
+
+    distil = trainer.distil
+    monkeypatch.setattr(trainer, "distil", spy)
+    report = run_fewshot(sst2_folder(tmp_path), tmp_path / "out", tasks=["sst2"], seeds=[1], k=4, max_eval=None,
+                         methods=["deep_unlabeled"], model=str(tiny_causal_dir), dtype="float32", device="cpu",
+                         batch_size=4, show_progress=False, log=lambda m: None)
+    e = report["tasks"]["sst2"]["deep_unlabeled"]
+    [plan] = e["seeds"]
+    [(cfg, soft_rows)] = seen
+    prompts = SPECS["sst2"].prompts()
+    words = dict(prompts)[plan["student"]]
+    assert plan["teachers"] == [t for t, v in prompts if v == words] and plan["student"] in plan["teachers"]
+    assert cfg.encoder.deep_encoder == "table" and cfg.encoder.init == "labels" and cfg.task.template == plan["student"]
+    assert cfg.train.distill_templates == plan["teachers"] and (e["lr"], e["epochs"]) == (1e-2, 6)
+    k_rows = {r["sentence"] for r in balanced_sample(sst2_folder_pool(), 4, 1, "label").rows}
+    assert not {r["sentence"] for r in soft_rows} & (k_rows | {"never again"}) and soft_rows
+    assert 0 <= e["accuracy"]["mean"] <= 1

@@ -9,7 +9,8 @@
   its label words written before it, not a random prefix;
 - ``unlabeled``: PET-style distillation (``train.distill_*``): teachers, residual P-tuning started at the manual
   prompts' words, trained on the k rows, label a sample of the task's other training rows with their labels
-  removed, and the student (the residual form of the manual prompt) trains on the k rows plus those soft labels.
+  removed, and the student (the residual form of the manual prompt) trains on the k rows plus those soft labels;
+- ``deep_unlabeled``: the same distillation with ``deep_text``'s recipe for teachers and student.
 
 The recipes are fixed here, once, before any of their figures was seen; ``fewshot.FewshotRun`` runs them.
 """
@@ -74,6 +75,23 @@ def distill_plan(prompts: list[tuple[str, dict]], tokenizer) -> tuple[str, str, 
         if words == verbalizer and start == init_text and form not in teachers:
             teachers.append(form)
     return student, init_text, teachers
+
+
+def deep_text_plan(prompts: list[tuple[str, dict]]) -> tuple[str, list[str]]:
+    """The ``deep_unlabeled`` method's student template and teachers' templates: the manual templates as they are
+    (a deep prompt needs no virtual tokens in them). A teacher starts its deep table from the label words, so only
+    the templates that share the first (manual) prompt's verbalizer teach.
+
+    Example:
+        >>> deep_text_plan([("{t} Topic : [TARGET]", {"a": "world"}), ("{t} It is about [TARGET]", {"a": "world"}),
+        ...                 ("{t} News : [TARGET]", {"a": "politics"})])
+        ('{t} Topic : [TARGET]', ['{t} Topic : [TARGET]', '{t} It is about [TARGET]'])
+    """
+    (student, verbalizer), teachers = prompts[0], []
+    for template, words in prompts:
+        if words == verbalizer and template not in teachers:
+            teachers.append(template)
+    return student, teachers
 
 
 def distill_settings(teachers: list[str], source: str) -> dict:
