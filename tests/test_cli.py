@@ -42,6 +42,12 @@ def test_train_eval_predict(tiny_causal_dir, tmp_path):
     assert [l["text"] for l in lines] == [t for t, _ in ROWS[:3]]
     assert all(l["prediction"] in ("complaint", "no complaint") and set(l["scores"]) == {"complaint", "no complaint"}
                for l in lines)
+    res = runner.invoke(main, ["predict", str(out), "--data", str(tmp_path / "new.csv"), "--top-labels", "1",
+                               "--out", str(tmp_path / "top.jsonl"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    top = [json.loads(l) for l in (tmp_path / "top.jsonl").read_text().splitlines()]
+    assert [t["prediction"] for t in top] == [l["prediction"] for l in lines]
+    assert all(t["scores"] == {t["prediction"]: l["scores"][t["prediction"]]} for t, l in zip(top, lines))
 
 
 def test_bad_config_key_is_one_line_with_a_suggestion(tiny_causal_dir, tmp_path):

@@ -120,14 +120,17 @@ def eval_(checkpoint_dirs, data, fmt, quiet):
 @click.option("--data", required=True, help="Rows to predict (labels not needed).")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSONL output file.")
 @click.option("--format", "fmt", default="auto")
+@click.option("--top-labels", type=click.IntRange(min=1), default=None,
+              help="Score only each row's N best labels (the rest are left out of `scores`): much faster with many "
+                   "labels. Default: the checkpoint's task.top_labels, else every label.")
 @click.option("--quiet", is_flag=True)
-def predict(checkpoint_dirs, data, out_file, fmt, quiet):
+def predict(checkpoint_dirs, data, out_file, fmt, top_labels, quiet):
     """Write one JSON object per row: its fields plus `prediction` (and `scores` per label). Several checkpoints
     of one classification task predict as an ensemble (mean label probabilities; scores are their logs)."""
     from .inference import Ensemble
 
     check_out_file(out_file)  # before the model loads
-    predictor = Ensemble.load(list(checkpoint_dirs))
+    predictor = Ensemble.load(list(checkpoint_dirs), top_labels=top_labels)
     table, preds = predictor.predict_file(data, fmt, show_progress=not quiet)
     lines = "".join(json.dumps({**row, **p}, ensure_ascii=False) + "\n" for row, p in zip(table.rows, preds))
     write_atomic(Path(out_file).resolve(), lines.encode())

@@ -125,7 +125,7 @@ def _saved_labels(saved, folder: Path) -> LabelSpace | None:
 
 
 def read_checkpoint(folder: str | Path, *, model_override: str | None = None, device: str | None = None,
-                    check_file=None) -> SavedCheckpoint:
+                    check_file=None, top_labels: int | None = None) -> SavedCheckpoint:
     """Read a checkpoint directory: its manifest and tensor files, every file verified.
 
     Args:
@@ -134,6 +134,7 @@ def read_checkpoint(folder: str | Path, *, model_override: str | None = None, de
         device (`str`, *optional*): overrides the config's ``model.device``.
         check_file (`Callable[[Path], None]`, *optional*): called on each file before it is read; raises to refuse
             it (the server refuses files outside its tasks directory).
+        top_labels (`int`, *optional*): overrides the config's ``task.top_labels`` (score only the best labels).
 
     Returns:
         `SavedCheckpoint`: the parts, nothing built yet.
@@ -154,6 +155,8 @@ def read_checkpoint(folder: str | Path, *, model_override: str | None = None, de
         cfg = cfg.replace({"model.name_or_path": model_override, "model.gguf_file": None})
     if device:
         cfg = cfg.replace({"model.device": device})
+    if top_labels is not None:
+        cfg = cfg.replace({"task.top_labels": top_labels})
     return SavedCheckpoint(folder, meta, cfg, labels, saved_base, encoder_state, prompts, deep)
 
 
@@ -254,7 +257,7 @@ class Predictor(RowPredictor):
 
     @classmethod
     def load(cls, folder: str | Path, *, base: FrozenBase | None = None, model_override: str | None = None,
-             device: str | None = None) -> "Predictor":
+             device: str | None = None, top_labels: int | None = None) -> "Predictor":
         """Load a checkpoint directory written by ``ptune train`` (or ``ptune.train``).
 
         Args:
@@ -263,6 +266,8 @@ class Predictor(RowPredictor):
             model_override (`str`, *optional*): load the base from this path instead of the one recorded (the
                 same model moved elsewhere; its identity is still checked).
             device (`str`, *optional*): ``cpu``, ``cuda``, ``cuda:N``; else the checkpoint's ``model.device``.
+            top_labels (`int`, *optional*): score only each row's best ``top_labels`` labels (``task.top_labels``),
+                whatever the checkpoint says.
 
         Returns:
             `Predictor`: ready to predict.
@@ -271,7 +276,7 @@ class Predictor(RowPredictor):
             >>> Predictor.load("runs/complaints", device="cpu").labels
             ['complaint', 'no complaint']
         """
-        saved = read_checkpoint(folder, model_override=model_override, device=device)
+        saved = read_checkpoint(folder, model_override=model_override, device=device, top_labels=top_labels)
         if base is not None:
             saved.check_base(base.identity)
         # a checkpoint may hold no virtual tokens: the linear probe, or a zero-shot prompt chosen by `ptune search`
@@ -338,13 +343,16 @@ class Ensemble(RowPredictor):
     members: list[Predictor]
 
     @classmethod
-    def load(cls, folders: list[str | Path], *, device: str | None = None) -> "Ensemble":
+    def load(cls, folders: list[str | Path], *, device: str | None = None, top_labels: int | None = None
+             ) -> "Ensemble":
         """Load several checkpoints over one copy of their base model.
 
         Args:
             folders (`list[str | Path]`): checkpoint directories; with more than one, every one a classification
                 checkpoint with the same labels over the same base.
             device (`str`, *optional*): ``cpu``, ``cuda``, ``cuda:N``; else the first checkpoint's ``model.device``.
+            top_labels (`int`, *optional*): each member scores only its best ``top_labels`` labels; the labels a
+                member leaves out count as probability 0 for it.
 
         Returns:
             `Ensemble`: ready to predict.
@@ -355,8 +363,9 @@ class Ensemble(RowPredictor):
         """
         if not folders:
             raise PtuneError("give at least one checkpoint directory")
-        first = Predictor.load(folders[0], device=device)
-        members = [first] + [Predictor.load(f, base=first.session.base, device=device) for f in folders[1:]]
+        first = Predictor.load(folders[0], device=device, top_labels=top_labels)
+        members = [first] + [Predictor.load(f, base=first.session.base, device=device, top_labels=top_labels)
+                             for f in folders[1:]]
         if len(members) > 1:
             for folder, member in zip(folders, members):
                 kind, labels = member.session.cfg.task.type, member.session.task.labels
