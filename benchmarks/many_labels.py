@@ -9,11 +9,13 @@ kind, whose predictions must agree.
     python benchmarks/many_labels.py --data ../shared/data/raft/banking_77 --rows 32 --today
     python benchmarks/many_labels.py --data ../shared/data/raft/banking_77 --size tiny     # 2 random layers
     python benchmarks/many_labels.py --data ../shared/data/raft/banking_77 --threads 1     # one core of a busy CPU
+    python benchmarks/many_labels.py --data ../shared/data/raft/banking_77 --checkpoint runs/banking  # trained
 
 No verbalizer is given: the label words come from the label names (``card_arrival`` -> ``card arrival``).
 ``--today`` times a fourth kind as well: the raw names as words, word by word (what a config without a verbalizer
 ran before label names were spoken as words). ``--size`` takes a random-weight model shaped as a real one
-(random_models.py) instead of the embedded SmolLM2-135M-Instruct. Prints the machine and date on stderr and one JSON
+(random_models.py) instead of the embedded SmolLM2-135M-Instruct; ``--checkpoint`` a prompt trained on the task
+(``ptune train``, its own template and label words) instead of the zero-shot prompt. Prints the machine and date on stderr and one JSON
 line: rows/s of each kind, the ratios, the places (rows x tokens) each runs per row, and the accuracies.
 """
 
@@ -46,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--size", help="a random-weight model of this shape (tiny, 135m, 0.5b, 1.5b)")
     p.add_argument("--models-root", help="where random-weight models are built and kept")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--checkpoint", help="a checkpoint trained on the task, in place of the zero-shot prompt")
     return p.parse_args(argv)
 
 
@@ -60,6 +63,8 @@ def open_kinds(args) -> tuple[dict, dict]:
     from ptune.data.labels import LabelSpace
     from ptune.session import open_session
 
+    if args.checkpoint:
+        return checkpoint_kinds(args.checkpoint)
     names = json.loads((Path(args.data) / "task.json").read_text())["label_columns"]["Label"]
     model_name = "embedded:SmolLM2-135M-Instruct"
     if args.size:
@@ -71,13 +76,27 @@ def open_kinds(args) -> tuple[dict, dict]:
     best = open_session(cfg.replace({"task.top_labels": 1}), label_values=names, base=spoken.base,
                         allow_no_virtual=True)
     sessions = {"word_by_word": spoken, "tree": spoken, "best": best}
-    if args.today:
+    if args.today:  # (not with --checkpoint: its label words are its own)
         raw = LabelSpace(sorted(set(names)), [[n] for n in sorted(set(names))])
         sessions["today"] = open_session(cfg, labels=raw, base=spoken.base, allow_no_virtual=True)
     models = {}
     for kind, session in sessions.items():
         models[kind] = session.new_model().eval()
         models[kind].use_prefix_tree = kind in ("tree", "best")
+    return sessions, models
+
+
+def checkpoint_kinds(folder: str) -> tuple[dict, dict]:
+    """The kinds over a trained checkpoint: word by word and the tree over every label, and the best label alone."""
+    from ptune.inference import Predictor
+
+    every = Predictor.load(folder, device="cpu")
+    best = Predictor.load(folder, device="cpu", top_labels=1, base=every.session.base)
+    sessions = {"word_by_word": every.session, "tree": every.session, "best": best.session}
+    models = {"word_by_word": every.model, "best": best.model}
+    models["tree"] = Predictor.load(folder, device="cpu", base=every.session.base).model
+    for kind, model in models.items():
+        model.eval().use_prefix_tree = kind in ("tree", "best")
     return sessions, models
 
 
@@ -144,6 +163,7 @@ def main(argv=None) -> None:
            "word_places_per_row": {"word_by_word": by_word, "tree": tree},
            "model_places_per_row_first_batch": places,
            "accuracy_50_labelled": accuracy, "predictions_agreeing_with_word_by_word": agree,
+           "checkpoint": args.checkpoint,  # (a checkpoint trained on those 50 rows: its training accuracy)
            "cpu": machine.get("cpu_model"), "torch_threads": torch.get_num_threads(), "date": machine.get("date"),
            "load_average": [round(x, 2) for x in os.getloadavg()]}
     if "today" in rate:

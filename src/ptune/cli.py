@@ -121,8 +121,8 @@ def eval_(checkpoint_dirs, data, fmt, quiet):
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSONL output file.")
 @click.option("--format", "fmt", default="auto")
 @click.option("--top-labels", type=click.IntRange(min=1), default=None,
-              help="Score only each row's N best labels (the rest are left out of `scores`): much faster with many "
-                   "labels. Default: the checkpoint's task.top_labels, else every label.")
+              help="Score only each row's N best labels (the rest are left out of `scores`): fewer model places "
+                   "with many labels. Default: the checkpoint's task.top_labels, else every label.")
 @click.option("--quiet", is_flag=True)
 def predict(checkpoint_dirs, data, out_file, fmt, top_labels, quiet):
     """Write one JSON object per row: its fields plus `prediction` (and `scores` per label). Several checkpoints

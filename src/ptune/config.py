@@ -148,10 +148,10 @@ class TaskConfig:
     a causal model (the last token of the template before ``[TARGET]``)."""
     top_labels: int | None = None
     """Classification only: predictions score exactly the ``top_labels`` best labels and leave the others out of
-    their ``scores``. For many labels this is much faster: a causal LM's label words are searched best first
-    through their prefix tree, and a prefix is run only while some word through it can still reach the best
-    ``top_labels`` (a word's log-likelihood only falls as tokens are added). Not with ``calibrate``, which needs
-    every label's score. Empty: every label is scored."""
+    their ``scores``. A causal LM's label words are then searched best first through their prefix tree, a prefix
+    run only while some word through it can still reach the best ``top_labels`` (a word's log-likelihood only
+    falls as tokens are added): fewer places run, in more model calls, so it pays for many labels where calls are
+    cheap (docs/benchmarks.md). Not with ``calibrate``, which needs every label's score. Empty: every label."""
 
     def __post_init__(self):
         _check_fields(self)

@@ -34,6 +34,8 @@ DEEP_TEXT_LR, DEEP_TEXT_EPOCHS = DEEP_TEXT_RECIPE
 DISTILL: dict = {"train.distill_teachers": 1, "train.distill_rows": 400, "train.distill_rounds": 1,
                  "train.distill_weight": 1.0}
 DISTILL_LR, DISTILL_EPOCHS = 1e-2, 6
+# ``deep_unlabeled``: DISTILL with deep_text's encoder and recipe for teachers and student, nothing of its own to
+# choose; written after deep_text's and unlabeled's figures had been seen, before any of its own.
 
 
 def deep_encoder() -> dict:
