@@ -145,6 +145,32 @@ def test_teachers_label_soft_rows_in_rounds_and_the_final_model_trains_on_both(t
     assert final["examples"] == len(ROWS) + 3 * 2  # each soft row once per label, weighted by its probability
 
 
+def test_each_teacher_reads_its_own_label_words_in_the_tasks_label_order(tiny_causal_dir, tmp_path):
+    own = {"no complaint": "fine", "complaint": "bad"}  # listed in the other order than the task's labels
+    cfg = tiny_config(tiny_causal_dir, _data(tmp_path), encoder={"init": "labels"}, train={
+        "distill_teachers": 1, "distill_templates": [TEACHER_TEMPLATE, TEACHER_TEMPLATE],
+        "distill_verbalizers": [own, {}]})
+    session, _, _ = prepare(cfg, hold_out_dev=False)
+    first, second = distillation.teacher_sessions(session)
+    assert first.task.labels.labels == second.task.labels.labels == session.task.labels.labels
+    assert first.task.labels.to_dict() == {"complaint": ["bad"], "no complaint": ["fine"]}
+    assert second.task.labels.to_dict() == session.task.labels.to_dict()
+    assert first.start_config.init_text == "bad, fine"  # started from its own words
+    # what the teacher scores is what a task spoken in those words scores, not the final model's words
+    alone, _, _ = prepare(cfg.replace({"task.template": TEACHER_TEMPLATE, "task.verbalizer": own,
+                                       "train.distill_teachers": 0, "train.distill_templates": [],
+                                       "train.distill_verbalizers": []}), hold_out_dev=False)
+    pool = [{"text": u[0]} for u in UNLABELED]
+    model = first.new_model(3).eval()
+    with torch.no_grad():
+        mine = first.task.scores(model, pool, 8, "cpu")
+        theirs = alone.task.scores(model, pool, 8, "cpu")
+        student_words = second.task.scores(model, pool, 8, "cpu")
+    order = [alone.task.labels.labels.index(label) for label in first.task.labels.labels]
+    assert torch.allclose(mine, theirs[:, order], atol=1e-5)
+    assert not torch.allclose(mine, student_words, atol=1e-3)
+
+
 def _spy_on_folds_teachers_and_labels(monkeypatch) -> list[tuple]:
     """Events in order: ("fold", held-out texts, training texts) as each fold starts, ("teach", texts) for each
     teacher's training rows, ("label", texts) for each pool the teachers label, ("retrain",) before a search
@@ -251,11 +277,27 @@ def test_a_pool_of_held_out_rows_only_is_an_error_naming_the_key(tiny_causal_dir
     ({"distill_teachers": 1, "distill_templates": ["[P*2] {text"]}, None, r"train.distill_templates\[0\]"),
     ({"distill_teachers": 1, "distill_templates": "one"}, None, "train.distill_templates: expected"),
     ({"distill_teachers": 1, "self_train_rows": 4}, None, "choose one"),
+    ({"distill_teachers": 1, "distill_templates": [TEACHER_TEMPLATE], "distill_verbalizers": [{}, {}]}, None,
+     r"distill_verbalizers has 2 entries but train.distill_templates has 1"),
+    ({"distill_teachers": 1, "distill_templates": [TEACHER_TEMPLATE], "distill_verbalizers": ["yes"]}, None,
+     r"train.distill_verbalizers\[0\]: expected"),
 ])
 def test_config_errors_name_the_key(tiny_causal_dir, tmp_path, train, data, match):
     data = _data(tmp_path) if data is None else {"train": _data(tmp_path)["train"]}
     with pytest.raises(ConfigError, match=match):
         tiny_config(tiny_causal_dir, data, train=train)
+
+
+def test_a_teacher_verbalizer_must_name_the_tasks_labels(tiny_causal_dir, tmp_path):
+    teachers = {"distill_teachers": 1, "distill_templates": [TEACHER_TEMPLATE],
+                "distill_verbalizers": [{"complaint": "bad", "other": "fine"}]}
+    with pytest.raises(ConfigError, match=r"distill_verbalizers\[0\] speaks the labels \['complaint', 'other'\]"):
+        tiny_config(tiny_causal_dir, _data(tmp_path), train=teachers,
+                    task={"verbalizer": {"complaint": "bad", "no complaint": "fine"}})
+    # labels named by the data alone (no task.verbalizer): refused when the teachers' sessions open
+    session, _, _ = prepare(tiny_config(tiny_causal_dir, _data(tmp_path), train=teachers), hold_out_dev=False)
+    with pytest.raises(PtuneError, match=r"distill_verbalizers\[0\] speaks the labels"):
+        distillation.teacher_sessions(session)
 
 
 def test_a_teacher_template_reading_a_missing_column_is_refused_before_the_model_loads(tiny_causal_dir, tmp_path):

@@ -336,6 +336,8 @@ class TrainConfig:
         distill_teachers (`int`, defaults to 0): teachers per template whose averaged label probabilities label
             unlabeled rows for the final model (0: off).
         distill_templates (`list[str]`, defaults to ``[]``): the teachers' templates (empty: ``task.template``).
+        distill_verbalizers (`list[dict]`, defaults to ``[]``): each teacher template's label words (empty: the
+            task's), so that every pattern speaks its labels in its own words.
         distill_rows (`int`, defaults to 400): unlabeled rows (a seeded sample) the teachers label.
         distill_rounds (`int`, defaults to 1): rounds of labelling; each round's students teach the next.
         distill_weight (`float`, defaults to 1.0): a soft-labelled row's weight in the loss (a labelled row's: 1).
@@ -393,6 +395,11 @@ class TrainConfig:
     distill_templates: list[str] = field(default_factory=list)
     """The teachers' templates, each with every seed of ``distill_teachers`` (different wordings make the ensemble's
     errors differ); empty: ``task.template`` alone. The final model keeps ``task.template``."""
+    distill_verbalizers: list[dict[str, Any]] = field(default_factory=list)
+    """The label words of each template of ``distill_templates``, in its order (PET's pattern-verbalizer pairs: a
+    wording may need its own words, "place" after one question, "location" after another); an empty list, or an
+    empty entry, keeps ``task.verbalizer``. Teachers average the probabilities of the labels, so their words may
+    differ from the final model's."""
     distill_rows: int = 400
     """How many unlabeled rows (a seeded sample of ``data.unlabeled``) the teachers label."""
     distill_rounds: int = 1
@@ -457,6 +464,10 @@ class TrainConfig:
                 parse_template(template)
             except TemplateError as err:
                 raise ConfigError(f"train.distill_templates[{i}]: {err}") from None
+        if self.distill_verbalizers and len(self.distill_verbalizers) != len(self.distill_templates):
+            raise ConfigError(f"train.distill_verbalizers has {len(self.distill_verbalizers)} entries but "
+                              f"train.distill_templates has {len(self.distill_templates)}: give one verbalizer per "
+                              "teacher template ({} keeps task.verbalizer)")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.cv_folds < 2:
@@ -506,6 +517,7 @@ class Config:
                     and self.task.type != "classification":
                 raise ConfigError(f"train.{name} is {getattr(self.train, name)!r} but applies to classification "
                                   f"only (task.type is {self.task.type!r})")
+        self._check_teacher_labels()
         if self.task.head == "linear" and self.train.objective != "lm":
             raise ConfigError("train.objective chooses how label words are trained (task.head: words); with "
                               "task.head linear the classifier's cross-entropy is the objective: leave it at 'lm'")
@@ -518,6 +530,15 @@ class Config:
         if n >= self.train.max_length:
             raise ConfigError(f"task.template has {n} virtual tokens but train.max_length is {self.train.max_length}: "
                               "no room is left for the data and the target")
+
+    def _check_teacher_labels(self) -> None:
+        """Each teacher's own verbalizer speaks the task's labels, no more and no fewer (where the task lists
+        them; otherwise the labels are checked against the data when the teachers' sessions open)."""
+        labels = {str(k) for k in self.task.verbalizer}
+        for i, words in enumerate(self.train.distill_verbalizers):
+            if words and labels and {str(k) for k in words} != labels:
+                raise ConfigError(f"train.distill_verbalizers[{i}] speaks the labels {sorted(map(str, words))} but "
+                                  f"task.verbalizer has {sorted(labels)}: a teacher's words must name the same labels")
 
     def _check_optional_fields(self, fields: list[str]) -> None:
         """Each name in data.optional_fields is a field a template of the run reads, and never the label column."""

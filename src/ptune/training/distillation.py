@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ..data.labels import LabelSpace
 from ..data.tables import Table
 from ..errors import PtuneError
 from ..modeling.ptuning import PTuningModel
@@ -82,15 +83,36 @@ def unlabeled_pool(session: Session, size: int, seed: int, exclude: list[Table] 
 
 
 def teacher_sessions(session: Session) -> list[Session]:
-    """One session per teacher template over the same frozen base and labels (``train.distill_templates``), or
-    ``[session]`` where none is listed. Teachers score every label (no ``task.top_labels``): a soft label needs
-    each one's probability."""
+    """One session per teacher template over the same frozen base and labels (``train.distill_templates``), each
+    read by its own words where ``train.distill_verbalizers`` gives them; where none is listed, ``[session]`` (or its
+    copy that scores every label). Teachers score every label (no ``task.top_labels``): a soft label needs each
+    one's probability."""
     templates = session.cfg.train.distill_templates
     if not templates and session.cfg.task.top_labels is None:
         return [session]
-    return [open_session(session.cfg.replace({"task.template": t, "task.top_labels": None}), labels=session.task.labels,
-                         base=session.base, unlabeled=session.unlabeled)
-            for t in templates or [session.cfg.task.template]]
+    words = session.cfg.train.distill_verbalizers or [{}] * len(templates)
+    return [open_session(session.cfg.replace({"task.template": t, "task.top_labels": None}),
+                         labels=teacher_labels(session.task.labels, w, i), base=session.base,
+                         unlabeled=session.unlabeled)
+            for i, (t, w) in enumerate(zip(templates or [session.cfg.task.template], words or [{}]))]
+
+
+def teacher_labels(labels: LabelSpace, verbalizer: dict, i: int) -> LabelSpace:
+    """The task's ``labels`` spoken by teacher ``i``'s ``verbalizer`` (empty: as the task speaks them), in the task's
+    label order, so that every teacher's probabilities line up.
+
+    Example:
+        >>> teacher_labels(LabelSpace(["LOC", "HUM"], [["place"], ["person"]]), {"HUM": "human", "LOC": "location"},
+        ...                0).to_dict()
+        {'LOC': ['location'], 'HUM': ['human']}
+    """
+    if not verbalizer:
+        return labels
+    own = LabelSpace.build(verbalizer)
+    if sorted(own.labels) != sorted(labels.labels):
+        raise PtuneError(f"train.distill_verbalizers[{i}] speaks the labels {own.labels} but the task's are "
+                         f"{labels.labels}: a teacher's words must name the same labels")
+    return LabelSpace(list(labels.labels), [own.words[own.labels.index(label)] for label in labels.labels])
 
 
 def soft_labels(teachers: list[tuple[Session, PTuningModel]], pool: list[dict]) -> torch.Tensor:
