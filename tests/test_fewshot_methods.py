@@ -148,6 +148,30 @@ def test_deep_unlabeled_distils_deep_prompts_from_the_label_words(tiny_causal_di
     assert plan["teachers"] == [t for t, v in prompts if v == words] and plan["student"] in plan["teachers"]
     assert cfg.encoder.deep_encoder == "table" and cfg.encoder.init == "labels" and cfg.task.template == plan["student"]
     assert cfg.train.distill_templates == plan["teachers"] and (e["lr"], e["epochs"]) == (1e-2, 6)
+    assert cfg.train.distill_verbalizers == plan["teacher_words"] == [words] * len(plan["teachers"])
     k_rows = {r["sentence"] for r in balanced_sample(sst2_folder_pool(), 4, 1, "label").rows}
     assert not {r["sentence"] for r in soft_rows} & (k_rows | {"never again"}) and soft_rows
     assert 0 <= e["accuracy"]["mean"] <= 1
+
+
+def test_deep_pvp_teaches_with_every_manual_prompt_in_its_own_words(tiny_causal_dir, tmp_path, monkeypatch):
+    from ptune.training import distillation, trainer
+
+    taught = []  # per teacher session: (template, its label words)
+
+    def spy(session):
+        sessions = teacher_sessions(session)
+        taught.extend((s.cfg.task.template, s.task.labels.to_dict()) for s in sessions)
+        return sessions
+
+    teacher_sessions = distillation.teacher_sessions
+    monkeypatch.setattr(distillation, "teacher_sessions", spy)
+    report = run_fewshot(sst2_folder(tmp_path), tmp_path / "out", tasks=["sst2"], seeds=[1], k=4, max_eval=None,
+                         methods=["deep_pvp"], model=str(tiny_causal_dir), dtype="float32", device="cpu",
+                         batch_size=4, show_progress=False, log=lambda m: None)
+    [plan] = report["tasks"]["sst2"]["deep_pvp"]["seeds"]
+    prompts = SPECS["sst2"].prompts()  # two prompts whose words differ: deep_unlabeled would have one teacher
+    assert sorted(plan["teachers"]) == sorted(t for t, _ in prompts) and plan["teachers"][0] == plan["student"]
+    assert taught == [(t, {label: [word] for label, word in words.items()}) for t, words in prompts
+                      if t == plan["student"]] + [(t, {label: [word] for label, word in words.items()})
+                                                  for t, words in prompts if t != plan["student"]]

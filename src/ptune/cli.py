@@ -414,8 +414,10 @@ def lama(data, out_dir, relations, vocab, shape, encoder, max_train, max_dev, ma
 @click.option("--methods", default="majority,zero_shot,chosen", show_default=True,
               help="Comma-separated: majority, zero_shot, embeddings (sentence embeddings + logistic "
               "regression), probe (linear probe, middle layer), residual (P-tuning started at the manual prompt's "
-              "words, one fixed recipe), deep (a deep prompt, P-tuning v2, causal LMs), "
-              "unlabeled (PET-style distillation on the train pool's other rows, labels removed), chosen (the "
+              "words, one fixed recipe), deep (a deep prompt, P-tuning v2, causal LMs), deep_text (the same started "
+              "from the label words), unlabeled (PET-style distillation on the train pool's other rows, labels "
+              "removed), deep_unlabeled (deep_text distilled so), deep_pvp (the same, every manual prompt teaching "
+              "in its own words), chosen (the "
               "recipe cross-validation on the k rows chooses), and the fixed-budget lstm, mlp, embedding.")
 @click.option("--folds", type=int, default=4, show_default=True,
               help="Cross-validation folds over the k rows for the choice (and over RAFT's labelled rows).")

@@ -4,11 +4,12 @@
 virtual tokens), and the recipe that cross-validation on the k training rows chooses (``chosen``: a manual prompt as
 it stands, a linear probe, P-tuning started at the manual prompt's words, or a deep prompt started from its label
 words, see ``fewshot_choice``), over several seeds, reported as mean and spread with each seed's choice; the three
-see the same k rows per seed. Five more methods train on those rows with one fixed recipe each (``fewshot_methods``),
+see the same k rows per seed. Six more methods train on those rows with one fixed recipe each (``fewshot_methods``),
 from the manual prompt the k rows prefer: ``residual``, P-tuning started at its words; ``deep``, a deep prompt over
 it (causal LMs); ``deep_text``, the same started as its label words' keys and values; ``unlabeled``, ``residual``
 distilled from teachers that label the train pool's other rows, their labels removed (sampled tasks only); and
-``deep_unlabeled``, ``deep_text`` distilled the same way. The older
+``deep_unlabeled``, ``deep_text`` distilled the same way, with ``deep_pvp`` taught by every manual prompt in its
+own words. The older
 fixed-budget methods (P-tuning with the LSTM and the MLP encoder, plain prompt tuning with ``embedding``, each with
 the same epochs, batch size and learning rate) stay available by name, to compare with and to rerun older reports.
 
@@ -47,14 +48,14 @@ from ..training.trainer import fit
 from .fewshot_choice import (DEEP, KINDS, PROBE, PROBES, RECIPES, Candidate, Chooser, deep_text_encoder, probe_depth,
                              residual_encoder, residual_form)
 from .fewshot_methods import (DEEP_EPOCHS, DEEP_LR, DEEP_TEXT_EPOCHS, DEEP_TEXT_LR, DISTILL, DISTILL_EPOCHS,
-                              DISTILL_LR, deep_encoder, deep_text_plan, distill_plan, distill_settings,
-                              unlabeled_rows)
+                              DISTILL_LR, deep_encoder, deep_pvp_plan, deep_text_plan, distill_plan,
+                              distill_settings, unlabeled_rows)
 from .loaders import (balanced_sample, read_agnews, read_fewglue, read_raft, read_sst2, read_trec, require_dir,
                       sample_rows)
 from .reporting import log_to_stderr, took, write_results
 
 METHODS = ("majority", "zero_shot", "embeddings", "probe", "residual", "deep", "deep_text", "unlabeled",
-           "deep_unlabeled", "chosen", "lstm", "mlp", "embedding")
+           "deep_unlabeled", "deep_pvp", "chosen", "lstm", "mlp", "embedding")
 DEFAULT_METHODS = ("majority", "zero_shot", "chosen")
 FIXED_METHODS = ("lstm", "mlp", "embedding")  # one fixed budget each, no choice
 
@@ -310,7 +311,8 @@ class FewshotRun:
                 entry[method] = self.majority(spec, eval_table)
             elif method == "chosen":
                 entry[method] = self.chosen(spec, pool, eval_table)
-            elif method in ("probe", "embeddings", "residual", "deep", "deep_text", "unlabeled", "deep_unlabeled"):
+            elif method in ("probe", "embeddings", "residual", "deep", "deep_text", "unlabeled", "deep_unlabeled",
+                            "deep_pvp"):
                 entry[method] = getattr(self, method)(spec, pool, eval_table)
             elif eval_table is None:  # RAFT: k-fold cross-validation over the labelled rows
                 entry[method] = self.cross_validated(spec, method, pool)
@@ -472,30 +474,44 @@ class FewshotRun:
         the residual form of the manual prompt the k rows prefer (``preferred_prompt``) trains on the k rows plus
         those soft labels, then is scored on ``eval_table``; ``{"skipped": why}`` where the task has no rows beyond
         its fixed training rows."""
-        def plan(prompts: list[tuple[str, dict]]) -> tuple[str, dict, list[str]]:
+        def plan(prompts: list[tuple[str, dict]]) -> tuple[str, dict, list[tuple[str, dict]]]:
             student, init_text, teachers = distill_plan(prompts, self.base.tokenizer)
-            return student, residual_encoder(init_text), teachers
+            return student, residual_encoder(init_text), [(t, prompts[0][1]) for t in teachers]
 
         return self.distilled(spec, pool, eval_table, "unlabeled", DISTILL_LR, DISTILL_EPOCHS, plan)
 
     def deep_unlabeled(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """``unlabeled`` with ``deep_text``'s recipe for teachers and student (``fewshot_methods.deep_text_plan``):
         deep prompts started from the label words over the manual templates as they are."""
+        def plan(prompts: list[tuple[str, dict]]) -> tuple[str, dict, list[tuple[str, dict]]]:
+            student, teachers = deep_text_plan(prompts)
+            return student, deep_text_encoder(), [(t, prompts[0][1]) for t in teachers]
+
+        return self.deep_distilled(spec, pool, eval_table, "deep_unlabeled", plan)
+
+    def deep_pvp(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
+        """``deep_unlabeled`` with every manual prompt a teacher, in its own words
+        (``fewshot_methods.deep_pvp_plan``)."""
+        def plan(prompts: list[tuple[str, dict]]) -> tuple[str, dict, list[tuple[str, dict]]]:
+            student, teachers = deep_pvp_plan(prompts)
+            return student, deep_text_encoder(), teachers
+
+        return self.deep_distilled(spec, pool, eval_table, "deep_pvp", plan)
+
+    def deep_distilled(self, spec: TaskSpec, pool: Table, eval_table: Table, method: str,
+                       plan: Callable[[list[tuple[str, dict]]], tuple[str, dict, list[tuple[str, dict]]]]) -> dict:
+        """``distilled`` at ``deep_text``'s recipe; ``{"skipped": why}`` off causal LMs."""
         if self.base.kind != "causal":
             return {"skipped": f"not run: a deep prompt is keys and values in a causal LM's KV cache, which a "
                                f"{self.base.kind} LM does not take"}
-        def plan(prompts: list[tuple[str, dict]]) -> tuple[str, dict, list[str]]:
-            student, teachers = deep_text_plan(prompts)
-            return student, deep_text_encoder(), teachers
-
-        return self.distilled(spec, pool, eval_table, "deep_unlabeled", DEEP_TEXT_LR, DEEP_TEXT_EPOCHS, plan)
+        return self.distilled(spec, pool, eval_table, method, DEEP_TEXT_LR, DEEP_TEXT_EPOCHS, plan)
 
     def distilled(self, spec: TaskSpec, pool: Table, eval_table: Table, method: str, lr: float, epochs: int,
-                  plan: Callable[[list[tuple[str, dict]]], tuple[str, dict, list[str]]]) -> dict:
+                  plan: Callable[[list[tuple[str, dict]]], tuple[str, dict, list[tuple[str, dict]]]]) -> dict:
         """Per seed: ``plan`` turns the task's manual prompts, the one the seed's k rows prefer first, into the
-        student's template and encoder section and the teachers' templates; the teachers train on the k rows and
-        label a sample of the train pool's other rows (``fewshot_methods.unlabeled_rows``), the student trains on
-        both at ``lr`` for ``epochs`` and is scored on ``eval_table``."""
+        student's template and encoder section and the teachers' templates with their label words; the teachers
+        train on the k rows and label a sample of the train pool's other rows (``fewshot_methods.unlabeled_rows``),
+        the student trains on both at ``lr`` for ``epochs`` and is scored on ``eval_table``."""
         if not spec.sampled:
             return {"skipped": "not run: no unlabeled rows for this task"}
         settings = self.settings | {"lr": lr, "epochs": epochs}
@@ -513,7 +529,8 @@ class FewshotRun:
             model, _ = fit(session, rows, None, None, show_progress=self.show_progress, seed=seed,
                            held_out=eval_table)
             runs.append(score_rows(session, model, eval_table))
-            plans.append({"seed": seed, "student": student, "teachers": teachers, "unlabeled": len(unlabeled)})
+            plans.append({"seed": seed, "student": student, "teachers": [t for t, _ in teachers],
+                          "teacher_words": [w for _, w in teachers], "unlabeled": len(unlabeled)})
             self.log(f"{spec.name} {method} seed {seed}: accuracy {runs[-1]['accuracy']:.3f}, "
                      f"macro-F1 {runs[-1]['macro_f1']:.3f} ({len(unlabeled)} unlabeled rows)")
         return seed_summary(runs) | {"seeds": plans, "lr": lr, "epochs": epochs,
@@ -601,6 +618,7 @@ def render_markdown(report: dict) -> str:
              "deep_text": "deep prompt started from the label words",
              "unlabeled": "distilled on unlabeled rows (PET-style)",
              "deep_unlabeled": "deep prompt from the label words, distilled on unlabeled rows",
+             "deep_pvp": "the same, every manual prompt teaching in its own words",
              "chosen": "chosen by CV on the k rows", "lstm": "P-tuning (LSTM)", "mlp": "P-tuning (MLP)",
              "embedding": "prompt tuning (embedding)"}
     lines = [f"# Few-shot classification, {report['model']} ({report['kind']} LM)", "",

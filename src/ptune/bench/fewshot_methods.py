@@ -10,7 +10,9 @@
 - ``unlabeled``: PET-style distillation (``train.distill_*``): teachers, residual P-tuning started at the manual
   prompts' words, trained on the k rows, label a sample of the task's other training rows with their labels
   removed, and the student (the residual form of the manual prompt) trains on the k rows plus those soft labels;
-- ``deep_unlabeled``: the same distillation with ``deep_text``'s recipe for teachers and student.
+- ``deep_unlabeled``: the same distillation with ``deep_text``'s recipe for teachers and student;
+- ``deep_pvp``: ``deep_unlabeled`` taught by every manual prompt of the task, each read by its own label words
+  (PET's pattern-verbalizer pairs), not only by those that share the student's words.
 
 The recipes are fixed here, once, before any of their figures was seen; ``fewshot.FewshotRun`` runs them.
 """
@@ -36,6 +38,9 @@ DISTILL: dict = {"train.distill_teachers": 1, "train.distill_rows": 400, "train.
 DISTILL_LR, DISTILL_EPOCHS = 1e-2, 6
 # ``deep_unlabeled``: DISTILL with deep_text's encoder and recipe for teachers and student, nothing of its own to
 # choose; written after deep_text's and unlabeled's figures had been seen, before any of its own.
+# ``deep_pvp``: deep_unlabeled with one teacher per manual prompt, each with its own words (SST-2, TREC and AG News
+# have two prompts whose words differ, so deep_unlabeled had one teacher there); nothing else of its own. Written
+# after deep_unlabeled's TREC and AG News figures had been seen, before any of its own.
 
 
 def deep_encoder() -> dict:
@@ -96,10 +101,28 @@ def deep_text_plan(prompts: list[tuple[str, dict]]) -> tuple[str, list[str]]:
     return student, teachers
 
 
-def distill_settings(teachers: list[str], source: str) -> dict:
-    """The ``train.distill_*`` keys of the ``unlabeled`` method and ``data.unlabeled`` (``source``: where the rows,
-    already read, come from), dotted for ``Config.replace``."""
-    return {"data.unlabeled": source, "train.distill_templates": teachers, **DISTILL}
+def deep_pvp_plan(prompts: list[tuple[str, dict]]) -> tuple[str, list[tuple[str, dict]]]:
+    """The ``deep_pvp`` method's student template and teachers: every manual prompt as it is, with its own label
+    words (a teacher's deep table starts from its own words), the student's (the first) first.
+
+    Example:
+        >>> student, teachers = deep_pvp_plan([("{t} Topic : [TARGET]", {"a": "world"}),
+        ...                                    ("News : {t} Topic : [TARGET]", {"a": "globe"})])
+        >>> student, [words for _, words in teachers]
+        ('{t} Topic : [TARGET]', [{'a': 'world'}, {'a': 'globe'}])
+    """
+    teachers = []
+    for prompt in prompts:
+        if prompt not in teachers:
+            teachers.append(prompt)
+    return prompts[0][0], teachers
+
+
+def distill_settings(teachers: list[tuple[str, dict]], source: str) -> dict:
+    """The ``train.distill_*`` keys of the distilling methods and ``data.unlabeled`` (``source``: where the rows,
+    already read, come from), dotted for ``Config.replace``; ``teachers``: (template, label words) each."""
+    return {"data.unlabeled": source, "train.distill_templates": [t for t, _ in teachers],
+            "train.distill_verbalizers": [words for _, words in teachers], **DISTILL}
 
 
 def unlabeled_rows(pool: Table, train: Table, eval_table: Table, template: str, label_column: str) -> Table:
