@@ -125,6 +125,14 @@ def test_deep_starts_at_the_manual_prompt_the_k_rows_prefer(tiny_causal_dir, tmp
     assert e["residual"]["templates"][0].startswith("Review : {sentence} [P*") and e["residual"]["epochs"] == 6
 
 
+def _one_seed_on_sst2(tmp_path, model_dir, method: str) -> dict:
+    """``method``'s entry in the report of one seed of 4 SST-2 rows on the tiny model."""
+    report = run_fewshot(sst2_folder(tmp_path), tmp_path / "out", tasks=["sst2"], seeds=[1], k=4, max_eval=None,
+                         methods=[method], model=str(model_dir), dtype="float32", device="cpu", batch_size=4,
+                         show_progress=False, log=lambda m: None)
+    return report["tasks"]["sst2"][method]
+
+
 def test_deep_unlabeled_distils_deep_prompts_from_the_label_words(tiny_causal_dir, tmp_path, monkeypatch):
     from ptune.training import trainer
 
@@ -137,10 +145,7 @@ def test_deep_unlabeled_distils_deep_prompts_from_the_label_words(tiny_causal_di
 
     distil = trainer.distil
     monkeypatch.setattr(trainer, "distil", spy)
-    report = run_fewshot(sst2_folder(tmp_path), tmp_path / "out", tasks=["sst2"], seeds=[1], k=4, max_eval=None,
-                         methods=["deep_unlabeled"], model=str(tiny_causal_dir), dtype="float32", device="cpu",
-                         batch_size=4, show_progress=False, log=lambda m: None)
-    e = report["tasks"]["sst2"]["deep_unlabeled"]
+    e = _one_seed_on_sst2(tmp_path, tiny_causal_dir, "deep_unlabeled")
     [plan] = e["seeds"]
     [(cfg, soft_rows)] = seen
     prompts = SPECS["sst2"].prompts()
@@ -166,10 +171,7 @@ def test_deep_pvp_teaches_with_every_manual_prompt_in_its_own_words(tiny_causal_
 
     teacher_sessions = distillation.teacher_sessions
     monkeypatch.setattr(distillation, "teacher_sessions", spy)
-    report = run_fewshot(sst2_folder(tmp_path), tmp_path / "out", tasks=["sst2"], seeds=[1], k=4, max_eval=None,
-                         methods=["deep_pvp"], model=str(tiny_causal_dir), dtype="float32", device="cpu",
-                         batch_size=4, show_progress=False, log=lambda m: None)
-    [plan] = report["tasks"]["sst2"]["deep_pvp"]["seeds"]
+    [plan] = _one_seed_on_sst2(tmp_path, tiny_causal_dir, "deep_pvp")["seeds"]
     prompts = SPECS["sst2"].prompts()  # two prompts whose words differ: deep_unlabeled would have one teacher
     assert sorted(plan["teachers"]) == sorted(t for t, _ in prompts) and plan["teachers"][0] == plan["student"]
     assert taught == [(t, {label: [word] for label, word in words.items()}) for t, words in prompts
