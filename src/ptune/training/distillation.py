@@ -87,14 +87,14 @@ def teacher_sessions(session: Session) -> list[Session]:
     read by its own words where ``train.distill_verbalizers`` gives them; where none is listed, ``[session]`` (or its
     copy that scores every label). Teachers score every label (no ``task.top_labels``): a soft label needs each
     one's probability."""
-    templates = session.cfg.train.distill_templates
-    if not templates and session.cfg.task.top_labels is None:
+    if not session.cfg.train.distill_templates and session.cfg.task.top_labels is None:
         return [session]
+    templates = session.cfg.train.distill_templates or [session.cfg.task.template]
     words = session.cfg.train.distill_verbalizers or [{}] * len(templates)
     return [open_session(session.cfg.replace({"task.template": t, "task.top_labels": None}),
                          labels=teacher_labels(session.task.labels, w, i), base=session.base,
                          unlabeled=session.unlabeled)
-            for i, (t, w) in enumerate(zip(templates or [session.cfg.task.template], words or [{}]))]
+            for i, (t, w) in enumerate(zip(templates, words))]
 
 
 def teacher_labels(labels: LabelSpace, verbalizer: dict, i: int) -> LabelSpace:
