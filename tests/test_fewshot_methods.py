@@ -1,5 +1,6 @@
-"""ptune bench fewshot's ``deep``, ``deep_text`` and ``unlabeled`` methods: end to end on the tiny models, the unlabeled rows
-(without the seed's k rows, the evaluation rows and the labels), and ``deep`` skipped on a masked LM."""
+"""ptune bench fewshot's ``deep``, ``deep_text``, ``unlabeled`` and distilled deep methods: end to end on the tiny
+models, the unlabeled rows (without the seed's k rows, the evaluation rows and the labels), and ``deep`` skipped on a
+masked LM."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from pathlib import Path
 
 from ptune.bench.fewshot import SPECS, run_fewshot
-from ptune.bench.fewshot_methods import DEEP_ENCODER, distill_plan, unlabeled_rows
+from ptune.bench.fewshot_methods import DEEP_ENCODER, PET_TEACHERS, distill_plan, unlabeled_rows
 from ptune.bench.loaders import balanced_sample
 from ptune.data.tables import Table
 
@@ -177,3 +178,23 @@ def test_deep_pvp_teaches_with_every_manual_prompt_in_its_own_words(tiny_causal_
     assert taught == [(t, {label: [word] for label, word in words.items()}) for t, words in prompts
                       if t == plan["student"]] + [(t, {label: [word] for label, word in words.items()})
                                                   for t, words in prompts if t != plan["student"]]
+
+
+def test_deep_pet_trains_three_teachers_per_manual_prompt(tiny_causal_dir, tmp_path, monkeypatch):
+    from ptune.training import distillation, trainer
+
+    trained = []  # per teacher trained: (its template, its seed)
+
+    def spy(session, train, seed, train_model, exclude=()):
+        def counted(s, rows, soft, teacher_seed):
+            trained.append((s.cfg.task.template, teacher_seed))
+            return train_model(s, rows, soft, teacher_seed)
+        return distil(session, train, seed, counted, exclude)
+
+    distil = distillation.distil
+    monkeypatch.setattr(trainer, "distil", spy)
+    e = _one_seed_on_sst2(tmp_path, tiny_causal_dir, "deep_pet")
+    [plan] = e["seeds"]
+    assert e["train.distill_teachers"] == PET_TEACHERS == 3
+    assert sorted(plan["teachers"]) == sorted(t for t, _ in SPECS["sst2"].prompts())
+    assert trained == [(t, 1 + i) for t in plan["teachers"] for i in range(PET_TEACHERS)]

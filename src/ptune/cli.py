@@ -417,7 +417,7 @@ def lama(data, out_dir, relations, vocab, shape, encoder, max_train, max_dev, ma
               "words, one fixed recipe), deep (a deep prompt, P-tuning v2, causal LMs), deep_text (the same started "
               "from the label words), unlabeled (PET-style distillation on the train pool's other rows, labels "
               "removed), deep_unlabeled (deep_text distilled so), deep_pvp (the same, every manual prompt teaching "
-              "in its own words), chosen (the "
+              "in its own words), deep_pet (deep_pvp with three teachers per prompt), chosen (the "
               "recipe cross-validation on the k rows chooses), and the fixed-budget lstm, mlp, embedding.")
 @click.option("--folds", type=int, default=4, show_default=True,
               help="Cross-validation folds over the k rows for the choice (and over RAFT's labelled rows).")

@@ -4,12 +4,12 @@
 virtual tokens), and the recipe that cross-validation on the k training rows chooses (``chosen``: a manual prompt as
 it stands, a linear probe, P-tuning started at the manual prompt's words, or a deep prompt started from its label
 words, see ``fewshot_choice``), over several seeds, reported as mean and spread with each seed's choice; the three
-see the same k rows per seed. Six more methods train on those rows with one fixed recipe each (``fewshot_methods``),
+see the same k rows per seed. Seven more methods train on those rows with one fixed recipe each (``fewshot_methods``),
 from the manual prompt the k rows prefer: ``residual``, P-tuning started at its words; ``deep``, a deep prompt over
 it (causal LMs); ``deep_text``, the same started as its label words' keys and values; ``unlabeled``, ``residual``
 distilled from teachers that label the train pool's other rows, their labels removed (sampled tasks only); and
 ``deep_unlabeled``, ``deep_text`` distilled the same way, with ``deep_pvp`` taught by every manual prompt in its
-own words. The older
+own words and ``deep_pet`` by three seeds of each. The older
 fixed-budget methods (P-tuning with the LSTM and the MLP encoder, plain prompt tuning with ``embedding``, each with
 the same epochs, batch size and learning rate) stay available by name, to compare with and to rerun older reports.
 
@@ -48,14 +48,14 @@ from ..training.trainer import fit
 from .fewshot_choice import (DEEP, KINDS, PROBE, PROBES, RECIPES, Candidate, Chooser, deep_text_encoder, probe_depth,
                              residual_encoder, residual_form)
 from .fewshot_methods import (DEEP_EPOCHS, DEEP_LR, DEEP_TEXT_EPOCHS, DEEP_TEXT_LR, DISTILL, DISTILL_EPOCHS,
-                              DISTILL_LR, deep_encoder, deep_pvp_plan, deep_text_plan, distill_plan,
+                              DISTILL_LR, PET_TEACHERS, deep_encoder, deep_pvp_plan, deep_text_plan, distill_plan,
                               distill_settings, unlabeled_rows)
 from .loaders import (balanced_sample, read_agnews, read_fewglue, read_raft, read_sst2, read_trec, require_dir,
                       sample_rows)
 from .reporting import log_to_stderr, took, write_results
 
 METHODS = ("majority", "zero_shot", "embeddings", "probe", "residual", "deep", "deep_text", "unlabeled",
-           "deep_unlabeled", "deep_pvp", "chosen", "lstm", "mlp", "embedding")
+           "deep_unlabeled", "deep_pvp", "deep_pet", "chosen", "lstm", "mlp", "embedding")
 DEFAULT_METHODS = ("majority", "zero_shot", "chosen")
 FIXED_METHODS = ("lstm", "mlp", "embedding")  # one fixed budget each, no choice
 
@@ -312,7 +312,7 @@ class FewshotRun:
             elif method == "chosen":
                 entry[method] = self.chosen(spec, pool, eval_table)
             elif method in ("probe", "embeddings", "residual", "deep", "deep_text", "unlabeled", "deep_unlabeled",
-                            "deep_pvp"):
+                            "deep_pvp", "deep_pet"):
                 entry[method] = getattr(self, method)(spec, pool, eval_table)
             elif eval_table is None:  # RAFT: k-fold cross-validation over the labelled rows
                 entry[method] = self.cross_validated(spec, method, pool)
@@ -492,26 +492,35 @@ class FewshotRun:
     def deep_pvp(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """``deep_unlabeled`` with every manual prompt a teacher, in its own words
         (``fewshot_methods.deep_pvp_plan``)."""
-        def plan(prompts: list[tuple[str, dict]]) -> tuple[str, dict, list[tuple[str, dict]]]:
-            student, teachers = deep_pvp_plan(prompts)
-            return student, deep_text_encoder(), teachers
+        return self.deep_distilled(spec, pool, eval_table, "deep_pvp", self.pvp_plan)
 
-        return self.deep_distilled(spec, pool, eval_table, "deep_pvp", plan)
+    def deep_pet(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
+        """``deep_pvp`` with ``fewshot_methods.PET_TEACHERS`` teachers (seeds) per manual prompt."""
+        return self.deep_distilled(spec, pool, eval_table, "deep_pet", self.pvp_plan, per_prompt=PET_TEACHERS)
+
+    @staticmethod
+    def pvp_plan(prompts: list[tuple[str, dict]]) -> tuple[str, dict, list[tuple[str, dict]]]:
+        """``deep_pvp``'s and ``deep_pet``'s plan: every manual prompt teaching in its own words."""
+        student, teachers = deep_pvp_plan(prompts)
+        return student, deep_text_encoder(), teachers
 
     def deep_distilled(self, spec: TaskSpec, pool: Table, eval_table: Table, method: str,
-                       plan: Callable[[list[tuple[str, dict]]], tuple[str, dict, list[tuple[str, dict]]]]) -> dict:
+                       plan: Callable[[list[tuple[str, dict]]], tuple[str, dict, list[tuple[str, dict]]]],
+                       per_prompt: int = 1) -> dict:
         """``distilled`` at ``deep_text``'s recipe; ``{"skipped": why}`` off causal LMs."""
         if self.base.kind != "causal":
             return {"skipped": f"not run: a deep prompt is keys and values in a causal LM's KV cache, which a "
                                f"{self.base.kind} LM does not take"}
-        return self.distilled(spec, pool, eval_table, method, DEEP_TEXT_LR, DEEP_TEXT_EPOCHS, plan)
+        return self.distilled(spec, pool, eval_table, method, DEEP_TEXT_LR, DEEP_TEXT_EPOCHS, plan, per_prompt)
 
     def distilled(self, spec: TaskSpec, pool: Table, eval_table: Table, method: str, lr: float, epochs: int,
-                  plan: Callable[[list[tuple[str, dict]]], tuple[str, dict, list[tuple[str, dict]]]]) -> dict:
+                  plan: Callable[[list[tuple[str, dict]]], tuple[str, dict, list[tuple[str, dict]]]],
+                  per_prompt: int = 1) -> dict:
         """Per seed: ``plan`` turns the task's manual prompts, the one the seed's k rows prefer first, into the
         student's template and encoder section and the teachers' templates with their label words; the teachers
-        train on the k rows and label a sample of the train pool's other rows (``fewshot_methods.unlabeled_rows``),
-        the student trains on both at ``lr`` for ``epochs`` and is scored on ``eval_table``."""
+        (``per_prompt`` seeds of each) train on the k rows and label a sample of the train pool's other rows
+        (``fewshot_methods.unlabeled_rows``), the student trains on both at ``lr`` for ``epochs`` and is scored on
+        ``eval_table``."""
         if not spec.sampled:
             return {"skipped": "not run: no unlabeled rows for this task"}
         settings = self.settings | {"lr": lr, "epochs": epochs}
@@ -523,8 +532,9 @@ class FewshotRun:
             unlabeled = unlabeled_rows(pool, rows, eval_table, first[0], spec.label_column)
             if not unlabeled.rows:
                 return {"skipped": "not run: the train pool holds no rows beyond the k training rows"}
+            distill = distill_settings(teachers, unlabeled.source, per_prompt)
             cfg = task_config(spec, self.model, template=student, encoder=encoder, seed=seed,
-                              verbalizer=first[1], **settings).replace(distill_settings(teachers, unlabeled.source))
+                              verbalizer=first[1], **settings).replace(distill)
             session = open_session(cfg, base=self.base, unlabeled=unlabeled)
             model, _ = fit(session, rows, None, None, show_progress=self.show_progress, seed=seed,
                            held_out=eval_table)
@@ -534,7 +544,8 @@ class FewshotRun:
             self.log(f"{spec.name} {method} seed {seed}: accuracy {runs[-1]['accuracy']:.3f}, "
                      f"macro-F1 {runs[-1]['macro_f1']:.3f} ({len(unlabeled)} unlabeled rows)")
         return seed_summary(runs) | {"seeds": plans, "lr": lr, "epochs": epochs,
-                                     "data.unlabeled": unlabeled.source, **DISTILL}
+                                     "data.unlabeled": unlabeled.source, **DISTILL,
+                                     "train.distill_teachers": per_prompt}
 
     def embeddings(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """Per seed: logistic regression on the sentence encoder's embeddings of the manual prompt's data fields
@@ -619,6 +630,7 @@ def render_markdown(report: dict) -> str:
              "unlabeled": "distilled on unlabeled rows (PET-style)",
              "deep_unlabeled": "deep prompt from the label words, distilled on unlabeled rows",
              "deep_pvp": "the same, every manual prompt teaching in its own words",
+             "deep_pet": "the same, three teachers (seeds) per manual prompt",
              "chosen": "chosen by CV on the k rows", "lstm": "P-tuning (LSTM)", "mlp": "P-tuning (MLP)",
              "embedding": "prompt tuning (embedding)"}
     lines = [f"# Few-shot classification, {report['model']} ({report['kind']} LM)", "",

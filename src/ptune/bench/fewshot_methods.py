@@ -12,7 +12,8 @@
   removed, and the student (the residual form of the manual prompt) trains on the k rows plus those soft labels;
 - ``deep_unlabeled``: the same distillation with ``deep_text``'s recipe for teachers and student;
 - ``deep_pvp``: ``deep_unlabeled`` taught by every manual prompt of the task, each read by its own label words
-  (PET's pattern-verbalizer pairs), not only by those that share the student's words.
+  (PET's pattern-verbalizer pairs), not only by those that share the student's words;
+- ``deep_pet``: ``deep_pvp`` with three teachers (seeds) per manual prompt, as PET trains three models per pattern.
 
 The recipes are fixed here, once, before any of their figures was seen; ``fewshot.FewshotRun`` runs them.
 """
@@ -41,6 +42,10 @@ DISTILL_LR, DISTILL_EPOCHS = 1e-2, 6
 # ``deep_pvp``: deep_unlabeled with one teacher per manual prompt, each with its own words (SST-2, TREC and AG News
 # have two prompts whose words differ, so deep_unlabeled had one teacher there); nothing else of its own. Written
 # after deep_unlabeled's TREC and AG News figures had been seen, before any of its own.
+# ``deep_pet``: deep_pvp with PET's three teachers (seeds) per pattern-verbalizer pair, nothing else of its own; a
+# teacher trains on the k rows alone, so each adds little time beside the student's. Written after deep_pvp's TREC
+# and SST-2 figures had been seen (a teacher's seed moves TREC by up to 0.16), before any of its own.
+PET_TEACHERS = 3
 
 
 def deep_encoder() -> dict:
@@ -118,11 +123,18 @@ def deep_pvp_plan(prompts: list[tuple[str, dict]]) -> tuple[str, list[tuple[str,
     return prompts[0][0], teachers
 
 
-def distill_settings(teachers: list[tuple[str, dict]], source: str) -> dict:
+def distill_settings(teachers: list[tuple[str, dict]], source: str, per_prompt: int = 1) -> dict:
     """The ``train.distill_*`` keys of the distilling methods and ``data.unlabeled`` (``source``: where the rows,
-    already read, come from), dotted for ``Config.replace``; ``teachers``: (template, label words) each."""
+    already read, come from), dotted for ``Config.replace``; ``teachers``: (template, label words) each, every one
+    trained with ``per_prompt`` seeds.
+
+    Example:
+        >>> distill_settings([("{t} Topic : [TARGET]", {"a": "world"})], "pool", per_prompt=3)["train.distill_teachers"]
+        3
+    """
     return {"data.unlabeled": source, "train.distill_templates": [t for t, _ in teachers],
-            "train.distill_verbalizers": [words for _, words in teachers], **DISTILL}
+            "train.distill_verbalizers": [words for _, words in teachers],
+            **DISTILL, "train.distill_teachers": per_prompt}
 
 
 def unlabeled_rows(pool: Table, train: Table, eval_table: Table, template: str, label_column: str) -> Table:
