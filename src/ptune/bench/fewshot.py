@@ -630,7 +630,7 @@ def render_markdown(report: dict) -> str:
              "unlabeled": "distilled on unlabeled rows (PET-style)",
              "deep_unlabeled": "deep prompt from the label words, distilled on unlabeled rows",
              "deep_pvp": "the same, every manual prompt teaching in its own words",
-             "deep_pet": "the same, three teachers (seeds) per manual prompt",
+             "deep_pet": "deep_pvp with three teachers (seeds) per manual prompt",
              "chosen": "chosen by CV on the k rows", "lstm": "P-tuning (LSTM)", "mlp": "P-tuning (MLP)",
              "embedding": "prompt tuning (embedding)"}
     lines = [f"# Few-shot classification, {report['model']} ({report['kind']} LM)", "",
