@@ -307,3 +307,16 @@ def test_a_teacher_template_reading_a_missing_column_is_refused_before_the_model
         prepare(cfg)
     with pytest.raises(ConfigError, match="classification only"):
         tiny_config(tiny_causal_dir, _data(tmp_path), task={"type": "generation"}, train={"distill_teachers": 1})
+
+
+def test_a_teacher_template_needs_virtual_tokens_only_where_nothing_else_trains(tiny_causal_dir, tmp_path):
+    manual = "Message : {text} Answer : [TARGET]"  # no virtual tokens: the deep prompt's keys and values train
+    deep = {"template": manual}
+    teachers = {"distill_teachers": 1, "distill_templates": [manual]}
+    cfg = tiny_config(tiny_causal_dir, _data(tmp_path), task=deep, train=teachers,
+                      encoder={"deep_tokens": 2, "deep_encoder": "table"})
+    session, _, _ = prepare(cfg, hold_out_dev=False)
+    assert [s.cfg.task.template for s in distillation.teacher_sessions(session)] == [manual]
+    shallow = tiny_config(tiny_causal_dir, _data(tmp_path), train=teachers)
+    with pytest.raises(Exception, match=r"train.distill_templates\[0\].*has no virtual tokens"):
+        prepare(shallow, hold_out_dev=False)

@@ -42,13 +42,18 @@ EMPTY_HINT = ("; if this field may be empty, list it in data.optional_fields (or
               "field): an empty cell then reads as an empty string")
 
 
+def needs_virtual_tokens(cfg: Config) -> bool:
+    """Whether the run's templates must hold virtual tokens: not where something else trains (a deep prompt's keys
+    and values) or a classifier may stand alone (a linear head: the linear probe, a baseline and a candidate
+    ``ptune search`` can weigh)."""
+    return build_head(cfg.task.head).needs_virtual and not cfg.encoder.deep_tokens
+
+
 def check_inputs(cfg: Config, template: Template, table: Table, *, labelled: bool,
                  allow_no_virtual: bool = False) -> None:
     """Columns the template and task need, present and non-empty in every row (before any model is loaded);
     ``allow_no_virtual`` where nothing is trained (a checkpoint predicting: it may be a zero-shot prompt)."""
-    # a linear head may stand alone (the linear probe: a baseline, and a candidate ``ptune search`` can weigh)
-    needs_virtual = build_head(cfg.task.head).needs_virtual and not cfg.encoder.deep_tokens  # a deep prompt trains
-    template.validate(kind=None, needs_virtual=not allow_no_virtual and needs_virtual,
+    template.validate(kind=None, needs_virtual=not allow_no_virtual and needs_virtual_tokens(cfg),
                       columns=table.columns,
                       field_map=cfg.data.columns,
                       where=f"task.template (checked against {table.source})")
@@ -175,8 +180,7 @@ def open_session(cfg: Config, *, label_values: list[str] | None = None, labels: 
     if base is None:
         base = load_base(cfg.model, device=device, check=check_identity)
     head = build_head(cfg.task.head)
-    template.validate(kind=base.kind,
-                      needs_virtual=not allow_no_virtual and head.needs_virtual and not cfg.encoder.deep_tokens)
+    template.validate(kind=base.kind, needs_virtual=not allow_no_virtual and needs_virtual_tokens(cfg))
     problem = head.check_kind(base.kind, cfg.model.name_or_path) or deep_problem(cfg, base)
     if problem:
         raise ConfigError(problem)

@@ -6,7 +6,8 @@ from ..config import Config
 from ..data.labels import LabelSpace
 from ..data.splits import split_dev
 from ..data.tables import Table, check_table
-from ..session import EMPTY_HINT, Session, check_inputs, load_training_tables, open_session, read_split
+from ..session import (EMPTY_HINT, Session, check_inputs, load_training_tables, needs_virtual_tokens, open_session,
+                       read_split)
 from ..template import parse_template
 from .distributed import process_device
 
@@ -33,7 +34,7 @@ def prepare(cfg: Config, hold_out_dev: bool = True) -> tuple[Session, Table, Tab
     for i, text in enumerate(cfg.train.distill_templates):  # the teachers read these rows too
         teacher = parse_template(text)
         for table in (train, unlabeled):
-            teacher.validate(kind=None, needs_virtual=cfg.task.head != "linear", columns=table.columns,
+            teacher.validate(kind=None, needs_virtual=needs_virtual_tokens(cfg), columns=table.columns,
                              field_map=cfg.data.columns,
                              where=f"train.distill_templates[{i}] (checked against {table.source})")
             check_table(table, [cfg.data.columns.get(f, f) for f in teacher.fields],
