@@ -544,8 +544,7 @@ class FewshotRun:
             self.log(f"{spec.name} {method} seed {seed}: accuracy {runs[-1]['accuracy']:.3f}, "
                      f"macro-F1 {runs[-1]['macro_f1']:.3f} ({len(unlabeled)} unlabeled rows)")
         return seed_summary(runs) | {"seeds": plans, "lr": lr, "epochs": epochs,
-                                     "data.unlabeled": unlabeled.source, **DISTILL,
-                                     "train.distill_teachers": per_prompt}
+                                     **{key: distill[key] for key in ("data.unlabeled", *DISTILL)}}
 
     def embeddings(self, spec: TaskSpec, pool: Table, eval_table: Table) -> dict:
         """Per seed: logistic regression on the sentence encoder's embeddings of the manual prompt's data fields

@@ -43,8 +43,8 @@ DISTILL_LR, DISTILL_EPOCHS = 1e-2, 6
 # have two prompts whose words differ, so deep_unlabeled had one teacher there); nothing else of its own. Written
 # after deep_unlabeled's TREC and AG News figures had been seen, before any of its own.
 # ``deep_pet``: deep_pvp with PET's three teachers (seeds) per pattern-verbalizer pair, nothing else of its own; a
-# teacher trains on the k rows alone, so each adds little time beside the student's. Written after deep_pvp's TREC
-# and SST-2 figures had been seen (a teacher's seed moves TREC by up to 0.16), before any of its own.
+# teacher trains on the k rows alone, each cheaper than the student on the k rows plus the soft ones. Written after
+# deep_pvp's TREC and SST-2 figures had been seen (a run seed moves TREC by up to 0.16), before any of its own.
 PET_TEACHERS = 3
 
 
