@@ -3,13 +3,10 @@ included), three seeds are reported, and every method is scored on the same fixe
 
 from __future__ import annotations
 
-import pytest
-
 from ptune.bench import fewshot, fewshot_choice
-from ptune.bench.fewshot_choice import best, residual_form
+from ptune.bench.fewshot_choice import best
 from ptune.bench.loaders import balanced_sample
 from ptune.data.tables import Table
-from ptune.errors import PtuneError
 
 TRAIN = [("great service today", 1), ("the app crashes when I pay", 0), ("thanks for the quick delivery", 1),
          ("the box was broken", 0), ("lovely staff and fast", 1), ("I want a refund now", 0),
@@ -96,18 +93,6 @@ def test_balanced_sample_evens_the_labels_and_fills_from_others():
     assert balanced_sample(table, 9, seed=1, label_column="label").rows == sample.rows  # seeded
     even = balanced_sample(Table("p", ["t", "label"], rows[:40]), 8, seed=2, label_column="label")
     assert even.column("label").count("a") == 4 and len({r["t"] for r in even.rows}) == 8
-
-
-def test_residual_form_puts_as_many_virtual_tokens_as_the_anchor_has_tokens():
-    class Words:
-        def encode(self, text, add_special_tokens=False):
-            return text.split()
-
-    assert residual_form("Review : {sentence} Sentiment : [TARGET]", Words()) == (
-        "Review : {sentence} [P*2] [TARGET]", " Sentiment :")
-    for bad in ("{sentence} [TARGET]", "{sentence} It was [TARGET] .", "no field It was [TARGET]"):
-        with pytest.raises(PtuneError, match="anchor words"):
-            residual_form(bad, Words())
 
 
 def test_a_tie_goes_to_the_candidate_listed_first():

@@ -222,7 +222,8 @@ def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_
     started from the label words, 16 through the MLP; label words or the middle layer's linear head), listed
     round-robin over their kinds, searched by halving."""
     from ptune.evaluation.search import SearchPlan
-    from ptune.evaluation.space import DEEP, LINEAR, PROBE, WORDS
+    from ptune.evaluation.space import DEEP, LINEAR, PROBE, STARTED, WORDS
+    from ptune.modeling.base import load_tokenizer
 
     cfg = search_config(tiny_causal_dir, tmp_path, {}, lr=1e-2)
     del cfg["search"]  # no section at all: the built-in space and the defaults
@@ -231,8 +232,15 @@ def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_
     plan = SearchPlan.read(tmp_path / "s.yaml")
     assert plan.builtin and plan.halving and plan.folds == 5
     settings = [s for s, _ in plan.configs]
-    assert len(settings) == 44 and len({json.dumps(s, sort_keys=True) for s in settings}) == 44
-    assert plan.kinds[:8] == [PROBE, WORDS, LINEAR, DEEP] * 2 and len(plan.kinds) == 44  # round-robin over kinds
+    assert len(settings) == 46 and len({json.dumps(s, sort_keys=True) for s in settings}) == 46
+    assert plan.kinds[:10] == [PROBE, STARTED, WORDS, LINEAR, DEEP] * 2 and len(plan.kinds) == 46  # round-robin
+    # started at the manual words: " Label :" as that many virtual tokens, at the zero-shot prompt or the probe
+    n = len(load_tokenizer(plan.configs[0][1].model).encode(" Label :", add_special_tokens=False))
+    start = {"encoder.type": "lstm", "encoder.init": "text", "encoder.init_text": " Label :",
+             "encoder.residual": True, "train.lr": 1e-2}
+    assert [s for s, kind in zip(settings, plan.kinds) if kind == STARTED] == [
+        {"task.template": f"{{text}} [P*{n}] [TARGET]", **head, **start}
+        for head in ({"task.head": "words"}, {"task.head": "linear", "task.head_layer": 1, "task.head_pooling": "mean"})]
     deep = [s for s, kind in zip(settings, plan.kinds) if kind == DEEP]
     starts = ({"encoder.deep_tokens": 8, "encoder.deep_encoder": "table", "encoder.init": "labels"},
               {"encoder.deep_tokens": 16, "encoder.deep_encoder": "mlp"})
@@ -242,7 +250,7 @@ def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_
                                                                               "task.head_pooling": "mean"})]
     assert all(cfg.encoder.deep_tokens == s.get("encoder.deep_tokens", 0) for s, cfg in plan.configs)
     probes = [s for s, kind in zip(settings, plan.kinds) if kind == PROBE]
-    settings = [s for s, kind in zip(settings, plan.kinds) if kind != DEEP]
+    settings = [s for s, kind in zip(settings, plan.kinds) if kind not in (DEEP, STARTED)]
     assert probes == [s for s in settings if "[P" not in s["task.template"]]
     assert [(s["task.head_layer"], s["task.head_pooling"]) for s in probes] == [
         (1, "mean"), (1, "last"), (2, "mean"), (2, "last")]  # the tiny model has 2 blocks: middle 1, late 2
@@ -259,11 +267,47 @@ def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_
     assert plan.zero_shot[0][1].encoder.deep_tokens == 0  # nothing trained, whatever the candidates
     checkpointing = dict(cfg, train=dict(cfg["train"], gradient_checkpointing=True))
     (tmp_path / "g.yaml").write_text(yaml.safe_dump(checkpointing))
-    assert len(SearchPlan.read(tmp_path / "g.yaml").configs) == 40  # no deep prompt with gradient checkpointing
+    assert len(SearchPlan.read(tmp_path / "g.yaml").configs) == 42  # no deep prompt with gradient checkpointing
     explicit = search_config(tiny_causal_dir, tmp_path, {"space": {"train.lr": [1e-2]}})
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(explicit))
     given = SearchPlan.read(tmp_path / "e.yaml")
     assert not given.builtin and not given.halving and len(given.configs) == 1  # a given space: as before
+
+
+def test_a_candidate_started_at_the_manual_words_begins_at_the_zero_shot_prompt_and_the_probe(tiny_causal_dir,
+                                                                                              tmp_path):
+    """The built-in space's prompts started at the manual words score, before any training, exactly as the zero-shot
+    prompt (label words) and the middle-layer probe (linear head, fitted to the same rows) do: the folds can only
+    choose their training over those where it helps."""
+    import torch
+
+    from ptune.data.tables import read_table
+    from ptune.evaluation.search import SearchPlan
+    from ptune.evaluation.space import PROBE, STARTED
+    from ptune.session import open_session
+
+    cfg = search_config(tiny_causal_dir, tmp_path, {})
+    del cfg["search"]
+    cfg["task"]["verbalizer"] = {"complaint": "complaint", "no complaint": "hello"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    plan = SearchPlan.read(tmp_path / "s.yaml")
+    by_kind = {kind: [c for c, k in zip(plan.configs, plan.kinds) if k == kind] for kind in (PROBE, STARTED)}
+    (_, words), (_, linear) = by_kind[STARTED]
+    probe = next(c for s, c in by_kind[PROBE] if s["task.head_pooling"] == linear.task.head_pooling)
+    zero_shot = plan.zero_shot[0][1]
+    table = read_table(tmp_path / "train.csv")
+
+    def scores(config, fit: bool):
+        session = open_session(config, label_values=["complaint", "no complaint"], allow_no_virtual=True)
+        model = session.new_model(seed=5).eval()
+        if fit:
+            session.task.fit_head(model, session.task.train_examples(table)[0], 4, "cpu")
+        with torch.inference_mode():
+            return session.task.scores(model, table.rows, 4, "cpu")
+
+    assert words.encoder.residual and linear.task.head == "linear" and linear.task.head_layer == probe.task.head_layer
+    assert torch.allclose(scores(words, False), scores(zero_shot, False), atol=1e-5)
+    assert torch.allclose(scores(linear, True), scores(probe, True), atol=1e-4)
 
 
 def test_the_built_in_deep_prompt_candidates_cross_validate(tiny_causal_dir, tmp_path):
@@ -379,7 +423,7 @@ def test_the_built_in_search_stops_within_its_budget_and_writes_a_checkpoint(tin
 
 def test_halving_over_the_built_in_space_promotes_the_best_and_scores_a_probe_once(tiny_causal_dir, tmp_path,
                                                                                    monkeypatch):
-    """A fake scorer over the built-in space (44 candidates, 9 epochs: rungs of 1, 3 and 9 epochs): the best
+    """A fake scorer over the built-in space (46 candidates, 9 epochs: rungs of 1, 3 and 9 epochs): the best
     third goes on at every rung, and a probe, whose figures do not depend on the epochs, is not scored again."""
     from ptune.evaluation import search as search_module
 
@@ -399,11 +443,11 @@ def test_halving_over_the_built_in_space_promotes_the_best_and_scores_a_probe_on
 
     monkeypatch.setattr(search_module, "run_candidate", fake)
     scored, _ = search_module.score_by_halving(plan, None, 0, show_progress=False)
-    assert [epochs for *_, epochs in calls].count(1) == 44 and len(scored) == 44
-    assert [rung for *_, rung in scored].count(1) == 15 - 5 and [rung for *_, rung in scored].count(2) == 5
+    assert [epochs for *_, epochs in calls].count(1) == 46 and len(scored) == 46
+    assert [rung for *_, rung in scored].count(1) == 16 - 6 and [rung for *_, rung in scored].count(2) == 6
     probe_calls = [call for call in calls if call[0] == "{text} Label : [TARGET]" and not call[1]]
     assert len(probe_calls) == 4  # each probe scored once
-    assert len(calls) == 44 + 13 + 4  # 15 and 5 promoted, 2 probes among the 15 and 1 among the 5
+    assert len(calls) == 46 + 13 + 5  # 16 and 6 promoted, 3 probes among the 16 and 1 among the 6
     top = [settings for settings, _, _, rung in scored if rung == 2]
     assert {"task.head_layer": 2, "task.head_pooling": "last", "task.head": "linear",
             "task.template": "{text} Label : [TARGET]"} in top  # the probe at the late layer, scored once

@@ -7,13 +7,15 @@ from test_search import search_config
 from ptune.evaluation import halving
 from ptune.evaluation import search as search_module
 
-KINDS = ("probe", "words", "linear", "deep")
+KINDS = ("probe", "started", "words", "linear", "deep")
 
 
 def kind_of(settings: dict) -> str:
     """A candidate's kind, read from its settings (the test's own reading, independent of space.py)."""
     if settings.get("encoder.deep_tokens"):
         return "deep"
+    if settings.get("encoder.residual"):
+        return "started"
     if "[P" not in settings["task.template"]:
         return "probe"
     return settings["task.head"]
@@ -49,49 +51,57 @@ def test_the_built_in_order_takes_one_candidate_of_each_kind_in_turn(tiny_causal
     built_in_config(tiny_causal_dir, tmp_path, 0)
     plan = search_module.SearchPlan.read(tmp_path / "s.yaml")
     kinds = [kind_of(settings) for settings, _ in plan.configs]
-    assert kinds[:16] == list(KINDS) * 4  # 4 probes, 4 deep prompts: then words and linear heads in turn
-    assert kinds[16:32] == ["words", "linear"] * 8 and kinds[32:] == ["linear"] * 12
-    for kind in KINDS:  # within a kind, the order the space lists them in: the template as written first
+    assert kinds[:10] == list(KINDS) * 2  # 2 prompts started at the manual words, then the other kinds in turn
+    assert kinds[10:18] == ["probe", "words", "linear", "deep"] * 2  # 4 probes, 4 deep prompts
+    assert kinds[18:34] == ["words", "linear"] * 8 and kinds[34:] == ["linear"] * 12
+    for kind in ("probe", "words", "linear", "deep"):  # within a kind, the space's order: the template as written
         first = next(s for s in (s for s, _ in plan.configs) if kind_of(s) == kind)
         assert first["task.template"] == ("[P*2] {text} Label : [TARGET]" if kind in ("words", "linear")
                                           else "{text} Label : [TARGET]")
+    started = [s for s, _ in plan.configs if kind_of(s) == "started"]
+    assert [(s["encoder.init_text"], s["task.head"]) for s in started] == [(" Label :", "words"), (" Label :", "linear")]
 
 
 def test_a_budget_that_stops_the_first_rung_early_has_scored_every_kind(tiny_causal_dir, tmp_path, monkeypatch,
                                                                         capsys):
-    """120 s over two rungs: the first rung may start scores for 60 s, 10 s each: 6 of the 44 candidates."""
+    """120 s over two rungs: the first rung may start scores for 60 s, 10 s each: 6 of the 46 candidates."""
     built_in_config(tiny_causal_dir, tmp_path, 120)
     fake_scores(monkeypatch)
     report = search_module.run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
     scored = [kind_of(row["settings"]) for row in report["candidates"]]
     assert len(scored) == 6 and set(scored) == set(KINDS)
     assert report["coverage"] == [{"kind": "linear probe", "scored": 2, "of": 4},
-                                  {"kind": "prompt, label words", "scored": 2, "of": 12},
+                                  {"kind": "prompt started at the manual words", "scored": 1, "of": 2},
+                                  {"kind": "prompt, label words", "scored": 1, "of": 12},
                                   {"kind": "prompt, linear head", "scored": 1, "of": 24},
                                   {"kind": "deep prompt", "scored": 1, "of": 4}]
-    said = ("The time budget ran out before the first rung's end: 6 of 44 candidates scored (linear probe 2 of 4, "
-            "prompt, label words 2 of 12, prompt, linear head 1 of 24, deep prompt 1 of 4)")
+    said = ("The time budget ran out before the first rung's end: 6 of 46 candidates scored (linear probe 2 of 4, "
+            "prompt started at the manual words 1 of 2, prompt, label words 1 of 12, prompt, linear head 1 of 24, "
+            "deep prompt 1 of 4)")
     assert said in capsys.readouterr().err and said in (tmp_path / "out" / "search.md").read_text()
     assert not any("Never scored" in note for note in report["notes"])
 
 
 def test_the_report_names_the_kinds_never_scored_and_the_budget_that_would_have(tiny_causal_dir, tmp_path,
                                                                                 monkeypatch, capsys):
-    """60 s over two rungs: 30 s for the first, 3 candidates; the deep prompts, the 4th, 8th, 12th and 16th in the
-    order, are never scored: 16 candidates at the 10 s measured, twice over (the first rung's half of the budget),
-    is about 6 minutes; the whole first rung, 44 of them, about 15."""
+    """60 s over two rungs: 30 s for the first, 3 candidates; the linear heads and the deep prompts are never
+    scored. The last deep prompt is the 18th in the order: 18 candidates at the 10 s measured, twice over (the first
+    rung's half of the budget), is 6 minutes; the last linear head is the 46th, the whole first rung: about 16."""
     built_in_config(tiny_causal_dir, tmp_path, 60)
     fake_scores(monkeypatch)
     report = search_module.run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
-    assert [kind_of(row["settings"]) for row in report["candidates"]] == ["probe", "words", "linear"]
-    assert report["coverage"][3] == {"kind": "deep prompt", "scored": 0, "of": 4}
+    assert [kind_of(row["settings"]) for row in report["candidates"]] == ["probe", "started", "words"]
+    assert report["coverage"][3:] == [{"kind": "prompt, linear head", "scored": 0, "of": 24},
+                                      {"kind": "deep prompt", "scored": 0, "of": 4}]
     never = ("Never scored: deep prompt (4 candidates); a budget of about 6 min would have scored them all (at the "
              "seconds measured per candidate, the first rung getting 1/2 of it).")
-    whole = "A budget of about 15 min would score all 44 candidates on the first rung."
+    linear = "Never scored: prompt, linear head (24 candidates); a budget of about 16 min would have scored them all"
+    whole = "A budget of about 16 min would score all 46 candidates on the first rung."
     err, md = capsys.readouterr().err, (tmp_path / "out" / "search.md").read_text()
     assert never in report["notes"] and whole in report["notes"]
     assert never in err and whole in err and never in md and whole in md
-    assert sum("Never scored" in note for note in report["notes"]) == 1  # the other kinds were scored
+    assert any(note.startswith(linear) for note in report["notes"])
+    assert sum("Never scored" in note for note in report["notes"]) == 2  # the other kinds were scored
 
 
 def test_a_probe_scored_only_on_the_first_rung_still_competes_with_the_last_rungs(tiny_causal_dir, tmp_path,
@@ -100,7 +110,7 @@ def test_a_probe_scored_only_on_the_first_rung_still_competes_with_the_last_rung
     time left, never promoted) is chosen over a prompt that reached the last rung with a lower macro-F1."""
     built_in_config(tiny_causal_dir, tmp_path, 0)
     plan = search_module.SearchPlan.read(tmp_path / "s.yaml")
-    (probe, probe_cfg), (words, words_cfg) = plan.configs[0], plan.configs[1]
+    (probe, probe_cfg), (words, words_cfg) = plan.configs[0], plan.configs[2]
     assert (kind_of(probe), kind_of(words)) == ("probe", "words")
 
     def summary(f1):

@@ -1,7 +1,7 @@
 import pytest
 
 from ptune.errors import TemplateError
-from ptune.template import Field, Target, Text, Virtual, parse_template
+from ptune.template import Field, Target, Text, Virtual, parse_template, residual_form
 
 
 def test_parse_runs_fields_with_spaces_and_target():
@@ -53,3 +53,15 @@ def test_the_manual_prompt_under_a_template_has_its_virtual_runs_and_their_extra
     assert without_virtual("{text}[P*2]Label : [TARGET]") == "{text}Label : [TARGET]"
     assert without_virtual("a {{b}} [P] {x} [MASK] .") == "a {{b}} {x} [TARGET] ."  # literal braces stay escaped
     assert parse_template(without_virtual("[P*3] {sub_label} [P*3] [TARGET]")).n_virtual == 0
+
+
+def test_residual_form_puts_as_many_virtual_tokens_as_the_anchor_has_tokens():
+    class Words:
+        def encode(self, text, add_special_tokens=False):
+            return text.split()
+
+    assert residual_form("Review : {sentence} Sentiment : [TARGET]", Words()) == (
+        "Review : {sentence} [P*2] [TARGET]", " Sentiment :")
+    for bad in ("{sentence} [TARGET]", "{sentence} It was [TARGET] .", "no field It was [TARGET]"):
+        with pytest.raises(TemplateError, match="anchor words"):
+            residual_form(bad, Words())

@@ -42,6 +42,7 @@ class Target:
 Segment = Union[Text, Field, Virtual, Target]
 
 _TOKEN = re.compile(r"\{\{|\}\}|\[P(?:\*([0-9]+))?\]|\[(?:TARGET|MASK)\]|\{([^{}]*)\}|[{}]")
+_RUN = re.compile(r"\[P(?:\*[0-9]+)?\]")
 MAX_VIRTUAL = 4096
 
 
@@ -186,3 +187,43 @@ def without_virtual(source: str) -> str:
         after_run = False
         pieces.append(text)
     return "".join(pieces)
+
+
+def residual_form(manual: str, tokenizer) -> tuple[str, str]:
+    """The manual prompt with its anchor text (between the last field and ``[TARGET]``) replaced by as many virtual
+    tokens as the anchor has tokens, and the anchor text (with the space the template puts before it) they start at.
+
+    Args:
+        manual (`str`): a manual template ending ``{field} words [TARGET]``.
+        tokenizer: the base model's tokenizer (counts the anchor's tokens).
+
+    Returns:
+        `tuple[str, str]`: (P-tuned template, ``encoder.init_text``).
+
+    Example:
+        >>> residual_form("Review : {sentence} Sentiment : [TARGET]", tok)  # doctest: +SKIP
+        ('Review : {sentence} [P*3] [TARGET]', ' Sentiment :')
+    """
+    head, brace, tail = manual.rpartition("}")
+    anchor = tail.removesuffix("[TARGET]").strip() if tail.rstrip().endswith("[TARGET]") else ""
+    if not brace or not anchor or "[P" in anchor:
+        raise TemplateError(f"manual template {manual!r}: the residual start needs anchor words between the last "
+                         "{field} and a final [TARGET]")
+    init_text = " " + anchor
+    n = len(tokenizer.encode(init_text, add_special_tokens=False))
+    return f"{head}}} [P*{n}] [TARGET]", init_text
+
+
+def from_residual_form(template: str, init_text: str) -> str:
+    """The manual prompt ``residual_form`` made ``template`` from: its one virtual run read as ``init_text`` again.
+
+    Example:
+        >>> from_residual_form("Review : {sentence} [P*3] [TARGET]", " Sentiment :")
+        'Review : {sentence} Sentiment : [TARGET]'
+    """
+    runs = [s for s in parse_template(template).segments if isinstance(s, Virtual)]
+    if len(runs) != 1:
+        raise TemplateError(f"template {template!r}: a prompt started at its words has one virtual run, "
+                            f"not {len(runs)}")
+    words = init_text.strip().replace("{", "{{").replace("}", "}}")
+    return _RUN.sub(lambda m: words, template, count=1)

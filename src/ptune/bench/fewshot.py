@@ -44,9 +44,10 @@ from ..evaluation.summary import mean_spread
 from ..modeling.base import FrozenBase, load_base
 from ..session import open_session
 from ..tasks.pooled_cache import PooledStateCache
+from ..template import residual_form
 from ..training.trainer import fit
 from .fewshot_choice import (DEEP, KINDS, PROBE, PROBES, RECIPES, Candidate, Chooser, deep_text_encoder, probe_depth,
-                             residual_encoder, residual_form)
+                             residual_encoder)
 from .fewshot_methods import (DEEP_EPOCHS, DEEP_LR, DEEP_TEXT_EPOCHS, DEEP_TEXT_LR, DISTILL, DISTILL_EPOCHS,
                               DISTILL_LR, PET_TEACHERS, deep_encoder, deep_pvp_plan, deep_text_plan, distill_plan,
                               distill_settings, unlabeled_rows)

@@ -26,13 +26,13 @@ from typing import Callable
 
 from ..config import Config
 from ..data.tables import Table
-from ..errors import PtuneError
 from ..evaluation.cv import cross_validate
 from ..evaluation.space import HEADS, layer_number
 from ..modeling.base import FrozenBase
 from ..modeling.heads import decoder_layers
 from ..session import open_session
 from ..tasks.pooled_cache import PooledStateCache
+from ..template import residual_form
 
 # (learning rate, epochs) of the P-tuned candidates, fixed before any evaluation figure was seen: three step sizes
 # around the 1e-2 that moved the residual start on SST-2, and half the budget at that one. Sized so that one task's
@@ -77,31 +77,6 @@ class Candidate:
         if self.trained:
             return DEEP if self.encoder.get("deep_tokens") else RESIDUAL
         return PROBE if self.head else ZERO_SHOT
-
-
-def residual_form(manual: str, tokenizer) -> tuple[str, str]:
-    """The manual prompt with its anchor text (between the last field and ``[TARGET]``) replaced by as many virtual
-    tokens as the anchor has tokens, and the anchor text (with the space the template puts before it) they start at.
-
-    Args:
-        manual (`str`): a manual template ending ``{field} words [TARGET]``.
-        tokenizer: the base model's tokenizer (counts the anchor's tokens).
-
-    Returns:
-        `tuple[str, str]`: (P-tuned template, ``encoder.init_text``).
-
-    Example:
-        >>> residual_form("Review : {sentence} Sentiment : [TARGET]", tok)  # doctest: +SKIP
-        ('Review : {sentence} [P*3] [TARGET]', ' Sentiment :')
-    """
-    head, brace, tail = manual.rpartition("}")
-    anchor = tail.removesuffix("[TARGET]").strip() if tail.rstrip().endswith("[TARGET]") else ""
-    if not brace or not anchor or "[P" in anchor:
-        raise PtuneError(f"manual template {manual!r}: the residual start needs anchor words between the last "
-                         "{field} and a final [TARGET]")
-    init_text = " " + anchor
-    n = len(tokenizer.encode(init_text, add_special_tokens=False))
-    return f"{head}}} [P*{n}] [TARGET]", init_text
 
 
 def zero_shot_candidate(template: str, verbalizer: dict) -> Candidate:

@@ -21,8 +21,8 @@ The recipes are fixed here, once, before any of their figures was seen; ``fewsho
 from __future__ import annotations
 
 from ..data.tables import Table
-from ..template import parse_template
-from .fewshot_choice import DEEP_TEXT_RECIPE, residual_encoder, residual_form
+from ..template import parse_template, residual_form
+from .fewshot_choice import DEEP_TEXT_RECIPE, residual_encoder
 
 # the deep prompt: 8 positions through the mlp reparameterisation (the built-in search space's first deep candidate
 # when the method was written), at 1e-2 for 6 epochs. Fixed before any figure of the method was seen.

@@ -54,11 +54,11 @@ from ..config import (Config, absolute_paths, apply_overrides, config_from_dict,
                       resolve_paths)
 from ..data.tables import Table
 from ..errors import ConfigError, PtuneError
-from ..modeling.base import describe_base, detect_kind
+from ..modeling.base import describe_base, detect_kind, load_tokenizer
 from ..plotting import plot_search
 from ..session import Session, open_session, read_split
 from ..tasks.pooled_cache import PooledStateCache
-from ..template import parse_template, without_virtual
+from ..template import from_residual_form, parse_template, without_virtual
 from ..training.prepare import fold_dev, prepare
 from ..training.saving import save_inference
 from ..training.trainer import fit, fit_label_offsets
@@ -167,8 +167,9 @@ class SearchPlan:
         builtin = "space" not in search
         train_space, variants = split_space(search.get("space", {}))
         if builtin:
-            depth = linear_depth(build(copy.deepcopy(base_values), source))
-            kinds, space = zip(*builtin_candidates(base_values, depth))
+            base_cfg = build(copy.deepcopy(base_values), source)
+            tokenizer = load_tokenizer(base_cfg.model)  # counts the anchor's tokens of a prompt started at them
+            kinds, space = zip(*builtin_candidates(base_values, linear_depth(base_cfg), tokenizer))
             grid = [(settings, apply_settings(base_values, settings)) for settings in space]
         else:
             grid = candidates(base_values, train_space) if train_space else [({}, copy.deepcopy(base_values))]
@@ -226,7 +227,7 @@ def zero_shot_candidates(configs: list[tuple[dict, Config]]) -> tuple[list[tuple
             note = f"zero-shot manual prompt: skipped, {why}"
             notes += [] if note in notes else [note]
             continue
-        manual = without_virtual(cfg.task.template)
+        manual = manual_template(cfg)
         zcfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, template=manual, head="words",
                                                                  head_layer=0, head_pooling="mean"),
                                    encoder=dataclasses.replace(cfg.encoder, deep_tokens=0))  # nothing trained
@@ -236,6 +237,14 @@ def zero_shot_candidates(configs: list[tuple[dict, Config]]) -> tuple[list[tuple
             seen.add(key)
             out.append(({"zero_shot": manual}, zcfg))
     return out, [] if out else notes  # a probe among word-reading candidates (the built-in space) needs no note
+
+
+def manual_template(cfg: Config) -> str:
+    """The manual prompt a candidate is built on: its template without the virtual runs, or, for a prompt started
+    at the manual words (``encoder.residual`` over ``init: text``), with its run read as those words again."""
+    if cfg.encoder.residual and cfg.encoder.init == "text":
+        return from_residual_form(cfg.task.template, cfg.encoder.init_text)
+    return without_virtual(cfg.task.template)
 
 
 @dataclass

@@ -467,13 +467,28 @@ def describe_base(cfg: ModelConfig):
     return folder, load_kwargs, identity, config
 
 
+def load_tokenizer(cfg: ModelConfig):
+    """The base model's tokenizer alone (a padding token set), without its weights: for counting a template's
+    tokens before anything is loaded."""
+    folder, load_kwargs, _, _ = describe_base(cfg)
+    return _tokenizer(folder, load_kwargs)
+
+
+def _tokenizer(folder, load_kwargs: dict):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, **load_kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
 def load_base(cfg: ModelConfig, device: torch.device | None = None, check=None) -> FrozenBase:
     """Load the frozen base model in eval mode with no gradients, and its tokenizer.
 
     ``check(identity)`` runs after the model's config is read and before any weight is loaded, so a checkpoint
     for another base model is refused cheaply."""
     import transformers
-    from transformers import AutoTokenizer
 
     device = device or resolve_device(cfg.device)
     folder, load_kwargs, identity, config = describe_base(cfg)
@@ -492,9 +507,7 @@ def load_base(cfg: ModelConfig, device: torch.device | None = None, check=None) 
         model = auto.from_pretrained(folder, dtype=dtype, **model_kwargs)
     finally:
         hf_logging.enable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(folder, **load_kwargs)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer = _tokenizer(folder, load_kwargs)
     model.requires_grad_(False)
     model.eval()
     model.to(device)
