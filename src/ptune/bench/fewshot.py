@@ -124,7 +124,11 @@ SPECS: dict[str, TaskSpec] = {
                       "LOC": "place", "NUM": "number"}, sampled=True, eval_name="TREC test (500)", max_length=64,
                      alternatives=(("Question : {question} Answer type : [TARGET]",
                                     {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "person",
-                                     "LOC": "location", "NUM": "number"}),)),
+                                     "LOC": "location", "NUM": "number"}),
+                                   # the question quoted, then asked about; LM-BFF's TREC label words, lower-cased
+                                   ("Category of the question \" {question} \" : [TARGET]",
+                                    {"ABBR": "expression", "DESC": "description", "ENTY": "entity", "HUM": "human",
+                                     "LOC": "location", "NUM": "number"}))),
 }
 
 
