@@ -95,10 +95,7 @@ SPECS: dict[str, TaskSpec] = {
     "sst2": TaskSpec("sst2", lambda d: (read_sst2(d / "sst2" / "train.tsv"), read_sst2(d / "sst2" / "dev.tsv")),
                      "{sentence} [P*4] It was [TARGET]", "{sentence} It was [TARGET]",
                      {"1": "great", "0": "terrible"}, sampled=True, eval_name="SST-2 dev (872)", max_length=128,
-                     alternatives=(("Review : {sentence} Sentiment : [TARGET]", {"1": "positive", "0": "negative"}),
-                                   # a question the label words answer
-                                   ("Movie review : {sentence} Did the reviewer like the movie ? [TARGET]",
-                                    {"1": "yes", "0": "no"}))),
+                     alternatives=(("Review : {sentence} Sentiment : [TARGET]", {"1": "positive", "0": "negative"}),)),
     "rte": TaskSpec("rte", _fewglue("RTE"), "{premise} [P*2] Question : {hypothesis} ? [P*2] Answer : [TARGET]",
                     "{premise} Question : {hypothesis} ? Answer : [TARGET]",
                     {"entailment": "yes", "not_entailment": "no"}, eval_name="RTE val (277)"),
@@ -127,11 +124,7 @@ SPECS: dict[str, TaskSpec] = {
                       "LOC": "place", "NUM": "number"}, sampled=True, eval_name="TREC test (500)", max_length=64,
                      alternatives=(("Question : {question} Answer type : [TARGET]",
                                     {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "person",
-                                     "LOC": "location", "NUM": "number"}),
-                                   # the question quoted, then asked about; LM-BFF's TREC label words, lower-cased
-                                   ("Category of the question \" {question} \" : [TARGET]",
-                                    {"ABBR": "expression", "DESC": "description", "ENTY": "entity", "HUM": "human",
-                                     "LOC": "location", "NUM": "number"}))),
+                                     "LOC": "location", "NUM": "number"}),)),
 }
 
 
