@@ -240,7 +240,8 @@ def test_without_a_space_the_search_lists_the_built_in_one(tiny_causal_dir, tmp_
              "encoder.residual": True, "train.lr": 1e-2}
     assert [s for s, kind in zip(settings, plan.kinds) if kind == STARTED] == [
         {"task.template": f"{{text}} [P*{n}] [TARGET]", **head, **start}
-        for head in ({"task.head": "words"}, {"task.head": "linear", "task.head_layer": 1, "task.head_pooling": "mean"})]
+        for head in ({"task.head": "words"},
+                     {"task.head": "linear", "task.head_layer": 1, "task.head_pooling": "mean"})]
     deep = [s for s, kind in zip(settings, plan.kinds) if kind == DEEP]
     starts = ({"encoder.deep_tokens": 8, "encoder.deep_encoder": "table", "encoder.init": "labels"},
               {"encoder.deep_tokens": 16, "encoder.deep_encoder": "mlp"})

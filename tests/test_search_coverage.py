@@ -59,7 +59,8 @@ def test_the_built_in_order_takes_one_candidate_of_each_kind_in_turn(tiny_causal
         assert first["task.template"] == ("[P*2] {text} Label : [TARGET]" if kind in ("words", "linear")
                                           else "{text} Label : [TARGET]")
     started = [s for s, _ in plan.configs if kind_of(s) == "started"]
-    assert [(s["encoder.init_text"], s["task.head"]) for s in started] == [(" Label :", "words"), (" Label :", "linear")]
+    assert [(s["encoder.init_text"], s["task.head"]) for s in started] == [(" Label :", "words"),
+                                                                           (" Label :", "linear")]
 
 
 def test_a_budget_that_stops_the_first_rung_early_has_scored_every_kind(tiny_causal_dir, tmp_path, monkeypatch,

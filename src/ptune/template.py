@@ -208,7 +208,7 @@ def residual_form(manual: str, tokenizer) -> tuple[str, str]:
     anchor = tail.removesuffix("[TARGET]").strip() if tail.rstrip().endswith("[TARGET]") else ""
     if not brace or not anchor or "[P" in anchor:
         raise TemplateError(f"manual template {manual!r}: the residual start needs anchor words between the last "
-                         "{field} and a final [TARGET]")
+                            "{field} and a final [TARGET]")
     init_text = " " + anchor
     n = len(tokenizer.encode(init_text, add_special_tokens=False))
     return f"{head}}} [P*{n}] [TARGET]", init_text
