@@ -42,7 +42,8 @@ class Target:
 Segment = Union[Text, Field, Virtual, Target]
 
 _TOKEN = re.compile(r"\{\{|\}\}|\[P(?:\*([0-9]+))?\]|\[(?:TARGET|MASK)\]|\{([^{}]*)\}|[{}]")
-_RUN = re.compile(r"\[P(?:\*[0-9]+)?\]")
+# one run of virtual tokens as written, its count (if any) in group 1
+VIRTUAL_RUN = re.compile(r"\[P(?:\*([0-9]+))?\]")
 MAX_VIRTUAL = 4096
 
 
@@ -226,4 +227,4 @@ def from_residual_form(template: str, init_text: str) -> str:
         raise TemplateError(f"template {template!r}: a prompt started at its words has one virtual run, "
                             f"not {len(runs)}")
     words = init_text.strip().replace("{", "{{").replace("}", "}}")
-    return _RUN.sub(lambda m: words, template, count=1)
+    return VIRTUAL_RUN.sub(lambda m: words, template, count=1)

@@ -32,7 +32,7 @@ import itertools
 import re
 
 from ..errors import TemplateError
-from ..template import parse_template, residual_form, without_virtual
+from ..template import VIRTUAL_RUN, parse_template, residual_form, without_virtual
 
 # the linear head's layers, by name: "middle" is task.head_layer 0 (depth // 2), "late" three quarters down
 PROBE_LAYERS = ("middle", "late")
@@ -59,7 +59,6 @@ PROMPT = "prompt"  # an input-layer prompt of a task without a head to choose (n
 STARTED = "prompt started at the manual words"
 KINDS = (PROBE, STARTED, WORDS, LINEAR, PROMPT, DEEP)
 
-_RUN = re.compile(r"\[P(?:\*([0-9]+))?\]")
 _TARGET = re.compile(r"\[(?:TARGET|MASK)\]")
 
 
@@ -96,7 +95,7 @@ def template_candidates(template: str) -> list[str]:
     if not n:
         out = [f"[P*{DERIVED_RUN}] {manual}", before_target]
     else:
-        halved = _RUN.sub(lambda m: f"[P*{max(1, int(m.group(1) or 1) // 2)}]", template)
+        halved = VIRTUAL_RUN.sub(lambda m: f"[P*{max(1, int(m.group(1) or 1) // 2)}]", template)
         prefix = f"[P*{n}] {manual}"
         out = [template, halved, before_target if parse_template(template).is_prefix else prefix]
     return list(dict.fromkeys(out))
