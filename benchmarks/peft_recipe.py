@@ -44,16 +44,20 @@ def read_rows(path: str | Path, limit: int = 0) -> list[dict]:
     return rows[:limit] if limit > 0 else rows
 
 
-def load_model(folder: str | Path):
-    """The causal LM in float32 and its tokenizer (pad token: the end-of-text token if the tokenizer has none)."""
+def load_model(folder: str | Path, device: str = "cpu", dtype: str = "float32"):
+    """The causal LM and its tokenizer (pad token: the end-of-text token if the tokenizer has none).
+
+    The example's dtype is float32; ``dtype="bfloat16"`` loads the weights in bfloat16 instead (a GPU user's usual
+    choice), with everything else the same. ``device`` is where the model and every batch go.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = tokenizer.eos_token_id
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False)
-    return model, tokenizer
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), trust_remote_code=False)
+    return model.to(device), tokenizer
 
 
 def prompt_ids(tokenizer, row: dict) -> list[int]:
@@ -100,7 +104,8 @@ def train(model, tokenizer, rows: list[dict], *, epochs: int, batch_size: int = 
     steps = examples = 0
     model.train()
     while steps < total:
-        for ids, mask, labels in loader:  # (B, 64) each
+        for batch in loader:  # (B, 64) each
+            ids, mask, labels = (t.to(model.device, non_blocking=True) for t in batch)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             optimizer.step()
@@ -125,8 +130,8 @@ def generate_labels(model, tokenizer, rows: list[dict], batch_size: int = 32, ma
         for start in range(0, len(rows), batch_size):
             prompts = [prompt_ids(tokenizer, r)[-MAX_LENGTH:] for r in rows[start:start + batch_size]]
             width = max(len(p) for p in prompts)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # (B, T)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)  # (B, T)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
             texts += [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]

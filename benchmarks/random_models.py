@@ -2,6 +2,7 @@
 load like any model. Speed and memory depend on the shapes, not on the weights, and no model hub is needed.
 
     python benchmarks/random_models.py --size 0.5b --out-root /tmp/ptune-bench-models    # prints the folder
+    python benchmarks/random_models.py --save-tokenizer tok/   # for --tokenizer tok/ where the package is absent
 
 Shapes (hidden, intermediate, layers, attention heads, key/value heads, vocabulary, rope theta, tied embeddings)
 are those of each model's published config.json:
@@ -90,7 +91,7 @@ def model_folder(size: str, root: str | Path) -> Path:
     return Path(root) / f"{size}-{digest}"
 
 
-def ensure_model(size: str, root: str | Path, seed: int = 0) -> Path:
+def ensure_model(size: str, root: str | Path, seed: int = 0, tokenizer: str | Path | None = None) -> Path:
     """The folder of a size's random-weight model (float32 safetensors + tokenizer), built and saved on first use.
 
     The folder is written under a temporary name and renamed when complete, so an interrupted build is never used.
@@ -99,6 +100,8 @@ def ensure_model(size: str, root: str | Path, seed: int = 0) -> Path:
         size (`str`): a key of ``SHAPES``.
         root (`str | Path`): the folder that holds the built models.
         seed (`int`, defaults to 0): torch seed for the random weights.
+        tokenizer (`str | Path`, *optional*): a folder holding the embedded model's tokenizer, saved beforehand
+            (for a machine without the embedded model's package); by default it is read from that package.
 
     Returns:
         `Path`: the model folder.
@@ -115,7 +118,7 @@ def ensure_model(size: str, root: str | Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(build_config(size), dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(embedded_tokenizer_folder(), trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer or embedded_tokenizer_folder(), trust_remote_code=False)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
@@ -136,11 +139,22 @@ def default_root() -> Path:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", required=True, choices=sorted(SHAPES), help="which shape to build")
+    p.add_argument("--size", choices=sorted(SHAPES), help="which shape to build")
     p.add_argument("--out-root", default=str(default_root()), help="folder holding the built models "
                    "(default: %(default)s)")
+    p.add_argument("--tokenizer", help="folder with the embedded model's tokenizer, saved beforehand (default: "
+                   "read from the embedded model's package)")
+    p.add_argument("--save-tokenizer", metavar="FOLDER", help="only save the embedded model's tokenizer to FOLDER, "
+                   "for --tokenizer on a machine without the package")
     args = p.parse_args(argv)
-    print(ensure_model(args.size, args.out_root))
+    if args.save_tokenizer:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(embedded_tokenizer_folder()).save_pretrained(args.save_tokenizer)
+        return print(args.save_tokenizer)
+    if not args.size:
+        p.error("--size is required (or --save-tokenizer)")
+    print(ensure_model(args.size, args.out_root, tokenizer=args.tokenizer))
 
 
 if __name__ == "__main__":

@@ -83,6 +83,22 @@ def test_examples_in_steps_counts_the_short_last_batch_of_each_epoch():
     assert scaling.examples_in_steps(50, 9) == 66
 
 
+def test_scaling_ratios_compare_gpu_memory_on_a_gpu_and_each_peft_dtype_with_ptune():
+    def run(ex_s, rows_s, rss, gpu=None):
+        return {"parameters": 10, "train_examples_per_s": ex_s, "predict_rows_per_s": rows_s, "peak_rss_mb": rss,
+                **({"gpu_peak_mb": gpu} if gpu else {})}
+
+    cpu = {"135m": {"peft": run(2.0, 4.0, 1000.0), "ptune": run(6.0, 8.0, 500.0)}}
+    assert scaling.growth(cpu, ["135m"], ["peft", "ptune"])["ptune_over_peft"]["135m"] == {
+        "train_examples_per_s": 3.0, "predict_rows_per_s": 2.0, "peak_memory": 0.5}
+    gpu = {"135m": {"peft": run(2.0, 4.0, 3000.0, 800.0), "peft_bf16": run(4.0, 4.0, 3000.0, 400.0),
+                    "ptune": run(8.0, 8.0, 3000.0, 200.0)}}
+    g = scaling.growth(gpu, ["135m"], ["peft", "peft_bf16", "ptune"])
+    assert g["ptune_over_peft"]["135m"]["peak_memory"] == 0.25  # GPU memory, not the equal resident memory
+    assert g["ptune_over_peft_bf16"]["135m"] == {"train_examples_per_s": 2.0, "predict_rows_per_s": 2.0,
+                                                 "peak_memory": 0.5}
+
+
 def test_cli_ratios_are_peft_seconds_over_ptune_seconds_against_the_targets():
     results = {"peft": {"train_wall_s": 90.0, "predict_wall_s": 50.0},
                "ptune": {"train_wall_s": 20.0, "predict_wall_s": 10.0}}
@@ -119,23 +135,28 @@ def complaints_folder(folder: Path) -> Path:
     return folder
 
 
-def run_script(script: str, *args) -> dict:
-    """Run a benchmark script to its end; the JSON line it prints last."""
+def run_script(script: str, *args, parse: bool = True) -> dict | None:
+    """Run a benchmark script to its end; the JSON line it prints last (with ``parse``)."""
     proc = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1]) if parse else None
 
 
 @pytest.mark.integration
 @needs_embedded
-def test_scaling_runs_both_systems_on_a_tiny_model(tmp_path):
+def test_scaling_runs_every_system_on_a_tiny_model_built_from_a_saved_tokenizer(tmp_path):
     data = complaints_folder(tmp_path / "data")
+    run_script("random_models.py", "--save-tokenizer", tmp_path / "tok", parse=False)
     out = run_script("scaling.py", "--data", data, "--sizes", "tiny", "--steps", 1, "--predict-rows", 2,
-                     "--models-root", tmp_path)
-    for system in ("peft", "ptune"):
+                     "--models-root", tmp_path / "models", "--tokenizer", tmp_path / "tok", "--device", "cpu",
+                     "--systems", "peft,peft_bf16,ptune")
+    for system, dtype in (("peft", "float32"), ("peft_bf16", "bfloat16"), ("ptune", None)):
         r = out["results"]["tiny"][system]
         assert r["train_steps"] == 1 and r["train_examples"] == 8 and r["predict_rows"] == 2
         assert r["peak_rss_mb"] >= r["rss_loaded_mb"] > 0 and r["train_examples_per_s"] > 0
+        assert dtype is None or r["dtype"] == dtype
+    assert set(out["growth"]) >= {"ptune_over_peft", "ptune_over_peft_bf16"}
+    assert (tmp_path / "tok" / "tokenizer.json").is_file()
     assert "matmul_bf16_gflops" in out["machine"] and out["machine"]["cpu_model"]
 
 

@@ -1,6 +1,7 @@
 """The GPU path. On any machine: what ``auto`` picks (device, dtype, attention kernel, loss scaling) and how batches
 reach the GPU, with CUDA mocked. On a CUDA machine only (marked ``gpu``, skipped elsewhere): the architecture
-matrix's checks in bfloat16 (float16 where the GPU lacks it) for a few families, and a short training run."""
+matrix's checks in bfloat16 (float16 where the GPU lacks it) for a few families, behind shallow prompts and deep ones
+(where the family takes them), and a short training run."""
 
 from __future__ import annotations
 
@@ -106,6 +107,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 GPU_FAMILIES = ["llama", "gpt2", "bloom", "mistral", "gemma2", "bert", "t5"]  # RoPE, absolute, ALiBi, windows, ...
 GPU_CAUSAL = [f for f in GPU_FAMILIES if FAMILIES[f][0] == "causal"]
 GPU_GENERATIVE = [f for f in GPU_FAMILIES if FAMILIES[f][0] != "masked"]
+GPU_DEEP = [f for f in GPU_CAUSAL if "sliding_window" not in FAMILIES[f][2]]  # the families that take a deep prompt
+PROMPTS = [(f, "shallow") for f in GPU_FAMILIES] + [(f, "deep") for f in GPU_DEEP]
 TEXTS = ["hello", "great service today",
          "my order arrived late and the box was broken , the app crashes when I pay and I want a refund now"]
 ROWS_IN = [{"text": t} for t in TEXTS]
@@ -116,6 +119,12 @@ CLEAR_GAP = 0.5  # generation: a step whose two best logits are this far apart c
 @pytest.fixture(scope="module")
 def gpu_zoo(tmp_path_factory) -> FamilyZoo:
     return FamilyZoo(tmp_path_factory.mktemp("gpu-families"), device="cuda", dtype="auto")
+
+
+def gpu_session(zoo: FamilyZoo, family: str, prompt: str = "shallow", **task):
+    """A session on the GPU with the template's virtual tokens, and with ``prompt="deep"`` a 3-token deep prompt
+    (keys and values at every layer) as well."""
+    return zoo.session(family, encoder={"deep_tokens": 3} if prompt == "deep" else None, **task)
 
 
 def gpu_scores(session, model, rows) -> torch.Tensor:
@@ -139,9 +148,9 @@ def test_gpu_loads_in_half_precision_with_fused_attention_and_batches_on_the_gpu
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("family", GPU_FAMILIES)
-def test_gpu_label_scores_do_not_depend_on_the_batch(gpu_zoo, family):
-    s = gpu_zoo.session(family)
+@pytest.mark.parametrize("family, prompt", PROMPTS)
+def test_gpu_label_scores_do_not_depend_on_the_batch(gpu_zoo, family, prompt):
+    s = gpu_session(gpu_zoo, family, prompt)
     model = s.new_model(seed=1).eval()
     together = gpu_scores(s, model, ROWS_IN)
     alone = torch.cat([gpu_scores(s, model, [row]) for row in ROWS_IN])
@@ -150,14 +159,17 @@ def test_gpu_label_scores_do_not_depend_on_the_batch(gpu_zoo, family):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("family", GPU_CAUSAL)
-def test_gpu_shared_prefix_cache_gives_the_plain_forward(gpu_zoo, family, monkeypatch):
-    s = gpu_zoo.session(family)
+@pytest.mark.parametrize("family, prompt", [(f, p) for f, p in PROMPTS if f in GPU_CAUSAL])
+def test_gpu_shared_prefix_cache_gives_the_plain_forward(gpu_zoo, family, prompt, monkeypatch):
+    """The shared prefix run once, the label prefix tree and one full input per (row, label) agree on the GPU."""
+    s = gpu_session(gpu_zoo, family, prompt)
     model = s.new_model(seed=3).eval()
     cached = gpu_scores(s, model, ROWS_IN)
+    monkeypatch.setattr(model, "use_prefix_tree", False)
+    by_word = gpu_scores(s, model, ROWS_IN)
     monkeypatch.setattr(type(model), "can_score_continuations", property(lambda self: False))
     plain = gpu_scores(s, model, ROWS_IN)
-    assert torch.allclose(cached, plain, atol=HALF_ATOL)
+    assert torch.allclose(cached, plain, atol=HALF_ATOL) and torch.allclose(by_word, plain, atol=HALF_ATOL)
 
 
 @pytest.mark.gpu
@@ -179,12 +191,12 @@ def test_gpu_generation_is_greedy_decoding_whatever_the_batch(gpu_zoo, family):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("family", GPU_FAMILIES)
-def test_gpu_checkpoint_reload_gives_the_same_predictions(gpu_zoo, family, tmp_path):
+@pytest.mark.parametrize("family, prompt", PROMPTS)
+def test_gpu_checkpoint_reload_gives_the_same_predictions(gpu_zoo, family, prompt, tmp_path):
     from ptune.inference import Predictor
     from ptune.training.saving import save_inference
 
-    s = gpu_zoo.session(family)
+    s = gpu_session(gpu_zoo, family, prompt)
     model = s.new_model(seed=5).eval()
     save_inference(s, model, tmp_path / "ckpt")
     loaded = Predictor.load(tmp_path / "ckpt", base=s.base)
@@ -195,11 +207,11 @@ def test_gpu_checkpoint_reload_gives_the_same_predictions(gpu_zoo, family, tmp_p
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("family", ["llama", "t5"])
-def test_gpu_training_lowers_the_loss(gpu_zoo, family):
+@pytest.mark.parametrize("family, prompt", [("llama", "shallow"), ("t5", "shallow"), ("llama", "deep")])
+def test_gpu_training_lowers_the_loss(gpu_zoo, family, prompt):
     from ptune.training.trainer import fit
 
-    s = gpu_zoo.session(family, train={"lr": 0.05, "epochs": 3})
+    s = gpu_session(gpu_zoo, family, prompt, train={"lr": 0.05, "epochs": 3})
     train = Table("train.csv", ["text", "label"], [{"text": t, "label": l} for t, l in ROWS])
     examples, _ = s.task.train_examples(train)
     batch = s.task.batch(examples, s.device)
