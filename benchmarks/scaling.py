@@ -20,7 +20,8 @@ runs in its own child process, one after another; models are built once under ``
 
 Measured per (size, system): training examples/s (from building the encoder to the last step), prediction rows/s,
 load seconds, resident memory after loading, after training and the child's peak (the whole process, loading
-included), on a GPU its peak allocated GPU memory (which the memory ratios then compare), and achieved training FLOP/s as a fraction of this machine's measured bf16 (and fp32) matmul rate.
+included), on a GPU its peak allocated GPU memory (which the memory ratios then compare), and achieved training
+FLOP/s as a fraction of this machine's measured bf16 (and fp32) matmul rate.
 FLOPs count the work the recipe needs, the same for both systems: per example, 2 * N_body per position (its
 virtual, text and label tokens; N_body: parameters outside the embedding table) plus 2 * vocabulary * hidden per
 label token for the logits, twice that for a training step (the backward computes activation gradients only; the
@@ -288,8 +289,8 @@ def main(argv=None) -> None:
             results[size][system] = run_child(args, system, models[size], machine)
             print(f"{size} {system}: {results[size][system]['wall_s']:.0f} s", file=sys.stderr)
     out = {"machine": machine, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "sizes": sizes,
-           "systems": systems, "device": args.device, "steps": args.steps, "predict_rows": args.predict_rows, "batch": BATCH,
-           "results": results, "growth": growth(results, sizes, systems)}
+           "systems": systems, "device": args.device, "steps": args.steps, "predict_rows": args.predict_rows,
+           "batch": BATCH, "results": results, "growth": growth(results, sizes, systems)}
     print(json.dumps(out))
     print_table(out)
 
