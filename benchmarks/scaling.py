@@ -67,6 +67,12 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads in every run (0: torch's default)")
     p.add_argument("--models-root", help="where the random-weight models are built and kept "
                    "(default: <tmp>/ptune-bench-models; 1.5b takes 6.2 GB)")
+    p.add_argument("--ptune-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for ptune's runs, as `ptune train --set` takes (repeatable), e.g. "
+                   "train.packing=false to time the padded batches instead of packed ones")
+    p.add_argument("--no-cudnn-attention", action="store_true",
+                   help="on a GPU, keep torch's attention (SDPA) off its cuDNN kernel in every run, so that it takes "
+                   "the flash or memory-efficient one (a cuDNN attention graph is built per new input shape)")
     p.add_argument("--role", choices=SYSTEMS, help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -136,7 +142,7 @@ def run_ptune(args, rows: list[dict], test: list[dict]) -> dict:
     train_csv = str((Path(args.data) / "train.csv").resolve())
     cfg = load_config(CONFIG, [f"data.train={train_csv}", f"model.name_or_path={args.model}",
                                f"model.device={args.device}", f"train.max_steps={args.steps}",
-                               f"train.eval_batch_size={PREDICT_BATCH}"])
+                               f"train.eval_batch_size={PREDICT_BATCH}", *args.ptune_set])
     t0 = time.perf_counter()
     session, table, _ = prepare(cfg)
     model0 = session.base.model
@@ -181,6 +187,8 @@ def child_main(args) -> None:
     hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     from peft_recipe import read_rows
 
     rows = read_rows(Path(args.data) / "train.csv")
@@ -212,6 +220,8 @@ def run_child(args, system: str, model: Path, machine: dict) -> dict:
     argv = [sys.executable, str(Path(__file__).resolve()), "--role", system, "--model", str(model),
             "--data", args.data, "--steps", str(args.steps), "--predict-rows", str(args.predict_rows),
             "--threads", str(args.threads), "--device", args.device]
+    argv += [f"--ptune-set={override}" for override in args.ptune_set]
+    argv += ["--no-cudnn-attention"] if args.no_cudnn_attention else []
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
     r = run_measured(argv, env=env, stdout=subprocess.PIPE)
     if r["returncode"]:
@@ -289,8 +299,10 @@ def main(argv=None) -> None:
             results[size][system] = run_child(args, system, models[size], machine)
             print(f"{size} {system}: {results[size][system]['wall_s']:.0f} s", file=sys.stderr)
     out = {"machine": machine, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "sizes": sizes,
-           "systems": systems, "device": args.device, "steps": args.steps, "predict_rows": args.predict_rows,
-           "batch": BATCH, "results": results, "growth": growth(results, sizes, systems)}
+           "systems": systems, "device": args.device, "ptune_set": args.ptune_set,
+           "no_cudnn_attention": args.no_cudnn_attention, "steps": args.steps,
+           "predict_rows": args.predict_rows, "batch": BATCH, "results": results,
+           "growth": growth(results, sizes, systems)}
     print(json.dumps(out))
     print_table(out)
 

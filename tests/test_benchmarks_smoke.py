@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,19 +145,25 @@ def run_script(script: str, *args, parse: bool = True) -> dict | None:
 
 @pytest.mark.integration
 @needs_embedded
-def test_scaling_runs_every_system_on_a_tiny_model_built_from_a_saved_tokenizer(tmp_path):
+def test_gpu_check_runs_the_gpu_tests_and_every_scaling_run_on_a_tiny_model_from_a_saved_tokenizer(tmp_path):
+    """benchmarks/gpu_check.sh end to end on this machine (the GPU tests skip without CUDA): each JSON it writes."""
     data = complaints_folder(tmp_path / "data")
     run_script("random_models.py", "--save-tokenizer", tmp_path / "tok", parse=False)
-    out = run_script("scaling.py", "--data", data, "--sizes", "tiny", "--steps", 1, "--predict-rows", 2,
-                     "--models-root", tmp_path / "models", "--tokenizer", tmp_path / "tok", "--device", "cpu",
-                     "--systems", "peft,peft_bf16,ptune")
+    env = dict(os.environ, PY=sys.executable, SIZES="tiny", STEPS="1", ROWS="2")
+    argv = ["bash", str(BENCH / "gpu_check.sh"), str(data), str(tmp_path / "out"), str(tmp_path / "tok")]
+    proc = subprocess.run(argv, cwd=BENCH.parent, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "gpu tests: exit 0" in proc.stdout, proc.stdout[-2000:]
+    read = {name: json.loads((tmp_path / "out" / f"{name}.json").read_text().strip().splitlines()[-1])
+            for name in ("scaling_tiny", "padded_tiny", "no_cudnn_tiny")}
+    out = read["scaling_tiny"]
     for system, dtype in (("peft", "float32"), ("peft_bf16", "bfloat16"), ("ptune", None)):
         r = out["results"]["tiny"][system]
         assert r["train_steps"] == 1 and r["train_examples"] == 8 and r["predict_rows"] == 2
         assert r["peak_rss_mb"] >= r["rss_loaded_mb"] > 0 and r["train_examples_per_s"] > 0
         assert dtype is None or r["dtype"] == dtype
     assert set(out["growth"]) >= {"ptune_over_peft", "ptune_over_peft_bf16"}
-    assert (tmp_path / "tok" / "tokenizer.json").is_file()
+    assert read["padded_tiny"]["ptune_set"] == ["train.packing=false"] and read["no_cudnn_tiny"]["no_cudnn_attention"]
+    assert set(read["no_cudnn_tiny"]["systems"]) == {"peft_bf16", "ptune"}
     assert "matmul_bf16_gflops" in out["machine"] and out["machine"]["cpu_model"]
 
 
