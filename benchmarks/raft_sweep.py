@@ -221,7 +221,9 @@ def _choice_name(choice: dict) -> str:
     where = f" L{s['task.head_layer']}/{s.get('task.head_pooling', 'mean')}" if head == "linear" else ""
     if not choice["virtual_tokens"]:
         return f"probe{where}"
-    return f"{s.get('encoder.type', '')} {choice['virtual_tokens']} tok, {head}{where}, lr {s.get('train.lr', '')}"
+    started = " started at the manual words" if s.get("encoder.residual") else ""
+    return (f"{s.get('encoder.type', '')} {choice['virtual_tokens']} tok{started}, {head}{where}, "
+            f"lr {s.get('train.lr', '')}")
 
 
 def level_with(result: dict, key: str) -> bool:

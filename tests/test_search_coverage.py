@@ -122,3 +122,42 @@ def test_a_probe_scored_only_on_the_first_rung_still_competes_with_the_last_rung
     results, _, _ = search_module.score_candidates(plan, None, 0.0, show_progress=False)
     assert "rung" not in results[0] and results[1]["rung"] == 1
     assert search_module.pick_best(results) == 0
+
+
+def started_first(tiny_causal_dir, tmp_path, monkeypatch, zero_shot_f1: float) -> dict:
+    """The built-in search with the zero-shot prompt, 60 s (three trained candidates on the first rung, after the
+    probe scored beforehand), every probe at 0.5 macro-F1 and the zero-shot prompt at ``zero_shot_f1``: the
+    report."""
+    cfg = search_config(tiny_causal_dir, tmp_path, {"budget_minutes": 1, "zero_shot": True}, epochs=3)
+    cfg["task"]["verbalizer"] = {"complaint": "complaint", "no complaint": "hello"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    fake_scores(monkeypatch)
+    probes = []
+    fake = search_module.run_candidate
+    monkeypatch.setattr(search_module, "run_candidate", lambda plan, shared, cfg: (
+        probes.append(cfg.task.template) if search_module.trains_nothing(cfg) else None) or fake(plan, shared, cfg))
+    zero = {"accuracy": {"mean": zero_shot_f1, "std": 0.0}, "macro_f1": {"mean": zero_shot_f1, "std": 0.0},
+            "runs": [{"macro_f1": zero_shot_f1}] * 2, "seconds": 1.0}
+    monkeypatch.setattr(search_module, "score_zero_shot", lambda plan, shared, cfg: zero)
+    report = search_module.run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    assert len(probes) == 1  # the probe the order was decided on is not scored again by the halving
+    return report
+
+
+def test_the_prompt_started_from_the_probe_goes_first_where_the_probe_beats_the_zero_shot_prompt(
+        tiny_causal_dir, tmp_path, monkeypatch):
+    report = started_first(tiny_causal_dir, tmp_path, monkeypatch, zero_shot_f1=0.3)
+    trained = [row["settings"] for row in report["candidates"] if "zero_shot" not in row["settings"]]
+    assert [kind_of(s) for s in trained] == ["probe", "started", "words", "linear"]
+    assert trained[1]["task.head"] == "linear" and trained[1]["encoder.residual"]
+    assert report["notes"][0] == ("prompts started at the manual words: the linear head (from the probe) first; the "
+                                  "probe scores 0.500 macro-F1 on the search's folds, the zero-shot prompt 0.300")
+
+
+def test_the_prompt_started_from_the_label_words_goes_first_where_the_zero_shot_prompt_is_ahead(
+        tiny_causal_dir, tmp_path, monkeypatch):
+    report = started_first(tiny_causal_dir, tmp_path, monkeypatch, zero_shot_f1=0.7)
+    trained = [row["settings"] for row in report["candidates"] if "zero_shot" not in row["settings"]]
+    started = [s for s in trained if kind_of(s) == "started"]
+    assert [s["task.head"] for s in started] == ["words"]
+    assert "the label words (from the zero-shot prompt) first" in report["notes"][0]

@@ -30,7 +30,9 @@ OUT/members/*`` predicts with the whole ensemble, as it was scored.
 
 The zero-shot manual prompt is a candidate too (``search.zero_shot: false`` leaves it out): each distinct candidate
 template with its ``[P*n]`` runs taken out, label words ranked by the frozen model, nothing trained, scored on the
-same folds (and under the same prediction-time variants) after the trained candidates, outside the time budget. A
+same folds (and under the same prediction-time variants) before the trained candidates, outside the time budget;
+its figure decides, against the probe's, which prompt started at the manual words the first rung trains first
+(``start_from_the_better``). A
 classification config without label words (``task.head: linear`` and an empty ``task.verbalizer``) has none, and
 the search says so. A chosen zero-shot prompt is written as a checkpoint with no virtual tokens and no training.
 """
@@ -65,7 +67,7 @@ from ..training.trainer import fit, fit_label_offsets
 from .coverage import coverage_notes, kind_counts
 from .cv import cross_validate
 from .halving import rung_epochs, rung_fractions, successive_halving
-from .space import builtin_candidates
+from .space import PROBE, STARTED, builtin_candidates
 from .summary import mean_spread
 
 
@@ -330,14 +332,19 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
 
 def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
                      show_progress: bool) -> tuple[list[dict], list[Config], dict]:
-    """Cross-validate the candidates within the time budget (counted from ``t0``): each in full, in order, or by
-    successive halving; then score the zero-shot prompts (seconds, so outside the budget): (one result row per
+    """Score the zero-shot prompts (seconds, so outside the budget), then cross-validate the candidates within the
+    time budget (counted from ``t0``): each in full, in order, or by successive halving: (one result row per
     candidate and prediction variant, in candidate order, each at the last rung it reached; the configs that ran,
     each with the epochs it was scored with; the first rung's coverage, ``first_rung_coverage``)."""
     left = max(plan.budget - (time.perf_counter() - t0), 1e-9) if plan.budget else 0.0
-    scored, costs = (score_by_halving(plan, shared, left, show_progress) if plan.halving
+    zero_shot = [score_zero_shot(plan, shared, cfg) for _, cfg in plan.zero_shot]
+    plan, known, order = start_from_the_better(plan, shared, zero_shot) if plan.halving else (plan, {}, [])
+    for note in order:
+        print(note, file=sys.stderr)
+    scored, costs = (score_by_halving(plan, shared, left, show_progress, known) if plan.halving
                      else score_in_order(plan, shared, left, show_progress))
     coverage = first_rung_coverage(plan, costs)
+    coverage["notes"] = order + coverage["notes"]
     results, configs_run = [], []
     for settings, cfg, summary, rung in scored:
         rows = candidate_rows(summary, settings, len(configs_run))
@@ -346,15 +353,59 @@ def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
             row |= {"rung": rung, "epochs": cfg.train.epochs}
         results += rows
         configs_run.append(cfg)
-    for settings, cfg in plan.zero_shot:  # nothing trained: each fold's model is scored as built
-        summary = cross_validate(cfg, folds=plan.folds, seeds=plan.seeds, session=shared.session(cfg, True),
-                                 train_table=shared.table, show_progress=False, variants=plan.variants,
-                                 trained=False, loss=False)
+    for (settings, cfg), summary in zip(plan.zero_shot, zero_shot):
         results += candidate_rows(summary, settings, len(configs_run))
         configs_run.append(cfg)
     if not results:
         raise PtuneError("no candidate finished within the time budget")
     return results, configs_run, coverage
+
+
+def score_zero_shot(plan: SearchPlan, shared: SharedRows, cfg: Config) -> dict:
+    """A zero-shot prompt's cross-validation summary: nothing trained, each fold's model scored as built (seconds,
+    outside the time budget)."""
+    return cross_validate(cfg, folds=plan.folds, seeds=plan.seeds, session=shared.session(cfg, True),
+                          train_table=shared.table, show_progress=False, variants=plan.variants, trained=False,
+                          loss=False)
+
+
+def start_from_the_better(plan: SearchPlan, shared: SharedRows,
+                          zero_shot: list[dict]) -> tuple[SearchPlan, dict[int, dict], list[str]]:
+    """Which prompt started at the manual words the first rung scores first: the one whose start stands higher on
+    the search's folds. The label-words one starts at the zero-shot prompt, the linear-head one at the probe of
+    its layer and pooling; where that probe beats the zero-shot prompt, the two swap places, so a budget that
+    reaches only one of them trains from the better start. The probe is scored here (it trains nothing, so its
+    figures are final) and not again.
+
+    Args:
+        plan (`SearchPlan`): the search; only a built-in space with both started candidates is reordered.
+        shared (`SharedRows`): the search's rows and base model.
+        zero_shot (`list[dict]`): the zero-shot prompts' summaries (``score_zero_shot``), in ``plan.zero_shot``'s
+            order.
+
+    Returns:
+        `tuple[SearchPlan, dict[int, dict], list[str]]`: the plan, reordered or not; the summaries already scored,
+        by candidate index; and a note saying which starts first and why (none where nothing was decided).
+    """
+    started = [i for i, kind in enumerate(plan.kinds) if kind == STARTED]
+    if len(started) != 2 or not zero_shot:
+        return plan, {}, []
+    words, linear = started  # as space.started_candidates lists them: the label words' first
+    head = plan.configs[linear][1].task
+    probe = next((i for i, kind in enumerate(plan.kinds) if kind == PROBE
+                  and (plan.configs[i][1].task.head_layer, plan.configs[i][1].task.head_pooling)
+                  == (head.head_layer, head.head_pooling)), None)
+    if probe is None:
+        return plan, {}, []
+    summary = run_candidate(plan, shared, plan.configs[probe][1])
+    probe_f1, zero_f1 = best_f1(summary), max(best_f1(z) for z in zero_shot)
+    first = "linear head (from the probe)" if probe_f1 > zero_f1 else "label words (from the zero-shot prompt)"
+    note = (f"prompts started at the manual words: the {first} first; the probe scores {probe_f1:.3f} macro-F1 "
+            f"on the search's folds, the zero-shot prompt {zero_f1:.3f}")
+    configs = list(plan.configs)
+    if probe_f1 > zero_f1:
+        configs[words], configs[linear] = configs[linear], configs[words]
+    return dataclasses.replace(plan, configs=configs), {probe: summary}, [note]
 
 
 def first_rung_coverage(plan: SearchPlan, costs: dict[int, float]) -> dict:
@@ -409,12 +460,14 @@ def trains_nothing(cfg: Config) -> bool:
             and not cfg.encoder.deep_tokens)
 
 
-def score_by_halving(plan: SearchPlan, shared: SharedRows, budget: float,
-                     show_progress: bool) -> tuple[list[tuple[dict, Config, dict, int]], dict[int, float]]:
+def score_by_halving(plan: SearchPlan, shared: SharedRows, budget: float, show_progress: bool,
+                     known: dict[int, dict] | None = None) -> tuple[list[tuple[dict, Config, dict, int]],
+                                                                    dict[int, float]]:
     """Successive halving over the epochs: every candidate on the first rung, the best third on each next one, the
     last with each candidate's own ``train.epochs``; always the same folds. ((settings, config at the epochs it was
     last scored with, that summary, that rung) per candidate scored, in candidate order; the seconds of each one's
-    first-rung score, by index)."""
+    first-rung score, by index). ``known``: probes' summaries scored beforehand, by index, not scored again."""
+    known = known or {}
     fractions = rung_fractions(len(plan.configs), max(cfg.train.epochs for _, cfg in plan.configs))
     last: dict[int, tuple[dict, Config, dict, int]] = {}
     first_costs: dict[int, float] = {}
@@ -424,8 +477,8 @@ def score_by_halving(plan: SearchPlan, shared: SharedRows, budget: float,
         settings, cfg = plan.configs[i]
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(
             cfg.train, epochs=rung_epochs(cfg.train.epochs, fraction)))
-        if i in last and trains_nothing(cfg):  # a probe's figures do not depend on the epochs: not scored again
-            summary = last[i][2]
+        if (i in last or i in known) and trains_nothing(cfg):  # a probe's figures do not depend on the epochs
+            summary = last[i][2] if i in last else known[i]
         else:
             summary = run_candidate(plan, shared, cfg)
         last[i] = (settings, cfg, summary, rung)

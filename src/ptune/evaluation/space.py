@@ -19,7 +19,8 @@ Every candidate is a dict of dotted config keys to values, applied over the conf
 Each candidate has a kind (``KINDS``: the probe, a prompt started at the manual words, an input-layer prompt read by
 the label words, one read by a linear head, a deep prompt), and the candidates are listed round-robin over the
 kinds, each kind's best guess first: a budget that scores only the first few candidates has scored one of every
-kind.
+kind. (The search puts the prompt started at the probe before the one started at the zero-shot prompt where the
+probe scores higher: ``search.start_from_the_better``.)
 
 ``train.epochs`` is not a key of the space: successive halving (``halving.py``) spends epochs as its resource, the
 config's own ``train.epochs`` on the last rung. The linear head's layers exist on causal LMs only, so on other
