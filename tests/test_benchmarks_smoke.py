@@ -18,6 +18,7 @@ import cli_speed  # noqa: E402
 import machine  # noqa: E402
 import memory  # noqa: E402
 import peft_recipe  # noqa: E402
+import raft_fixed  # noqa: E402
 import raft_sweep  # noqa: E402
 import random_models  # noqa: E402
 import scaling  # noqa: E402
@@ -116,7 +117,7 @@ def test_write_rows_keeps_the_header_and_the_first_rows(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["speed.py", "cli_speed.py", "scaling.py", "peft_recipe.py", "random_models.py",
-                                    "packing.py", "raft_sweep.py"])
+                                    "packing.py", "raft_sweep.py", "raft_fixed.py"])
 def test_scripts_have_help(script):
     proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage:" in proc.stdout
@@ -230,3 +231,33 @@ def test_raft_sweep_searches_reports_and_resumes_on_a_tiny_model(tiny_causal_dir
 def test_raft_sweep_refuses_report_splits_that_chose():
     with pytest.raises(SystemExit):
         raft_sweep.parse_args(["--search-seed", "44", "--report-seeds", "44,46"])
+
+
+def test_raft_fixed_scores_both_recipes_beside_the_probe_and_resumes(tiny_causal_dir, tmp_path, capsys):
+    data, out = fake_raft(tmp_path / "data"), tmp_path / "fixed"
+    argv = ["--data", str(data), "--out", str(out), "--model", str(tiny_causal_dir), "--epochs", "1", "--folds", "2",
+            "--report-seeds", "46", "--tasks", "overruling"]
+    raft_fixed.main(argv)
+    rows = json.loads((out / "raft_fixed.json").read_text())["rows"]
+    assert [r["task"] for r in rows] == ["overruling"]
+    row = rows[0]
+    assert len(row["probe"]["fold_macro_f1"]) == 2
+    for recipe in ("shallow", "deep"):
+        lead = row[recipe]["lead_over_probe"]
+        assert len(row[recipe]["fold_macro_f1"]) == 2 and lead["ahead"] + lead["level"] + lead["behind"] == 2
+    assert "| overruling |" in (out / "raft_fixed.md").read_text()
+    capsys.readouterr()
+    before = (out / "overruling" / "deep.json").stat().st_mtime_ns
+    raft_fixed.main(argv)  # resumed: every figure is read back, none trained again
+    assert (out / "overruling" / "deep.json").stat().st_mtime_ns == before
+
+
+def test_raft_fixed_deep_recipe_is_the_manual_prompt_with_the_space_s_first_deep_prompt():
+    values = {"task": {"template": "[P*4] Text : {Text} [P*2] Label : [TARGET]"}, "encoder": {"hidden_size": 128},
+              "search": {"folds": 5}}
+    deep = raft_fixed.recipe_values(values, "deep")
+    assert deep["task"]["template"] == "Text : {Text} Label : [TARGET]" and "search" not in deep
+    assert deep["encoder"] == {"hidden_size": 128, "deep_tokens": 8, "deep_encoder": "table", "init": "labels"}
+    assert raft_fixed.recipe_values(values, "shallow")["task"] == values["task"]
+    with pytest.raises(SystemExit):
+        raft_fixed.parse_args(["--recipes", "shallow,wide"])
