@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))  # the scripts import each other by module name, as when run from benchmarks/
@@ -19,6 +20,7 @@ import machine  # noqa: E402
 import memory  # noqa: E402
 import peft_recipe  # noqa: E402
 import raft_fixed  # noqa: E402
+import raft_rechoose  # noqa: E402
 import raft_sweep  # noqa: E402
 import random_models  # noqa: E402
 import scaling  # noqa: E402
@@ -117,7 +119,7 @@ def test_write_rows_keeps_the_header_and_the_first_rows(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["speed.py", "cli_speed.py", "scaling.py", "peft_recipe.py", "random_models.py",
-                                    "packing.py", "raft_sweep.py", "raft_fixed.py"])
+                                    "packing.py", "raft_sweep.py", "raft_fixed.py", "raft_rechoose.py"])
 def test_scripts_have_help(script):
     proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage:" in proc.stdout
@@ -261,3 +263,38 @@ def test_raft_fixed_deep_recipe_is_the_manual_prompt_with_the_space_s_first_deep
     assert raft_fixed.recipe_values(values, "shallow")["task"] == values["task"]
     with pytest.raises(SystemExit):
         raft_fixed.parse_args(["--recipes", "shallow,wide"])
+
+
+def test_raft_rechoose_gives_a_prompt_the_folds_do_not_separate_from_the_probe_the_probe_s_figures(
+        tiny_causal_dir, tmp_path, capsys):
+    folder = tmp_path / "sweep" / "overruling"
+    (folder / "search").mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(tiny_causal_dir)},
+        "task": {"template": "[P*4] S : {S} [P*2] Label : [TARGET]", "label_column": "Label"},
+        "data": {"train": "train.csv"}, "search": {"folds": 5}}))
+    probe = {"settings": {"task.template": "S : {S} Label : [TARGET]", "task.head": "linear", "task.head_layer": 1,
+                          "task.head_pooling": "mean"}, "fold_macro_f1": [0.6, 0.7, 0.8, 0.5, 0.7],
+             "macro_f1": {"mean": 0.66, "std": 0.1}}
+    prompt = {"settings": {"task.template": "[P*4] S : {S} [P*2] Label : [TARGET]", "task.head": "words"},
+              "fold_macro_f1": [0.9, 0.6, 0.7, 0.6, 0.7], "macro_f1": {"mean": 0.7, "std": 0.1}, "rung": 1}
+    (folder / "search" / "search.json").write_text(json.dumps({"best": 1, "candidates": [probe, prompt]}))
+    report_probe = {"fold_macro_f1": [0.5] * 5, "macro_f1": {"mean": 0.5, "std": 0.0}}
+    choice = {"settings": prompt["settings"], "zero_shot": False, "virtual_tokens": 6, "candidates_scored": 2,
+              "last_rung": 1, "fold_macro_f1": [0.4] * 5, "macro_f1": {"mean": 0.4, "std": 0.0}}
+    result = {"task": "overruling", "budget_minutes": 6, "folds": 5, "search_seed": 44, "report_seeds": [46],
+              "choice": choice, "seconds": {"search": 1, "report_cv": 1, "baselines": 1},
+              "baselines": {"linear_probe": report_probe, "sentence_embedding": report_probe,
+                            "zero_shot": {"fold_macro_f1": [0.3] * 5, "macro_f1": {"mean": 0.3, "std": 0.0}}},
+              "lead_over_probe": {"mean": -0.1, "sem": 0.0, "ahead": 0, "level": 0, "behind": 5},
+              "lead_over_embeddings": None}
+    (folder / "result.json").write_text(json.dumps(result))
+    (tmp_path / "sweep" / "raft_sweep.json").write_text(json.dumps({"machine": machine.describe()}))
+    raft_rechoose.main([str(tmp_path / "sweep")])
+    out = capsys.readouterr().out
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["changed"] == 1 and last["counts"]["level_with_probe"] == 1  # the probe's own report figures
+    assert last["counts"]["with_virtual_tokens"] == 0 and "overruling: #1 -> #0" in out
+    raft_rechoose.main([str(tmp_path / "sweep"), "--prefer-simpler", "0"])  # the best mean: the saved choice
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["changed"] == 0 and last["counts"]["level_with_probe"] == 0

@@ -235,7 +235,7 @@ def test_in_search_held_out_rows_never_teach_nor_are_labelled(tiny_causal_dir, t
     write_csv(tmp_path / "train.csv", ROWS)
     cfg = tiny_config(tiny_causal_dir, {"train": "train.csv", "unlabeled": "train.csv"},
                       train={"epochs": 1, "distill_teachers": 1, "distill_rows": 100}).to_dict()
-    cfg["search"] = {"folds": 2, "seeds": [3], "space": {"train.lr": [3e-2]}}
+    cfg["search"] = {"folds": 2, "seeds": [3], "space": {"train.lr": [3e-2]}, "prefer_simpler": 0}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
     events = _spy_on_folds_teachers_and_labels(monkeypatch)
     search.run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)

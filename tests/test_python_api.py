@@ -180,7 +180,7 @@ def test_search_from_python_with_relative_paths(tiny_causal_dir, tiny_data, tmp_
     monkeypatch.chdir(Path(tiny_data["train"]).parent)
     cfg = tiny_config(tiny_causal_dir, {"train": "train.csv"}, train={"epochs": 1})
     report = ptune.search(cfg, tmp_path / "search", space={"train.lr": [1e-2, 3e-2]}, folds=2, seeds=[0],
-                          show_progress=False)
+                          prefer_simpler=0, show_progress=False)  # the best mean, a trained prompt here
     assert [c["settings"] for c in report["candidates"]] == [{"train.lr": 0.01}, {"train.lr": 0.03},
                                                              {"zero_shot": "Tweet text : {text} Label : [TARGET]"}]
     assert (tmp_path / "search" / checkpoint.MANIFEST).is_file() and (tmp_path / "search" / "search.json").is_file()

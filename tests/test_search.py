@@ -31,7 +31,8 @@ def search_config(model_dir, folder, search: dict, **train) -> dict:
 
 
 def test_search_picks_best_by_macro_f1_and_writes_a_checkpoint_that_predicts(tiny_causal_dir, tmp_path):
-    search_config(tiny_causal_dir, tmp_path, {"space": {"train.lr": [1e-3, 3e-2], "encoder.type": ["mlp", "embedding"]}})
+    search_config(tiny_causal_dir, tmp_path, {"space": {"train.lr": [1e-3, 3e-2], "encoder.type": ["mlp", "embedding"]},
+                                              "prefer_simpler": 0})  # the best mean alone
     report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
     f1 = [c["macro_f1"]["mean"] for c in report["candidates"]]
     assert len(f1) == 5 and f1[report["best"]] == max(f1)  # the grid's 4, then the zero-shot manual prompt
@@ -52,8 +53,8 @@ def test_search_with_ensemble_scores_seeds_together_and_writes_every_member(tiny
     from ptune.evaluation.cv import cross_validate
     from ptune.config import load_config
 
-    cfg = search_config(tiny_causal_dir, tmp_path, {"ensemble": 2, "space": {"encoder.type": ["mlp"]}},
-                        lr=3e-2, seed=7)
+    cfg = search_config(tiny_causal_dir, tmp_path, {"ensemble": 2, "space": {"encoder.type": ["mlp"]},
+                                                    "prefer_simpler": 0}, lr=3e-2, seed=7)
     report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
     # the candidate's figures are those of a 2-seed ensemble on the same folds
     plain = dict(cfg)
@@ -79,7 +80,7 @@ def test_search_ensemble_must_be_positive(tiny_causal_dir, tmp_path):
 
 def test_search_weighs_the_linear_head_and_its_probe_and_the_winner_reloads(tiny_causal_dir, tmp_path):
     cfg = search_config(tiny_causal_dir, tmp_path, {"space": {"task.template": [
-        "{text} Label : [TARGET]", "{text} [P*2] Label : [TARGET]"]}}, lr=3e-2)
+        "{text} Label : [TARGET]", "{text} [P*2] Label : [TARGET]"]}, "prefer_simpler": 0}, lr=3e-2)
     cfg["task"].update(head="linear", head_layer=1)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
     report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
@@ -192,7 +193,8 @@ def test_a_chosen_zero_shot_prompt_is_written_untrained_and_predicts(tiny_causal
     from ptune.evaluation import search as search_module
 
     pick = search_module.pick_best
-    monkeypatch.setattr(search_module, "pick_best", lambda results: (pick(results), len(results) - 1)[1])
+    monkeypatch.setattr(search_module, "pick_best",
+                        lambda results, within: (pick(results, within), (len(results) - 1, []))[1])
     search_config(tiny_causal_dir, tmp_path, {"ensemble": 2, "space": {"train.lr": [3e-2]}})
     report = run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
     assert report["best"] == 1 and report["members"] == ["."]  # one model: nothing trained, no seeds to average
@@ -464,3 +466,45 @@ def test_the_built_in_deep_prompts_of_a_task_without_label_words_need_none():
     classify = [s for kind, s in builtin_candidates({"task": {"template": "{text} [P*4] [TARGET]"}}, depth=30)
                 if kind == DEEP]
     assert classify[0]["encoder.init"] == "labels"  # a classification's first deep prompt starts at its words
+
+
+def scored_row(trains: str, folds: list[float], **extra) -> dict:
+    """A search result row as ``candidate_rows`` writes it, with these per-fold macro-F1s."""
+    mean = sum(folds) / len(folds)
+    return {"settings": {}, "trains": trains, "fold_macro_f1": folds, "macro_f1": {"mean": mean, "std": 0.0},
+            **extra}
+
+
+def test_a_prompt_that_the_folds_do_not_separate_from_the_probe_loses_to_it():
+    from ptune.evaluation.search import how_sure, pick_best
+
+    rows = [scored_row("classifier", [0.6, 0.7, 0.8, 0.5, 0.7]),  # the probe
+            scored_row("prompt", [0.9, 0.6, 0.7, 0.6, 0.7], rung=1),  # +0.04 on average, s.e. 0.075
+            scored_row("nothing", [0.3, 0.3, 0.4, 0.3, 0.3])]  # the zero-shot prompt, far behind
+    chosen, notes = pick_best(rows)
+    assert chosen == 0 and rows[1]["vs_best"]["mean"] < 0  # the table shows the prompt's lead, not trusted
+    assert len(notes) == 1 and notes[0].startswith("chose #0, a probe") and "#1" in notes[0]
+    assert "The choice (#0) trails #1 by 0.040" in how_sure(rows, 0)  # search.md's sentence under the table
+    assert pick_best(rows, 0) == (1, [])  # the best mean alone
+    assert pick_best(rows, 0.5)[0] == 1  # +0.04 is 0.53 standard errors: outside half of one
+
+
+def test_a_clear_lead_keeps_the_prompt_and_the_simplest_close_row_wins():
+    from ptune.evaluation.search import pick_best
+
+    probe = scored_row("classifier", [0.6, 0.7, 0.8, 0.5, 0.7])
+    clear = scored_row("prompt", [0.7, 0.8, 0.85, 0.6, 0.8], rung=1)  # ahead on every fold
+    assert pick_best([probe, clear]) == (1, [])
+    zero = scored_row("nothing", [0.5, 0.75, 0.75, 0.5, 0.7])  # 0.02 behind the probe, s.e. 0.026
+    chosen, notes = pick_best([probe, zero])
+    assert chosen == 1 and "the zero-shot prompt (nothing trained)" in notes[0]
+    # a prompt below the last rung reached does not compete, however its folds compare
+    early = scored_row("prompt", [0.9, 0.9, 0.9, 0.9, 0.9], rung=0)
+    assert pick_best([probe, clear, early])[0] == 1
+
+
+@pytest.mark.parametrize("value", [-1, "yes", True])
+def test_prefer_simpler_must_be_a_number_of_standard_errors(tiny_causal_dir, tmp_path, value):
+    search_config(tiny_causal_dir, tmp_path, {"prefer_simpler": value, "space": {"train.lr": [1e-2]}})
+    with pytest.raises(ConfigError, match="search.prefer_simpler"):
+        run_search(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)

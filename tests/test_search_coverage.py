@@ -121,7 +121,7 @@ def test_a_probe_scored_only_on_the_first_rung_still_competes_with_the_last_rung
     monkeypatch.setattr(search_module, "score_by_halving", lambda *args: (scored, {0: 1.0, 1: 1.0}))
     results, _, _ = search_module.score_candidates(plan, None, 0.0, show_progress=False)
     assert "rung" not in results[0] and results[1]["rung"] == 1
-    assert search_module.pick_best(results) == 0
+    assert search_module.pick_best(results)[0] == 0
 
 
 def started_first(tiny_causal_dir, tmp_path, monkeypatch, zero_shot_f1: float) -> dict:

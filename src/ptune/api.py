@@ -91,9 +91,10 @@ def cross_validate(config: ConfigLike, *, folds: int | None = None, seeds: list[
 
 def search(config: ConfigLike, out_dir: str | Path, *, space: dict[str, list] | None = None, folds: int = 5,
            seeds: list[int] = (42,), budget_minutes: float = 0, ensemble: int = 1,
-           show_progress: bool = True) -> dict:
+           prefer_simpler: float | None = None, show_progress: bool = True) -> dict:
     """Choose a recipe by cross-validating every point of a grid (or, without one, the built-in space by successive
-    halving) on the same folds, then retrain the best (by mean macro-F1) on all rows and write its checkpoint,
+    halving) on the same folds, then retrain the best (by mean macro-F1, or one that trains less within
+    ``prefer_simpler`` standard errors of it) on all rows and write its checkpoint,
     ``recipe.yaml``, ``search.json``, ``search.md`` and ``search.png`` (``ptune search``).
 
     Args:
@@ -106,6 +107,9 @@ def search(config: ConfigLike, out_dir: str | Path, *, space: dict[str, list] | 
         seeds (`list[int]`, defaults to ``[42]``): one split per seed.
         budget_minutes (`float`, defaults to 0): start no new candidate after this long (0: no limit).
         ensemble (`int`, defaults to 1): models per fold, scored as one ensemble (classification).
+        prefer_simpler (`float`, *optional*): within this many standard errors of the best mean (paired, over the
+            same folds), the zero-shot prompt or a probe is chosen over a trained prompt (``search.prefer_simpler``;
+            None: the search's default, 1; 0: the best mean alone).
         show_progress (`bool`, defaults to True): progress bars.
 
     Returns:
@@ -124,6 +128,8 @@ def search(config: ConfigLike, out_dir: str | Path, *, space: dict[str, list] | 
             raise ConfigError(f"search space {key!r}: expected a non-empty list of candidate values")
     values = absolute_paths(as_config(config)).to_dict()
     values["search"] = {"folds": folds, "seeds": list(seeds), "budget_minutes": budget_minutes, "ensemble": ensemble}
+    if prefer_simpler is not None:
+        values["search"]["prefer_simpler"] = prefer_simpler
     if space is not None:  # none: the built-in space
         values["search"]["space"] = {key: list(options) for key, options in space.items()}
     # the search reads its plan from a file, as `ptune search` does: one reader, one set of checks

@@ -8,6 +8,7 @@ The config file is a normal ptune config, with or without a ``search`` section:
       budget_minutes: 30          # stop starting new candidates after this (shared between the rungs of halving)
       ensemble: 1                 # models per fold (training seeds seed, seed+100, ...), scored as one ensemble
       halving: false              # successive halving over the epochs; the default without a space is true
+      prefer_simpler: 1           # standard errors within which what trains less is chosen (0: the best mean)
       space:                      # dotted config keys -> candidate values (the grid is their product)
         task.template: ["[P*20] Tweet text : {Tweet text} Label : [TARGET]", "..."]
         train.lr: [3e-3, 1e-2]
@@ -17,6 +18,11 @@ placements, both heads, encoders, learning rates), searched by successive halvin
 candidate on a rung with a fraction of its epochs, the best third promoted to the next, the last rung with the full
 epochs; the winner is the best of the last rung reached. Besides the checkpoint, the winner's config is written as
 ``recipe.yaml``, which ``ptune train`` takes.
+
+With a few dozen rows a fold's figure moves a lot with which rows it holds, so the best mean alone would often pick
+a trained prompt on noise. The winner is the best mean unless a candidate that trains less (the zero-shot prompt,
+then a probe) trails it by at most ``prefer_simpler`` standard errors of their paired difference over the same
+folds: then the simplest such candidate, and the report says so (``pick_best``).
 
 Every candidate gets the same folds, at every rung. With ``data.dev_fraction`` (or a dev file) each fold model
 keeps its best epoch on dev rows outside its held-out fold and stops early after ``train.patience`` bad evaluations, so
@@ -81,7 +87,8 @@ def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict
                                                              or not search["space"])):
         raise ConfigError(f"{path}: `search:` must be a mapping, and its `space:` (leave it out for the built-in "
                           "space) a non-empty mapping")
-    unknown = set(search) - {"folds", "seeds", "budget_minutes", "ensemble", "space", "zero_shot", "halving"}
+    unknown = set(search) - {"folds", "seeds", "budget_minutes", "ensemble", "space", "zero_shot", "halving",
+                             "prefer_simpler"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in search: {', '.join(sorted(unknown))}")
     for key, options in search.get("space", {}).items():
@@ -90,6 +97,10 @@ def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict
     for key in ("zero_shot", "halving"):
         if not isinstance(search.get(key, True), bool):
             raise ConfigError(f"{path}: search.{key} must be true or false, got {search[key]!r}")
+    simpler = search.get("prefer_simpler", PREFER_SIMPLER)
+    if isinstance(simpler, bool) or not isinstance(simpler, (int, float)) or simpler < 0:
+        raise ConfigError(f"{path}: search.prefer_simpler must be a number of standard errors, 0 or more (0: the "
+                          f"best mean alone), got {simpler!r}")
     values = apply_overrides(values, list(overrides))
     values["__file__"] = str(path)
     return values, search
@@ -118,6 +129,10 @@ def apply_settings(base: dict, settings: dict) -> dict:
 
 
 RECIPE = "recipe.yaml"  # the chosen recipe as a config file, written beside its checkpoint
+# within this many standard errors of the best (paired, over the same folds), the candidate that trains less is
+# chosen: the zero-shot prompt (nothing fitted), then a probe (a classifier alone), then a trained prompt
+PREFER_SIMPLER = 1.0
+TRAINS = ("nothing", "classifier", "prompt")  # what a candidate fits, simplest first
 
 # settings used only when predicting: each is scored on the same fold models, at no extra training
 PREDICT_ONLY = ("task.calibrate", "task.score")
@@ -152,6 +167,7 @@ class SearchPlan:
     zero_shot: list[tuple[dict, Config]]  # (settings, config) per zero-shot manual prompt, scored untrained
     notes: list[str]  # why a zero-shot prompt was left out
     halving: bool = False  # successive halving over the epochs (``halving.py``), not every candidate in full
+    prefer_simpler: float = PREFER_SIMPLER  # standard errors within which the candidate that trains less wins
     builtin: bool = False  # the candidates are the built-in space's (``space.py``)
     kinds: list[str] = field(default_factory=list)  # each candidate's kind (``space.KINDS``); the built-in space's
 
@@ -187,7 +203,7 @@ class SearchPlan:
                             else ([], ["zero-shot manual prompt: left out (search.zero_shot is false)"]))
         return cls(folds, seeds, budget, ensemble, configs, variants, zero_shot, notes,
                    halving=bool(search.get("halving", builtin)), builtin=builtin,
-                   kinds=list(kinds))
+                   kinds=list(kinds), prefer_simpler=float(search.get("prefer_simpler", PREFER_SIMPLER)))
 
 
 def linear_depth(cfg: Config) -> int | None:
@@ -313,7 +329,7 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     for note in plan.notes:
         print(note)
     results, configs_run, coverage = score_candidates(plan, shared, t0, show_progress)
-    best_i = pick_best(results)
+    best_i, simpler = pick_best(results, plan.prefer_simpler)
     best_cfg = winner_config(configs_run[results[best_i]["config"]], results[best_i]["settings"])
     if "zero_shot" in results[best_i]["settings"]:
         member_dirs = write_zero_shot(best_cfg, shared, out_dir)
@@ -323,7 +339,7 @@ def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (),
     report = {"folds": plan.folds, "seeds": plan.seeds, "ensemble": plan.ensemble,
               "seconds": round(time.perf_counter() - t0, 1), "best": best_i,
               "members": [str(d.relative_to(out_dir)) for d in member_dirs],
-              "notes": plan.notes + coverage["notes"], "coverage": coverage["kinds"],
+              "notes": plan.notes + coverage["notes"] + simpler, "coverage": coverage["kinds"],
               "space": "built-in" if plan.builtin else "search.space", "halving": plan.halving,
               "recipe": None if "zero_shot" in results[best_i]["settings"] else RECIPE, "candidates": results}
     write_report(out_dir, report)
@@ -347,14 +363,14 @@ def score_candidates(plan: SearchPlan, shared: SharedRows, t0: float,
     coverage["notes"] = order + coverage["notes"]
     results, configs_run = [], []
     for settings, cfg, summary, rung in scored:
-        rows = candidate_rows(summary, settings, len(configs_run))
+        rows = candidate_rows(summary, settings, len(configs_run), "classifier" if trains_nothing(cfg) else "prompt")
         # a probe's figures are final at any rung (no epochs): like a zero-shot prompt, it has no rung and competes
         for row in rows if rung is not None and not trains_nothing(cfg) else []:
             row |= {"rung": rung, "epochs": cfg.train.epochs}
         results += rows
         configs_run.append(cfg)
     for (settings, cfg), summary in zip(plan.zero_shot, zero_shot):
-        results += candidate_rows(summary, settings, len(configs_run))
+        results += candidate_rows(summary, settings, len(configs_run), "nothing")
         configs_run.append(cfg)
     if not results:
         raise PtuneError("no candidate finished within the time budget")
@@ -496,13 +512,14 @@ def score_by_halving(plan: SearchPlan, shared: SharedRows, budget: float, show_p
     return [last[i] for i in sorted(last)], first_costs
 
 
-def candidate_rows(summary: dict, settings: dict, config: int) -> list[dict]:
+def candidate_rows(summary: dict, settings: dict, config: int, trains: str) -> list[dict]:
     """One result row per prediction variant of a candidate's cross-validation ``summary``; ``config`` indexes the
-    candidate's config among those run."""
+    candidate's config among those run, ``trains`` says what it fits (one of ``TRAINS``)."""
     rows = []
     for part in summary.get("variants", [summary]):
         extra = {f"task.{k}": v for k, v in part.get("settings", {}).items()}
-        row = {"settings": settings | extra, "seconds": round(summary["seconds"], 1), "config": config}
+        row = {"settings": settings | extra, "seconds": round(summary["seconds"], 1), "config": config,
+               "trains": trains}
         for metric in ("accuracy", "macro_f1"):
             if metric in part:
                 row[metric] = part[metric]
@@ -512,16 +529,44 @@ def candidate_rows(summary: dict, settings: dict, config: int) -> list[dict]:
     return rows
 
 
-def pick_best(results: list[dict]) -> int:
-    """The index of the best row by mean macro-F1 among those that reached the last rung any row reached (rows of
-    a search without halving, zero-shot prompts and linear probes have no rung and always compete); every row gets
-    ``vs_best``, its paired gap to the best."""
+def pick_best(results: list[dict], prefer_simpler: float = PREFER_SIMPLER) -> tuple[int, list[str]]:
+    """The chosen row: the best by mean macro-F1 among those that reached the last rung any row reached (rows of a
+    search without halving, zero-shot prompts and linear probes have no rung and always compete), unless one that
+    trains less (``trains``: ``TRAINS``, simplest first) trails it by at most ``prefer_simpler`` standard errors of
+    their paired difference over the same folds: then the simplest such row, the folds not telling the two apart.
+    Every row gets ``vs_best``, its paired gap to the chosen one. Returns (its index, a note where the rule chose).
+    """
     top = max((r["rung"] for r in results if "rung" in r), default=None)
     eligible = [i for i, r in enumerate(results) if r.get("rung", top) == top]
-    best_i = max(eligible, key=lambda i: results[i].get("macro_f1", {}).get("mean", -1))
+    mean = lambda i: results[i].get("macro_f1", {}).get("mean", -1)  # noqa: E731
+    best_i = max(eligible, key=mean)
+    chosen, notes = best_i, []
+    if prefer_simpler > 0:
+        chosen, notes = simplest_within(results, eligible, best_i, prefer_simpler)
     for row in results:
-        row["vs_best"] = paired_difference(results[best_i].get("fold_macro_f1", []), row.get("fold_macro_f1", []))
-    return best_i
+        row["vs_best"] = paired_difference(results[chosen].get("fold_macro_f1", []), row.get("fold_macro_f1", []))
+    return chosen, notes
+
+
+def simplest_within(results: list[dict], eligible: list[int], best_i: int, within: float) -> tuple[int, list[str]]:
+    """``pick_best``'s rule: the simplest row (then the higher mean) among ``eligible`` ones that train less than
+    row ``best_i`` and trail it by at most ``within`` standard errors, paired; ``best_i`` where none does. With a
+    note saying why, where it is not ``best_i``."""
+    simplicity = lambda i: TRAINS.index(results[i].get("trains", "prompt"))  # noqa: E731
+    best_folds = results[best_i].get("fold_macro_f1", [])
+    close = []
+    for i in eligible:
+        gap = paired_difference(best_folds, results[i].get("fold_macro_f1", []))
+        if simplicity(i) < simplicity(best_i) and gap and gap["mean"] <= within * gap["sem"] + 1e-12:
+            close.append((simplicity(i), -results[i]["macro_f1"]["mean"], i, gap))
+    if not close:
+        return best_i, []
+    _, _, chosen, gap = min(close)
+    what = {"nothing": "the zero-shot prompt (nothing trained)", "classifier": "a probe (a classifier alone)"}
+    return chosen, [f"chose #{chosen}, {what[results[chosen]['trains']]}, over the best mean, #{best_i}: it trails "
+                    f"it by {gap['mean']:.3f} macro-F1 with a standard error of {gap['sem']:.3f} over the same "
+                    f"{len(best_folds)} folds, within search.prefer_simpler = {within:g}, so the folds do not show "
+                    f"that what #{best_i} trains helps"]
 
 
 def winner_config(cfg: Config, settings: dict) -> Config:
@@ -628,13 +673,19 @@ def render_table(results: list[dict], best: int) -> str:
 
 
 def how_sure(results: list[dict], best: int) -> str:
-    """One sentence on the runner-up: a lead within about two standard errors is not a clear win."""
+    """One sentence on the runner-up: a lead within about two standard errors is not a clear win; or, where the
+    choice trails a candidate that trains more (``pick_best``), on that one."""
     others = [i for i in range(len(results)) if i != best and results[i].get("vs_best")]
     if not others:
         return ""
     second = min(others, key=lambda i: results[i]["vs_best"]["mean"])
     lead = results[second]["vs_best"]
     n = lead["ahead"] + lead["level"] + lead["behind"]
+    if lead["mean"] < 0:  # chosen for training less (search.prefer_simpler), not for the best mean
+        return (f"\nThe choice (#{best}) trails #{second} by {-lead['mean']:.3f} macro-F1 over the same {n} folds "
+                f"(standard error {lead['sem']:.3f}; ahead on {lead['ahead']}, level on {lead['level']}, behind on "
+                f"{lead['behind']}): it trains less, and the folds do not show that what #{second} trains helps "
+                "(search.prefer_simpler).\n")
     verdict = ("a clear lead" if lead["mean"] > 2 * lead["sem"] else
                "within two standard errors: the folds do not separate them")
     return (f"\nThe best (#{best}) leads the runner-up (#{second}) by {lead['mean']:+.3f} macro-F1 over the same "
