@@ -145,7 +145,8 @@ def predict(checkpoint_dirs, data, out_file, fmt, top_labels, quiet):
 @click.option("--quiet", is_flag=True)
 def search(config, out_dir, overrides, quiet):
     """Cross-validated search over the config's `search.space`, or without one the built-in space by successive
-    halving; retrain the best and write its checkpoint and recipe.yaml."""
+    halving; retrain the chosen one (the best mean macro-F1, or the zero-shot prompt or a probe where the folds do
+    not separate it from the best: search.prefer_simpler) and write its checkpoint and recipe.yaml."""
 
     from .evaluation.search import render_table, run_search
 

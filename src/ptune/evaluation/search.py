@@ -29,7 +29,7 @@ keeps its best epoch on dev rows outside its held-out fold and stops early after
 ``train.epochs`` and ``train.patience`` can be searched as a ceiling and a stopping rule; the winner is retrained
 the same way. Keys used only at prediction time (``task.calibrate``, ``task.score``) cost no training: each of
 their values is scored on the same fold models. The table and plot report mean and spread of
-accuracy and macro-F1; the best by mean macro-F1 is retrained on all rows and written as a normal checkpoint
+accuracy and macro-F1; the chosen candidate (above) is retrained on all rows and written as a normal checkpoint
 (``predict``/``eval``/``serve`` take it). With ``ensemble: N`` (classification) every candidate is scored as an
 ensemble of N seeds, and the winner's other N-1 members go to ``OUT/members/seed-S``; ``ptune predict OUT
 OUT/members/*`` predicts with the whole ensemble, as it was scored.
@@ -295,8 +295,9 @@ class SharedRows:
 
 def run_search(path: str | Path, out_dir: str | Path, overrides: list[str] = (), show_progress: bool = True) -> dict:
     """Cross-validate the candidates of the config's ``search.space`` (or, without one, of the built-in space, by
-    successive halving) on the same folds, retrain the best (by mean macro-F1, among those on the last rung
-    reached) on every labelled row, and write its checkpoint, its recipe and the search report.
+    successive halving) on the same folds, retrain the chosen one (``pick_best``: the best mean macro-F1 among those
+    on the last rung reached, or one that trains less within ``search.prefer_simpler`` standard errors) on every
+    labelled row, and write its checkpoint, its recipe and the search report.
 
     Args:
         path (`str` or `Path`): a ptune config, with or without a ``search:`` section (see the module docstring).
