@@ -30,8 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from machine import describe, summary_line
-from raft_sweep import REPORT_SEEDS, SEARCH_SEED, figures, task_names, task_values
+from machine import summary_line
+from raft_sweep import REPORT_SEEDS, SEARCH_SEED, figures, open_run, task_values
 
 RECIPES = ("shallow", "deep")
 PROBE = "probe.json"
@@ -140,10 +140,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from ptune.files import write_atomic
 
-    data, out = Path(args.data), Path(args.out)
-    tasks = task_names(data / "raft", args.tasks)
-    machine = describe()
-    print(f"machine: {summary_line(machine)}", file=sys.stderr)
+    data, out, tasks, machine = open_run(args)
     rows = []
     for task in tasks:
         folder = out / task

@@ -279,14 +279,20 @@ def render(results: list[dict], machine: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    from ptune.files import write_atomic
-
+def open_run(args) -> tuple[Path, Path, list[str], dict]:
+    """The data and output folders, the tasks to run and the machine (said on stderr), from the arguments."""
     data, out = Path(args.data), Path(args.out)
     tasks = task_names(data / "raft", args.tasks)
     machine = describe()
     print(f"machine: {summary_line(machine)}", file=sys.stderr)
+    return data, out, tasks, machine
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from ptune.files import write_atomic
+
+    data, out, tasks, machine = open_run(args)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for task in tasks:
