@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from machine import summary_line
-from raft_sweep import REPORT_SEEDS, SEARCH_SEED, figures, open_run, task_values
+from raft_sweep import REPORT_SEEDS, SEARCH_SEED, figures, lead_text, open_run, task_values
 
 RECIPES = ("shallow", "deep")
 PROBE = "probe.json"
@@ -117,10 +117,7 @@ def _f1(part: dict | None) -> str:
 
 
 def _lead(part: dict | None) -> str:
-    lead = part and part.get("lead_over_probe")
-    if not lead:
-        return "n/a"
-    return f"{lead['mean']:+.3f} ± {lead['sem']:.3f} ({lead['ahead']}/{lead['level']}/{lead['behind']})"
+    return lead_text((part or {}).get("lead_over_probe"))
 
 
 def render(rows: list[dict], machine: dict, args) -> str:

@@ -207,7 +207,8 @@ def _f1(part: dict) -> str:
     return f"{part['macro_f1']['mean']:.3f} ± {part['macro_f1']['std']:.3f}"
 
 
-def _lead(lead: dict | None) -> str:
+def lead_text(lead: dict | None) -> str:
+    """A paired lead (``paired_difference``) as the tables write it: mean ± s.e. (ahead/level/behind)."""
     if not lead:
         return "n/a"
     return f"{lead['mean']:+.3f} ± {lead['sem']:.3f} ({lead['ahead']}/{lead['level']}/{lead['behind']})"
@@ -262,8 +263,8 @@ def render(results: list[dict], machine: dict, args) -> str:
         c, b, s = r["choice"], r["baselines"], r["seconds"]
         lines.append(f"| {r['task']} | {_choice_name(c)} ({c['candidates_scored']}; {c['last_rung'] + 1}) | "
                      f"{_f1(c)} | {_f1(b.get('linear_probe'))} | {_f1(b.get('sentence_embedding'))} | "
-                     f"{_f1(b.get('zero_shot'))} | {_f1(b.get('majority'))} | {_lead(r['lead_over_probe'])} | "
-                     f"{_lead(r['lead_over_embeddings'])} | {s['search']:.0f} | "
+                     f"{_f1(b.get('zero_shot'))} | {_f1(b.get('majority'))} | {lead_text(r['lead_over_probe'])} | "
+                     f"{lead_text(r['lead_over_embeddings'])} | {s['search']:.0f} | "
                      f"{s['report_cv'] + s['baselines']:.0f} |")
     if results:
         base = lambda name: (lambda r: r["baselines"].get(name))  # noqa: E731
@@ -303,7 +304,7 @@ def main(argv=None) -> None:
         write_atomic(out / "raft_sweep.md", render(results, machine, args).encode())
         r = results[-1]
         print(f"{task}: choice {_f1(r['choice'])}, probe {_f1(r['baselines'].get('linear_probe'))}, lead "
-              f"{_lead(r['lead_over_probe'])}; {r['seconds']['total']:.0f} s, load {r['load_average']['end'][0]}",
+              f"{lead_text(r['lead_over_probe'])}; {r['seconds']['total']:.0f} s, load {r['load_average']['end'][0]}",
               file=sys.stderr)
     print(json.dumps({"out": str(out), "tasks": len(results), "counts": counts(results),
                       "machine": summary_line(machine)}))
