@@ -68,7 +68,7 @@ def test_the_choice_sees_only_the_k_rows_and_every_method_the_same_eval_rows(tin
 def test_zero_shot_is_chosen_where_the_k_rows_say_training_does_not_help(tiny_causal_dir, tmp_path, monkeypatch):
     def fake_cv(cfg, *, trained=True, **kwargs):
         f1 = 0.5 if trained else 0.9  # every zero-shot prompt ties: the first listed (the task's manual) wins
-        return {"accuracy": {"mean": f1, "std": 0.0}, "macro_f1": {"mean": f1, "std": 0.0}, "seconds": 0.0}
+        return cv_figures([f1, f1])
 
     def no_training(*args, **kwargs):
         raise AssertionError("nothing should be trained when zero-shot is chosen")
@@ -139,11 +139,18 @@ def test_without_the_encoders_package_embeddings_is_skipped_naming_it(tiny_causa
     assert "| skipped |" in markdown and fewshot.MISSING in markdown
 
 
+def cv_figures(folds: list[float]) -> dict:
+    """``cross_validate``'s figures for these per-fold macro-F1s (accuracy the same)."""
+    mean = sum(folds) / len(folds)
+    return {"accuracy": {"mean": mean, "std": 0.0}, "macro_f1": {"mean": mean, "std": 0.0}, "seconds": 0.0,
+            "runs": [{"accuracy": f, "macro_f1": f} for f in folds]}
+
+
 def fake_scores(probe_f1: float, other_f1: float):
     """A stand-in for cross-validation: ``probe_f1`` for a linear head, ``other_f1`` for every other candidate."""
     def fake_cv(cfg, **kwargs):
         f1 = probe_f1 if cfg.task.head == "linear" else other_f1
-        return {"accuracy": {"mean": f1, "std": 0.0}, "macro_f1": {"mean": f1, "std": 0.0}, "seconds": 0.0}
+        return cv_figures([f1, f1])
     return fake_cv
 
 
@@ -183,3 +190,35 @@ def test_a_tie_between_the_zero_shot_prompt_and_a_probe_goes_to_the_zero_shot_pr
     assert pick["kind"] == fewshot_choice.ZERO_SHOT
     assert pick["chosen"] == f"zero-shot `{fewshot.SPECS['sst2'].manual}`"
     assert [c["kind"] for c in pick["cv"]].count(fewshot_choice.PROBE) == 2
+
+
+def score(name: str, trains: str, folds: list[float]) -> dict:
+    return {"candidate": name, "trains": trains, "macro_f1": sum(folds) / len(folds), "fold_macro_f1": folds}
+
+
+def test_the_choice_follows_the_search_rule_and_keeps_a_clear_lead():
+    zero = score("zero-shot", "nothing", [0.6, 0.7, 0.5, 0.6])
+    probe = score("probe", "classifier", [0.5, 0.7, 0.6, 0.6])
+    noisy = score("prompt", "prompt", [1.0, 0.5, 0.4, 0.9])  # +0.1 on the zero-shot prompt, s.e. 0.15
+    chosen, note = fewshot_choice.pick([zero, probe, noisy], prefer_simpler=1.0)
+    assert chosen == 0 and "over prompt (the best mean), which leads it by 0.100" in note
+    assert fewshot_choice.pick([zero, probe, noisy], prefer_simpler=0) == (2, "")  # the best mean alone
+    clear = score("prompt", "prompt", [0.8, 0.9, 0.7, 0.8])  # +0.2 on every fold
+    assert fewshot_choice.pick([zero, probe, clear], prefer_simpler=1.0) == (2, "")
+    close_probe = score("probe", "classifier", [0.8, 0.9, 0.7, 0.7])  # trails the clear prompt by 0.025, s.e. 0.025
+    assert fewshot_choice.pick([zero, close_probe, clear], prefer_simpler=1.0)[0] == 1
+    assert "1 standard error" in fewshot_choice.criterion(1.0) and "standard" not in fewshot_choice.criterion(0)
+
+
+def test_the_chosen_candidate_carries_the_rule_s_note_into_the_report(tiny_causal_dir, tmp_path, monkeypatch):
+    def fake_cv(cfg, *, trained=True, **kwargs):  # a trained prompt ahead on one fold of two, the rest level
+        return cv_figures([0.9, 0.5] if trained and cfg.task.head != "linear" else [0.5, 0.5])
+
+    monkeypatch.setattr(fewshot_choice, "cross_validate", fake_cv)
+    report = run(tmp_path, tiny_causal_dir, methods=["chosen"], max_eval=4, seeds=[1], recipes=((1e-2, 1),))
+    pick = report["tasks"]["sst2"]["chosen"]["seeds"][0]
+    assert pick["kind"] == fewshot_choice.ZERO_SHOT
+    notes = [c["note"] for c in pick["cv"] if c.get("note")]
+    assert len(notes) == 1 and "which leads it by 0.200" in notes[0]
+    assert report["choice"]["prefer_simpler"] == 1.0
+    assert "; chosen over residual lr 0.01, 1 epochs" in (tmp_path / "out" / "results.md").read_text()

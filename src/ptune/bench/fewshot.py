@@ -40,14 +40,15 @@ from ..evaluation.baselines import fit_probe
 from ..evaluation.cv import cross_validate
 from ..evaluation.embedding_baseline import (ENCODER_NAME, MISSING, SentenceEncoder, encoder_folder, fit_and_label,
                                               row_texts)
+from ..evaluation.search import PREFER_SIMPLER
 from ..evaluation.summary import mean_spread
 from ..modeling.base import FrozenBase, load_base
 from ..session import open_session
 from ..tasks.pooled_cache import PooledStateCache
 from ..template import residual_form
 from ..training.trainer import fit
-from .fewshot_choice import (DEEP, KINDS, PROBE, PROBES, RECIPES, Candidate, Chooser, deep_text_encoder, probe_depth,
-                             residual_encoder)
+from .fewshot_choice import (DEEP, KINDS, PROBE, PROBES, RECIPES, Candidate, Chooser, criterion, deep_text_encoder,
+                             probe_depth, residual_encoder)
 from .fewshot_methods import (DEEP_EPOCHS, DEEP_LR, DEEP_TEXT_EPOCHS, DEEP_TEXT_LR, DISTILL, DISTILL_EPOCHS,
                               DISTILL_LR, PET_TEACHERS, deep_encoder, deep_pvp_plan, deep_text_plan, distill_plan,
                               distill_settings, unlabeled_rows)
@@ -172,7 +173,8 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
                 k: int = 32, max_eval: int | None = 1000, methods: list[str] | None = None, folds: int = 4,
                 model: str = "embedded:SmolLM2-135M-Instruct", dtype: str = "auto", device: str = "auto",
                 lr: float = 1e-2, batch_size: int = 8, epochs: int = 10, data_seed: int = 42, base=None,
-                show_progress: bool = True, log=None, recipes: tuple[tuple[float, int], ...] = RECIPES) -> dict:
+                show_progress: bool = True, log=None, recipes: tuple[tuple[float, int], ...] = RECIPES,
+                prefer_simpler: float = PREFER_SIMPLER) -> dict:
     """Run the benchmark and write ``out/results.json`` and ``out/results.md`` (rewritten after every method, so a
     stopped run keeps its part).
 
@@ -197,6 +199,8 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
         show_progress (`bool`): training progress bars.
         log (`callable`, *optional*): takes one progress line; stderr if None.
         recipes (`tuple`): (learning rate, epochs) of the P-tuned candidates ``chosen`` may pick.
+        prefer_simpler (`float`): ``chosen``'s rule, ``search.prefer_simpler``: the candidate that fits less wins
+            where it trails the best mean by at most this many standard errors over the folds (0: the best mean).
 
     Returns:
         `dict`: the report written to ``results.json``: the settings, ``tasks`` (per task and method: accuracy and
@@ -226,7 +230,7 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
         base = load_base(task_config(specs[0], model, template=specs[0].ptuning, encoder="lstm", dtype=dtype,
                                      device=device, lr=lr, batch_size=batch_size, epochs=epochs, seed=1).model)
     run = FewshotRun(model, {"dtype": dtype, "device": device, **budget}, base, list(seeds), k, max_eval, folds,
-                     data_seed, methods, out, show_progress, log, t_start, tuple(recipes))
+                     data_seed, methods, out, show_progress, log, t_start, tuple(recipes), prefer_simpler)
     for spec in specs:
         run.task(spec, data_dir)
     return run.write(True)
@@ -258,6 +262,7 @@ class FewshotRun:
     log: Callable[[str], None]
     t_start: float
     recipes: tuple[tuple[float, int], ...] = RECIPES  # the P-tuned candidates of the choice
+    prefer_simpler: float = PREFER_SIMPLER  # the choice's rule (search.prefer_simpler)
     results: dict[str, dict] = field(default_factory=dict)
     # the linear probes' pooled states (the frozen model's alone): each row's computed once for every seed and fold
     pooled: PooledStateCache = field(default_factory=PooledStateCache)
@@ -358,7 +363,7 @@ class FewshotRun:
         rows (when it trains, or its classifier when a probe is chosen) and scored on ``eval_table``, which the
         choice never sees."""
         chooser = Chooser(lambda c, seed: self.candidate_config(spec, c, seed), self.base, self.folds, self.recipes,
-                          depth=self.depth, pooled=self.pooled)
+                          depth=self.depth, pooled=self.pooled, prefer_simpler=self.prefer_simpler)
         runs, picks = [], []
         for seed in self.seeds:
             rows = self.train_rows(spec, pool, seed)
@@ -601,8 +606,7 @@ class FewshotRun:
                   "choice": {"folds": self.folds,
                              "kinds": [kind for kind in KINDS if probes or kind not in (PROBE, DEEP)],
                              "probes": probes, "recipes": [{"lr": lr, "epochs": e} for lr, e in self.recipes],
-                             "criterion": "mean macro-F1 over the folds of the k rows; a tie to the candidate listed "
-                                          "first (zero-shot, then the probes)"},
+                             "criterion": criterion(self.prefer_simpler), "prefer_simpler": self.prefer_simpler},
                   "methods": self.methods, "complete": done, "tasks": self.results, "summary": summary,
                   "seconds": round(time.perf_counter() - self.t_start, 1)}
         write_results(self.out, report, render_markdown(report))
@@ -648,13 +652,13 @@ def render_markdown(report: dict) -> str:
     lines += ["", *skipped] if skipped else []
     choices = [(name, e["chosen"]["seeds"]) for name, e in report["tasks"].items() if "chosen" in e]
     if choices:
-        lines += ["", "Chosen per seed (by mean macro-F1 over the folds of the k rows; the evaluation rows unseen):",
-                  ""]
+        lines += ["", f"Chosen per seed ({report['choice']['criterion']}; the evaluation rows unseen):", ""]
         for name, seeds in choices:
             for pick in seeds:
                 lines.append(f"- {name} seed {pick['seed']}: {pick['chosen']} -> accuracy {pick['accuracy']:.3f}, "
                              f"macro-F1 {pick['macro_f1']:.3f} (CV: " + "; ".join(
-                                 f"{c['candidate']} {c['macro_f1']:.3f}" for c in pick["cv"]) + ")")
+                                 f"{c['candidate']} {c['macro_f1']:.3f}" for c in pick["cv"]) + ")" +
+                             "".join(f"; chosen {c['note']}" for c in pick["cv"] if c.get("note")))
     lines += ["", "Templates:", ""]
     for name, e in report["tasks"].items():
         lines.append(f"- {name}: `{e['ptuning_template']}` (manual: `{e['manual_template']}`), "

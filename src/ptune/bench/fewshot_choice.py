@@ -14,9 +14,11 @@ The candidates are fixed before any figure is seen, and listed in this order:
    This one was added after ``ptune bench fewshot``'s ``deep_text`` method, the same recipe, had been scored on
    SST-2's and AG News' evaluation rows.
 
-Every candidate is cross-validated on the same stratified folds of the k rows by ``cross_validate``; the highest
-mean macro-F1 wins, and a tie goes to the candidate listed first, the zero-shot prompt, so fitting anything is
-chosen only where the k rows say it helps. Nothing else reaches the choice.
+Every candidate is cross-validated on the same stratified folds of the k rows by ``cross_validate`` and chosen by
+``ptune search``'s own rule (``search.pick_best``): the highest mean macro-F1 wins, unless a candidate that fits
+less (the zero-shot prompt, then a probe) trails it by at most ``prefer_simpler`` standard errors of their paired
+difference over the folds; then the simplest such one. A tie goes to the candidate listed first, the zero-shot
+prompt, so fitting anything is chosen only where the k rows say it helps. Nothing else reaches the choice.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Callable
 from ..config import Config
 from ..data.tables import Table
 from ..evaluation.cv import cross_validate
+from ..evaluation.search import PREFER_SIMPLER, pick_best
 from ..evaluation.space import HEADS, layer_number
 from ..modeling.base import FrozenBase
 from ..modeling.heads import decoder_layers
@@ -70,6 +73,11 @@ class Candidate:
     def fitted(self) -> bool:
         """Whether anything is fitted to the rows: the prompt, or a probe's classifier."""
         return self.trained or bool(self.head)
+
+    @property
+    def trains(self) -> str:
+        """What it fits to the rows, as ``ptune search`` names it (``search.TRAINS``)."""
+        return "prompt" if self.trained else "classifier" if self.head else "nothing"
 
     @property
     def kind(self) -> str:
@@ -149,13 +157,15 @@ class Chooser:
 
     ``configure`` turns a candidate and a seed into its config (the model, device and batch settings are the
     caller's). ``depth``: the causal LM's number of blocks, for the probe candidates (None: no probe). ``pooled``
-    keeps the probes' pooled states, which are the frozen model's alone, across folds, seeds and the final fit."""
+    keeps the probes' pooled states, which are the frozen model's alone, across folds, seeds and the final fit.
+    ``prefer_simpler``: ``search.prefer_simpler`` (0: the best mean alone)."""
     configure: Callable[[Candidate, int], Config]
     base: FrozenBase
     folds: int = 4
     recipes: tuple[tuple[float, int], ...] = RECIPES
     depth: int | None = None
     pooled: PooledStateCache = field(default_factory=PooledStateCache)
+    prefer_simpler: float = PREFER_SIMPLER
 
     def score(self, candidate: Candidate, rows: Table, seed: int) -> dict:
         """``candidate``'s mean held-out figures over ``folds`` stratified folds of ``rows`` (split by ``seed``)."""
@@ -164,8 +174,9 @@ class Chooser:
         session.task.pooled_cache = self.pooled
         cv = cross_validate(cfg, folds=self.folds, seeds=[seed], session=session, train_table=rows,
                             show_progress=False, trained=candidate.fitted)
-        return {"candidate": candidate.name, "kind": candidate.kind, "accuracy": cv["accuracy"]["mean"],
-                "macro_f1": cv["macro_f1"]["mean"], "macro_f1_std": cv["macro_f1"]["std"],
+        return {"candidate": candidate.name, "kind": candidate.kind, "trains": candidate.trains,
+                "accuracy": cv["accuracy"]["mean"], "macro_f1": cv["macro_f1"]["mean"],
+                "macro_f1_std": cv["macro_f1"]["std"], "fold_macro_f1": [r["macro_f1"] for r in cv["runs"]],
                 "seconds": round(cv["seconds"], 1)}
 
     def choose(self, prompts: list[tuple[str, dict]], rows: Table, seed: int) -> tuple[Candidate, list[dict]]:
@@ -177,9 +188,10 @@ class Chooser:
             seed (`int`): the folds' split and the training seed.
 
         Returns:
-            `tuple[Candidate, list[dict]]`: the chosen candidate and one ``{"candidate", "kind", "accuracy",
-            "macro_f1", "macro_f1_std", "seconds"}`` per candidate scored, in the order scored (the zero-shot
-            prompts, the probes, the residual starts, the deep prompt).
+            `tuple[Candidate, list[dict]]`: the chosen candidate and one ``{"candidate", "kind", "trains",
+            "accuracy", "macro_f1", "macro_f1_std", "fold_macro_f1", "seconds"}`` per candidate scored, in the
+            order scored (the zero-shot prompts, the probes, the residual starts, the deep prompt); the chosen one
+            also has ``note`` where a simpler candidate was chosen over the best mean (``prefer_simpler``).
 
         Example:
             >>> chosen, scores = chooser.choose([(spec.manual, spec.verbalizer)], k_rows, seed=1)  # doctest: +SKIP
@@ -191,9 +203,37 @@ class Chooser:
             + deep_candidates(manual, self.depth)
         final = [manual, *fitted]
         final_scores = [scores[zero.index(manual)]] + [self.score(c, rows, seed) for c in fitted]
-        return final[best(final_scores)], scores + final_scores[1:]
+        chosen, note = pick(final_scores, self.prefer_simpler)
+        if note:
+            final_scores[chosen]["note"] = note
+        return final[chosen], scores + final_scores[1:]
 
 
 def best(scores: list[dict]) -> int:
     """The index of the highest mean macro-F1; the first such on a tie."""
     return max(range(len(scores)), key=lambda i: (scores[i]["macro_f1"], -i))
+
+
+def criterion(prefer_simpler: float) -> str:
+    """The choice's rule in words, for the reports."""
+    rule = "mean macro-F1 over the folds of the k rows; a tie to the candidate listed first (zero-shot, then the probes)"
+    if prefer_simpler <= 0:
+        return rule
+    return (f"{rule}; a candidate that fits less (zero-shot, then a probe) wins where it trails the best mean by at "
+            f"most {prefer_simpler:g} standard error(s) of their paired difference over the folds")
+
+
+def pick(scores: list[dict], prefer_simpler: float) -> tuple[int, str]:
+    """``ptune search``'s choice (``search.pick_best``) among ``Chooser.score`` figures: the best mean macro-F1
+    (the first on a tie), or the simplest candidate the folds do not separate from it. Returns its index and, where
+    that is not the best mean, a note naming the best mean and how far the choice trails it."""
+    rows = [{"macro_f1": {"mean": s["macro_f1"]}, "fold_macro_f1": s["fold_macro_f1"], "trains": s["trains"]}
+            for s in scores]
+    chosen, _ = pick_best(rows, prefer_simpler)
+    top = best(scores)
+    if scores[top]["macro_f1"] <= scores[chosen]["macro_f1"]:
+        return chosen, ""
+    gap = rows[top]["vs_best"]  # the chosen one's folds minus the best mean's
+    return chosen, (f"over {scores[top]['candidate']} (the best mean), which leads it by {-gap['mean']:.3f} "
+                    f"macro-F1 with a standard error of {gap['sem']:.3f} over the same folds: within "
+                    f"prefer_simpler = {prefer_simpler:g}")
