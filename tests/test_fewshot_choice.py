@@ -222,3 +222,17 @@ def test_the_chosen_candidate_carries_the_rule_s_note_into_the_report(tiny_causa
     assert len(notes) == 1 and "which leads it by 0.200" in notes[0]
     assert report["choice"]["prefer_simpler"] == 1.0
     assert "; chosen over residual lr 0.01, 1 epochs" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_the_cli_passes_prefer_simpler_through_and_refuses_a_negative_one(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from ptune.cli import main
+    seen = []
+    monkeypatch.setattr(fewshot, "run_fewshot", lambda *a, **kw: seen.append(kw) or {"summary": {}, "seconds": 0})
+    args = ["bench", "fewshot", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]
+    assert CliRunner().invoke(main, args + ["--prefer-simpler", "0"]).exit_code == 0
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert seen[0]["prefer_simpler"] == 0 and "prefer_simpler" not in seen[1]  # unset: the search's default
+    refused = CliRunner().invoke(main, args + ["--prefer-simpler", "-1"])
+    assert refused.exit_code == 2 and "--prefer-simpler" in refused.output
