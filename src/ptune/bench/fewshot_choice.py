@@ -29,7 +29,7 @@ from typing import Callable
 from ..config import Config
 from ..data.tables import Table
 from ..evaluation.cv import cross_validate
-from ..evaluation.search import PREFER_SIMPLER, pick_best
+from ..evaluation.search import PREFER_SIMPLER, TRAINS, pick_best
 from ..evaluation.space import HEADS, layer_number
 from ..modeling.base import FrozenBase
 from ..modeling.heads import decoder_layers
@@ -77,7 +77,8 @@ class Candidate:
     @property
     def trains(self) -> str:
         """What it fits to the rows, as ``ptune search`` names it (``search.TRAINS``)."""
-        return "prompt" if self.trained else "classifier" if self.head else "nothing"
+        nothing, classifier, prompt = TRAINS
+        return prompt if self.trained else classifier if self.head else nothing
 
     @property
     def kind(self) -> str:
@@ -229,10 +230,10 @@ def pick(scores: list[dict], prefer_simpler: float) -> tuple[int, str]:
     that is not the best mean, a note naming the best mean and how far the choice trails it."""
     rows = [{"macro_f1": {"mean": s["macro_f1"]}, "fold_macro_f1": s["fold_macro_f1"], "trains": s["trains"]}
             for s in scores]
-    chosen, _ = pick_best(rows, prefer_simpler)
-    top = best(scores)
-    if scores[top]["macro_f1"] <= scores[chosen]["macro_f1"]:
+    chosen, notes = pick_best(rows, prefer_simpler)
+    if not notes:  # the best mean itself
         return chosen, ""
+    top = best(scores)
     gap = rows[top]["vs_best"]  # the chosen one's folds minus the best mean's
     return chosen, (f"over {scores[top]['candidate']} (the best mean), which leads it by {-gap['mean']:.3f} "
                     f"macro-F1 with a standard error of {gap['sem']:.3f} over the same folds: within "
