@@ -236,3 +236,26 @@ def test_the_cli_passes_prefer_simpler_through_and_refuses_a_negative_one(tmp_pa
     assert seen[0]["prefer_simpler"] == 0 and "prefer_simpler" not in seen[1]  # unset: the search's default
     refused = CliRunner().invoke(main, args + ["--prefer-simpler", "-1"])
     assert refused.exit_code == 2 and "--prefer-simpler" in refused.output
+    assert seen[1]["choice_splits"] == 1
+    assert CliRunner().invoke(main, args + ["--choice-splits", "2"]).exit_code == 0 and seen[2]["choice_splits"] == 2
+    refused = CliRunner().invoke(main, args + ["--choice-splits", "0"])
+    assert refused.exit_code == 2 and "--choice-splits" in refused.output
+
+
+def test_with_two_splits_every_candidate_is_scored_on_the_folds_of_both(tiny_causal_dir, tmp_path, monkeypatch):
+    seen = []
+    real_cv = fewshot_choice.cross_validate
+
+    def spy_cv(cfg, **kwargs):
+        seen.append(kwargs["seeds"])
+        return real_cv(cfg, **kwargs)
+
+    monkeypatch.setattr(fewshot_choice, "cross_validate", spy_cv)
+    report = run(tmp_path, tiny_causal_dir, methods=["chosen"], max_eval=4, seeds=[3], recipes=((1e-2, 1),),
+                 choice_splits=2)
+    assert seen and all(seeds == [3, 1003] for seeds in seen)
+    cv = report["tasks"]["sst2"]["chosen"]["seeds"][0]["cv"]
+    assert all(len(c["fold_macro_f1"]) == 4 for c in cv)  # 2 folds in each of 2 splits
+    assert report["choice"]["splits"] == 2
+    assert "over the folds of 2 splits of the k rows" in (tmp_path / "out" / "results.md").read_text()
+    assert fewshot_choice.split_seeds(5, 1) == [5]

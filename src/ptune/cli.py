@@ -426,9 +426,12 @@ def lama(data, out_dir, relations, vocab, shape, encoder, max_train, max_dev, ma
               help="The choice's rule, search.prefer_simpler (default: ptune search's): a candidate that fits less "
               "(zero-shot, then a probe) is chosen where it trails the best mean by at most this many standard "
               "errors over the folds (0: the best mean alone).")
+@click.option("--choice-splits", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Splits of the k rows the choice cross-validates every candidate on, each of --folds folds: "
+              "more steady its means, at that many times the cost.")
 @_model_options
-def fewshot(data, out_dir, tasks, seeds, k, max_eval, methods, folds, prefer_simpler, model, dtype, device, lr,
-            batch_size, epochs, seed, quiet):
+def fewshot(data, out_dir, tasks, seeds, k, max_eval, methods, folds, prefer_simpler, choice_splits, model, dtype,
+            device, lr, batch_size, epochs, seed, quiet):
     """Few-shot classification: majority class, zero-shot manual prompts, sentence embeddings, the linear probe,
     and the recipe chosen by cross-validation on the k training rows (zero-shot, a linear probe, or P-tuning from
     the manual prompt's words)."""
@@ -438,7 +441,7 @@ def fewshot(data, out_dir, tasks, seeds, k, max_eval, methods, folds, prefer_sim
     report = run_fewshot(data or shared_data_dir(), out_dir, tasks=_csv(tasks), seeds=[int(s) for s in
                          _csv(seeds)], k=k, max_eval=max_eval or None, methods=_csv(methods), folds=folds,
                          model=model, dtype=dtype, device=device, lr=lr, batch_size=batch_size or 8,
-                         epochs=epochs or 10, data_seed=seed, show_progress=not quiet,
+                         epochs=epochs or 10, data_seed=seed, show_progress=not quiet, choice_splits=choice_splits,
                          **({} if prefer_simpler is None else {"prefer_simpler": prefer_simpler}))
     click.echo(json.dumps(report["summary"], indent=2))
     click.echo(f"wrote {out_dir}/results.json, results.md ({report['seconds']:.0f} s)", err=True)

@@ -174,7 +174,7 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
                 model: str = "embedded:SmolLM2-135M-Instruct", dtype: str = "auto", device: str = "auto",
                 lr: float = 1e-2, batch_size: int = 8, epochs: int = 10, data_seed: int = 42, base=None,
                 show_progress: bool = True, log=None, recipes: tuple[tuple[float, int], ...] = RECIPES,
-                prefer_simpler: float = PREFER_SIMPLER) -> dict:
+                prefer_simpler: float = PREFER_SIMPLER, choice_splits: int = 1) -> dict:
     """Run the benchmark and write ``out/results.json`` and ``out/results.md`` (rewritten after every method, so a
     stopped run keeps its part).
 
@@ -201,6 +201,7 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
         recipes (`tuple`): (learning rate, epochs) of the P-tuned candidates ``chosen`` may pick.
         prefer_simpler (`float`): ``chosen``'s rule, ``search.prefer_simpler``: the candidate that fits less wins
             where it trails the best mean by at most this many standard errors over the folds (0: the best mean).
+        choice_splits (`int`): ``chosen``'s splits of the k rows (``Chooser.splits``), each of ``folds`` folds.
 
     Returns:
         `dict`: the report written to ``results.json``: the settings, ``tasks`` (per task and method: accuracy and
@@ -230,7 +231,8 @@ def run_fewshot(data: str | Path, out: str | Path, *, tasks: list[str] | None = 
         base = load_base(task_config(specs[0], model, template=specs[0].ptuning, encoder="lstm", dtype=dtype,
                                      device=device, lr=lr, batch_size=batch_size, epochs=epochs, seed=1).model)
     run = FewshotRun(model, {"dtype": dtype, "device": device, **budget}, base, list(seeds), k, max_eval, folds,
-                     data_seed, methods, out, show_progress, log, t_start, tuple(recipes), prefer_simpler)
+                     data_seed, methods, out, show_progress, log, t_start, tuple(recipes), prefer_simpler,
+                     choice_splits)
     for spec in specs:
         run.task(spec, data_dir)
     return run.write(True)
@@ -263,6 +265,7 @@ class FewshotRun:
     t_start: float
     recipes: tuple[tuple[float, int], ...] = RECIPES  # the P-tuned candidates of the choice
     prefer_simpler: float = PREFER_SIMPLER  # the choice's rule (search.prefer_simpler)
+    choice_splits: int = 1  # splits of the k rows the choice cross-validates on
     results: dict[str, dict] = field(default_factory=dict)
     # the linear probes' pooled states (the frozen model's alone): each row's computed once for every seed and fold
     pooled: PooledStateCache = field(default_factory=PooledStateCache)
@@ -363,7 +366,8 @@ class FewshotRun:
         rows (when it trains, or its classifier when a probe is chosen) and scored on ``eval_table``, which the
         choice never sees."""
         chooser = Chooser(lambda c, seed: self.candidate_config(spec, c, seed), self.base, self.folds, self.recipes,
-                          depth=self.depth, pooled=self.pooled, prefer_simpler=self.prefer_simpler)
+                          depth=self.depth, pooled=self.pooled, prefer_simpler=self.prefer_simpler,
+                          splits=self.choice_splits)
         runs, picks = [], []
         for seed in self.seeds:
             rows = self.train_rows(spec, pool, seed)
@@ -603,10 +607,10 @@ class FewshotRun:
         report = {"benchmark": "few-shot classification", "model": self.model, "kind": self.base.kind,
                   "seeds": self.seeds, "k": self.k, "max_eval": self.max_eval,
                   "budget": {name: self.settings[name] for name in ("lr", "batch_size", "epochs")},
-                  "choice": {"folds": self.folds,
+                  "choice": {"folds": self.folds, "splits": self.choice_splits,
                              "kinds": [kind for kind in KINDS if probes or kind not in (PROBE, DEEP)],
                              "probes": probes, "recipes": [{"lr": lr, "epochs": e} for lr, e in self.recipes],
-                             "criterion": criterion(self.prefer_simpler), "prefer_simpler": self.prefer_simpler},
+                             "criterion": criterion(self.prefer_simpler, self.choice_splits), "prefer_simpler": self.prefer_simpler},
                   "methods": self.methods, "complete": done, "tasks": self.results, "summary": summary,
                   "seconds": round(time.perf_counter() - self.t_start, 1)}
         write_results(self.out, report, render_markdown(report))

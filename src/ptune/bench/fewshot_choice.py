@@ -14,7 +14,8 @@ The candidates are fixed before any figure is seen, and listed in this order:
    This one was added after ``ptune bench fewshot``'s ``deep_text`` method, the same recipe, had been scored on
    SST-2's and AG News' evaluation rows.
 
-Every candidate is cross-validated on the same stratified folds of the k rows by ``cross_validate`` and chosen by
+Every candidate is cross-validated on the same stratified folds of the k rows by ``cross_validate`` (``splits``
+different splits of them, 1 by default, each its own folds; ``split_seeds``) and chosen by
 ``ptune search``'s own rule (``search.pick_best``): the highest mean macro-F1 wins, unless a candidate that fits
 less (the zero-shot prompt, then a probe) trails it by at most ``prefer_simpler`` standard errors of their paired
 difference over the folds; then the simplest such one. A tie goes to the candidate listed first, the zero-shot
@@ -47,6 +48,8 @@ PROBES: tuple[tuple[str, str], ...] = tuple((h["task.head_layer"], h["task.head_
                                             if h["task.head"] == "linear")
 # the deep prompt started from the label words: 8 positions, (learning rate, epochs)
 DEEP_TEXT_TOKENS, DEEP_TEXT_RECIPE = 8, (1e-2, 6)
+# the seed of a further split of the k rows: the seed's own, then this far apart (as ptune search's search.seeds)
+SPLIT_STRIDE = 1000
 # the kinds of candidate, in the order they are listed (a tie goes to the earlier)
 ZERO_SHOT, PROBE, RESIDUAL, DEEP = "zero-shot prompt", "linear probe", "residual P-tuning", "deep prompt"
 KINDS = (ZERO_SHOT, PROBE, RESIDUAL, DEEP)
@@ -159,7 +162,9 @@ class Chooser:
     ``configure`` turns a candidate and a seed into its config (the model, device and batch settings are the
     caller's). ``depth``: the causal LM's number of blocks, for the probe candidates (None: no probe). ``pooled``
     keeps the probes' pooled states, which are the frozen model's alone, across folds, seeds and the final fit.
-    ``prefer_simpler``: ``search.prefer_simpler`` (0: the best mean alone)."""
+    ``prefer_simpler``: ``search.prefer_simpler`` (0: the best mean alone). ``splits``: splits of the k rows each
+    candidate is cross-validated on (``split_seeds``), all their folds weighing in the choice: more folds steady the
+    means that a lucky 8-row fold moves, at that many times the cost."""
     configure: Callable[[Candidate, int], Config]
     base: FrozenBase
     folds: int = 4
@@ -167,14 +172,16 @@ class Chooser:
     depth: int | None = None
     pooled: PooledStateCache = field(default_factory=PooledStateCache)
     prefer_simpler: float = PREFER_SIMPLER
+    splits: int = 1
 
     def score(self, candidate: Candidate, rows: Table, seed: int) -> dict:
-        """``candidate``'s mean held-out figures over ``folds`` stratified folds of ``rows`` (split by ``seed``)."""
+        """``candidate``'s mean held-out figures over ``folds`` stratified folds of ``rows`` in each of ``splits``
+        splits (``split_seeds(seed, splits)``)."""
         cfg = self.configure(candidate, seed)
         session = open_session(cfg, base=self.base, allow_no_virtual=not candidate.trained)
         session.task.pooled_cache = self.pooled
-        cv = cross_validate(cfg, folds=self.folds, seeds=[seed], session=session, train_table=rows,
-                            show_progress=False, trained=candidate.fitted)
+        cv = cross_validate(cfg, folds=self.folds, seeds=split_seeds(seed, self.splits), session=session,
+                            train_table=rows, show_progress=False, trained=candidate.fitted)
         return {"candidate": candidate.name, "kind": candidate.kind, "trains": candidate.trains,
                 "accuracy": cv["accuracy"]["mean"], "macro_f1": cv["macro_f1"]["mean"],
                 "macro_f1_std": cv["macro_f1"]["std"], "fold_macro_f1": [r["macro_f1"] for r in cv["runs"]],
@@ -210,14 +217,27 @@ class Chooser:
         return final[chosen], scores + final_scores[1:]
 
 
+def split_seeds(seed: int, splits: int) -> list[int]:
+    """The seeds of ``splits`` splits of the k rows (each also its folds' training seed): ``seed`` first.
+
+    Example:
+        >>> split_seeds(2, 3)
+        [2, 1002, 2002]
+    """
+    if splits < 1:
+        raise ValueError(f"splits must be at least 1, not {splits}")
+    return [seed + SPLIT_STRIDE * i for i in range(splits)]
+
+
 def best(scores: list[dict]) -> int:
     """The index of the highest mean macro-F1; the first such on a tie."""
     return max(range(len(scores)), key=lambda i: (scores[i]["macro_f1"], -i))
 
 
-def criterion(prefer_simpler: float) -> str:
+def criterion(prefer_simpler: float, splits: int = 1) -> str:
     """The choice's rule in words, for the reports."""
-    rule = "mean macro-F1 over the folds of the k rows; a tie to the candidate listed first (zero-shot, then the probes)"
+    rows = "the k rows" if splits == 1 else f"{splits} splits of the k rows"
+    rule = f"mean macro-F1 over the folds of {rows}; a tie to the candidate listed first (zero-shot, then the probes)"
     if prefer_simpler <= 0:
         return rule
     return (f"{rule}; a candidate that fits less (zero-shot, then a probe) wins where it trails the best mean by at "
