@@ -54,7 +54,7 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
     # the sweep's training seed; task_values' search section is dropped
-    args.search_seed, args.budget_minutes = SEARCH_SEED, 0
+    args.search_seed, args.search_seeds, args.budget_minutes = SEARCH_SEED, [SEARCH_SEED], 0
     return args
 
 

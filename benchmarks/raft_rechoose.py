@@ -116,7 +116,8 @@ def main(argv=None) -> None:
     first = results[0]
     machine = json.loads((Path(args.sweeps[0]) / "raft_sweep.json").read_text(encoding="utf-8"))["machine"]
     shape = SimpleNamespace(budget_minutes=first["budget_minutes"], folds=first["folds"],
-                            search_seed=first["search_seed"], report_seeds=first["report_seeds"])
+                            search_seeds=first.get("search_seeds", [first["search_seed"]]),
+                            report_seeds=first["report_seeds"])
     table = render(results, machine, shape) + "".join(f"\n- {line}" for line in changes) + "\n"
     table = f"Chosen again with search.prefer_simpler = {within:g}.\n\n" + table
     print(table)

@@ -57,12 +57,18 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=10, help="train.epochs of the config (the last rung's).")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--search-seed", type=int, default=SEARCH_SEED, help="The split the search chooses on.")
+    p.add_argument("--search-splits", type=int, default=1,
+                   help="Splits the search chooses on: --search-seed and the seeds after it (search.seeds); more "
+                   "steady the means the rule compares, at that many times a candidate's cost.")
     p.add_argument("--report-seeds", default=",".join(map(str, REPORT_SEEDS)),
                    help="The splits the choice and the baselines are reported on (none may be the search's).")
     args = p.parse_args(argv)
     args.report_seeds = [int(s) for s in args.report_seeds.split(",")]
-    if args.search_seed in args.report_seeds:
-        p.error(f"--report-seeds must not hold the search's split seed {args.search_seed}")
+    if args.search_splits < 1:
+        p.error("--search-splits must be at least 1")
+    args.search_seeds = [args.search_seed + i for i in range(args.search_splits)]
+    if set(args.search_seeds) & set(args.report_seeds):
+        p.error(f"--report-seeds must not hold the search's split seeds {args.search_seeds}")
     return args
 
 
@@ -94,7 +100,7 @@ def task_values(data: Path, task: str, args) -> dict:
                  **({"optional_fields": list(spec.optional_fields)} if spec.optional_fields else {})},
         "train": {"lr": 1e-2, "batch_size": 8, "epochs": args.epochs, "max_length": spec.max_length,
                   "warmup_ratio": 0.1, "seed": args.search_seed},
-        "search": {"folds": args.folds, "seeds": [args.search_seed], "budget_minutes": args.budget_minutes},
+        "search": {"folds": args.folds, "seeds": args.search_seeds, "budget_minutes": args.budget_minutes},
     }
 
 
@@ -191,7 +197,7 @@ def run_task(data: Path, out: Path, task: str, args) -> dict:
     report = search_step(config, folder / "search")
     print(f"{task}: search took {report['seconds']:.0f} s; reporting on splits {args.report_seeds}", file=sys.stderr)
     result = {"task": task, "budget_minutes": args.budget_minutes, "search_seed": args.search_seed,
-              "report_seeds": args.report_seeds, "folds": args.folds,
+              "search_seeds": args.search_seeds, "report_seeds": args.report_seeds, "folds": args.folds,
               **report_step(values, folder / "search", report, args)}
     result["seconds"]["total"] = round(time.perf_counter() - t0, 1)
     result["load_average"] = {"start": [round(x, 2) for x in load_before],
@@ -253,7 +259,7 @@ def _mean_f1(results: list[dict], pick) -> str:
 def render(results: list[dict], machine: dict, args) -> str:
     """The markdown table: one row per task, the average, and the counts."""
     lines = [f"RAFT sweep: `ptune search` (built-in space, successive halving, {args.budget_minutes:g} min, "
-             f"{args.folds} folds of split {args.search_seed}) chooses; reported on {args.folds} folds of splits "
+             f"{args.folds} folds of split(s) {', '.join(map(str, args.search_seeds))}) chooses; reported on {args.folds} folds of splits "
              f"{', '.join(map(str, args.report_seeds))}, macro-F1 mean ± sd over folds.", "",
              f"Machine: {summary_line(machine)}.", "",
              "| task | choice (candidates scored; rung) | choice | probe | embeddings | zero-shot | majority | "

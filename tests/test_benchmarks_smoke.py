@@ -219,6 +219,7 @@ def test_raft_sweep_searches_reports_and_resumes_on_a_tiny_model(tiny_causal_dir
     for result in summary["results"]:
         assert (out / result["task"] / "search" / "search.json").is_file()
         assert len(result["choice"]["fold_macro_f1"]) == 2 and result["report_seeds"] == [46]
+        assert result["search_seeds"] == [44]
         assert {"majority", "zero_shot", "linear_probe"} <= set(result["baselines"])
         assert result["lead_over_probe"]["ahead"] + result["lead_over_probe"]["level"] \
             + result["lead_over_probe"]["behind"] == 2
@@ -233,6 +234,11 @@ def test_raft_sweep_searches_reports_and_resumes_on_a_tiny_model(tiny_causal_dir
 def test_raft_sweep_refuses_report_splits_that_chose():
     with pytest.raises(SystemExit):
         raft_sweep.parse_args(["--search-seed", "44", "--report-seeds", "44,46"])
+    with pytest.raises(SystemExit):  # the search's second split is 45
+        raft_sweep.parse_args(["--search-seed", "44", "--search-splits", "2", "--report-seeds", "45,46"])
+    with pytest.raises(SystemExit):
+        raft_sweep.parse_args(["--search-splits", "0"])
+    assert raft_sweep.parse_args(["--search-seed", "44", "--search-splits", "2"]).search_seeds == [44, 45]
 
 
 def test_raft_fixed_scores_both_recipes_beside_the_probe_and_resumes(tiny_causal_dir, tmp_path, capsys):
