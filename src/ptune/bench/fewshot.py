@@ -610,7 +610,8 @@ class FewshotRun:
                   "choice": {"folds": self.folds, "splits": self.choice_splits,
                              "kinds": [kind for kind in KINDS if probes or kind not in (PROBE, DEEP)],
                              "probes": probes, "recipes": [{"lr": lr, "epochs": e} for lr, e in self.recipes],
-                             "criterion": criterion(self.prefer_simpler, self.choice_splits), "prefer_simpler": self.prefer_simpler},
+                             "criterion": criterion(self.prefer_simpler, self.choice_splits),
+                             "prefer_simpler": self.prefer_simpler},
                   "methods": self.methods, "complete": done, "tasks": self.results, "summary": summary,
                   "seconds": round(time.perf_counter() - self.t_start, 1)}
         write_results(self.out, report, render_markdown(report))
