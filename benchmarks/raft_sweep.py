@@ -260,8 +260,8 @@ def render(results: list[dict], machine: dict, args) -> str:
     """The markdown table: one row per task, the average, and the counts."""
     lines = [f"RAFT sweep: `ptune search` (built-in space, successive halving, {args.budget_minutes:g} min, "
              f"{args.folds} folds of split(s) {', '.join(map(str, args.search_seeds))}) chooses; reported on "
-             f"{args.folds} folds of splits "
-             f"{', '.join(map(str, args.report_seeds))}, macro-F1 mean ± sd over folds.", "",
+             f"{args.folds} folds of splits {', '.join(map(str, args.report_seeds))}, macro-F1 mean ± sd over folds.",
+             "",
              f"Machine: {summary_line(machine)}.", "",
              "| task | choice (candidates scored; rung) | choice | probe | embeddings | zero-shot | majority | "
              "lead over probe (paired mean ± s.e.; ahead/level/behind) | lead over embeddings | search s | "

@@ -48,7 +48,7 @@ PROBES: tuple[tuple[str, str], ...] = tuple((h["task.head_layer"], h["task.head_
                                             if h["task.head"] == "linear")
 # the deep prompt started from the label words: 8 positions, (learning rate, epochs)
 DEEP_TEXT_TOKENS, DEEP_TEXT_RECIPE = 8, (1e-2, 6)
-# the seed of a further split of the k rows: the seed's own, then this far apart (as ptune search's search.seeds)
+# a seed's further splits of the k rows are seeded this far apart, so that they never meet another seed's own
 SPLIT_STRIDE = 1000
 # the kinds of candidate, in the order they are listed (a tie goes to the earlier)
 ZERO_SHOT, PROBE, RESIDUAL, DEEP = "zero-shot prompt", "linear probe", "residual P-tuning", "deep prompt"
